@@ -1,0 +1,253 @@
+//! The `correlator` guest: which Home Assistant state change moved the meter?
+//!
+//! Every cycle it reads recent state changes (`home_assistant_events`) and
+//! smart-meter power (`smart_meter`) from the time-series store, takes the
+//! reading nearest to `event - offset` and to `event + offset` (each within
+//! `padding`), and writes an `event_energy_correlation` point for each step
+//! of at least `min_delta_w`. It replaces the Python "energy-correlator".
+//!
+//! Cost per run is bounded: exactly one events query and at most one power
+//! query (covering all events at once), then one batched write.
+//!
+//! Exactly-once: handled events (written, or judged below the threshold) are
+//! remembered in guest `state` ([`processed`]); events whose readings are not
+//! in yet stay pending and are retried while they are inside `lookback`.
+//! Points are written before the state is saved, so a crash in between only
+//! rewrites identical points (same series and time), which InfluxDB and the
+//! embedded store overwrite.
+
+pub mod matching;
+pub mod processed;
+pub mod settings;
+
+use wattedge_guest::influx::{self, Selector};
+use wattedge_guest::{
+    FieldValue, Guest, GuestError, InfluxQuery, Point, Slot, Summary, Trigger, clock, influx_error_text, report, state,
+    state_error_text,
+};
+
+use matching::{Outcome, Reading, Step};
+use processed::Processed;
+use settings::{Event, Settings, event_from_row, reading_from_row};
+
+static SETTINGS: Slot<Settings> = Slot::new();
+
+/// Counter names shown in `/guests/correlator` and `/metrics`.
+pub mod counters {
+    /// Events judged (written or below the threshold), in all.
+    pub const EVENTS: &str = "total_events_processed";
+    /// Steps of at least `min_delta_w` found, in all.
+    pub const FOUND: &str = "correlations_found";
+    /// Correlation points accepted by `influx.write`, in all.
+    pub const WRITTEN: &str = "correlations_written";
+    /// Failed queries, writes and state saves, in all.
+    pub const ERRORS: &str = "errors";
+    /// Events of the last run still waiting for readings.
+    pub const PENDING: &str = "events_pending";
+    /// `found / events * 100`.
+    pub const CORRELATION_RATE: &str = "correlation_rate_pct";
+    /// `written / found * 100`.
+    pub const WRITE_SUCCESS_RATE: &str = "write_success_rate_pct";
+}
+
+/// The output point for `event` with `step`.
+pub fn correlation_point(measurement: &str, event: &Event, step: &Step) -> Point {
+    let tags = [
+        ("entity_id", &event.entity_id),
+        ("domain", &event.domain),
+        ("state", &event.state),
+        ("previous_state", &event.previous_state),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect();
+    Point {
+        measurement: measurement.to_string(),
+        tags,
+        fields: vec![
+            ("power_before_w".into(), FieldValue::Float(step.before_w)),
+            ("power_after_w".into(), FieldValue::Float(step.after_w)),
+            ("power_delta_w".into(), FieldValue::Float(step.delta_w)),
+            ("power_delta_pct".into(), FieldValue::Float(step.delta_pct)),
+        ],
+        time: event.time,
+    }
+}
+
+/// Records a failure: counts it, reports `degraded`, returns the error.
+fn fail(error: GuestError) -> GuestError {
+    report::inc(counters::ERRORS);
+    let text = match &error {
+        GuestError::Config(m)
+        | GuestError::Credentials(m)
+        | GuestError::Upstream(m)
+        | GuestError::Store(m)
+        | GuestError::Internal(m) => m.clone(),
+    };
+    wattedge_guest::log_warn(&text);
+    report::degraded(&text);
+    error
+}
+
+fn query(q: &InfluxQuery) -> Result<Vec<influx::Row>, GuestError> {
+    influx::query(q)
+        .map_err(|e| fail(GuestError::Store(format!("querying {}: {}", q.measurement, influx_error_text(&e)))))
+}
+
+/// Sets the two rate gauges from the running totals.
+fn update_rates() {
+    let events = report::count_of(counters::EVENTS);
+    let found = report::count_of(counters::FOUND);
+    let written = report::count_of(counters::WRITTEN);
+    if events > 0 {
+        report::gauge(counters::CORRELATION_RATE, matching::round3(found as f64 / events as f64 * 100.0));
+    }
+    if found > 0 {
+        report::gauge(counters::WRITE_SUCCESS_RATE, matching::round3(written as f64 / found as f64 * 100.0));
+    }
+}
+
+fn save(done: &mut Processed, cutoff: i64) -> Result<(), GuestError> {
+    done.prune(cutoff, processed::MAX_ENTRIES);
+    state::set(processed::STATE_KEY, &done.encode())
+        .map_err(|e| fail(GuestError::Internal(format!("saving processed events: {}", state_error_text(&e)))))
+}
+
+fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
+    let window_start = now.saturating_sub(s.lookback);
+    // Keep keys for a further lookback (at least a minute) so a run whose
+    // "now" lags a previous one (a late scheduled trigger) still sees them.
+    let cutoff = window_start.saturating_sub(s.lookback.max(60 * clock::NANOS_PER_SEC));
+    let mut done = state::get(processed::STATE_KEY).map(|b| Processed::decode(&b)).unwrap_or_default();
+
+    let rows = query(&InfluxQuery {
+        measurement: s.events_measurement.clone(),
+        fields: vec![s.state_field.clone(), s.previous_state_field.clone()],
+        tags: Vec::new(),
+        start: Some(window_start),
+        end: Some(now),
+        select: Selector::All,
+        descending: true,
+        limit: Some(s.max_events_per_cycle),
+    })?;
+    let mut events: Vec<Event> =
+        rows.iter().filter_map(|r| event_from_row(r, s)).filter(|e| !done.contains(&e.entity_id, e.time)).collect();
+    events.sort_by(|a, b| (a.time, &a.entity_id).cmp(&(b.time, &b.entity_id)));
+    events.dedup_by(|a, b| a.time == b.time && a.entity_id == b.entity_id);
+
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        save(&mut done, cutoff)?;
+        report::set_count(counters::PENDING, 0);
+        update_rates();
+        report::ok();
+        return Ok(Summary { points_written: 0, detail: Some("no new events".into()) });
+    };
+    let reach = s.offset.saturating_add(s.padding);
+    let power_rows = query(&InfluxQuery {
+        measurement: s.power_measurement.clone(),
+        fields: vec![s.power_field.clone()],
+        tags: Vec::new(),
+        start: Some(first.time.saturating_sub(reach)),
+        end: Some(last.time.saturating_add(reach).saturating_add(1)),
+        select: Selector::All,
+        descending: false,
+        limit: None,
+    })?;
+    let mut readings: Vec<Reading> = power_rows.iter().filter_map(|r| reading_from_row(r, &s.power_field)).collect();
+    readings.sort_by_key(|r| r.time);
+
+    let mut judged = 0u64;
+    let mut pending = 0u64;
+    let mut points = Vec::new();
+    let mut correlated = Vec::new();
+    for event in &events {
+        match matching::evaluate(&readings, event.time, s.offset, s.padding, s.min_delta_w, now) {
+            Outcome::Pending => pending += 1,
+            Outcome::Below(_) => {
+                done.insert(&event.entity_id, event.time);
+                judged += 1;
+            }
+            Outcome::Correlated(step) => {
+                points.push(correlation_point(&s.output_measurement, event, &step));
+                correlated.push(event);
+            }
+        }
+    }
+
+    let found = points.len() as u64;
+    let written = if points.is_empty() {
+        0
+    } else {
+        match influx::write(&points) {
+            Ok(n) => n,
+            Err(e) => {
+                // Keep the below-threshold verdicts; the correlated events
+                // stay pending and are retried next cycle.
+                report::inc_by(counters::EVENTS, judged);
+                report::inc_by(counters::FOUND, found);
+                save(&mut done, cutoff)?;
+                update_rates();
+                let msg = format!("writing {} points: {}", s.output_measurement, influx_error_text(&e));
+                return Err(fail(GuestError::Store(msg)));
+            }
+        }
+    };
+    for event in correlated {
+        done.insert(&event.entity_id, event.time);
+    }
+    report::inc_by(counters::EVENTS, judged + found);
+    report::inc_by(counters::FOUND, found);
+    report::inc_by(counters::WRITTEN, u64::from(written));
+    report::set_count(counters::PENDING, pending);
+    save(&mut done, cutoff)?;
+    update_rates();
+    report::ok();
+    Ok(Summary {
+        points_written: written,
+        detail: Some(format!(
+            "{} new events: {written} correlations written, {judged} below {} W, {pending} pending",
+            events.len(),
+            s.min_delta_w
+        )),
+    })
+}
+
+struct Correlator;
+
+impl Guest for Correlator {
+    fn init(config: Vec<(String, String)>) -> Result<(), GuestError> {
+        let settings = Settings::from_config(&wattedge_guest::config::Config::new(config))?;
+        report::text("config", &settings.description);
+        SETTINGS.set(settings);
+        Ok(())
+    }
+
+    fn run(trigger: Trigger) -> Result<Summary, GuestError> {
+        let settings = SETTINGS.get()?;
+        correlate(&settings, clock::trigger_time(&trigger))
+    }
+}
+
+wattedge_guest::export_guest!(Correlator with_types_in wattedge_guest::bindings);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_shape() {
+        let event = Event {
+            time: 42,
+            entity_id: "switch.kettle".into(),
+            domain: "switch".into(),
+            state: "on".into(),
+            previous_state: String::new(),
+        };
+        let p = correlation_point("event_energy_correlation", &event, &matching::step(2450.0, 2510.0));
+        assert_eq!(p.time, 42);
+        assert_eq!(p.tags.len(), 3, "empty previous_state is not a tag");
+        assert_eq!(p.fields[2], ("power_delta_w".into(), FieldValue::Float(60.0)));
+        assert_eq!(p.fields[3], ("power_delta_pct".into(), FieldValue::Float(2.449)));
+    }
+}

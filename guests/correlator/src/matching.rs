@@ -1,0 +1,209 @@
+//! The pure part of the correlator: finding the readings around an event and
+//! measuring the power step. No host calls, so it is unit-tested natively.
+
+/// One smart-meter power reading.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reading {
+    /// Nanoseconds since the epoch.
+    pub time: i64,
+    /// Total power in watts.
+    pub watts: f64,
+}
+
+/// The power step around one event.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Step {
+    /// Power at `event - offset`, in W.
+    pub before_w: f64,
+    /// Power at `event + offset`, in W.
+    pub after_w: f64,
+    /// `after - before`, in W.
+    pub delta_w: f64,
+    /// `delta / before * 100`, rounded to 3 decimals; 0 when `before <= 0`.
+    pub delta_pct: f64,
+}
+
+/// What an event amounts to with the readings at hand.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outcome {
+    /// A reading is missing within `padding`, or a nearer one may still
+    /// arrive: try again in a later cycle.
+    Pending,
+    /// Both readings found; the step is smaller than `min_delta_w`.
+    Below(Step),
+    /// Both readings found; the step is at least `min_delta_w`.
+    Correlated(Step),
+}
+
+/// The reading nearest to `target` within `padding` (inclusive) in
+/// `readings` sorted by time; on a tie the earlier reading wins.
+pub fn nearest(readings: &[Reading], target: i64, padding: i64) -> Option<Reading> {
+    let idx = readings.partition_point(|r| r.time < target);
+    let earlier = idx.checked_sub(1).and_then(|i| readings.get(i));
+    let later = readings.get(idx);
+    let best = match (earlier, later) {
+        (Some(e), Some(l)) => {
+            if target.abs_diff(e.time) <= l.time.abs_diff(target) {
+                e
+            } else {
+                l
+            }
+        }
+        (Some(e), None) => e,
+        (None, Some(l)) => l,
+        (None, None) => return None,
+    };
+    (best.time.abs_diff(target) <= padding.unsigned_abs()).then_some(*best)
+}
+
+/// False while a reading nearer to `target` than the one found at
+/// `found_time` could still arrive, i.e. the mirror of `found_time` around
+/// `target` lies after `now` (readings arrive in time order).
+pub fn is_settled(target: i64, found_time: i64, now: i64) -> bool {
+    found_time >= target || target.saturating_add(target.saturating_sub(found_time)) < now
+}
+
+/// Rounds to 3 decimals.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// The step from `before_w` to `after_w`.
+pub fn step(before_w: f64, after_w: f64) -> Step {
+    let delta_w = after_w - before_w;
+    let delta_pct = if before_w > 0.0 { round3(delta_w / before_w * 100.0) } else { 0.0 };
+    Step { before_w, after_w, delta_w, delta_pct }
+}
+
+/// Whether a step of `delta_w` counts (tolerating float noise at the limit).
+pub fn is_significant(delta_w: f64, min_delta_w: f64) -> bool {
+    delta_w.abs() + 1e-9 >= min_delta_w
+}
+
+/// Evaluates the event at `event_time` against `readings` (sorted by time).
+pub fn evaluate(
+    readings: &[Reading],
+    event_time: i64,
+    offset: i64,
+    padding: i64,
+    min_delta_w: f64,
+    now: i64,
+) -> Outcome {
+    let before_target = event_time.saturating_sub(offset);
+    let after_target = event_time.saturating_add(offset);
+    let (Some(before), Some(after)) =
+        (nearest(readings, before_target, padding), nearest(readings, after_target, padding))
+    else {
+        return Outcome::Pending;
+    };
+    if !is_settled(before_target, before.time, now) || !is_settled(after_target, after.time, now) {
+        return Outcome::Pending;
+    }
+    let s = step(before.watts, after.watts);
+    if is_significant(s.delta_w, min_delta_w) { Outcome::Correlated(s) } else { Outcome::Below(s) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: i64 = 1_000_000_000;
+    /// 2024-06-01T19:30:00Z in seconds.
+    const T1930: i64 = 1_717_270_200;
+
+    fn at(h_m_s: (i64, i64, i64)) -> i64 {
+        let (h, m, s) = h_m_s;
+        (T1930 + (h - 19) * 3600 + (m - 30) * 60 + s) * S
+    }
+
+    fn r(time: i64, watts: f64) -> Reading {
+        Reading { time, watts }
+    }
+
+    fn eval(readings: &[Reading], event: i64, min: f64) -> Outcome {
+        evaluate(readings, event, 5 * S, 30 * S, min, event + 3600 * S)
+    }
+
+    #[test]
+    fn spec_example() {
+        let readings = [r(at((19, 29, 58)), 2450.0), r(at((19, 30, 8)), 2510.0)];
+        match eval(&readings, at((19, 30, 3)), 10.0) {
+            Outcome::Correlated(s) => {
+                assert_eq!(s.before_w, 2450.0);
+                assert_eq!(s.after_w, 2510.0);
+                assert_eq!(s.delta_w, 60.0);
+                assert_eq!(s.delta_pct, 2.449);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn nearest_beats_earliest_in_window() {
+        let target = at((19, 30, 0));
+        let readings = [r(target - 25 * S, 100.0), r(target - 3 * S, 200.0), r(target + 20 * S, 300.0)];
+        assert_eq!(nearest(&readings, target, 30 * S), Some(readings[1]));
+        let later_wins = [r(target - 10 * S, 1.0), r(target + 2 * S, 2.0)];
+        assert_eq!(nearest(&later_wins, target, 30 * S), Some(later_wins[1]));
+    }
+
+    #[test]
+    fn tie_picks_earlier_and_padding_is_inclusive() {
+        let target = at((19, 30, 0));
+        let readings = [r(target - 4 * S, 1.0), r(target + 4 * S, 2.0)];
+        assert_eq!(nearest(&readings, target, 30 * S), Some(readings[0]));
+        let edge = [r(target + 30 * S, 5.0)];
+        assert_eq!(nearest(&edge, target, 30 * S), Some(edge[0]));
+        assert_eq!(nearest(&edge, target, 30 * S - 1), None);
+        assert_eq!(nearest(&[], target, 30 * S), None);
+    }
+
+    #[test]
+    fn threshold() {
+        let e = at((19, 30, 3));
+        let below = [r(e - 5 * S, 1000.0), r(e + 5 * S, 1009.9)];
+        assert!(matches!(eval(&below, e, 10.0), Outcome::Below(_)));
+        let exact = [r(e - 5 * S, 1000.0), r(e + 5 * S, 1010.0)];
+        assert!(matches!(eval(&exact, e, 10.0), Outcome::Correlated(s) if s.delta_w == 10.0));
+    }
+
+    #[test]
+    fn negative_step() {
+        let e = at((19, 30, 3));
+        let readings = [r(e - 5 * S, 2150.0), r(e + 5 * S, 2030.0)];
+        match eval(&readings, e, 10.0) {
+            Outcome::Correlated(s) => {
+                assert_eq!(s.delta_w, -120.0);
+                assert_eq!(s.delta_pct, -5.581);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn zero_before_gives_zero_pct() {
+        assert_eq!(step(0.0, 500.0).delta_pct, 0.0);
+        assert_eq!(step(-5.0, 500.0).delta_pct, 0.0);
+        assert_eq!(step(0.0, 500.0).delta_w, 500.0);
+    }
+
+    #[test]
+    fn sparse_readings_give_nothing() {
+        let e = at((19, 32, 30));
+        let readings: Vec<Reading> =
+            (0..6).map(|i| r(at((19, 30, 0)) + i * 300 * S, 1000.0 + i as f64 * 500.0)).collect();
+        assert_eq!(eval(&readings, e, 10.0), Outcome::Pending);
+    }
+
+    #[test]
+    fn waits_while_a_nearer_reading_may_arrive() {
+        let e = at((19, 30, 3));
+        // After-target 19:30:08; only a reading at 19:30:04 so far: one at
+        // 19:30:08..=19:30:12 would be nearer, so wait until 19:30:12 passed.
+        let readings = [r(e - 5 * S, 100.0), r(e + S, 200.0)];
+        let pending = evaluate(&readings, e, 5 * S, 30 * S, 10.0, e + 9 * S);
+        assert_eq!(pending, Outcome::Pending);
+        let settled = evaluate(&readings, e, 5 * S, 30 * S, 10.0, e + 20 * S);
+        assert!(matches!(settled, Outcome::Correlated(_)));
+    }
+}

@@ -1,0 +1,296 @@
+//! `wattedge-probe`: a purpose-built guest for the host's integration tests.
+//!
+//! Its behaviour is chosen by the `mode` config key, and an invoked run's
+//! arguments override any config key for that run:
+//!
+//! | mode | each run |
+//! |---|---|
+//! | `write` (default) | writes one point (`measurement`, tag `version`, fields `run`, `started_ms`, `ended_ms`), sleeping `sleep_ms` before the write |
+//! | `trap` | panics, i.e. a wasm trap |
+//! | `error` | returns `GuestError::Internal("probe error")` |
+//! | `loop` | spins forever (tests the CPU deadline) |
+//! | `alloc` | grows memory by 1 MiB blocks until it traps (tests the memory limit) |
+//! | `slow-init` | `init` sleeps `init_sleep_ms` (default 3000), then runs like `write` |
+//! | `health` | reports `health` = `ok`, `standby:TEXT` or `degraded:TEXT` |
+//! | `wake` | on a scheduled/invoked run asks for a wake-up `wake_after_ms` later; writes a point tagged `trigger=scheduled|invoked|wake` |
+//! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
+//!
+//! Every run first increments the counter `probe_runs`. The run number
+//! (`run` field) is kept in guest state under `runs`, so it survives restarts
+//! and hot swaps. Sleeps use `wasi:clocks/monotonic-clock` pollables, so an
+//! async host can park the guest rather than burn CPU.
+
+use std::hint::black_box;
+
+use wattedge_guest::config::{Config, config_error};
+use wattedge_guest::status::Health;
+use wattedge_guest::{
+    FieldValue, Guest, GuestError, Point, Slot, Summary, Trigger, clock, influx, report, schedule, state, status,
+};
+
+/// Behaviour of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One point per run.
+    Write,
+    /// Panic (a wasm trap).
+    Trap,
+    /// Return an error.
+    Error,
+    /// Spin forever.
+    Loop,
+    /// Grow memory until it traps.
+    Alloc,
+    /// Sleep in `init`, then write.
+    SlowInit,
+    /// Report the configured health.
+    Health,
+    /// Ask for a wake-up and write.
+    Wake,
+    /// Report whether a secret is set.
+    Secret,
+}
+
+impl Mode {
+    /// Parses a mode name.
+    pub fn parse(name: &str) -> Result<Self, GuestError> {
+        Ok(match name {
+            "write" => Self::Write,
+            "trap" => Self::Trap,
+            "error" => Self::Error,
+            "loop" => Self::Loop,
+            "alloc" => Self::Alloc,
+            "slow-init" => Self::SlowInit,
+            "health" => Self::Health,
+            "wake" => Self::Wake,
+            "secret" => Self::Secret,
+            other => {
+                return Err(config_error(
+                    "mode",
+                    format!(
+                        "{other:?} is unknown; use write, trap, error, loop, alloc, \
+                         slow-init, health, wake or secret"
+                    ),
+                ));
+            }
+        })
+    }
+}
+
+/// Everything a run needs, parsed from config plus invoked arguments.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The behaviour.
+    pub mode: Mode,
+    /// Measurement written by `write` and `wake`.
+    pub measurement: String,
+    /// Value of the `version` tag.
+    pub version: String,
+    /// Sleep before the write.
+    pub sleep_ms: u64,
+    /// Sleep in `init` for `slow-init`.
+    pub init_sleep_ms: u64,
+    /// Delay of the wake-up asked for by `wake`.
+    pub wake_after_ms: u64,
+    /// Health reported by `health`.
+    pub health: Health,
+    /// Secret checked by `secret`.
+    pub secret_name: String,
+}
+
+/// Parses `ok`, `standby:TEXT` or `degraded:TEXT`.
+pub fn parse_health(text: &str) -> Result<Health, GuestError> {
+    if text == "ok" {
+        return Ok(Health::Ok);
+    }
+    match text.split_once(':') {
+        Some(("standby", t)) => Ok(Health::Standby(t.to_string())),
+        Some(("degraded", t)) => Ok(Health::Degraded(t.to_string())),
+        _ => Err(config_error("health", format!("{text:?} is invalid; use ok, standby:TEXT or degraded:TEXT"))),
+    }
+}
+
+const HOUR_MS: u64 = 3_600_000;
+
+impl Plan {
+    /// Parses and validates `config`.
+    pub fn from_config(config: &Config) -> Result<Self, GuestError> {
+        Ok(Self {
+            mode: Mode::parse(&config.string("mode", "write"))?,
+            measurement: config.string("measurement", "probe"),
+            version: config.string("version", "v1"),
+            sleep_ms: config.u64_in("sleep_ms", 0, 0..=HOUR_MS)?,
+            init_sleep_ms: config.u64_in("init_sleep_ms", 3000, 0..=HOUR_MS)?,
+            wake_after_ms: config.u64_in("wake_after_ms", 1000, 0..=24 * HOUR_MS)?,
+            health: parse_health(&config.string("health", "ok"))?,
+            secret_name: config.string("secret_name", "probe.secret"),
+        })
+    }
+}
+
+/// The label of a trigger for the `trigger` tag.
+pub fn trigger_label(trigger: &Trigger) -> &'static str {
+    match trigger {
+        Trigger::Scheduled(_) => "scheduled",
+        Trigger::Wake(_) => "wake",
+        Trigger::Invoked(_) => "invoked",
+    }
+}
+
+/// Reads, increments and stores the run counter.
+fn next_run() -> Result<i64, GuestError> {
+    let previous = state::get("runs")
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.trim().parse::<i64>().ok())
+        .unwrap_or(0);
+    let run = previous.saturating_add(1);
+    state::set("runs", run.to_string().as_bytes())
+        .map_err(|e| GuestError::Internal(format!("saving run counter: {}", wattedge_guest::state_error_text(&e))))?;
+    Ok(run)
+}
+
+/// The `write` behaviour: one point at the end of the run.
+fn write_point(plan: &Plan, trigger: Option<&Trigger>) -> Result<Summary, GuestError> {
+    let started_ns = clock::now_ns();
+    let started_ms = started_ns / clock::NANOS_PER_MS;
+    let run = next_run()?;
+    clock::sleep_ms(plan.sleep_ms);
+    let ended_ms = clock::now_ms();
+    let mut tags = vec![("version".to_string(), plan.version.clone())];
+    if let Some(t) = trigger {
+        tags.push(("trigger".to_string(), trigger_label(t).to_string()));
+    }
+    let point = Point {
+        measurement: plan.measurement.clone(),
+        tags,
+        fields: vec![
+            ("run".into(), FieldValue::Integer(run)),
+            ("started_ms".into(), FieldValue::Float(started_ms as f64)),
+            ("ended_ms".into(), FieldValue::Float(ended_ms as f64)),
+        ],
+        time: started_ns,
+    };
+    let written = influx::write(&[point]).map_err(|e| {
+        GuestError::Store(format!("writing {}: {}", plan.measurement, wattedge_guest::influx_error_text(&e)))
+    })?;
+    Ok(Summary { points_written: written, detail: Some(format!("run {run} ({})", plan.version)) })
+}
+
+/// Spins until the host's deadline interrupts it.
+fn spin() -> ! {
+    let mut x: u64 = 0;
+    loop {
+        x = black_box(x.wrapping_add(1));
+    }
+}
+
+/// Allocates and touches 1 MiB blocks until allocation fails (a trap).
+fn hog() -> ! {
+    const BLOCK: usize = 1 << 20;
+    let mut blocks: Vec<Vec<u8>> = Vec::new();
+    loop {
+        let mut block = vec![0u8; BLOCK];
+        for byte in block.iter_mut().step_by(4096) {
+            *byte = 1;
+        }
+        blocks.push(black_box(block));
+        black_box(&blocks);
+    }
+}
+
+static CONFIG: Slot<Config> = Slot::new();
+
+struct Probe;
+
+impl Guest for Probe {
+    fn init(config: Vec<(String, String)>) -> Result<(), GuestError> {
+        let config = Config::new(config);
+        let plan = Plan::from_config(&config)?;
+        if plan.mode == Mode::SlowInit {
+            clock::sleep_ms(plan.init_sleep_ms);
+        }
+        CONFIG.set(config);
+        Ok(())
+    }
+
+    fn run(trigger: Trigger) -> Result<Summary, GuestError> {
+        report::inc("probe_runs");
+        let config = CONFIG.get()?;
+        let plan = match &trigger {
+            Trigger::Invoked(args) => Plan::from_config(&config.overridden(args))?,
+            Trigger::Scheduled(_) | Trigger::Wake(_) => Plan::from_config(&config)?,
+        };
+        match plan.mode {
+            Mode::Write | Mode::SlowInit => write_point(&plan, None),
+            Mode::Trap => unreachable!("probe mode trap"),
+            Mode::Error => Err(GuestError::Internal("probe error".into())),
+            Mode::Loop => spin(),
+            Mode::Alloc => hog(),
+            Mode::Health => {
+                status::report(&plan.health);
+                Ok(Summary { points_written: 0, detail: Some("health reported".into()) })
+            }
+            Mode::Wake => {
+                if !matches!(trigger, Trigger::Wake(_)) {
+                    let delay = i64::try_from(plan.wake_after_ms).unwrap_or(0);
+                    schedule::wake_at(clock::now_ns().saturating_add(delay.saturating_mul(clock::NANOS_PER_MS)));
+                }
+                write_point(&plan, Some(&trigger))
+            }
+            Mode::Secret => {
+                let set = wattedge_guest::secrets::is_set(&plan.secret_name);
+                report::set_count("secret_is_set", u64::from(set));
+                if set {
+                    report::ok();
+                } else {
+                    report::standby_for_secrets(&[plan.secret_name.as_str()]);
+                }
+                Ok(Summary { points_written: 0, detail: Some(format!("secret_is_set={}", u8::from(set))) })
+            }
+        }
+    }
+}
+
+wattedge_guest::export_guest!(Probe with_types_in wattedge_guest::bindings);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Config {
+        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn defaults() {
+        let p = Plan::from_config(&cfg(&[])).expect("defaults are valid");
+        assert_eq!(p.mode, Mode::Write);
+        assert_eq!((p.measurement.as_str(), p.version.as_str()), ("probe", "v1"));
+        assert_eq!((p.sleep_ms, p.init_sleep_ms, p.wake_after_ms), (0, 3000, 1000));
+        assert_eq!(p.health, Health::Ok);
+    }
+
+    #[test]
+    fn invoked_args_override() {
+        let base = cfg(&[("mode", "write"), ("version", "v2")]);
+        let p = Plan::from_config(&base.overridden(&[("mode".into(), "trap".into())])).expect("valid");
+        assert_eq!((p.mode, p.version.as_str()), (Mode::Trap, "v2"));
+    }
+
+    #[test]
+    fn health_and_bad_values() {
+        assert_eq!(parse_health("standby:waiting for x"), Ok(Health::Standby("waiting for x".into())));
+        assert_eq!(parse_health("degraded:a:b"), Ok(Health::Degraded("a:b".into())));
+        assert!(matches!(parse_health("fine"), Err(GuestError::Config(m)) if m.starts_with("health: ")));
+        assert!(
+            matches!(Plan::from_config(&cfg(&[("mode", "nap")])), Err(GuestError::Config(m)) if m.starts_with("mode: "))
+        );
+        assert!(Plan::from_config(&cfg(&[("sleep_ms", "-1")])).is_err());
+    }
+
+    #[test]
+    fn labels() {
+        assert_eq!(trigger_label(&Trigger::Wake(1)), "wake");
+        assert_eq!(trigger_label(&Trigger::Scheduled(1)), "scheduled");
+    }
+}
