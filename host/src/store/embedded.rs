@@ -1,0 +1,689 @@
+//! The embedded time-series store: the default store, one `redb` file on local
+//! disk, so a Raspberry Pi keeps its energy data with no database server.
+//!
+//! It owns the on-disk layout (keys, value encoding, tables), point validation,
+//! InfluxDB-style merge semantics, structured queries and retention purging.
+//! Every write is one ACID `redb` transaction committed with the default
+//! (immediate) durability, so a power cut leaves either the whole batch or none
+//! of it.
+//!
+//! # Layout
+//! Table `points`: key = `u32 BE len(measurement) ‖ measurement ‖ time ‖ series`,
+//! where `time` is the timestamp with its sign bit flipped, big-endian (so byte
+//! order is numeric order), and `series` is the canonical, length-prefixed
+//! encoding of the sorted tag set. All points of one measurement are therefore
+//! contiguous and ordered by time, so a time-range query is a range scan. The
+//! value is a small hand-rolled binary encoding of the field map (exact for
+//! every `f64` bit pattern, unlike JSON). Table `measurements` lists every
+//! measurement that has points, so retention can range-delete per measurement
+//! instead of scanning the whole file.
+//!
+//! # Locking
+//! `redb::Database::create` takes an exclusive lock on the file: only one
+//! `EmbeddedStore` (in any process, or twice in the same process) may have a
+//! given file open at a time; a second `open` fails with
+//! [`StoreError::Unavailable`]. Share one `EmbeddedStore` (it is `Send + Sync`)
+//! instead of opening the file again.
+//!
+//! The API is synchronous and may block on disk I/O: call it from
+//! `spawn_blocking`.
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use super::{FieldValue, Point, Query, Row, Selector, StoreError, Timestamp};
+
+const POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("points");
+const MEASUREMENTS: TableDefinition<&str, ()> = TableDefinition::new("measurements");
+
+/// A crash-safe, single-file time-series store (see the module docs).
+pub struct EmbeddedStore {
+    db: Database,
+    path: PathBuf,
+    retention: Option<Duration>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .field("retention", &self.retention)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (creating the parent directory and the file if needed) the store
+    /// at `path`. Takes an exclusive lock on the file for the life of the store.
+    pub fn open(path: &Path, retention: Option<Duration>) -> Result<Self, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("creating directory {} for embedded store: {e}", parent.display()))
+            })?;
+        }
+        let db = Database::create(path).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "opening embedded store {}: {e} (the file is locked exclusively while open)",
+                path.display()
+            ))
+        })?;
+        let store = Self { db, path: path.to_path_buf(), retention };
+        // Create the tables up front so read transactions never see them missing.
+        let txn = store.db.begin_write().map_err(store.err("begin write"))?;
+        {
+            txn.open_table(POINTS).map_err(store.err("open points table"))?;
+            txn.open_table(MEASUREMENTS).map_err(store.err("open measurements table"))?;
+        }
+        txn.commit().map_err(store.err("commit table creation"))?;
+        Ok(store)
+    }
+
+    /// Writes a batch in one transaction; returns the number of points written.
+    /// A point with the same (measurement, tags, time) as a stored one merges
+    /// into it: its fields overwrite same-named fields, other fields are kept.
+    /// The whole batch is validated first; one invalid point rejects the batch.
+    pub fn write(&self, points: &[Point]) -> Result<u32, StoreError> {
+        for (i, p) in points.iter().enumerate() {
+            validate(p).map_err(|m| StoreError::Invalid(format!("point {i}: {m}")))?;
+        }
+        let count = u32::try_from(points.len())
+            .map_err(|_| StoreError::Invalid(format!("batch too large: {}", points.len())))?;
+        if points.is_empty() {
+            return Ok(0);
+        }
+        let txn = self.db.begin_write().map_err(self.err("begin write"))?;
+        {
+            let mut table = txn.open_table(POINTS).map_err(self.err("open points"))?;
+            let mut measurements = txn.open_table(MEASUREMENTS).map_err(self.err("open measurements"))?;
+            for p in points {
+                let key = point_key(&p.measurement, p.time, &p.tags);
+                let existing =
+                    table.get(key.as_slice()).map_err(self.err("read point"))?.map(|v| decode_fields(v.value()));
+                let value = match existing {
+                    Some(old) => {
+                        let mut fields = old.map_err(|e| self.corrupt(e))?;
+                        fields.extend(p.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
+                        encode_fields(&fields)
+                    }
+                    None => encode_fields(&p.fields),
+                };
+                table.insert(key.as_slice(), value.as_slice()).map_err(self.err("insert point"))?;
+                measurements.insert(p.measurement.as_str(), ()).map_err(self.err("record measurement"))?;
+            }
+        }
+        txn.commit().map_err(self.err("commit write"))?;
+        Ok(count)
+    }
+
+    /// Runs a structured query over one measurement.
+    pub fn query(&self, q: &Query) -> Result<Vec<Row>, StoreError> {
+        if q.measurement.is_empty() {
+            return Err(StoreError::Invalid("query measurement is empty".into()));
+        }
+        let cap = match q.select {
+            Selector::First | Selector::Last => 1,
+            Selector::All => q.limit.map_or(usize::MAX, |l| l as usize),
+        };
+        let mut rows = Vec::new();
+        if cap == 0 || matches!((q.start, q.end), (Some(s), Some(e)) if s >= e) {
+            return Ok(rows);
+        }
+        let lower = time_key(&q.measurement, q.start.unwrap_or(i64::MIN));
+        let upper = match q.end {
+            Some(end) => time_key(&q.measurement, end),
+            None => measurement_successor(&q.measurement),
+        };
+        let txn = self.db.begin_read().map_err(self.err("begin read"))?;
+        let table = txn.open_table(POINTS).map_err(self.err("open points"))?;
+        let range = table
+            .range::<&[u8]>((Bound::Included(lower.as_slice()), Bound::Excluded(upper.as_slice())))
+            .map_err(self.err("range scan"))?;
+        let newest_first = match q.select {
+            Selector::First => false,
+            Selector::Last => true,
+            Selector::All => q.descending,
+        };
+        let iter: Box<dyn Iterator<Item = _>> = if newest_first { Box::new(range.rev()) } else { Box::new(range) };
+        let prefix_len = measurement_prefix(&q.measurement).len();
+        for entry in iter {
+            let (k, v) = entry.map_err(self.err("read point"))?;
+            let key = k.value();
+            let (time, tags) = decode_key_suffix(&key[prefix_len..]).map_err(|e| self.corrupt(e))?;
+            if !q.tags.iter().all(|(tk, tv)| tags.get(tk) == Some(tv)) {
+                continue;
+            }
+            let mut fields = decode_fields(v.value()).map_err(|e| self.corrupt(e))?;
+            if !q.fields.is_empty() {
+                fields.retain(|name, _| q.fields.contains(name));
+                if fields.is_empty() {
+                    continue;
+                }
+            }
+            rows.push(Row { time, tags, fields });
+            if rows.len() >= cap {
+                break;
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Deletes every point older than `now - retention` (time strictly less
+    /// than the cutoff); returns how many were deleted. A no-op returning 0
+    /// when the store has no retention.
+    pub fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let Some(retention) = self.retention else {
+            return Ok(0);
+        };
+        let retention_ns = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
+        let cutoff = now.saturating_sub(retention_ns);
+        let txn = self.db.begin_write().map_err(self.err("begin purge"))?;
+        let mut deleted = 0u64;
+        {
+            let mut table = txn.open_table(POINTS).map_err(self.err("open points"))?;
+            let mut measurements = txn.open_table(MEASUREMENTS).map_err(self.err("open measurements"))?;
+            let names: Vec<String> = measurements
+                .iter()
+                .map_err(self.err("list measurements"))?
+                .map(|e| e.map(|(k, _)| k.value().to_owned()))
+                .collect::<Result<_, _>>()
+                .map_err(self.err("list measurements"))?;
+            for name in names {
+                let lower = time_key(&name, i64::MIN);
+                let upper = time_key(&name, cutoff);
+                let extracted = table
+                    .extract_from_if::<&[u8], _>(
+                        (Bound::Included(lower.as_slice()), Bound::Excluded(upper.as_slice())),
+                        |_, _| true,
+                    )
+                    .map_err(self.err("purge range"))?;
+                for entry in extracted {
+                    entry.map_err(self.err("purge point"))?;
+                    deleted += 1;
+                }
+                let end = measurement_successor(&name);
+                let remaining = table
+                    .range::<&[u8]>((Bound::Included(lower.as_slice()), Bound::Excluded(end.as_slice())))
+                    .map_err(self.err("check measurement"))?
+                    .next()
+                    .is_some();
+                if !remaining {
+                    measurements.remove(name.as_str()).map_err(self.err("forget measurement"))?;
+                }
+            }
+        }
+        txn.commit().map_err(self.err("commit purge"))?;
+        Ok(deleted)
+    }
+
+    /// The number of stored points (distinct identities) across all measurements.
+    pub fn point_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(self.err("begin read"))?;
+        let table = txn.open_table(POINTS).map_err(self.err("open points"))?;
+        table.len().map_err(self.err("count points"))
+    }
+
+    fn err<E: Display>(&self, what: &'static str) -> impl Fn(E) -> StoreError + '_ {
+        move |e| StoreError::Unavailable(format!("embedded store {}: {what}: {e}", self.path.display()))
+    }
+
+    fn corrupt(&self, e: String) -> StoreError {
+        StoreError::Unavailable(format!("embedded store {}: corrupt record: {e}", self.path.display()))
+    }
+}
+
+/// Checks a point against InfluxDB's rules; the message names what is wrong.
+fn validate(p: &Point) -> Result<(), String> {
+    if p.measurement.is_empty() {
+        return Err("measurement is empty".into());
+    }
+    if p.fields.is_empty() {
+        return Err(format!("measurement {:?} has no fields", p.measurement));
+    }
+    for (k, v) in &p.tags {
+        if k.is_empty() {
+            return Err(format!("empty tag key (value {v:?})"));
+        }
+    }
+    for (k, v) in &p.fields {
+        if k.is_empty() {
+            return Err("empty field key".into());
+        }
+        if let FieldValue::Float(f) = v
+            && !f.is_finite()
+        {
+            return Err(format!("field {k:?} is {f}, which InfluxDB cannot store"));
+        }
+    }
+    Ok(())
+}
+
+// ---- key encoding ----------------------------------------------------------
+
+fn measurement_prefix(m: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + m.len() + 8);
+    put_bytes(&mut out, m.as_bytes());
+    out
+}
+
+/// The first key of `m` at time `t` (any series sorts after it).
+fn time_key(m: &str, t: Timestamp) -> Vec<u8> {
+    let mut out = measurement_prefix(m);
+    out.extend_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
+    out
+}
+
+/// A key greater than every key of `m` and no key of another measurement
+/// sorts between. The prefix ends with `m`'s last UTF-8 byte, which is never
+/// 0xFF, so incrementing it cannot overflow.
+fn measurement_successor(m: &str) -> Vec<u8> {
+    let mut out = measurement_prefix(m);
+    if let Some(last) = out.last_mut() {
+        *last += 1;
+    }
+    out
+}
+
+fn point_key(m: &str, t: Timestamp, tags: &BTreeMap<String, String>) -> Vec<u8> {
+    let mut out = time_key(m, t);
+    for (k, v) in tags {
+        put_bytes(&mut out, k.as_bytes());
+        put_bytes(&mut out, v.as_bytes());
+    }
+    out
+}
+
+fn decode_key_suffix(b: &[u8]) -> Result<(Timestamp, BTreeMap<String, String>), String> {
+    let mut r = Reader(b);
+    let time = (u64::from_be_bytes(r.array()?) ^ (1 << 63)) as i64;
+    let mut tags = BTreeMap::new();
+    while !r.0.is_empty() {
+        let k = r.string()?;
+        let v = r.string()?;
+        tags.insert(k, v);
+    }
+    Ok((time, tags))
+}
+
+// ---- value encoding --------------------------------------------------------
+
+const T_FLOAT: u8 = 0;
+const T_INT: u8 = 1;
+const T_UINT: u8 = 2;
+const T_BOOL: u8 = 3;
+const T_TEXT: u8 = 4;
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    let len = u32::try_from(b.len()).expect("string longer than 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn encode_fields(fields: &BTreeMap<String, FieldValue>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * fields.len());
+    for (k, v) in fields {
+        put_bytes(&mut out, k.as_bytes());
+        match v {
+            FieldValue::Float(f) => {
+                out.push(T_FLOAT);
+                out.extend_from_slice(&f.to_bits().to_le_bytes());
+            }
+            FieldValue::Integer(i) => {
+                out.push(T_INT);
+                out.extend_from_slice(&i.to_le_bytes());
+            }
+            FieldValue::Unsigned(u) => {
+                out.push(T_UINT);
+                out.extend_from_slice(&u.to_le_bytes());
+            }
+            FieldValue::Boolean(b) => {
+                out.push(T_BOOL);
+                out.push(u8::from(*b));
+            }
+            FieldValue::Text(s) => {
+                out.push(T_TEXT);
+                put_bytes(&mut out, s.as_bytes());
+            }
+        }
+    }
+    out
+}
+
+fn decode_fields(b: &[u8]) -> Result<BTreeMap<String, FieldValue>, String> {
+    let mut r = Reader(b);
+    let mut fields = BTreeMap::new();
+    while !r.0.is_empty() {
+        let k = r.string()?;
+        let [tag] = r.array()?;
+        let v = match tag {
+            T_FLOAT => FieldValue::Float(f64::from_bits(u64::from_le_bytes(r.array()?))),
+            T_INT => FieldValue::Integer(i64::from_le_bytes(r.array()?)),
+            T_UINT => FieldValue::Unsigned(u64::from_le_bytes(r.array()?)),
+            T_BOOL => match r.array()? {
+                [0] => FieldValue::Boolean(false),
+                [1] => FieldValue::Boolean(true),
+                [x] => return Err(format!("bad boolean byte {x} in field {k:?}")),
+            },
+            T_TEXT => FieldValue::Text(r.string()?),
+            other => return Err(format!("unknown field type {other} in field {k:?}")),
+        };
+        fields.insert(k, v);
+    }
+    Ok(fields)
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or_else(|| format!("truncated: wanted {N} bytes, {} left", self.0.len()))?;
+        self.0 = rest;
+        Ok(*head)
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let len = u32::from_be_bytes(self.array()?) as usize;
+        if self.0.len() < len {
+            return Err(format!("truncated string: {len} bytes, {} left", self.0.len()));
+        }
+        let (s, rest) = self.0.split_at(len);
+        self.0 = rest;
+        String::from_utf8(s.to_vec()).map_err(|e| format!("invalid UTF-8: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(m: &str, tags: &[(&str, &str)], fields: &[(&str, FieldValue)], time: i64) -> Point {
+        Point {
+            measurement: m.into(),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            fields: fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            time,
+        }
+    }
+
+    fn f(v: f64) -> FieldValue {
+        FieldValue::Float(v)
+    }
+
+    fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
+        EmbeddedStore::open(&dir.path().join("sub/dir/store.redb"), None).unwrap()
+    }
+
+    fn all(m: &str) -> Query {
+        Query { measurement: m.into(), ..Query::default() }
+    }
+
+    fn times(rows: &[Row]) -> Vec<i64> {
+        rows.iter().map(|r| r.time).collect()
+    }
+
+    /// Three series at times 10..=50 step 10, host a/b alternating.
+    fn seeded(dir: &tempfile::TempDir) -> EmbeddedStore {
+        let s = open(dir);
+        let pts: Vec<Point> = (1..=5)
+            .map(|i| {
+                let host = if i % 2 == 0 { "b" } else { "a" };
+                point("power", &[("host", host), ("phase", "l1")], &[("w", f(i as f64))], i * 10)
+            })
+            .collect();
+        assert_eq!(s.write(&pts).unwrap(), 5);
+        s
+    }
+
+    #[test]
+    fn store_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<EmbeddedStore>();
+    }
+
+    #[test]
+    fn round_trip_all_field_types_and_exact_timestamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        let t = 1_700_000_000_123_456_789;
+        let p = point(
+            "meter",
+            &[("site", "home"), ("dev", "pi,1 =x")],
+            &[
+                ("f", f(0.1 + 0.2)),
+                ("i", FieldValue::Integer(i64::MIN)),
+                ("u", FieldValue::Unsigned(u64::MAX)),
+                ("b", FieldValue::Boolean(true)),
+                ("s", FieldValue::Text("héllo \"w\"\n".into())),
+            ],
+            t,
+        );
+        let neg = point("meter", &[], &[("f", f(-0.0))], -1);
+        assert_eq!(s.write(&[p.clone(), neg.clone()]).unwrap(), 2);
+        let rows = s.query(&all("meter")).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].time, -1);
+        assert!(matches!(rows[0].fields["f"], FieldValue::Float(x) if x.to_bits() == (-0.0f64).to_bits()));
+        assert_eq!(rows[1].time, t);
+        assert_eq!(rows[1].tags, p.tags);
+        assert_eq!(rows[1].fields, p.fields);
+        assert_eq!(s.point_count().unwrap(), 2);
+    }
+
+    #[test]
+    fn same_identity_merges_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        s.write(&[point("m", &[("h", "a")], &[("x", f(1.0)), ("y", f(2.0))], 5)]).unwrap();
+        // Same batch may also contain the same identity twice: later wins.
+        s.write(&[
+            point("m", &[("h", "a")], &[("y", f(3.0))], 5),
+            point("m", &[("h", "a")], &[("z", FieldValue::Boolean(false))], 5),
+        ])
+        .unwrap();
+        // Different tag set or time is a different point.
+        s.write(&[point("m", &[("h", "b")], &[("x", f(9.0))], 5), point("m", &[("h", "a")], &[("x", f(8.0))], 6)])
+            .unwrap();
+        assert_eq!(s.point_count().unwrap(), 3);
+        let q = Query { tags: [("h".to_string(), "a".to_string())].into(), end: Some(6), ..all("m") };
+        let rows = s.query(&q).unwrap();
+        assert_eq!(rows.len(), 1);
+        let expected: BTreeMap<String, FieldValue> =
+            [("x".to_string(), f(1.0)), ("y".to_string(), f(3.0)), ("z".to_string(), FieldValue::Boolean(false))]
+                .into();
+        assert_eq!(rows[0].fields, expected);
+    }
+
+    #[test]
+    fn tag_filters_all_must_match() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = seeded(&dir);
+        s.write(&[point("power", &[("host", "a")], &[("w", f(0.5))], 60)]).unwrap();
+        let q = |tags: &[(&str, &str)]| Query {
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..all("power")
+        };
+        assert_eq!(times(&s.query(&q(&[("host", "a")])).unwrap()), [10, 30, 50, 60]);
+        assert_eq!(times(&s.query(&q(&[("host", "a"), ("phase", "l1")])).unwrap()), [10, 30, 50]);
+        assert_eq!(times(&s.query(&q(&[("host", "b")])).unwrap()), [20, 40]);
+        assert!(s.query(&q(&[("host", "c")])).unwrap().is_empty());
+        assert!(s.query(&q(&[("nosuch", "a")])).unwrap().is_empty());
+        // Other measurements never leak in, including ones sharing a prefix.
+        s.write(&[point("power2", &[("host", "a")], &[("w", f(1.0))], 10)]).unwrap();
+        s.write(&[point("powe", &[("host", "a")], &[("w", f(1.0))], 10)]).unwrap();
+        assert_eq!(s.query(&all("power")).unwrap().len(), 6);
+        assert_eq!(s.query(&all("power2")).unwrap().len(), 1);
+        assert!(s.query(&all("absent")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn time_range_start_inclusive_end_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = seeded(&dir);
+        let q = |start, end| Query { start, end, ..all("power") };
+        assert_eq!(times(&s.query(&q(Some(20), Some(40))).unwrap()), [20, 30]);
+        assert_eq!(times(&s.query(&q(Some(21), Some(41))).unwrap()), [30, 40]);
+        assert_eq!(times(&s.query(&q(None, Some(20))).unwrap()), [10]);
+        assert_eq!(times(&s.query(&q(Some(50), None)).unwrap()), [50]);
+        assert!(s.query(&q(Some(40), Some(40))).unwrap().is_empty());
+        assert!(s.query(&q(Some(40), Some(20))).unwrap().is_empty());
+        assert_eq!(s.query(&q(None, None)).unwrap().len(), 5);
+        // Extreme timestamps are stored and bounded correctly.
+        s.write(&[point("power", &[], &[("w", f(0.0))], i64::MIN), point("power", &[], &[("w", f(0.0))], i64::MAX)])
+            .unwrap();
+        assert_eq!(times(&s.query(&q(None, Some(10))).unwrap()), [i64::MIN]);
+        assert_eq!(times(&s.query(&q(Some(51), None)).unwrap()), [i64::MAX]);
+    }
+
+    #[test]
+    fn first_last_descending_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = seeded(&dir);
+        let q = |select, descending, limit| Query { select, descending, limit, ..all("power") };
+        assert_eq!(times(&s.query(&q(Selector::First, false, None)).unwrap()), [10]);
+        assert_eq!(times(&s.query(&q(Selector::Last, false, None)).unwrap()), [50]);
+        // First/Last ignore the ordering flag.
+        assert_eq!(times(&s.query(&q(Selector::First, true, None)).unwrap()), [10]);
+        assert_eq!(times(&s.query(&q(Selector::Last, true, None)).unwrap()), [50]);
+        assert_eq!(times(&s.query(&q(Selector::All, true, None)).unwrap()), [50, 40, 30, 20, 10]);
+        assert_eq!(times(&s.query(&q(Selector::All, false, Some(2))).unwrap()), [10, 20]);
+        assert_eq!(times(&s.query(&q(Selector::All, true, Some(2))).unwrap()), [50, 40]);
+        assert!(s.query(&q(Selector::All, false, Some(0))).unwrap().is_empty());
+        // Combined with filters: last row of host b before 40.
+        let last_b = Query {
+            tags: [("host".to_string(), "b".to_string())].into(),
+            end: Some(40),
+            select: Selector::Last,
+            ..all("power")
+        };
+        let rows = s.query(&last_b).unwrap();
+        assert_eq!(times(&rows), [20]);
+        assert_eq!(rows[0].fields["w"], f(2.0));
+    }
+
+    #[test]
+    fn fields_projection() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        s.write(&[
+            point("m", &[], &[("a", f(1.0)), ("b", f(2.0)), ("c", f(3.0))], 1),
+            point("m", &[], &[("c", f(4.0))], 2),
+            point("m", &[], &[("b", FieldValue::Integer(5))], 3),
+        ])
+        .unwrap();
+        let q = Query { fields: vec!["a".into(), "b".into()], ..all("m") };
+        let rows = s.query(&q).unwrap();
+        assert_eq!(times(&rows), [1, 3], "row without a or b is skipped");
+        assert_eq!(rows[0].fields.keys().collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(rows[1].fields.keys().collect::<Vec<_>>(), ["b"]);
+        // First/Last honour the projection when choosing the row.
+        let last = Query { fields: vec!["a".into()], select: Selector::Last, ..all("m") };
+        assert_eq!(times(&s.query(&last).unwrap()), [1]);
+        let none = Query { fields: vec!["zzz".into()], ..all("m") };
+        assert!(s.query(&none).unwrap().is_empty());
+    }
+
+    #[test]
+    fn retention_purges_only_expired_points() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.redb");
+        let s = EmbeddedStore::open(&path, Some(Duration::from_nanos(100))).unwrap();
+        s.write(&[
+            point("a", &[], &[("v", f(1.0))], 100),
+            point("a", &[("t", "x")], &[("v", f(1.0))], 199),
+            point("a", &[], &[("v", f(1.0))], 200),
+            point("a", &[], &[("v", f(1.0))], 300),
+            point("b", &[], &[("v", f(1.0))], 50),
+        ])
+        .unwrap();
+        // cutoff = 300 - 100 = 200: times < 200 go.
+        assert_eq!(s.purge_expired(300).unwrap(), 3);
+        assert_eq!(s.point_count().unwrap(), 2);
+        assert_eq!(times(&s.query(&all("a")).unwrap()), [200, 300]);
+        assert!(s.query(&all("b")).unwrap().is_empty());
+        assert_eq!(s.purge_expired(300).unwrap(), 0, "idempotent");
+        // Measurement b is empty and forgotten, but can be written again.
+        s.write(&[point("b", &[], &[("v", f(1.0))], 1000)]).unwrap();
+        assert_eq!(s.purge_expired(1000).unwrap(), 2);
+        assert_eq!(times(&s.query(&all("b")).unwrap()), [1000]);
+        // Huge retention does not overflow.
+        drop(s);
+        let s = EmbeddedStore::open(&path, Some(Duration::MAX)).unwrap();
+        assert_eq!(s.purge_expired(i64::MIN).unwrap(), 0);
+        assert_eq!(s.point_count().unwrap(), 1);
+    }
+
+    #[test]
+    fn no_retention_purge_is_noop() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = seeded(&dir);
+        assert_eq!(s.purge_expired(i64::MAX).unwrap(), 0);
+        assert_eq!(s.point_count().unwrap(), 5);
+    }
+
+    #[test]
+    fn reopen_after_drop_keeps_data_and_lock_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nested/store.redb");
+        let s = EmbeddedStore::open(&path, None).unwrap();
+        s.write(&[point("m", &[("k", "v")], &[("x", FieldValue::Unsigned(7))], 42)]).unwrap();
+        let second = EmbeddedStore::open(&path, None).unwrap_err();
+        match &second {
+            StoreError::Unavailable(msg) => {
+                assert!(msg.contains("store.redb"), "names the file: {msg}")
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        drop(s);
+        let s = EmbeddedStore::open(&path, None).unwrap();
+        assert_eq!(s.point_count().unwrap(), 1);
+        let rows = s.query(&all("m")).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].time, 42);
+        assert_eq!(rows[0].tags["k"], "v");
+        assert_eq!(rows[0].fields["x"], FieldValue::Unsigned(7));
+    }
+
+    #[test]
+    fn invalid_points_rejected_with_clear_messages() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(&dir);
+        let good = point("m", &[], &[("x", f(1.0))], 1);
+        let cases = [
+            (point("", &[], &[("x", f(1.0))], 1), "measurement is empty"),
+            (point("m", &[], &[], 1), "no fields"),
+            (point("m", &[("", "v")], &[("x", f(1.0))], 1), "empty tag key"),
+            (point("m", &[], &[("", f(1.0))], 1), "empty field key"),
+            (point("m", &[], &[("x", f(f64::NAN))], 1), "NaN"),
+        ];
+        for (bad, needle) in cases {
+            let err = s.write(&[good.clone(), bad]).unwrap_err();
+            match err {
+                StoreError::Invalid(msg) => {
+                    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+                    assert!(msg.contains("point 1"), "{msg:?} should name the index");
+                }
+                other => panic!("expected Invalid, got {other:?}"),
+            }
+        }
+        // The whole batch was rejected: the good point was not written.
+        assert_eq!(s.point_count().unwrap(), 0);
+        assert!(matches!(s.query(&all("")).unwrap_err(), StoreError::Invalid(_)));
+        assert_eq!(s.write(&[]).unwrap(), 0);
+    }
+
+    #[test]
+    fn corrupt_value_is_reported_not_panicking() {
+        assert!(decode_fields(&[0, 0, 0, 5, b'a']).is_err());
+        assert!(decode_fields(&[0, 0, 0, 1, b'a', 9]).is_err());
+        assert!(decode_key_suffix(&[1, 2, 3]).is_err());
+        let fields: BTreeMap<String, FieldValue> = [("k".to_string(), FieldValue::Text("v".into()))].into();
+        assert_eq!(decode_fields(&encode_fields(&fields)).unwrap(), fields);
+    }
+}

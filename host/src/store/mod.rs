@@ -1,0 +1,152 @@
+//! Time-series stores behind one interface: the embedded store (default), and
+//! (later) InfluxDB v1/v2 with a crash-safe outbox. The guest-facing `influx`
+//! capability translates WIT types into these and enforces grants; stores only
+//! store.
+
+pub mod embedded;
+pub mod line_protocol;
+
+use std::collections::BTreeMap;
+
+/// Nanoseconds since the Unix epoch.
+pub type Timestamp = i64;
+
+/// A field value; the variant is the field's type in the database.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum FieldValue {
+    Float(f64),
+    Integer(i64),
+    Unsigned(u64),
+    Boolean(bool),
+    Text(String),
+}
+
+/// One point. Tags are kept sorted so a series has one canonical key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub measurement: String,
+    pub tags: BTreeMap<String, String>,
+    pub fields: BTreeMap<String, FieldValue>,
+    pub time: Timestamp,
+}
+
+/// Which rows of the matching range a query returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Selector {
+    #[default]
+    All,
+    First,
+    Last,
+}
+
+/// A structured query over one measurement (see `wit/influx.wit`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Query {
+    pub measurement: String,
+    /// Empty: every field.
+    pub fields: Vec<String>,
+    /// All must match exactly.
+    pub tags: BTreeMap<String, String>,
+    /// Inclusive.
+    pub start: Option<Timestamp>,
+    /// Exclusive.
+    pub end: Option<Timestamp>,
+    pub select: Selector,
+    pub descending: bool,
+    pub limit: Option<u32>,
+}
+
+/// One stored point as a query returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub time: Timestamp,
+    pub tags: BTreeMap<String, String>,
+    pub fields: BTreeMap<String, FieldValue>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The request is malformed (empty measurement, point without fields, ...).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// The store could not complete the operation (I/O, corrupt file, backend down).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A boxed future, so stores can sit behind `dyn`.
+pub type StoreFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// The interface every backend implements. `write` returns once the points
+/// are durable (stored, or in the outbox of a remote backend).
+pub trait TimeSeriesStore: Send + Sync + 'static {
+    /// Stores points; returns how many were accepted.
+    fn write(&self, points: Vec<Point>) -> StoreFuture<'_, u32>;
+    /// Runs a structured query.
+    fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>>;
+    /// A short name for logs and the status page (`embedded`, `influxdb-v1`).
+    fn kind(&self) -> &'static str;
+}
+
+/// The embedded store behind the async interface: redb calls run on the
+/// blocking pool so fsyncs never stall the scheduler.
+pub struct EmbeddedBackend {
+    inner: std::sync::Arc<embedded::EmbeddedStore>,
+}
+
+impl EmbeddedBackend {
+    /// Opens (or creates) the store file and starts its retention task.
+    pub fn open(path: &std::path::Path, retention: Option<std::time::Duration>) -> Result<EmbeddedBackend, StoreError> {
+        let inner = std::sync::Arc::new(embedded::EmbeddedStore::open(path, retention)?);
+        if retention.is_some() {
+            let store = std::sync::Arc::downgrade(&inner);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(std::time::Duration::from_secs(3600));
+                loop {
+                    every.tick().await;
+                    let Some(store) = store.upgrade() else { break };
+                    let now = now_ns();
+                    match tokio::task::spawn_blocking(move || store.purge_expired(now)).await {
+                        Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, "embedded store retention"),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "embedded store retention failed"),
+                        _ => {}
+                    }
+                }
+            });
+        }
+        Ok(EmbeddedBackend { inner })
+    }
+
+    /// The underlying synchronous store (for tools and tests).
+    pub fn store(&self) -> &embedded::EmbeddedStore {
+        &self.inner
+    }
+}
+
+impl TimeSeriesStore for EmbeddedBackend {
+    fn write(&self, points: Vec<Point>) -> StoreFuture<'_, u32> {
+        let inner = self.inner.clone();
+        Box::pin(async move { blocking(move || inner.write(&points)).await })
+    }
+
+    fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>> {
+        let inner = self.inner.clone();
+        Box::pin(async move { blocking(move || inner.query(&query)).await })
+    }
+
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+}
+
+/// Now, in nanoseconds since the epoch.
+pub fn now_ns() -> Timestamp {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
+}
