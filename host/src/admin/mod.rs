@@ -1,0 +1,228 @@
+//! Admin HTTP server of the wattedge host.
+//!
+//! This module owns the operator-facing HTTP/1.1 endpoint: liveness (`/health`),
+//! readiness (`/ready`), Prometheus metrics (`/metrics`), guest inspection
+//! (`/guests`, `/guests/<name>`) and the mutating operations (manual invoke,
+//! counter reset). It owns routing, bearer-token authorization of mutating
+//! requests, request-body limits, JSON/Prometheus rendering and the connection
+//! lifecycle including graceful shutdown. It knows nothing about wasmtime or the
+//! supervisor: everything it needs comes through the [`AdminBackend`] trait.
+
+mod metrics;
+mod routes;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::StatusCode;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use routes::{Shared, handle};
+
+/// Default cap on request bodies; routes needing more override it in `Route::body_limit`.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long in-flight connections may take to finish once shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// Clients must send their request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` (e.g. EMFILE) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the admin server needs from the running host.
+pub trait AdminBackend: Send + Sync + 'static {
+    /// Snapshots of every guest, in config order.
+    fn guests(&self) -> Vec<GuestSnapshot>;
+    /// Queues a manual run of `name` with string args; Err(AdminError::NotFound) for an unknown guest, Err(AdminError::Busy(..)) if it cannot be queued.
+    fn invoke(&self, name: &str, args: Vec<(String, String)>) -> Result<InvokeAccepted, AdminError>;
+    /// Resets the host-side counters of a guest (runs/failures stay).
+    fn reset_counters(&self, name: &str) -> Result<(), AdminError>;
+    /// Extra Prometheus lines from other subsystems (store, http); may be empty.
+    fn extra_metrics(&self) -> String;
+}
+
+/// Point-in-time view of one guest, as served by `/guests`.
+#[derive(Serialize, Clone, Debug)]
+pub struct GuestSnapshot {
+    pub name: String,
+    pub state: GuestState,
+    pub detail: Option<String>,
+    /// sha256 hex of the component bytes.
+    pub version: Option<String>,
+    pub schedule: String,
+    /// `init` completed for the current component.
+    pub initialized: bool,
+    pub last_run: Option<RunRecord>,
+    /// RFC3339 UTC.
+    pub last_success: Option<String>,
+    /// RFC3339 UTC.
+    pub next_run: Option<String>,
+    pub runs: u64,
+    pub failures: u64,
+    pub consecutive_failures: u64,
+    pub points_written: u64,
+    pub run_seconds_total: f64,
+    pub last_run_seconds: Option<f64>,
+    pub counters: BTreeMap<String, serde_json::Value>,
+}
+
+/// One finished run of a guest.
+#[derive(Serialize, Clone, Debug)]
+pub struct RunRecord {
+    pub started: String,
+    pub finished: String,
+    pub trigger: String,
+    /// "ok" | "error" | "trap" | "timeout".
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
+/// Lifecycle state of a guest; serialized lowercase.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestState {
+    Starting,
+    Ok,
+    Standby,
+    Degraded,
+    Failed,
+}
+
+impl GuestState {
+    pub const ALL: [GuestState; 5] = [Self::Starting, Self::Ok, Self::Standby, Self::Degraded, Self::Failed];
+
+    /// The lowercase name used in JSON and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Ok => "ok",
+            Self::Standby => "standby",
+            Self::Degraded => "degraded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for GuestState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Answer to an accepted manual invoke (HTTP 202).
+#[derive(Serialize, Clone, Debug)]
+pub struct InvokeAccepted {
+    pub guest: String,
+    pub queued: bool,
+}
+
+/// Failures of admin operations; each maps to one HTTP status.
+#[derive(thiserror::Error, Debug, Clone)]
+pub enum AdminError {
+    /// Unknown guest (the payload is the requested name).
+    #[error("no guest named '{0}'")]
+    NotFound(String),
+    #[error("cannot queue run: {0}")]
+    Busy(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("missing or invalid admin token; send 'Authorization: Bearer <admin token>'")]
+    Unauthorized,
+}
+
+impl AdminError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Busy(_) => StatusCode::CONFLICT,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+        }
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` resolves.
+///
+/// After `shutdown`, the listener is closed at once, idle keep-alive connections
+/// are closed, and in-flight ones get `SHUTDOWN_GRACE` (1 s) before being aborted.
+/// Accept errors are logged and retried, so this only returns `Ok` today; the
+/// `io::Result` leaves room for fatal listener errors.
+pub async fn serve(
+    listener: TcpListener,
+    backend: Arc<dyn AdminBackend>,
+    admin_token: Option<String>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let shared = Arc::new(Shared { backend, token: admin_token });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin server listening");
+    }
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    conns.spawn(serve_connection(stream, shared.clone(), stop_rx.clone()));
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "admin server: accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    finish(stop_tx, conns).await;
+    Ok(())
+}
+
+/// Asks every connection to shut down gracefully, aborting stragglers after the grace.
+async fn finish(stop: watch::Sender<bool>, mut conns: JoinSet<()>) {
+    stop.send_replace(true);
+    let drained = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        tracing::warn!(open = conns.len(), "admin connections outlived the grace period; aborting");
+        conns.shutdown().await;
+    }
+    tracing::info!("admin server stopped");
+}
+
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let service = service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = stopping(&mut stop) => {
+            // Closes idle keep-alive connections now; lets an in-flight request finish.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(%err, "admin connection ended with an error");
+    }
+}
+
+/// Resolves once shutdown was requested (or the server side is gone).
+async fn stopping(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
