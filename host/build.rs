@@ -1,0 +1,59 @@
+//! Builds the guest components (`guests/*`, and the test probe) for
+//! `wasm32-wasip2` whenever the host is built, so a fresh clone's
+//! `cargo run --release -- run` needs no separate build step.
+//!
+//! The nested cargo uses its own target directory (`target/guests`): sharing
+//! the outer build's directory would deadlock on its lock.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const GUEST_PACKAGES: &[&str] = &["wattedge-watttime", "wattedge-wattivahti", "wattedge-correlator", "wattedge-probe"];
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir.parent().expect("host/ lives in the workspace root").to_path_buf();
+    for watched in ["guests", "wit", "tests/probe", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+    println!("cargo:rerun-if-env-changed=WATTEDGE_GUEST_DIR");
+    // Packagers (and cross builds) may supply prebuilt guests instead.
+    if let Some(dir) = std::env::var_os("WATTEDGE_GUEST_DIR") {
+        println!("cargo:rustc-env=WATTEDGE_GUEST_DIR={}", PathBuf::from(dir).display());
+        return;
+    }
+    let target_dir =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("guests");
+    build_guests(&root, &target_dir);
+    let out = target_dir.join("wasm32-wasip2").join("release");
+    println!("cargo:rustc-env=WATTEDGE_GUEST_DIR={}", out.display());
+}
+
+fn build_guests(root: &Path, target_dir: &Path) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    command.current_dir(root).args(["build", "--release", "--target", "wasm32-wasip2", "--target-dir"]).arg(target_dir);
+    for package in GUEST_PACKAGES {
+        command.args(["-p", package]);
+    }
+    // Flags meant for the host build (cross linkers, target features) must not
+    // leak into the wasm build.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        command.env_remove(var);
+    }
+    let status = command.status().expect("failed to start cargo for the guest build");
+    if !status.success() {
+        panic!(
+            "building the guest components failed (see above). If the error says the \
+             wasm32-wasip2 target is missing, run: rustup target add wasm32-wasip2"
+        );
+    }
+}

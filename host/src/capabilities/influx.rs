@@ -1,0 +1,173 @@
+//! The `influx` capability: guests write and query time series through the
+//! configured store, only for the measurements their grants name.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::bindings::influx::{self as wit, InfluxError};
+use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
+use crate::config::Grants;
+use crate::store::{FieldValue, Point, Query, Row, Selector, StoreError, TimeSeriesStore};
+
+/// Per-guest store counters, shown in `/metrics`.
+#[derive(Default)]
+pub struct InfluxMetrics {
+    pub points_written: AtomicU64,
+    pub writes_denied: AtomicU64,
+    pub queries: AtomicU64,
+    pub queries_denied: AtomicU64,
+    pub errors: AtomicU64,
+    /// The latest point of each measurement the guest wrote (for the status page).
+    pub latest: std::sync::Mutex<BTreeMap<String, Point>>,
+}
+
+/// One guest's view of the store.
+pub struct InfluxCap {
+    guest: Arc<str>,
+    store: Arc<dyn TimeSeriesStore>,
+    write_grants: HashSet<String>,
+    read_grants: HashSet<String>,
+}
+
+impl InfluxCap {
+    pub fn new(guest: Arc<str>, grants: &Grants, store: Arc<dyn TimeSeriesStore>) -> InfluxCap {
+        InfluxCap {
+            guest,
+            store,
+            write_grants: grants.influx_write.iter().cloned().collect(),
+            read_grants: grants.influx_read.iter().cloned().collect(),
+        }
+    }
+
+    fn check_write(&self, points: &[WitPoint]) -> Result<(), InfluxError> {
+        match points.iter().find(|p| !self.write_grants.contains(&p.measurement)) {
+            None => Ok(()),
+            Some(p) => {
+                tracing::warn!(guest = %self.guest, measurement = %p.measurement, "influx write denied: measurement not granted");
+                Err(InfluxError::Denied(format!(
+                    "measurement {:?} is not in grants.influx_write of guest {}",
+                    p.measurement, self.guest
+                )))
+            }
+        }
+    }
+}
+
+impl wit::Host for super::GuestCtx {
+    async fn write(&mut self, points: Vec<WitPoint>) -> Result<u32, InfluxError> {
+        let metrics = &self.shared.influx;
+        if let Err(e) = self.influx.check_write(&points) {
+            metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        let points: Vec<Point> = points.into_iter().map(point_from_wit).collect();
+        let latest: Vec<Point> = latest_per_measurement(&points);
+        match self.influx.store.write(points).await {
+            Ok(n) => {
+                metrics.points_written.fetch_add(u64::from(n), Ordering::Relaxed);
+                let mut map = metrics.latest.lock().expect("latest lock");
+                for p in latest {
+                    map.insert(p.measurement.clone(), p);
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                Err(store_error(e))
+            }
+        }
+    }
+
+    async fn query(&mut self, q: wit::SeriesQuery) -> Result<Vec<wit::Row>, InfluxError> {
+        let metrics = &self.shared.influx;
+        if !self.influx.read_grants.contains(&q.measurement) {
+            metrics.queries_denied.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(guest = %self.influx.guest, measurement = %q.measurement, "influx query denied: measurement not granted");
+            return Err(InfluxError::Denied(format!(
+                "measurement {:?} is not in grants.influx_read of guest {}",
+                q.measurement, self.influx.guest
+            )));
+        }
+        metrics.queries.fetch_add(1, Ordering::Relaxed);
+        match self.influx.store.query(query_from_wit(q)).await {
+            Ok(rows) => Ok(rows.into_iter().map(row_to_wit).collect()),
+            Err(e) => {
+                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                Err(store_error(e))
+            }
+        }
+    }
+}
+
+fn latest_per_measurement(points: &[Point]) -> Vec<Point> {
+    let mut latest: BTreeMap<&str, &Point> = BTreeMap::new();
+    for p in points {
+        let slot = latest.entry(&p.measurement).or_insert(p);
+        if p.time >= slot.time {
+            *slot = p;
+        }
+    }
+    latest.into_values().cloned().collect()
+}
+
+fn store_error(e: StoreError) -> InfluxError {
+    match e {
+        StoreError::Invalid(m) => InfluxError::Invalid(m),
+        StoreError::Unavailable(m) => InfluxError::Unavailable(m),
+    }
+}
+
+fn point_from_wit(p: WitPoint) -> Point {
+    Point {
+        measurement: p.measurement,
+        tags: p.tags.into_iter().collect(),
+        fields: p.fields.into_iter().map(|(k, v)| (k, field_from_wit(v))).collect(),
+        time: p.time,
+    }
+}
+
+fn field_from_wit(v: WitField) -> FieldValue {
+    match v {
+        WitField::Float(f) => FieldValue::Float(f),
+        WitField::Integer(i) => FieldValue::Integer(i),
+        WitField::Unsigned(u) => FieldValue::Unsigned(u),
+        WitField::Boolean(b) => FieldValue::Boolean(b),
+        WitField::Text(s) => FieldValue::Text(s),
+    }
+}
+
+fn field_to_wit(v: FieldValue) -> WitField {
+    match v {
+        FieldValue::Float(f) => WitField::Float(f),
+        FieldValue::Integer(i) => WitField::Integer(i),
+        FieldValue::Unsigned(u) => WitField::Unsigned(u),
+        FieldValue::Boolean(b) => WitField::Boolean(b),
+        FieldValue::Text(s) => WitField::Text(s),
+    }
+}
+
+fn query_from_wit(q: wit::SeriesQuery) -> Query {
+    Query {
+        measurement: q.measurement,
+        fields: q.fields,
+        tags: q.tags.into_iter().map(|t| (t.key, t.value)).collect(),
+        start: q.start,
+        end: q.end,
+        select: match q.select {
+            wit::Selector::All => Selector::All,
+            wit::Selector::First => Selector::First,
+            wit::Selector::Last => Selector::Last,
+        },
+        descending: q.descending,
+        limit: q.limit,
+    }
+}
+
+fn row_to_wit(r: Row) -> wit::Row {
+    wit::Row {
+        time: r.time,
+        tags: r.tags.into_iter().collect(),
+        fields: r.fields.into_iter().map(|(k, v)| (k, field_to_wit(v))).collect(),
+    }
+}

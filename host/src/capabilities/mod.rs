@@ -1,0 +1,116 @@
+//! Everything a guest can reach, one module per capability.
+//!
+//! Each store's data is a [`GuestCtx`]: WASI and wasi:http state plus one
+//! field per wattedge capability. Host-side state that must outlive a store
+//! (health, counters, wake-ups, written-point totals) lives in
+//! [`GuestShared`], which the supervisor keeps across restarts and swaps.
+
+pub mod http;
+pub mod influx;
+pub mod log;
+pub mod schedule;
+pub mod secrets;
+pub mod state;
+pub mod status;
+
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::config::GuestConfig;
+use crate::secrets::SecretStore;
+use crate::store::TimeSeriesStore;
+
+/// Host services shared by all guests.
+#[derive(Clone)]
+pub struct HostServices {
+    pub store: Arc<dyn TimeSeriesStore>,
+    pub secrets: Arc<SecretStore>,
+    pub state: Arc<state::StateStore>,
+}
+
+/// Per-guest host state that survives store re-creation and hot swaps.
+#[derive(Default)]
+pub struct GuestShared {
+    pub board: status::StatusBoard,
+    pub wake: schedule::WakeSlot,
+    pub influx: influx::InfluxMetrics,
+    pub http: http::HttpMetrics,
+}
+
+/// The data of one guest's wasmtime store.
+pub struct GuestCtx {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) http_ctx: WasiHttpCtx,
+    pub(crate) http: http::HttpGate,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: StoreLimits,
+    pub(crate) influx: influx::InfluxCap,
+    pub(crate) secrets: secrets::SecretsCap,
+    pub(crate) state: state::StateCap,
+    pub(crate) log: log::LogCap,
+    pub(crate) shared: Arc<GuestShared>,
+    /// When the current call must stop (set by the supervisor before each call).
+    pub deadline: Option<std::time::Instant>,
+}
+
+impl GuestCtx {
+    /// A fresh context for `guest`, with its grants and limits applied.
+    pub fn new(guest: &GuestConfig, services: &HostServices, shared: Arc<GuestShared>) -> GuestCtx {
+        let name: Arc<str> = guest.name.as_str().into();
+        let wasi = WasiCtx::builder()
+            .stdout(log::GuestStdio::new(name.clone(), false))
+            .stderr(log::GuestStdio::new(name.clone(), true))
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(usize::try_from(guest.memory_limit).unwrap_or(usize::MAX))
+            .table_elements(100_000)
+            .instances(64)
+            .trap_on_grow_failure(true)
+            .build();
+        GuestCtx {
+            wasi,
+            http_ctx: WasiHttpCtx::new(),
+            http: http::HttpGate::new(name.clone(), &guest.grants, shared.clone()),
+            table: ResourceTable::new(),
+            limits,
+            influx: influx::InfluxCap::new(name.clone(), &guest.grants, services.store.clone()),
+            secrets: secrets::SecretsCap::new(name.clone(), &guest.grants, services.secrets.clone()),
+            state: state::StateCap::new(name.clone(), services.state.clone()),
+            log: log::LogCap::new(name, services.secrets.clone()),
+            shared,
+            deadline: None,
+        }
+    }
+
+    /// The store limiter (memory and tables).
+    pub fn limiter(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+}
+
+impl WasiView for GuestCtx {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for GuestCtx {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http_ctx, table: &mut self.table, hooks: &mut self.http }
+    }
+}
+
+impl crate::bindings::types::Host for GuestCtx {}
+
+/// A linker with WASI, wasi:http and every wattedge capability.
+pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<GuestCtx>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    crate::bindings::Guest::add_to_linker::<_, HasSelf<GuestCtx>>(&mut linker, |ctx| ctx)?;
+    Ok(linker)
+}

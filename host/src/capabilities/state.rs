@@ -1,0 +1,133 @@
+//! The `state` capability: a small per-guest key-value store in one redb file
+//! under `state_dir`, durable across restarts and hot swaps.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use crate::bindings::state::{self as wit, StateError};
+
+/// (guest, key) → value.
+const TABLE: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("guest_state");
+/// Longest key.
+pub const MAX_KEY: usize = 256;
+/// Largest value.
+pub const MAX_VALUE: usize = 64 << 10;
+/// Most bytes (keys + values) one guest may hold.
+pub const MAX_TOTAL: usize = 1 << 20;
+
+/// The file behind every guest's state.
+pub struct StateStore {
+    db: Database,
+}
+
+impl StateStore {
+    /// Opens or creates the state file.
+    pub fn open(path: &Path) -> Result<StateStore, String> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let db = Database::create(path).map_err(|e| format!("{}: cannot open state file: {e}", path.display()))?;
+        let txn = db.begin_write().map_err(|e| e.to_string())?;
+        txn.open_table(TABLE).map_err(|e| e.to_string())?;
+        txn.commit().map_err(|e| e.to_string())?;
+        Ok(StateStore { db })
+    }
+
+    /// The value of `key` for `guest`.
+    pub fn get(&self, guest: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
+        Ok(table.get((guest, key)).map_err(|e| e.to_string())?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every (key, size) of `guest`.
+    pub fn entries(&self, guest: &str) -> Result<Vec<(String, usize)>, String> {
+        let txn = self.db.begin_read().map_err(|e| e.to_string())?;
+        let table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
+        let range = table.range((guest, "")..).map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for item in range {
+            let (k, v) = item.map_err(|e| e.to_string())?;
+            let (g, key) = k.value();
+            if g != guest {
+                break;
+            }
+            out.push((key.to_string(), key.len() + v.value().len()));
+        }
+        Ok(out)
+    }
+
+    /// Stores or (with `None`) deletes `key`, checking the guest's limits.
+    pub fn put(&self, guest: &str, key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
+        if let Some(value) = value {
+            check_limits(self, guest, key, value)?;
+        }
+        let io = |e: String| StateError::Io(e);
+        let txn = self.db.begin_write().map_err(|e| io(e.to_string()))?;
+        {
+            let mut table = txn.open_table(TABLE).map_err(|e| io(e.to_string()))?;
+            match value {
+                Some(v) => table.insert((guest, key), v).map(drop),
+                None => table.remove((guest, key)).map(drop),
+            }
+            .map_err(|e| io(e.to_string()))?;
+        }
+        txn.commit().map_err(|e| io(e.to_string()))
+    }
+}
+
+fn check_limits(store: &StateStore, guest: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(StateError::TooLarge(format!("state keys must be 1-{MAX_KEY} bytes")));
+    }
+    if value.len() > MAX_VALUE {
+        return Err(StateError::TooLarge(format!(
+            "state values are limited to {MAX_VALUE} bytes, got {}",
+            value.len()
+        )));
+    }
+    let others: usize =
+        store.entries(guest).map_err(StateError::Io)?.into_iter().filter(|(k, _)| k != key).map(|(_, size)| size).sum();
+    if others + key.len() + value.len() > MAX_TOTAL {
+        return Err(StateError::TooLarge(format!("a guest's state is limited to {MAX_TOTAL} bytes in all")));
+    }
+    Ok(())
+}
+
+/// One guest's view of the state store.
+pub struct StateCap {
+    guest: Arc<str>,
+    store: Arc<StateStore>,
+}
+
+impl StateCap {
+    pub fn new(guest: Arc<str>, store: Arc<StateStore>) -> StateCap {
+        StateCap { guest, store }
+    }
+}
+
+impl wit::Host for super::GuestCtx {
+    fn get(&mut self, key: String) -> Option<Vec<u8>> {
+        match self.state.store.get(&self.state.guest, &key) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(guest = %self.state.guest, error = %e, "state read failed");
+                None
+            }
+        }
+    }
+
+    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StateError> {
+        self.state.store.put(&self.state.guest, &key, Some(&value))
+    }
+
+    fn delete(&mut self, key: String) -> Result<(), StateError> {
+        self.state.store.put(&self.state.guest, &key, None)
+    }
+
+    fn keys(&mut self) -> Vec<String> {
+        self.state.store.entries(&self.state.guest).map(|e| e.into_iter().map(|(k, _)| k).collect()).unwrap_or_default()
+    }
+}

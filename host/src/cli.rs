@@ -1,0 +1,197 @@
+//! The command line: `run`, `check`, `secrets set`, `invoke`, `status`.
+//!
+//! This is the binary's edge, so errors here are `anyhow`; everything below
+//! it returns typed errors. Config errors exit with status 2 and one line
+//! naming the file, the key and the fix.
+
+mod client;
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::secrets::SecretStore;
+
+/// Exit status for invalid configuration or usage.
+pub const EXIT_CONFIG: u8 = 2;
+
+/// wattedge: sandboxed home-energy data jobs for Raspberry Pi boards.
+#[derive(Debug, Parser)]
+#[command(name = "wattedge", version, about)]
+pub struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, env = "WATTEDGE_CONFIG", default_value = "wattedge.toml")]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the guests on their schedules and serve the admin API.
+    Run,
+    /// Validate the config, grants, schedules and components, then exit.
+    Check,
+    /// Manage secrets in the secrets file.
+    Secrets {
+        #[command(subcommand)]
+        action: SecretsAction,
+    },
+    /// Run a guest now on the running host, e.g. `invoke wattivahti start=2024-01-01`.
+    Invoke {
+        guest: String,
+        /// Arguments passed to the guest as `key=value`.
+        args: Vec<String>,
+        /// Return once the run is queued instead of following it.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Show the state of every guest on the running host.
+    Status,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsAction {
+    /// Set NAME from a no-echo prompt, or from standard input when it is not
+    /// a terminal. The value is never taken from the command line.
+    Set { name: String },
+    /// List the names of stored secrets (never their values).
+    List,
+}
+
+/// Parses arguments and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WATTEDGE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    match cli.command {
+        Command::Run => runtime.block_on(run(&cli.config)),
+        Command::Check => runtime.block_on(check(&cli.config)),
+        Command::Secrets { action: SecretsAction::Set { name } } => secrets_set(&cli.config, &name),
+        Command::Secrets { action: SecretsAction::List } => secrets_list(&cli.config),
+        Command::Invoke { guest, args, no_wait } => {
+            runtime.block_on(client::invoke(&cli.config, &guest, &args, no_wait))
+        }
+        Command::Status => runtime.block_on(client::status(&cli.config)),
+    }
+}
+
+/// Loads the config, or prints the one-line error and returns exit code 2.
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+async fn run(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    crate::run(config, shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+async fn check(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load_config(path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let largest = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(crate::config::DEFAULT_MEMORY_LIMIT);
+    let engine =
+        crate::engine::build(crate::engine::EngineLimits::for_guests(largest)).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let linker = Arc::new(crate::capabilities::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?);
+    for guest in &config.guests {
+        let loaded = crate::component::load_source(engine.clone(), linker.clone(), guest.component.clone()).await;
+        if let Err(e) = loaded {
+            let line = crate::config::locate_key(&config, &["guests", &guest.name, "component"]);
+            eprintln!("error: {}{line}: guests.{}.component: {e}", config.path.display(), guest.name);
+            return Ok(ExitCode::from(EXIT_CONFIG));
+        }
+    }
+    let names: Vec<&str> = config.guests.iter().map(|g| g.name.as_str()).collect();
+    println!("{}: ok ({} guests: {})", config.path.display(), names.len(), names.join(", "));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn open_secrets(config_path: &Path) -> anyhow::Result<(Config, SecretStore)> {
+    let config = Config::load(config_path)?;
+    let store = SecretStore::open(&config.host.secrets_file)?;
+    Ok((config, store))
+}
+
+fn secrets_set(config_path: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    let (config, store) = open_secrets(config_path)?;
+    let value = read_secret_value(name)?;
+    if crate::secrets::is_placeholder(&value) {
+        eprintln!("warning: the value for {name} looks like a placeholder; guests will treat it as unset");
+    }
+    store.set(name, &value, None, true)?;
+    println!("{name} saved to {} (mode 0600)", config.host.secrets_file.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_secret_value(name: &str) -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(format!("value for {name} (input hidden): "))
+            .context("reading the value from the terminal");
+    }
+    let mut value = String::new();
+    std::io::stdin().read_to_string(&mut value).context("reading the value from standard input")?;
+    Ok(value.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn secrets_list(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let (config, _store) = open_secrets(config_path)?;
+    let text = std::fs::read_to_string(&config.host.secrets_file).unwrap_or_default();
+    let table: toml::Table = toml::from_str(&text).unwrap_or_default();
+    let mut names = Vec::new();
+    collect_names("", &table, &mut names);
+    for name in names {
+        println!("{name}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn collect_names(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            toml::Value::Table(t) if key != "_expires" => collect_names(&name, t, out),
+            toml::Value::String(_) => out.push(name),
+            _ => {}
+        }
+    }
+}

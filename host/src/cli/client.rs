@@ -1,0 +1,140 @@
+//! A small client for the running host's admin API, used by `invoke` and
+//! `status`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::body::Bytes;
+
+use crate::config::Config;
+
+/// An answer from the admin API.
+pub struct Reply {
+    pub status: u16,
+    pub body: serde_json::Value,
+}
+
+/// Sends one request to the admin API named in `config`.
+pub async fn request(
+    config: &Config,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<Reply> {
+    let addr = config.host.admin_listen;
+    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
+        format!(
+            "cannot reach the wattedge admin API at {addr}; is `wattedge run --config {}` running?",
+            config.path.display()
+        )
+    })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let mut builder = Request::builder().method(method).uri(path).header("host", addr.to_string());
+    if let Some(token) = admin_token(config) {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    let response = sender
+        .send_request(builder.header("content-type", "application/json").body(Full::new(Bytes::from(bytes)))?)
+        .await?;
+    let status = response.status().as_u16();
+    let raw = response.into_body().collect().await?.to_bytes();
+    let body = serde_json::from_slice(&raw)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&raw).into()));
+    Ok(Reply { status, body })
+}
+
+fn admin_token(config: &Config) -> Option<String> {
+    let store = crate::secrets::SecretStore::open(&config.host.secrets_file).ok()?;
+    store.value(crate::host::ADMIN_TOKEN_SECRET)
+}
+
+/// `wattedge invoke GUEST key=value...`: queues a run and follows it.
+pub async fn invoke(config_path: &Path, guest: &str, args: &[String], no_wait: bool) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let mut object = serde_json::Map::new();
+    for arg in args {
+        let Some((k, v)) = arg.split_once('=') else {
+            bail!("argument {arg:?} is not key=value, e.g. start=2024-01-01");
+        };
+        object.insert(k.to_string(), v.into());
+    }
+    let before = request(&config, "GET", &format!("/guests/{guest}"), None).await?;
+    if before.status != 200 {
+        bail!("{}", error_text(&before));
+    }
+    let finished_before = before.body["runs"].as_u64().unwrap_or(0);
+    let reply = request(&config, "POST", &format!("/guests/{guest}/invoke"), Some(object.into())).await?;
+    if reply.status != 202 {
+        bail!("invoke refused ({}): {}", reply.status, error_text(&reply));
+    }
+    println!("{guest}: run queued");
+    if no_wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow_run(&config, guest, finished_before).await
+}
+
+/// Polls the guest until its run count passes `finished_before`, printing
+/// counter changes as progress.
+async fn follow_run(config: &Config, guest: &str, finished_before: u64) -> anyhow::Result<ExitCode> {
+    let mut last_counters = serde_json::Value::Null;
+    let spinner = ['|', '/', '-', '\\'];
+    for tick in 0usize.. {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let snap = request(config, "GET", &format!("/guests/{guest}"), None).await?.body;
+        if snap["counters"] != last_counters {
+            last_counters = snap["counters"].clone();
+            eprintln!("  progress: {}", compact(&last_counters));
+        } else {
+            eprint!("\r{} running...", spinner[tick % spinner.len()]);
+        }
+        if snap["runs"].as_u64().unwrap_or(0) > finished_before {
+            let run = &snap["last_run"];
+            let outcome = run["outcome"].as_str().unwrap_or("?");
+            eprintln!(
+                "\r{guest}: run finished: {outcome}{}",
+                run["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default()
+            );
+            return Ok(if outcome == "ok" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+    }
+    unreachable!("the loop above only ends by returning")
+}
+
+fn compact(value: &serde_json::Value) -> String {
+    match value.as_object() {
+        Some(map) => map.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+        None => value.to_string(),
+    }
+}
+
+fn error_text(reply: &Reply) -> String {
+    reply.body["error"].as_str().map(str::to_string).unwrap_or_else(|| reply.body.to_string())
+}
+
+/// `wattedge status`: one line per guest.
+pub async fn status(config_path: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let reply = request(&config, "GET", "/guests", None).await?;
+    let Some(guests) = reply.body.as_array() else {
+        bail!("unexpected answer from the admin API: {}", reply.body);
+    };
+    println!("{:<12} {:<9} {:>6} {:>8}  detail", "guest", "state", "runs", "failures");
+    for g in guests {
+        println!(
+            "{:<12} {:<9} {:>6} {:>8}  {}",
+            g["name"].as_str().unwrap_or("?"),
+            g["state"].as_str().unwrap_or("?"),
+            g["runs"],
+            g["failures"],
+            g["detail"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

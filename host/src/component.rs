@@ -1,0 +1,107 @@
+//! Loading guest components: compile a `.wasm` or deserialize a precompiled
+//! artifact, then type-check it against the `guest` world by pre-instantiating
+//! it with the host's linker. A component that imports something the host
+//! does not provide, or lacks `init`/`run`, is rejected here with a message
+//! that says so, before it can be scheduled.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{Component, Linker};
+
+use crate::bindings::GuestPre;
+use crate::capabilities::GuestCtx;
+use crate::config::ComponentSource;
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ComponentError {
+    #[error("{source_name}: cannot read component: {error}")]
+    Read { source_name: String, error: std::io::Error },
+    #[error(
+        "{source_name}: not a WebAssembly component or wattedge artifact (it starts with {magic:02x?}); build it with `cargo build --target wasm32-wasip2`"
+    )]
+    NotWasm { source_name: String, magic: Vec<u8> },
+    #[error("{source_name}: invalid component: {error}")]
+    Compile { source_name: String, error: String },
+    #[error("{source_name}: does not match the wattedge `guest` world: {error}")]
+    World { source_name: String, error: String },
+}
+
+/// A compiled, type-checked component, ready to instantiate.
+#[derive(Clone)]
+pub struct LoadedComponent {
+    pub pre: GuestPre<GuestCtx>,
+    /// sha256 hex of the bytes it was loaded from.
+    pub version: String,
+    /// Where it came from, for messages.
+    pub source_name: String,
+}
+
+/// Reads the bytes of `source`.
+pub fn read_source(source: &ComponentSource) -> Result<(String, Vec<u8>), ComponentError> {
+    match source {
+        ComponentSource::Builtin(name) => {
+            let bytes = crate::builtin::component(name).ok_or_else(|| ComponentError::Read {
+                source_name: format!("builtin:{name}"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such built-in guest"),
+            })?;
+            Ok((format!("builtin:{name}"), bytes.to_vec()))
+        }
+        ComponentSource::File(path) => {
+            let source_name = path.display().to_string();
+            let bytes = std::fs::read(path)
+                .map_err(|error| ComponentError::Read { source_name: source_name.clone(), error })?;
+            Ok((source_name, bytes))
+        }
+    }
+}
+
+/// Compiles (or deserializes) and type-checks `bytes`. CPU-heavy: call it
+/// from a blocking thread.
+pub fn load(
+    engine: &Engine,
+    linker: &Linker<GuestCtx>,
+    source_name: &str,
+    bytes: &[u8],
+) -> Result<LoadedComponent, ComponentError> {
+    let version = hex::encode(Sha256::digest(bytes));
+    let component = if bytes.starts_with(b"\0asm") {
+        Component::new(engine, bytes)
+            .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })?
+    } else if Engine::detect_precompiled(bytes).is_some() {
+        // SAFETY: artifacts are produced by `wattedge compile` and loaded from
+        // paths the operator configured; wasmtime checks the engine settings
+        // and target recorded in the artifact and refuses a mismatch.
+        unsafe { Component::deserialize(engine, bytes) }.map_err(|e| ComponentError::Compile {
+            source_name: source_name.into(),
+            error: format!("{e:#}; rebuild the artifact with `wattedge compile` for this board"),
+        })?
+    } else {
+        return Err(ComponentError::NotWasm {
+            source_name: source_name.into(),
+            magic: bytes.iter().take(4).copied().collect(),
+        });
+    };
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
+    let pre = GuestPre::new(instance_pre)
+        .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
+    Ok(LoadedComponent { pre, version, source_name: source_name.into() })
+}
+
+/// Reads and loads `source` on a blocking thread.
+pub async fn load_source(
+    engine: Engine,
+    linker: Arc<Linker<GuestCtx>>,
+    source: ComponentSource,
+) -> Result<LoadedComponent, ComponentError> {
+    tokio::task::spawn_blocking(move || {
+        let (name, bytes) = read_source(&source)?;
+        load(&engine, &linker, &name, &bytes)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ComponentError::Compile { source_name: "component".into(), error: e.to_string() }))
+}

@@ -1,0 +1,403 @@
+//! The user's contract: `wattedge.toml`.
+//!
+//! This module owns parsing and validating the config file. Every section
+//! denies unknown keys, and every error names the file, the key (with its
+//! line where it can be found) and what to do, because on a headless Pi the
+//! error message is all the help a user gets.
+
+mod locate;
+mod units;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use units::{Schedule, parse_duration, parse_size};
+
+/// The default admin address: loopback only, so nothing is exposed by accident.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
+/// The default per-guest linear-memory limit.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 16 << 20;
+/// The default wall-clock limit of one run.
+pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Points older than this are purged from the embedded store by default.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Prefix of a component that ships inside the binary.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+/// A config error: one line naming the file, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}{line}: {message}", line = line.map(|l| format!(":{l}")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages and relative paths).
+    pub path: PathBuf,
+    pub host: HostConfig,
+    pub influx: InfluxConfig,
+    /// Guests in file order.
+    pub guests: Vec<GuestConfig>,
+}
+
+/// `[host]`: where the host keeps its state and serves its admin API.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    pub admin_listen: SocketAddr,
+    pub state_dir: PathBuf,
+    pub secrets_file: PathBuf,
+}
+
+/// `[influx]`: the time-series backend guests write to.
+#[derive(Debug, Clone)]
+pub enum InfluxConfig {
+    /// The crash-safe file store under `state_dir` (the default).
+    Embedded { retention: Option<Duration> },
+}
+
+/// `[guests.NAME]`: one sandboxed job.
+#[derive(Debug, Clone)]
+pub struct GuestConfig {
+    pub name: String,
+    pub component: ComponentSource,
+    pub schedule: Schedule,
+    pub memory_limit: u64,
+    pub run_timeout: Duration,
+    pub enabled: bool,
+    /// Passed to the guest's `init`, as strings.
+    pub config: Vec<(String, String)>,
+    pub grants: Grants,
+}
+
+/// Where a guest's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// One of the guests compiled into this binary (`builtin:watttime`).
+    Builtin(String),
+    /// A `.wasm` component or a precompiled artifact on disk.
+    File(PathBuf),
+}
+
+/// What a guest may reach. Everything not named here is denied.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Hosts (`host`, `host:port`, `https://host`) the guest may call.
+    #[serde(default)]
+    pub http: Vec<String>,
+    /// Secret name → hosts the secret may be sent to.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Vec<String>>,
+    /// Measurements the guest may write.
+    #[serde(default)]
+    pub influx_write: Vec<String>,
+    /// Measurements the guest may query.
+    #[serde(default)]
+    pub influx_read: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    host: RawHost,
+    influx: Option<RawInflux>,
+    #[serde(default)]
+    guests: BTreeMap<String, RawGuest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHost {
+    admin_listen: Option<String>,
+    state_dir: Option<PathBuf>,
+    secrets_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInflux {
+    backend: String,
+    retention: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGuest {
+    component: Option<String>,
+    schedule: Option<String>,
+    memory_limit: Option<String>,
+    run_timeout: Option<String>,
+    enabled: Option<bool>,
+    #[serde(default)]
+    config: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    grants: Grants,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let source = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read the config file: {e}; pass an existing file with --config"),
+        })?;
+        Self::parse(path, &source)
+    }
+
+    /// Validates `source` as if it had been read from `path`.
+    pub fn parse(path: &Path, source: &str) -> Result<Config, ConfigError> {
+        let checker = Checker { path, source };
+        let raw: RawConfig = toml::from_str(source).map_err(|e| checker.toml_error(&e))?;
+        checker.build(raw)
+    }
+
+    /// The guest named `name`, if configured.
+    pub fn guest(&self, name: &str) -> Option<&GuestConfig> {
+        self.guests.iter().find(|g| g.name == name)
+    }
+}
+
+/// Turns a raw, syntactically valid config into a checked [`Config`].
+struct Checker<'a> {
+    path: &'a Path,
+    source: &'a str,
+}
+
+impl Checker<'_> {
+    fn error(&self, key_path: &[&str], message: String) -> ConfigError {
+        ConfigError { file: self.path.to_path_buf(), line: locate::line_of(self.source, key_path), message }
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let line = e.span().map(|s| locate::line_at(self.source, s.start));
+        let mut message = e.message().trim().replace('\n', "; ");
+        if message.contains("unknown field") {
+            message.push_str("; remove or rename the key (see README, Configuration)");
+        }
+        ConfigError { file: self.path.to_path_buf(), line, message }
+    }
+
+    fn base_dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir().join(p) }
+    }
+
+    fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let host = self.host(raw.host)?;
+        let influx = self.influx(raw.influx)?;
+        let mut guests = Vec::new();
+        for (name, guest) in raw.guests {
+            guests.push(self.guest(&name, guest)?);
+        }
+        // Keep the order in which guests appear in the file.
+        guests.sort_by_key(|g| locate::line_of(self.source, &["guests", &g.name, ""]).unwrap_or(0));
+        Ok(Config { path: self.path.to_path_buf(), host, influx, guests })
+    }
+
+    fn host(&self, raw: RawHost) -> Result<HostConfig, ConfigError> {
+        let listen = raw.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+        let admin_listen = listen.parse().map_err(|_| {
+            self.error(
+                &["host", "admin_listen"],
+                format!("host.admin_listen = {listen:?} is not an address; use IP:PORT such as \"127.0.0.1:9100\""),
+            )
+        })?;
+        let state_dir = self.resolve(raw.state_dir.as_deref().unwrap_or(Path::new("/var/lib/wattedge")));
+        let secrets_file = match raw.secrets_file {
+            Some(p) => self.resolve(&p),
+            None => state_dir.join("secrets.toml"),
+        };
+        Ok(HostConfig { admin_listen, state_dir, secrets_file })
+    }
+
+    fn influx(&self, raw: Option<RawInflux>) -> Result<InfluxConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(InfluxConfig::Embedded { retention: Some(DEFAULT_RETENTION) });
+        };
+        match raw.backend.as_str() {
+            "embedded" => {
+                let retention = match raw.retention.as_deref() {
+                    None => Some(DEFAULT_RETENTION),
+                    Some("forever") => None,
+                    Some(text) => Some(parse_duration(text).map_err(|e| {
+                        self.error(&["influx", "retention"], format!("influx.retention: {e}; use e.g. \"90d\" or \"forever\""))
+                    })?),
+                };
+                Ok(InfluxConfig::Embedded { retention })
+            }
+            "v1" | "v2" => Err(self.error(
+                &["influx", "backend"],
+                format!(
+                    "influx.backend = {:?} is not available in this build yet; remove the [influx] section to use the embedded store",
+                    raw.backend
+                ),
+            )),
+            other => Err(self.error(
+                &["influx", "backend"],
+                format!("influx.backend = {other:?} is unknown; use \"embedded\", \"v1\" or \"v2\""),
+            )),
+        }
+    }
+
+    fn guest(&self, name: &str, raw: RawGuest) -> Result<GuestConfig, ConfigError> {
+        let at = |key: &'static str| [String::from("guests"), name.to_string(), key.to_string()];
+        let err = |key: &'static str, msg: String| {
+            let path = at(key);
+            let refs: Vec<&str> = path.iter().map(String::as_str).collect();
+            self.error(&refs, msg)
+        };
+        if !valid_guest_name(name) {
+            return Err(err(
+                "",
+                format!("guest name {name:?} must be 1-32 of a-z, 0-9, '-' or '_'; rename [guests.{name}]"),
+            ));
+        }
+        let component = raw.component.ok_or_else(|| self.missing_component(name))?;
+        let component = self.component(name, &component)?;
+        let schedule_text = raw.schedule.unwrap_or_else(|| "every 15m".to_string());
+        let schedule = Schedule::parse(&schedule_text).map_err(|e| {
+            err("schedule", format!("guests.{name}.schedule = {schedule_text:?}: {e}; use \"every 15m\" or a 5-field cron expression like \"*/15 * * * *\""))
+        })?;
+        let memory_limit = match raw.memory_limit.as_deref() {
+            None => DEFAULT_MEMORY_LIMIT,
+            Some(t) => parse_size(t).map_err(|e| {
+                err("memory_limit", format!("guests.{name}.memory_limit = {t:?}: {e}; use e.g. \"16MiB\""))
+            })?,
+        };
+        let run_timeout = match raw.run_timeout.as_deref() {
+            None => DEFAULT_RUN_TIMEOUT,
+            Some(t) => parse_duration(t)
+                .map_err(|e| err("run_timeout", format!("guests.{name}.run_timeout = {t:?}: {e}; use e.g. \"60s\"")))?,
+        };
+        let config = raw
+            .config
+            .into_iter()
+            .map(|(k, v)| {
+                Ok((k.clone(), config_value(v).map_err(|m| err("config", format!("guests.{name}.config.{k}: {m}")))?))
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
+        self.check_grants(name, &raw.grants)?;
+        Ok(GuestConfig {
+            name: name.to_string(),
+            component,
+            schedule,
+            memory_limit,
+            run_timeout,
+            enabled: raw.enabled.unwrap_or(true),
+            config,
+            grants: raw.grants,
+        })
+    }
+
+    fn missing_component(&self, name: &str) -> ConfigError {
+        let grants_only = self.source.contains(&format!("[guests.{name}.grants]"));
+        let message = if grants_only {
+            format!(
+                "[guests.{name}.grants] grants access to a guest that does not exist: there is no guests.{name}.component; fix the guest name or add `component = \"...\"` under [guests.{name}]"
+            )
+        } else {
+            format!(
+                "guests.{name} has no `component`; add e.g. component = \"builtin:{name}\" or a path to a .wasm file"
+            )
+        };
+        self.error(&["guests", name, ""], message)
+    }
+
+    fn component(&self, name: &str, text: &str) -> Result<ComponentSource, ConfigError> {
+        if let Some(builtin) = text.strip_prefix(BUILTIN_PREFIX) {
+            if !crate::builtin::NAMES.contains(&builtin) {
+                return Err(self.error(
+                    &["guests", name, "component"],
+                    format!(
+                        "guests.{name}.component = {text:?}: no built-in guest named {builtin:?}; built-ins are {}",
+                        crate::builtin::NAMES.iter().map(|n| format!("builtin:{n}")).collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+            return Ok(ComponentSource::Builtin(builtin.to_string()));
+        }
+        let path = self.resolve(Path::new(text));
+        if !path.is_file() {
+            return Err(self.error(
+                &["guests", name, "component"],
+                format!(
+                    "guests.{name}.component: file {} does not exist; build the component or fix the path (relative paths are relative to the config file)",
+                    path.display()
+                ),
+            ));
+        }
+        Ok(ComponentSource::File(path))
+    }
+
+    fn check_grants(&self, name: &str, grants: &Grants) -> Result<(), ConfigError> {
+        for (secret, hosts) in &grants.secrets {
+            if secret.is_empty() || hosts.is_empty() {
+                return Err(self.error(
+                    &["guests", name, "grants"],
+                    format!(
+                        "guests.{name}.grants.secrets.{secret:?} must name at least one host the secret may be sent to"
+                    ),
+                ));
+            }
+        }
+        for measurement in grants.influx_write.iter().chain(&grants.influx_read) {
+            if measurement.is_empty() || measurement.contains('\n') {
+                return Err(self.error(
+                    &["guests", name, "grants"],
+                    format!("guests.{name}.grants: measurement {measurement:?} is not a valid name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_guest_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// Guests receive their config as strings; lists become comma-separated.
+fn config_value(value: toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        toml::Value::Array(items) => {
+            let parts = items.into_iter().map(config_value).collect::<Result<Vec<_>, _>>()?;
+            Ok(parts.join(","))
+        }
+        other => Err(format!("{} values are not supported; use a string, number, boolean or list", other.type_str())),
+    }
+}
+
+/// `:LINE` of `key_path` in the config file, or empty when unknown; for
+/// errors found after loading (e.g. a component that fails to type-check).
+pub fn locate_key(config: &Config, key_path: &[&str]) -> String {
+    std::fs::read_to_string(&config.path)
+        .ok()
+        .and_then(|source| locate::line_of(&source, key_path))
+        .map(|line| format!(":{line}"))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,119 @@
+//! The wasmtime [`Engine`] and its limits, in one place.
+//!
+//! Low-RAM boards fail on wasmtime's default virtual-memory reservations
+//! (4 GiB + guards per memory on 64-bit hosts), so the engine reserves only
+//! what the largest configured guest may use, with a small guard, and never
+//! uses the pooling allocator. Guest CPU is bounded with epoch interruption:
+//! a ticker thread advances the epoch only while some guest is running, so an
+//! idle host has no timer waking it up.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::{Config, Engine};
+
+/// How often the epoch advances while guests run; the granularity of run timeouts.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Memory settings of the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// Virtual address space reserved per linear memory.
+    pub memory_reservation: u64,
+    /// Guard region after each linear memory.
+    pub memory_guard: u64,
+    /// Wasm stack per guest call.
+    pub max_wasm_stack: usize,
+}
+
+impl EngineLimits {
+    /// Reservations sized for guests of at most `largest_memory_limit` bytes.
+    pub fn for_guests(largest_memory_limit: u64) -> EngineLimits {
+        EngineLimits {
+            // Reserve the largest limit (rounded to 64 KiB pages) so memories
+            // never move; anything beyond it is refused by the store limiter anyway.
+            memory_reservation: largest_memory_limit.next_multiple_of(64 << 10),
+            memory_guard: 64 << 10,
+            max_wasm_stack: 512 << 10,
+        }
+    }
+}
+
+/// Builds the engine every guest shares.
+pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .epoch_interruption(true)
+        .memory_reservation(limits.memory_reservation)
+        .memory_guard_size(limits.memory_guard)
+        .memory_reservation_for_growth(0)
+        .max_wasm_stack(limits.max_wasm_stack)
+        .async_stack_size(limits.max_wasm_stack + (256 << 10));
+    Engine::new(&config)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] while at least one guest
+/// call is in flight, and sleeps on a condition variable otherwise.
+///
+/// It is an OS thread, not a tokio task: a guest spinning on a worker thread
+/// must not be able to starve the very timer that interrupts it.
+#[derive(Clone)]
+pub struct EpochTicker {
+    active: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl EpochTicker {
+    /// Starts the ticker thread for `engine`.
+    pub fn start(engine: Engine) -> EpochTicker {
+        let ticker = EpochTicker { active: Arc::default() };
+        let active = Arc::downgrade(&ticker.active);
+        std::thread::Builder::new()
+            .name("wattedge-epoch".into())
+            .spawn(move || {
+                while let Some(active) = active.upgrade() {
+                    let (count, wake) = &*active;
+                    let guard = count.lock().expect("epoch lock");
+                    let guard = wake.wait_while(guard, |n| *n == 0).expect("epoch lock");
+                    drop(guard);
+                    drop(active);
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawn the epoch thread");
+        ticker
+    }
+
+    /// Marks a guest call as running until the guard is dropped.
+    pub fn running(&self) -> RunningGuard {
+        let (count, wake) = &*self.active;
+        *count.lock().expect("epoch lock") += 1;
+        wake.notify_one();
+        RunningGuard { active: self.active.clone() }
+    }
+}
+
+/// Keeps the epoch ticking while alive.
+pub struct RunningGuard {
+    active: Arc<(Mutex<usize>, Condvar)>,
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        *self.active.0.lock().expect("epoch lock") -= 1;
+    }
+}
+
+/// Makes a store yield to the scheduler at every epoch tick and trap once
+/// the wall-clock deadline in its data has passed: a guest in a tight loop
+/// neither monopolises a worker thread nor outlives its `run_timeout`.
+pub fn install_deadline<T: Send + 'static>(store: &mut wasmtime::Store<T>, deadline: fn(&T) -> Option<Instant>) {
+    store.epoch_deadline_callback(move |ctx| {
+        Ok(match deadline(ctx.data()) {
+            Some(at) if Instant::now() >= at => wasmtime::UpdateDeadline::Interrupt,
+            _ => wasmtime::UpdateDeadline::Yield(1),
+        })
+    });
+    store.set_epoch_deadline(1);
+}

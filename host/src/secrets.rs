@@ -1,0 +1,267 @@
+//! The secrets store: a TOML file of `"name" = "value"` lines, mode 0600.
+//!
+//! Only the host reads values; guests see `is-set` and nothing else. The file
+//! is re-read when it changes on disk, so `wattedge secrets set` (a separate
+//! process) takes effect on a running host at the guest's next run. Writes go
+//! through a temp file, fsync and rename, so a power cut leaves either the old
+//! or the new file, never a torn one.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Table in the file that records when persisted captured values expire.
+const EXPIRES_TABLE: &str = "_expires";
+
+/// Why the secrets file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    #[error("{path}: secrets file is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
+    Permissions { path: String, mode: u32 },
+    #[error("{path}: cannot read secrets file: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{path}: secrets file is not valid TOML ({message}); fix it or delete it and set the secrets again")]
+    Parse { path: String, message: String },
+    #[error("{path}: cannot write secrets file: {source}")]
+    Write { path: String, source: std::io::Error },
+    #[error("secret name {0:?} is not valid; use letters, digits, '.', '_' or '-'")]
+    InvalidName(String),
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: String,
+    expires_at: Option<SystemTime>,
+    persisted: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: BTreeMap<String, Entry>,
+    file_stamp: Option<(SystemTime, u64)>,
+}
+
+/// The host's secrets: persisted ones from the file and captured ones in memory.
+pub struct SecretStore {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for SecretStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print values.
+        f.debug_struct("SecretStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SecretStore {
+    /// Opens `path`; a missing file is an empty store. Refuses a file that
+    /// group or others can read.
+    pub fn open(path: &Path) -> Result<SecretStore, SecretsError> {
+        let store = SecretStore { path: path.to_path_buf(), inner: Mutex::default() };
+        store.reload_if_changed()?;
+        Ok(store)
+    }
+
+    /// The file behind this store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The value of `name`, for the host's egress path only.
+    pub fn value(&self, name: &str) -> Option<String> {
+        let _ = self.reload_if_changed();
+        let inner = self.inner.lock().expect("secrets lock");
+        inner.entries.get(name).filter(|e| !expired(e)).map(|e| e.value.clone())
+    }
+
+    /// True when `name` holds a value that is neither expired nor a template placeholder.
+    pub fn is_usable(&self, name: &str) -> bool {
+        self.value(name).is_some_and(|v| !is_placeholder(&v))
+    }
+
+    /// Time until a captured value expires.
+    pub fn expires_in(&self, name: &str) -> Option<Duration> {
+        let inner = self.inner.lock().expect("secrets lock");
+        let entry = inner.entries.get(name).filter(|e| !expired(e))?;
+        entry.expires_at?.duration_since(SystemTime::now()).ok()
+    }
+
+    /// Stores a value; `persist` writes the whole file atomically (0600).
+    pub fn set(&self, name: &str, value: &str, ttl: Option<Duration>, persist: bool) -> Result<(), SecretsError> {
+        if !valid_name(name) {
+            return Err(SecretsError::InvalidName(name.to_string()));
+        }
+        let _ = self.reload_if_changed();
+        let mut inner = self.inner.lock().expect("secrets lock");
+        let expires_at = ttl.map(|t| SystemTime::now() + t);
+        inner.entries.insert(name.to_string(), Entry { value: value.to_string(), expires_at, persisted: persist });
+        if persist {
+            self.persist(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets `name`, from the file too if it was persisted.
+    pub fn forget(&self, name: &str) -> Result<(), SecretsError> {
+        let mut inner = self.inner.lock().expect("secrets lock");
+        if let Some(entry) = inner.entries.remove(name)
+            && entry.persisted
+        {
+            self.persist(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    /// Every current value, so logs and guest-visible text can be scrubbed.
+    pub fn all_values(&self) -> Vec<String> {
+        let inner = self.inner.lock().expect("secrets lock");
+        inner.entries.values().map(|e| e.value.clone()).filter(|v| v.len() >= 4).collect()
+    }
+
+    /// Replaces every secret value in `text` with `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for value in self.all_values() {
+            if out.contains(&value) {
+                out = out.replace(&value, "[redacted]");
+            }
+        }
+        out
+    }
+
+    fn reload_if_changed(&self) -> Result<(), SecretsError> {
+        let display = self.path.display().to_string();
+        let meta = match std::fs::metadata(&self.path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => return Err(SecretsError::Read { path: display, source }),
+        };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(SecretsError::Permissions { path: display, mode });
+        }
+        let stamp = (meta.modified().unwrap_or(UNIX_EPOCH), meta.len());
+        let mut inner = self.inner.lock().expect("secrets lock");
+        if inner.file_stamp == Some(stamp) {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|source| SecretsError::Read { path: display.clone(), source })?;
+        let from_file = parse_file(&text).map_err(|message| SecretsError::Parse { path: display, message })?;
+        inner.entries.retain(|_, e| !e.persisted);
+        inner.entries.extend(from_file);
+        inner.file_stamp = Some(stamp);
+        Ok(())
+    }
+
+    fn persist(&self, inner: &mut Inner) -> Result<(), SecretsError> {
+        let text = render_file(&inner.entries);
+        write_atomic(&self.path, text.as_bytes())
+            .map_err(|source| SecretsError::Write { path: self.path.display().to_string(), source })?;
+        inner.file_stamp = std::fs::metadata(&self.path).ok().map(|m| (m.modified().unwrap_or(UNIX_EPOCH), m.len()));
+        Ok(())
+    }
+}
+
+fn expired(entry: &Entry) -> bool {
+    entry.expires_at.is_some_and(|t| t <= SystemTime::now())
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name != EXPIRES_TABLE
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// True for values that are clearly not real credentials: empty, or the
+/// placeholders that templates and examples use.
+pub fn is_placeholder(value: &str) -> bool {
+    let v = value.trim();
+    let lower = v.to_ascii_lowercase();
+    v.is_empty()
+        || (v.starts_with('<') && v.ends_with('>'))
+        || lower.starts_with("your_")
+        || lower.starts_with("your-")
+        || ["changeme", "change_me", "change-me", "xxx", "todo", "placeholder", "secret", "password", "username"]
+            .contains(&lower.as_str())
+}
+
+/// Reads `"a.b" = "v"` lines; dotted bare keys (`a.b = "v"`) nest in TOML, so
+/// nested tables are flattened back into dotted names.
+fn parse_file(text: &str) -> Result<BTreeMap<String, Entry>, String> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| e.message().replace('\n', " "))?;
+    let mut expires = BTreeMap::new();
+    if let Some(toml::Value::Table(t)) = table.get(EXPIRES_TABLE) {
+        for (name, at) in t {
+            if let Some(secs) = at.as_integer() {
+                expires.insert(name.clone(), UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64));
+            }
+        }
+    }
+    let mut entries = BTreeMap::new();
+    flatten("", &table, &mut |name, value| {
+        let expires_at = expires.get(&name).copied();
+        entries.insert(name, Entry { value, expires_at, persisted: true });
+    })?;
+    Ok(entries)
+}
+
+fn flatten(prefix: &str, table: &toml::Table, add: &mut dyn FnMut(String, String)) -> Result<(), String> {
+    for (key, value) in table {
+        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            _ if prefix.is_empty() && key == EXPIRES_TABLE => {}
+            toml::Value::String(s) => add(name, s.clone()),
+            toml::Value::Table(t) => flatten(&name, t, add)?,
+            other => return Err(format!("{name} must be a string, found {}", other.type_str())),
+        }
+    }
+    Ok(())
+}
+
+fn render_file(entries: &BTreeMap<String, Entry>) -> String {
+    let mut out = String::from("# wattedge secrets: set with `wattedge secrets set NAME`. Keep this file mode 0600.\n");
+    let mut expires = Vec::new();
+    for (name, entry) in entries.iter().filter(|(_, e)| e.persisted) {
+        out.push_str(&format!("{} = {}\n", toml_string(name), toml_string(&entry.value)));
+        if let Some(at) = entry.expires_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+            expires.push(format!("{} = {}\n", toml_string(name), at.as_secs()));
+        }
+    }
+    if !expires.is_empty() {
+        out.push_str(&format!("\n[{EXPIRES_TABLE}]\n"));
+        out.extend(expires);
+    }
+    out
+}
+
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600: temp file in the same
+/// directory, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("secrets"),
+        std::process::id()
+    ));
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests;

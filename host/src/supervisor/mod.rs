@@ -1,0 +1,128 @@
+//! Per-guest lifecycle: load, `init`, schedule, run, record.
+//!
+//! Each guest has one task that owns its wasmtime store, so a guest's runs
+//! can never overlap and a slow or failing guest never delays another. The
+//! task waits for the earliest of its schedule, a wake-up the guest asked
+//! for, or a manual invoke; a trap or timeout discards the instance and the
+//! next trigger starts a fresh one (with `init` again).
+
+mod record;
+mod runner;
+
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::admin::{AdminBackend, AdminError, GuestSnapshot, InvokeAccepted};
+use crate::capabilities::{GuestCtx, GuestShared, HostServices};
+use crate::config::GuestConfig;
+use crate::engine::EpochTicker;
+
+pub use record::{GuestRecord, Outcome};
+
+/// Manual runs queued per guest before `invoke` answers busy.
+const INVOKE_QUEUE: usize = 4;
+
+/// What every guest task shares.
+pub struct Runtime {
+    pub engine: Engine,
+    pub linker: Arc<Linker<GuestCtx>>,
+    pub services: HostServices,
+    pub ticker: EpochTicker,
+}
+
+/// The host's view of one guest.
+pub struct GuestHandle {
+    pub config: GuestConfig,
+    pub shared: Arc<GuestShared>,
+    pub record: Mutex<GuestRecord>,
+    invoke_tx: mpsc::Sender<Vec<(String, String)>>,
+}
+
+impl GuestHandle {
+    /// A snapshot for the admin API.
+    pub fn snapshot(&self) -> GuestSnapshot {
+        let record = self.record.lock().expect("record lock");
+        record.snapshot(&self.config, &self.shared)
+    }
+}
+
+/// All guests of the running host.
+pub struct Supervisor {
+    guests: Vec<Arc<GuestHandle>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    services: HostServices,
+}
+
+impl Supervisor {
+    /// Starts a task per enabled guest.
+    pub fn start(runtime: Arc<Runtime>, guests: &[GuestConfig], shutdown: CancellationToken) -> Supervisor {
+        let mut handles = Vec::new();
+        let mut tasks = Vec::new();
+        for config in guests.iter().filter(|g| g.enabled) {
+            let (invoke_tx, invoke_rx) = mpsc::channel(INVOKE_QUEUE);
+            let handle = Arc::new(GuestHandle {
+                config: config.clone(),
+                shared: Arc::new(GuestShared::default()),
+                record: Mutex::new(GuestRecord::default()),
+                invoke_tx,
+            });
+            let task = runner::GuestTask::new(runtime.clone(), handle.clone(), invoke_rx, shutdown.child_token());
+            tasks.push(tokio::spawn(task.run()));
+            handles.push(handle);
+        }
+        Supervisor { guests: handles, tasks: Mutex::new(tasks), services: runtime.services.clone() }
+    }
+
+    /// The guest named `name`.
+    pub fn guest(&self, name: &str) -> Option<&Arc<GuestHandle>> {
+        self.guests.iter().find(|g| g.config.name == name)
+    }
+
+    /// Every guest, in config order.
+    pub fn guests(&self) -> &[Arc<GuestHandle>] {
+        &self.guests
+    }
+
+    /// Waits for every guest task to finish (after shutdown was signalled).
+    pub async fn join(&self) {
+        let tasks: Vec<_> = std::mem::take(&mut *self.tasks.lock().expect("tasks lock"));
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+
+    fn not_found(&self, name: &str) -> AdminError {
+        let known: Vec<&str> = self.guests.iter().map(|g| g.config.name.as_str()).collect();
+        AdminError::NotFound(format!("no guest named '{name}'; known guests: {}", known.join(", ")))
+    }
+}
+
+impl AdminBackend for Supervisor {
+    fn guests(&self) -> Vec<GuestSnapshot> {
+        self.guests.iter().map(|g| g.snapshot()).collect()
+    }
+
+    fn invoke(&self, name: &str, args: Vec<(String, String)>) -> Result<InvokeAccepted, AdminError> {
+        let guest = self.guest(name).ok_or_else(|| self.not_found(name))?;
+        guest.invoke_tx.try_send(args).map_err(|_| {
+            AdminError::Busy(format!(
+                "guest '{name}' already has {INVOKE_QUEUE} manual runs queued; try again when they finish"
+            ))
+        })?;
+        Ok(InvokeAccepted { guest: name.to_string(), queued: true })
+    }
+
+    fn reset_counters(&self, name: &str) -> Result<(), AdminError> {
+        let guest = self.guest(name).ok_or_else(|| self.not_found(name))?;
+        guest.shared.board.reset_counters();
+        Ok(())
+    }
+
+    fn extra_metrics(&self) -> String {
+        record::store_metrics(&self.guests, self.services.store.kind())
+    }
+}

@@ -1,0 +1,199 @@
+//! What the host remembers about each guest's runs, and how that becomes the
+//! admin API's snapshot and metrics.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use crate::admin::{GuestSnapshot, GuestState, RunRecord};
+use crate::capabilities::GuestShared;
+use crate::capabilities::status::Health;
+use crate::config::GuestConfig;
+use crate::timefmt::rfc3339;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// `run` returned ok.
+    Ok,
+    /// `run` returned an error (the guest's message).
+    Error(String),
+    /// The guest trapped (panic, unreachable, out of memory, CPU deadline).
+    Trap(String),
+    /// The run did not finish within `run_timeout`.
+    Timeout(String),
+}
+
+impl Outcome {
+    fn label(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Error(_) => "error",
+            Outcome::Trap(_) => "trap",
+            Outcome::Timeout(_) => "timeout",
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            Outcome::Ok => None,
+            Outcome::Error(m) | Outcome::Trap(m) | Outcome::Timeout(m) => Some(m.clone()),
+        }
+    }
+}
+
+/// One finished run.
+#[derive(Debug, Clone)]
+pub struct FinishedRun {
+    pub started: SystemTime,
+    pub finished: SystemTime,
+    pub trigger: String,
+    pub outcome: Outcome,
+    /// The component version that ran.
+    pub version: String,
+}
+
+/// Host-side bookkeeping of one guest.
+#[derive(Debug, Default)]
+pub struct GuestRecord {
+    pub version: Option<String>,
+    pub initialized: bool,
+    /// Why the guest cannot run (load or init failure), shown until it can.
+    pub blocked: Option<(GuestState, String)>,
+    pub last_run: Option<FinishedRun>,
+    pub last_success: Option<SystemTime>,
+    pub next_run: Option<SystemTime>,
+    pub runs: u64,
+    pub failures: u64,
+    pub consecutive_failures: u64,
+    pub run_seconds_total: f64,
+    /// Every run, by component version (bounded to the last 64 versions).
+    pub runs_by_version: Vec<(String, u64)>,
+}
+
+impl GuestRecord {
+    /// Records a finished run.
+    pub fn finish(&mut self, run: FinishedRun) {
+        self.runs += 1;
+        let seconds = run.finished.duration_since(run.started).unwrap_or(Duration::ZERO).as_secs_f64();
+        self.run_seconds_total += seconds;
+        if run.outcome == Outcome::Ok {
+            self.consecutive_failures = 0;
+            self.last_success = Some(run.finished);
+        } else {
+            self.failures += 1;
+            self.consecutive_failures += 1;
+        }
+        match self.runs_by_version.iter_mut().find(|(v, _)| *v == run.version) {
+            Some((_, n)) => *n += 1,
+            None => {
+                self.runs_by_version.push((run.version.clone(), 1));
+                if self.runs_by_version.len() > 64 {
+                    self.runs_by_version.remove(0);
+                }
+            }
+        }
+        self.last_run = Some(run);
+    }
+
+    /// The state shown to people: load/init problems first, then the last
+    /// run's outcome, then what the guest reported about itself.
+    pub fn state(&self, health: Option<Health>) -> (GuestState, Option<String>) {
+        if let Some((state, detail)) = &self.blocked {
+            return (*state, Some(detail.clone()));
+        }
+        if !self.initialized {
+            return (GuestState::Starting, Some("loading and initialising the component".into()));
+        }
+        match self.last_run.as_ref().map(|r| &r.outcome) {
+            Some(Outcome::Trap(m)) | Some(Outcome::Timeout(m)) => return (GuestState::Failed, Some(m.clone())),
+            Some(Outcome::Error(m)) => {
+                let detail = match health {
+                    Some(Health::Degraded(h)) if !m.contains(&h) => format!("{h} ({m})"),
+                    _ => m.clone(),
+                };
+                return (GuestState::Degraded, Some(detail));
+            }
+            _ => {}
+        }
+        match health {
+            Some(Health::Standby(t)) => (GuestState::Standby, Some(t)),
+            Some(Health::Degraded(t)) => (GuestState::Degraded, Some(t)),
+            Some(Health::Ok) => (GuestState::Ok, None),
+            None if self.last_run.is_some() => (GuestState::Ok, None),
+            None => (GuestState::Starting, Some("waiting for the first run".into())),
+        }
+    }
+
+    /// The admin API's view of this guest.
+    pub fn snapshot(&self, config: &GuestConfig, shared: &GuestShared) -> GuestSnapshot {
+        let (state, detail) = self.state(shared.board.health());
+        GuestSnapshot {
+            name: config.name.clone(),
+            state,
+            detail,
+            version: self.version.clone(),
+            schedule: config.schedule.to_string(),
+            initialized: self.initialized,
+            last_run: self.last_run.as_ref().map(|r| RunRecord {
+                started: rfc3339(r.started),
+                finished: rfc3339(r.finished),
+                trigger: r.trigger.clone(),
+                outcome: r.outcome.label().to_string(),
+                detail: r.outcome.detail(),
+            }),
+            last_success: self.last_success.map(rfc3339),
+            next_run: self.next_run.map(rfc3339),
+            runs: self.runs,
+            failures: self.failures,
+            consecutive_failures: self.consecutive_failures,
+            points_written: shared.influx.points_written.load(Ordering::Relaxed),
+            run_seconds_total: self.run_seconds_total,
+            last_run_seconds: self
+                .last_run
+                .as_ref()
+                .map(|r| r.finished.duration_since(r.started).unwrap_or(Duration::ZERO).as_secs_f64()),
+            counters: shared.board.counters().into_iter().map(|(k, v)| (k, v.to_json())).collect(),
+        }
+    }
+}
+
+/// A counter family: name, help text, and how to read it from a guest.
+type MetricFamily = (&'static str, &'static str, fn(&GuestShared) -> u64);
+
+/// Prometheus lines for store and HTTP activity per guest.
+pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>], backend: &str) -> String {
+    let mut out = String::new();
+    let families: [MetricFamily; 6] = [
+        ("wattedge_guest_influx_queries_total", "Store queries made by the guest", |s| {
+            s.influx.queries.load(Ordering::Relaxed)
+        }),
+        ("wattedge_guest_influx_denied_total", "Store writes and queries refused by grants", |s| {
+            s.influx.writes_denied.load(Ordering::Relaxed) + s.influx.queries_denied.load(Ordering::Relaxed)
+        }),
+        ("wattedge_guest_influx_errors_total", "Store operations that failed", |s| {
+            s.influx.errors.load(Ordering::Relaxed)
+        }),
+        ("wattedge_guest_http_requests_total", "Outbound HTTP requests attempted", |s| {
+            s.http.requests.load(Ordering::Relaxed)
+        }),
+        ("wattedge_guest_http_denied_total", "Outbound HTTP requests refused by grants", |s| {
+            s.http.denied.load(Ordering::Relaxed)
+        }),
+        ("wattedge_guest_http_errors_total", "Outbound HTTP requests that failed", |s| {
+            s.http.errors.load(Ordering::Relaxed)
+        }),
+    ];
+    for (name, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
+        for g in guests {
+            let _ = writeln!(out, "{name}{{guest=\"{}\"}} {}", g.config.name, get(&g.shared));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wattedge_store_info The configured time-series backend.\n# TYPE wattedge_store_info gauge"
+    );
+    let _ = writeln!(out, "wattedge_store_info{{backend=\"{backend}\"}} 1");
+    out
+}

@@ -1,0 +1,177 @@
+//! Tests of the `wattedge` binary itself: start-up on the default config,
+//! clean shutdown on SIGTERM, `check` messages and exit codes, `secrets set`.
+
+mod support;
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wattedge");
+
+fn wattedge(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).env("WATTEDGE_LOG", "warn").output().expect("run wattedge")
+}
+
+/// The default config with its own state dir and port, in a temp dir.
+fn default_config_in(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+    let text = default_config_text().replace("127.0.0.1:9100", &format!("127.0.0.1:{port}"));
+    let path = dir.join("wattedge.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_serves_guests_quickly_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = default_config_in(dir.path(), port);
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("WATTEDGE_LOG", "warn")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let listed = wait_for(Duration::from_secs(2), "GET /guests to list three guests", || async move {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return None;
+        }
+        let (_, list) = get(addr, "/guests").await;
+        (list.as_array()?.len() == 3).then(Instant::now)
+    })
+    .await;
+    eprintln!("three guests listed {:?} after spawn", listed - started);
+    let states = wait_for(Duration::from_secs(10), "watttime and wattivahti in standby", || async move {
+        let (_, list) = get(addr, "/guests").await;
+        let states: Vec<String> =
+            list.as_array()?.iter().map(|g| g["state"].as_str().unwrap_or("").to_string()).collect();
+        (states[0] == "standby" && states[1] == "standby").then_some(states)
+    })
+    .await;
+    eprintln!("states {states:?} {:?} after spawn", started.elapsed());
+    let (status, _) = get(addr, "/health").await;
+    assert_eq!(status, 200);
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(kill.success());
+    let asked = Instant::now();
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(2), "wattedge did not stop within 2 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(exit.success(), "clean exit: {exit:?}");
+}
+
+/// Runs `check` on `config_text` (in a temp dir) and returns (exit code, stderr).
+fn check(config_text: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config_text).unwrap();
+    let out = wattedge(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    (out.status.code().unwrap_or(-1), stderr)
+}
+
+fn assert_one_line_error(code: i32, stderr: &str, wanted: &[&str]) {
+    assert_eq!(code, 2, "exit code 2: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("bad.toml:"), "names the file and line: {stderr}");
+    for w in wanted {
+        assert!(stderr.contains(w), "mentions {w:?}: {stderr}");
+    }
+}
+
+const GOOD: &str = "[host]\nstate_dir = \"state\"\n\n[guests.correlator]\ncomponent = \"builtin:correlator\"\nschedule = \"every 60s\"\n";
+
+#[test]
+fn check_accepts_the_default_config_and_a_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = default_config_in(dir.path(), 9100);
+    let out = wattedge(&["check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 guests: watttime, wattivahti, correlator)"));
+    let (code, stderr) = check(GOOD);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+#[test]
+fn check_rejects_an_unknown_key() {
+    let (code, stderr) = check(&format!("{GOOD}memory = \"16MiB\"\n"));
+    assert_one_line_error(code, &stderr, &["bad.toml:7", "memory", "remove or rename"]);
+}
+
+#[test]
+fn check_rejects_a_missing_component_file() {
+    let (code, stderr) = check(&GOOD.replace("builtin:correlator", "guests/missing.wasm"));
+    assert_one_line_error(code, &stderr, &["bad.toml:5", "guests.correlator.component", "missing.wasm does not exist"]);
+}
+
+#[test]
+fn check_rejects_a_malformed_schedule() {
+    let (code, stderr) = check(&GOOD.replace("every 60s", "sometimes"));
+    assert_one_line_error(code, &stderr, &["bad.toml:6", "guests.correlator.schedule", "cron"]);
+}
+
+#[test]
+fn check_rejects_a_grant_for_a_guest_that_does_not_exist() {
+    let (code, stderr) = check(&format!("{GOOD}\n[guests.corelator.grants]\ninflux_read = [\"smart_meter\"]\n"));
+    assert_one_line_error(code, &stderr, &["bad.toml:8", "corelator", "does not exist"]);
+}
+
+#[test]
+fn check_rejects_a_file_that_is_not_a_component() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fake.wasm"), b"<html>not wasm</html>").unwrap();
+    let config = GOOD.replace("builtin:correlator", "fake.wasm");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = wattedge(&["check", "--config", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_one_line_error(out.status.code().unwrap(), &stderr, &["bad.toml:5", "not a WebAssembly component"]);
+}
+
+#[test]
+fn secrets_set_reads_stdin_and_writes_a_0600_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = default_config_in(dir.path(), 9100);
+    let secret = "s3cret-from-stdin-41";
+    let mut child = Command::new(BIN)
+        .args(["secrets", "set", "watttime.password", "--config", path.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{secret}\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!printed.contains(secret), "the value is never printed: {printed}");
+    let file = dir.path().join(".wattedge/secrets.toml");
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(std::fs::read_to_string(&file).unwrap().contains(secret));
+    let listed = wattedge(&["secrets", "list", "--config", path.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).trim(), "watttime.password");
+}
+
+#[test]
+fn run_refuses_a_secrets_file_others_can_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = default_config_in(dir.path(), free_port());
+    let secrets = dir.path().join(".wattedge/secrets.toml");
+    std::fs::create_dir_all(secrets.parent().unwrap()).unwrap();
+    std::fs::write(&secrets, "\"watttime.password\" = \"pw-0000\"\n").unwrap();
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = wattedge(&["run", "--config", path.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(!stderr.contains("pw-0000"), "{stderr}");
+}

@@ -1,0 +1,124 @@
+//! Shared harness for the end-to-end tests: configs in temp dirs, a host
+//! started in-process on 127.0.0.1:0, and a tiny HTTP client for the admin API.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wattedge::config::Config;
+use wattedge::store::{Query, Row};
+
+/// The test probe component built by host/build.rs.
+pub fn probe() -> String {
+    wattedge::builtin::probe_path().display().to_string()
+}
+
+/// A temp dir with a config file whose [host] section points into it.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Setup {
+    /// Writes `[host]` (state in the temp dir, admin on `admin_listen`) followed by `body`.
+    pub fn new(admin_listen: &str, body: &str) -> Setup {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("wattedge.toml");
+        let host = format!(
+            "[host]\nadmin_listen = \"{admin_listen}\"\nstate_dir = \"{}\"\n\n",
+            dir.path().join("state").display()
+        );
+        std::fs::write(&config_path, host + body).expect("write config");
+        Setup { dir, config_path }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(&self.config_path).unwrap_or_else(|e| panic!("config: {e}"))
+    }
+
+    pub fn secrets_file(&self) -> PathBuf {
+        self.dir.path().join("state").join("secrets.toml")
+    }
+}
+
+/// Starts a host in-process for `body` (guest sections).
+pub async fn start(body: &str) -> (Setup, wattedge::RunningHost) {
+    let setup = Setup::new("127.0.0.1:0", body);
+    let host = wattedge::start(setup.config()).await.unwrap_or_else(|e| panic!("start: {e}"));
+    (setup, host)
+}
+
+/// A probe guest section.
+pub fn probe_guest(name: &str, schedule: &str, config: &str) -> String {
+    format!(
+        "[guests.{name}]\ncomponent = \"{}\"\nschedule = \"{schedule}\"\nrun_timeout = \"5s\"\nconfig = {{ {config} }}\n\n[guests.{name}.grants]\ninflux_write = [\"probe\"]\ninflux_read = [\"probe\"]\nsecrets = {{ \"probe.key\" = [\"example.org\"] }}\n\n",
+        probe()
+    )
+}
+
+/// One HTTP/1.1 request; returns (status, JSON body or string).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to admin API");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let value = serde_json::from_str(body).unwrap_or(Value::String(body.to_string()));
+    (status, value)
+}
+
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
+    http(addr, "GET", path, "", None).await
+}
+
+/// Polls `check` every 50 ms until it returns Some or `timeout` passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until guest `name` has finished at least `runs` runs; returns its snapshot.
+pub async fn wait_runs(addr: SocketAddr, name: &str, runs: u64, timeout: Duration) -> Value {
+    wait_for(timeout, &format!("{name} to finish {runs} runs"), || async move {
+        let (_, snap) = get(addr, &format!("/guests/{name}")).await;
+        (snap["runs"].as_u64().unwrap_or(0) >= runs).then_some(snap)
+    })
+    .await
+}
+
+/// Every row of `measurement`, oldest first.
+pub async fn rows(host: &wattedge::RunningHost, measurement: &str) -> Vec<Row> {
+    let query = Query { measurement: measurement.into(), ..Query::default() };
+    host.store().query(query).await.expect("query")
+}
+
+/// The default config shipped at the repo root.
+pub fn default_config_text() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../wattedge.toml")).expect("wattedge.toml")
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
