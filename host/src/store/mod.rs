@@ -1,10 +1,15 @@
 //! Time-series stores behind one interface: the embedded store (default), and
-//! (later) InfluxDB v1/v2 with a crash-safe outbox. The guest-facing `influx`
+//! InfluxDB's v1 HTTP API behind a crash-safe outbox (`influx_v1`, `outbox`,
+//! `forwarder`, `influxql`); a native v2 backend is not built yet. The guest-facing `influx`
 //! capability translates WIT types into these and enforces grants; stores only
 //! store.
 
 pub mod embedded;
+pub mod forwarder;
+pub mod influx_v1;
+pub mod influxql;
 pub mod line_protocol;
+pub mod outbox;
 
 use std::collections::BTreeMap;
 
@@ -87,6 +92,11 @@ pub trait TimeSeriesStore: Send + Sync + 'static {
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>>;
     /// A short name for logs and the status page (`embedded`, `influxdb-v1`).
     fn kind(&self) -> &'static str;
+    /// Prometheus lines about the backend (outbox depth, forwarding), for
+    /// the admin `/metrics`; empty for stores without such state.
+    fn metrics(&self) -> String {
+        String::new()
+    }
 }
 
 /// The embedded store behind the async interface: redb calls run on the

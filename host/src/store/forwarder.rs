@@ -1,0 +1,259 @@
+//! The forwarder: one task per remote backend that moves points from the
+//! [`Outbox`] to the database, so a guest's `write` never waits for the
+//! network.
+//!
+//! Batches are bounded by points (`batch_points`) and by time (a batch is
+//! sent at the latest `flush_interval` after its oldest point was accepted),
+//! gzip-compressed, and removed from the outbox only once the database
+//! acknowledged them. Policies:
+//!
+//! * transport errors, 5xx, 429 and 4xx other than 400 (auth, missing
+//!   database: problems the user can fix) are retried with exponential
+//!   backoff from 100 ms up to `retry_max_delay`, the same batch each time;
+//! * 400 means the database can never accept (part of) the batch (a parser
+//!   error, a field type conflict): it is logged with the database's message,
+//!   counted in `wattedge_outbox_dropped_total`, and acknowledged, so one bad
+//!   point cannot block the queue forever. InfluxDB stores the valid points
+//!   of a "partial write"; a batch refused as a whole (InfluxDB 1.6 does that
+//!   for a type conflict inside the batch) is split at `write`-call
+//!   boundaries until only the refused calls are left, and those are dropped.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::now_ns;
+use super::outbox::{Batch, Outbox};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What the database said about one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delivery {
+    /// Stored.
+    Stored,
+    /// Can never be stored as is (HTTP 400). `partial`: the database stored
+    /// the rest and refused `dropped` points; otherwise it refused the batch.
+    Rejected { message: String, dropped: u64, partial: bool },
+    /// Try again later; `reachable` is false when no answer came at all.
+    Retry { message: String, reachable: bool },
+}
+
+/// A boxed future for [`Sink`].
+pub type SinkFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A database that accepts gzip-compressed line protocol.
+pub trait Sink: Send + Sync + 'static {
+    /// Sends one gzip-compressed batch of `points` points.
+    fn send(&self, gzipped: Bytes, points: u64) -> SinkFuture<'_, Delivery>;
+    /// Whether the database answers at all.
+    fn ping(&self) -> SinkFuture<'_, bool>;
+}
+
+/// Batching and retry settings (`[influx]` keys).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ForwardSettings {
+    pub batch_points: u64,
+    pub flush_interval: Duration,
+    pub retry_max_delay: Duration,
+}
+
+/// Forwarding counters, shown in `/metrics`.
+#[derive(Debug, Default)]
+pub struct ForwarderStats {
+    pub forwarded: AtomicU64,
+    pub retried: AtomicU64,
+    pub dropped: AtomicU64,
+    /// 1 when the last contact with the database succeeded.
+    pub up: AtomicU64,
+}
+
+impl ForwarderStats {
+    /// Prometheus lines.
+    pub fn metrics(&self, out: &mut String) {
+        let rows = [
+            ("wattedge_outbox_forwarded_total", "counter", "Points delivered to the database", &self.forwarded),
+            (
+                "wattedge_outbox_retried_total",
+                "counter",
+                "Batch deliveries that failed and will be retried",
+                &self.retried,
+            ),
+            (
+                "wattedge_outbox_dropped_total",
+                "counter",
+                "Points the database refused for good (HTTP 400)",
+                &self.dropped,
+            ),
+            ("wattedge_influx_up", "gauge", "1 when the last contact with InfluxDB succeeded", &self.up),
+        ];
+        for (name, kind, help, value) in rows {
+            let _ =
+                writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// Starts the forwarding task; it stops when `cancel` fires.
+pub fn spawn(
+    outbox: Arc<Outbox>,
+    sink: Arc<dyn Sink>,
+    settings: ForwardSettings,
+    cancel: CancellationToken,
+) -> Arc<ForwarderStats> {
+    let stats = Arc::new(ForwarderStats::default());
+    let forwarder = Forwarder { outbox, sink, settings, stats: stats.clone() };
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = forwarder.run() => {}
+            _ = cancel.cancelled() => {}
+        }
+    });
+    stats
+}
+
+struct Forwarder {
+    outbox: Arc<Outbox>,
+    sink: Arc<dyn Sink>,
+    settings: ForwardSettings,
+    stats: Arc<ForwarderStats>,
+}
+
+impl Forwarder {
+    async fn run(self) {
+        let up = self.sink.ping().await;
+        self.stats.up.store(u64::from(up), Ordering::Relaxed);
+        loop {
+            self.linger().await;
+            let outbox = self.outbox.clone();
+            let max = self.settings.batch_points;
+            let batch = match tokio::task::spawn_blocking(move || outbox.read_batch(max)).await {
+                Ok(Ok(Some(batch))) => batch,
+                Ok(Ok(None)) => continue,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "outbox read failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "outbox read task failed");
+                    continue;
+                }
+            };
+            self.deliver(&batch).await;
+            self.ack(batch).await;
+        }
+    }
+
+    /// Waits until a full batch is queued or the oldest queued point has
+    /// waited `flush_interval`.
+    async fn linger(&self) {
+        loop {
+            let depth = self.outbox.depth();
+            if depth.points >= self.settings.batch_points {
+                return;
+            }
+            let Some(oldest) = depth.oldest_accepted else {
+                if depth.points > 0 {
+                    return; // age unknown: send now rather than wait
+                }
+                self.outbox.appended().await;
+                continue;
+            };
+            let waited = Duration::from_nanos(now_ns().saturating_sub(oldest).max(0) as u64);
+            let Some(left) = self.settings.flush_interval.checked_sub(waited).filter(|d| !d.is_zero()) else {
+                return;
+            };
+            tokio::select! {
+                _ = self.outbox.appended() => {}
+                _ = tokio::time::sleep(left) => return,
+            }
+        }
+    }
+
+    /// Delivers `batch`. When the database refuses a batch as a whole (a 400
+    /// that is not a partial write), the batch is split at `write`-call
+    /// boundaries and the halves sent separately, so only the refused calls
+    /// are dropped.
+    async fn deliver(&self, batch: &Batch) {
+        let mut work = vec![(0usize, batch.records.len())];
+        while let Some((first, last)) = work.pop() {
+            if first >= last {
+                continue;
+            }
+            let from = if first == 0 { 0 } else { batch.records[first - 1].0 };
+            let lines = &batch.lines[from..batch.records[last - 1].0];
+            let points: u64 = batch.records[first..last].iter().map(|r| r.1).sum();
+            match self.send_until_answered(lines, points).await {
+                Delivery::Rejected { partial: false, .. } if last - first > 1 => {
+                    let mid = first + (last - first) / 2;
+                    work.push((mid, last));
+                    work.push((first, mid));
+                }
+                Delivery::Rejected { message, dropped, partial } => {
+                    let dropped = if partial { dropped.max(1) } else { points };
+                    tracing::warn!(points, dropped, %message, "InfluxDB refused points for good; dropping them (see wattedge_outbox_dropped_total)");
+                    self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+                    self.stats.forwarded.fetch_add(points.saturating_sub(dropped), Ordering::Relaxed);
+                }
+                _ => {
+                    self.stats.forwarded.fetch_add(points, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Sends until the database stores or rejects the lines (never `Retry`).
+    async fn send_until_answered(&self, lines: &[u8], points: u64) -> Delivery {
+        let body = gzip(lines);
+        let mut delay = FIRST_BACKOFF;
+        let mut failures = 0u64;
+        loop {
+            match self.sink.send(body.clone(), points).await {
+                Delivery::Retry { message, reachable } => {
+                    failures += 1;
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    self.stats.up.store(u64::from(reachable), Ordering::Relaxed);
+                    if failures == 1 || failures.is_multiple_of(20) {
+                        tracing::warn!(failures, retry_in = ?delay, queued = self.outbox.depth().points, %message, "cannot deliver to InfluxDB; points stay in the outbox");
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(self.settings.retry_max_delay);
+                }
+                answer => {
+                    self.stats.up.store(1, Ordering::Relaxed);
+                    if failures > 0 {
+                        tracing::info!(failures, points, "InfluxDB answers writes again");
+                    }
+                    return answer;
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, batch: Batch) {
+        let outbox = self.outbox.clone();
+        match tokio::task::spawn_blocking(move || outbox.ack(&batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "outbox: cannot release a delivered batch; it may be sent again"),
+            Err(e) => tracing::error!(error = %e, "outbox ack task failed"),
+        }
+    }
+}
+
+/// gzip with the fastest level: batches are text and compress well anyway,
+/// and a Pi's CPU is the scarcer resource.
+pub fn gzip(data: &[u8]) -> Bytes {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
+    encoder.write_all(data).expect("writing to a Vec cannot fail");
+    Bytes::from(encoder.finish().expect("writing to a Vec cannot fail"))
+}
+
+#[cfg(test)]
+mod tests;

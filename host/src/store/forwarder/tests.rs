@@ -1,0 +1,73 @@
+use std::io::Read as _;
+use std::sync::Mutex;
+
+use super::*;
+
+/// A database double: refuses any batch containing `bad` as a whole (like
+/// InfluxDB 1.6 does for a type conflict inside a batch), fails the first
+/// `failures` sends, and records what it stored.
+struct Script {
+    failures: AtomicU64,
+    bad: &'static str,
+    stored: Mutex<Vec<String>>,
+}
+
+impl Sink for Script {
+    fn send(&self, gzipped: Bytes, _points: u64) -> SinkFuture<'_, Delivery> {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&gzipped[..]).read_to_string(&mut text).expect("gzip");
+        Box::pin(async move {
+            if self.failures.load(Ordering::Relaxed) > 0 {
+                self.failures.fetch_sub(1, Ordering::Relaxed);
+                return Delivery::Retry { message: "connection refused".into(), reachable: false };
+            }
+            if text.contains(self.bad) {
+                return Delivery::Rejected { message: "field type conflict".into(), dropped: 0, partial: false };
+            }
+            self.stored.lock().unwrap().push(text);
+            Delivery::Stored
+        })
+    }
+
+    fn ping(&self) -> SinkFuture<'_, bool> {
+        Box::pin(async { false })
+    }
+}
+
+#[tokio::test]
+async fn retries_then_splits_a_refused_batch_and_drops_only_the_bad_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = Arc::new(Outbox::open(dir.path(), 1 << 20).unwrap());
+    for (i, line) in ["m a=1i 1\n", "m a=2i 2\nm a=3i 3\n", "m a=\"bad\" 4\n", "m a=5i 5\n"].iter().enumerate() {
+        let points = line.matches('\n').count() as u32;
+        outbox.append(line.as_bytes(), points).unwrap_or_else(|e| panic!("append {i}: {e}"));
+    }
+    let sink = Arc::new(Script { failures: AtomicU64::new(3), bad: "bad", stored: Mutex::default() });
+    let settings = ForwardSettings {
+        batch_points: 100,
+        flush_interval: Duration::from_millis(10),
+        retry_max_delay: Duration::from_millis(200),
+    };
+    let cancel = CancellationToken::new();
+    let stats = spawn(outbox.clone(), sink.clone(), settings, cancel.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while outbox.depth().points > 0 {
+        assert!(std::time::Instant::now() < deadline, "the outbox did not drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cancel.cancel();
+    let stored = sink.stored.lock().unwrap().concat();
+    assert_eq!(stored, "m a=1i 1\nm a=2i 2\nm a=3i 3\nm a=5i 5\n", "every good write, in order, once");
+    assert_eq!(stats.retried.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.dropped.load(Ordering::Relaxed), 1, "only the refused write call");
+    assert_eq!(stats.forwarded.load(Ordering::Relaxed), 4);
+    assert_eq!(stats.up.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn gzip_round_trips() {
+    let body = gzip(b"m f=1 1\n");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "m f=1 1\n");
+}
