@@ -1,0 +1,179 @@
+//! A local HTTPS upstream for the outbound HTTP tests, with its own CA
+//! generated at test time (rcgen). It records every request it receives and
+//! answers by path:
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/token` | `{"token": TOKEN, "refresh_token": REFRESH, "expires_in": 1800}` |
+//! | `/slow` | waits 3 s, then echoes |
+//! | `/big` | 256 KiB of `x` |
+//! | `/redirect` | 302 to `https://elsewhere.test/` |
+//! | anything else | echo: `{"method", "path", "headers": {name: value}, "body"}`, and the request's `Authorization` in `x-echo-authorization` |
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{Map, Value, json};
+
+/// The token `/token` hands out.
+pub const TOKEN: &str = "tok-UPSTREAM-5e1f0c9a77";
+/// The refresh token `/token` hands out.
+pub const REFRESH: &str = "refresh-UPSTREAM-3b8d2a61";
+
+/// One request as the server received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A running server.
+pub struct HttpsServer {
+    pub addr: SocketAddr,
+    /// PEM of the CA that signed the server's certificate.
+    pub ca_pem: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl HttpsServer {
+    /// Starts on 127.0.0.1 with a certificate for `names` (DNS names or IPs).
+    pub async fn start(names: &[&str]) -> HttpsServer {
+        let (ca_pem, chain, key) = certificates(names);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server certificate");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, log) = (acceptor.clone(), log.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = service_fn(move |req| answer(req, log.clone()));
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+                });
+            }
+        });
+        HttpsServer { addr, ca_pem, received, task }
+    }
+
+    /// Writes the CA to `dir/ca.pem` and returns the path.
+    pub fn write_ca(&self, dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, &self.ca_pem).expect("write CA");
+        path
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Requests whose path starts with `prefix`.
+    pub fn received_at(&self, prefix: &str) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.path.starts_with(prefix)).collect()
+    }
+}
+
+/// A fresh CA (PEM) and a leaf certificate chain and key for `names`; also
+/// used by `watttime_server.rs`.
+pub fn certificates(names: &[&str]) -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "wattedge test CA");
+    let ca_key = KeyPair::generate().expect("CA key");
+    let ca = ca_params.self_signed(&ca_key).expect("CA cert");
+    let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    let mut leaf_params = CertificateParams::new(names).expect("leaf params");
+    leaf_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf_key = KeyPair::generate().expect("leaf key");
+    let leaf = leaf_params.signed_by(&leaf_key, &ca, &ca_key).expect("leaf cert");
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
+    (ca.pem(), vec![leaf.der().clone()], key)
+}
+
+async fn answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    log: Arc<Mutex<Vec<Received>>>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let received = Received {
+        method: parts.method.to_string(),
+        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect(),
+        body: String::from_utf8_lossy(&body).into(),
+    };
+    log.lock().unwrap().push(received.clone());
+    let path = parts.uri.path();
+    let response = match path {
+        "/token" => json_response(json!({"token": TOKEN, "refresh_token": REFRESH, "expires_in": 1800})),
+        "/big" => hyper::Response::new(Full::new(Bytes::from(vec![b'x'; 256 * 1024]))),
+        "/redirect" => hyper::Response::builder()
+            .status(302)
+            .header("location", "https://elsewhere.test/")
+            .body(Full::new(Bytes::from_static(b"moved")))
+            .unwrap(),
+        _ => {
+            if path == "/slow" {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            let mut response = json_response(echo(&received));
+            if let Some(auth) = parts.headers.get("authorization") {
+                response.headers_mut().insert("x-echo-authorization", auth.clone());
+            }
+            response
+        }
+    };
+    Ok(response)
+}
+
+fn echo(r: &Received) -> Value {
+    let headers: Map<String, Value> = r.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+    json!({"method": r.method, "path": r.path, "headers": headers, "body": r.body})
+}
+
+fn json_response(value: Value) -> hyper::Response<Full<Bytes>> {
+    hyper::Response::builder()
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(value.to_string())))
+        .unwrap()
+}
