@@ -1,175 +1,265 @@
-//! The `watttime` guest: CO2 marginal emissions forecasts from WattTime v3.
+//! The `watttime` guest: CO2 marginal emissions (MOER) forecasts from
+//! WattTime v3 into `carbon_intensity` and `carbon_intensity_forecast`.
 //!
-//! It owns the guest's config (region, signal type, horizon, API base,
-//! request budget), the credentials check and the user-facing status. It
-//! never sees a password: it only asks the host whether `watttime.username`
-//! and `watttime.password` or a captured `watttime.token` are set, and the host
-//! substitutes `${secret:...}` placeholders at egress.
+//! It replaces the Python "carbon-intensity-service" and fixes its bugs: it
+//! parses the real v3 shape ([`forecast`]), never goes into a permanent
+//! standby after one failed login, never writes old data again as new points
+//! (it keeps no cache: every point comes from the response just received, at
+//! that response's `point_time`), and honours `Retry-After` ([`policy`]).
 //!
-//! The HTTP fetch (`/login`, `/v3/forecast` → `carbon_intensity` points) is a
-//! later issue: with credentials present this build reports `degraded` and
-//! fails the run rather than writing invented data.
+//! Credentials: the guest never sees a password or token. It logs in with
+//! `Authorization: Basic ${secret-basic:watttime.username:watttime.password}`
+//! and has the host capture `/token` into `watttime.token` (TTL 30 min, kept
+//! in host memory only, see [`PERSIST_TOKEN`]); a `watttime.token` set by the
+//! user without username and password is used as is and no login is made.
 
-use wattedge_guest::config::{Config, is_lower_ident, is_upper_ident};
-use wattedge_guest::{Guest, GuestError, Slot, Summary, Trigger, report};
+pub mod forecast;
+pub mod http;
+pub mod policy;
+pub mod settings;
 
-/// Config keys this guest accepts.
-pub const KEYS: &[&str] = &["region", "signal_type", "horizon_hours", "api_base", "daily_request_budget"];
+use wattedge_guest::status::{self, CounterValue};
+use wattedge_guest::{
+    Guest, GuestError, Slot, Summary, Trigger, clock, influx, influx_error_text, report, schedule, secrets, state,
+};
 
-/// Secret holding the WattTime account name.
-pub const USERNAME: &str = "watttime.username";
-/// Secret holding the WattTime account password.
-pub const PASSWORD: &str = "watttime.password";
-/// Secret holding a bearer token (captured from `/login` or set by hand).
-pub const TOKEN: &str = "watttime.token";
+use http::{Request, Response};
+use policy::{Ledger, Verdict};
+use settings::{PASSWORD, Settings, TOKEN, USERNAME};
 
-/// Text of the error and `degraded` report while the fetch is missing.
-pub const NOT_IMPLEMENTED: &str = "fetching from WattTime is not implemented in this build yet";
+/// Whether the captured token is written to the secrets file. `false`: the
+/// token lives 30 minutes, a restart costs one login, and a Raspberry Pi's SD
+/// card is not rewritten every half hour (the secrets file does not keep the
+/// expiry either, so a persisted token would look valid forever).
+pub const PERSIST_TOKEN: bool = false;
+/// Lifetime of a captured token (WattTime tokens are valid for 30 minutes).
+pub const TOKEN_TTL_S: u64 = 1800;
 
-/// Validated settings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    /// Grid region code, e.g. `CAISO_NORTH`.
-    pub region: String,
-    /// Signal type, e.g. `co2_moer`.
-    pub signal_type: String,
-    /// Forecast horizon in hours (1..=72).
-    pub horizon_hours: u64,
-    /// Base URL of the WattTime API, without a trailing slash.
-    pub api_base: String,
-    /// Upper bound on upstream requests per UTC day.
-    pub daily_request_budget: u64,
-}
-
-impl Settings {
-    /// Validates `config`; errors name the key and the fix.
-    pub fn from_config(config: &Config) -> Result<Self, GuestError> {
-        config.check_keys(KEYS)?;
-        Ok(Self {
-            region: config.string_matching(
-                "region",
-                "CAISO_NORTH",
-                is_upper_ident,
-                "a WattTime region code of A-Z, 0-9 and _ such as \"CAISO_NORTH\" \
-                 (new accounts can use only CAISO_NORTH)",
-            )?,
-            signal_type: config.string_matching(
-                "signal_type",
-                "co2_moer",
-                is_lower_ident,
-                "a WattTime signal type such as \"co2_moer\"",
-            )?,
-            horizon_hours: config.u64_in("horizon_hours", 24, 1..=72)?,
-            api_base: config.url("api_base", "https://api.watttime.org")?,
-            daily_request_budget: config.u64_in("daily_request_budget", 1000, 1..=1_000_000)?,
-        })
-    }
-
-    /// The effective config as one line of text.
-    pub fn describe(&self) -> String {
-        Config::describe(&[
-            ("region", self.region.clone()),
-            ("signal_type", self.signal_type.clone()),
-            ("horizon_hours", self.horizon_hours.to_string()),
-            ("api_base", self.api_base.clone()),
-            ("daily_request_budget", self.daily_request_budget.to_string()),
-        ])
-    }
-}
-
-/// Which secrets to ask for, given which are set: `None` when the guest has
-/// usable credentials (username + password, or a token).
-pub fn secrets_to_request(username: bool, password: bool, token: bool) -> Option<Vec<&'static str>> {
-    if token || (username && password) {
-        return None;
-    }
-    let mut wanted = Vec::new();
-    if !username {
-        wanted.push(USERNAME);
-    }
-    if !password {
-        wanted.push(PASSWORD);
-    }
-    Some(wanted)
+/// Counter names shown in `/guests/watttime` and `/metrics`.
+pub mod counters {
+    /// Forecast fetches started (one per run that got past login).
+    pub const FETCHES: &str = "fetches";
+    /// Counted failures (login, HTTP, parse, nulls, store).
+    pub const FAILURES: &str = "failures";
+    /// Successful logins.
+    pub const TOKEN_REFRESHES: &str = "token_refreshes";
+    /// Time of the last fetch whose points were written.
+    pub const LAST_SUCCESS: &str = "last_successful_fetch";
+    /// Time of the last successful login.
+    pub const LAST_REFRESH: &str = "last_token_refresh";
+    /// Points accepted by the store, in all.
+    pub const POINTS: &str = "points_written";
+    /// Upstream requests on the current UTC day.
+    pub const REQUESTS_TODAY: &str = "requests_today";
+    /// The configured daily budget.
+    pub const BUDGET: &str = "daily_request_budget";
 }
 
 static SETTINGS: Slot<Settings> = Slot::new();
+
+/// Records a counted failure: counter, log line, `degraded` with `text`.
+fn fail(error: GuestError) -> GuestError {
+    report::inc(counters::FAILURES);
+    let text = match &error {
+        GuestError::Config(m)
+        | GuestError::Credentials(m)
+        | GuestError::Upstream(m)
+        | GuestError::Store(m)
+        | GuestError::Internal(m) => m.clone(),
+    };
+    wattedge_guest::log_warn(&text);
+    report::degraded(&text);
+    error
+}
+
+/// One run's working data.
+struct Run<'a> {
+    settings: &'a Settings,
+    ledger: Ledger,
+    /// Username and password are both usable.
+    has_login: bool,
+}
+
+impl Run<'_> {
+    /// Sends one request if the daily budget allows it, saving the count.
+    fn send(&mut self, request: &Request, what: &str) -> Result<Response, GuestError> {
+        let budget = self.settings.daily_request_budget;
+        if !self.ledger.take_request(clock::now_ns(), budget) {
+            return Err(fail(GuestError::Upstream(format!(
+                "daily request budget of {budget} used up; requests resume after 00:00 UTC \
+                 (raise daily_request_budget to allow more)"
+            ))));
+        }
+        self.save();
+        http::get(request).map_err(|e| fail(GuestError::Upstream(format!("{what}: request failed: {e}"))))
+    }
+
+    fn save(&self) {
+        report::set_count(counters::REQUESTS_TODAY, self.ledger.requests);
+        if let Err(e) = state::set(policy::STATE_KEY, &self.ledger.encode()) {
+            wattedge_guest::log_warn(&format!("saving the request count: {}", wattedge_guest::state_error_text(&e)));
+        }
+    }
+
+    /// Logs in; the host captures the token. Any failure is `degraded` and
+    /// the next run tries again.
+    fn login(&mut self) -> Result<(), GuestError> {
+        let request = Request {
+            url: settings::login_url(self.settings),
+            headers: vec![("authorization".into(), format!("Basic ${{secret-basic:{USERNAME}:{PASSWORD}}}"))],
+            capture: Some((TOKEN.into(), TOKEN_TTL_S)),
+        };
+        let response = self.send(&request, "login")?;
+        match response.status {
+            200..=299 if secrets::is_set(TOKEN) => {
+                report::inc(counters::TOKEN_REFRESHES);
+                status::set_counter(counters::LAST_REFRESH, &CounterValue::Time(clock::now_ns()));
+                Ok(())
+            }
+            200..=299 => Err(fail(GuestError::Upstream(format!(
+                "login: HTTP {} without a token in the answer; retrying next run",
+                response.status
+            )))),
+            401 | 403 => Err(fail(GuestError::Credentials(format!(
+                "login rejected (HTTP {}): check {USERNAME} and {PASSWORD} and set them again with \
+                 `wattedge secrets set {USERNAME}` and `wattedge secrets set {PASSWORD}`; retrying next run",
+                response.status
+            )))),
+            status => Err(fail(GuestError::Upstream(format!(
+                "login: HTTP {status} ({}); retrying next run",
+                policy::body_kind(&response.content_type, &response.body)
+            )))),
+        }
+    }
+
+    /// The forecast response, after at most one re-login on 401 and the
+    /// 5xx / 429 rules of [`policy`].
+    fn fetch(&mut self) -> Result<Response, GuestError> {
+        let request = Request {
+            url: settings::forecast_url(self.settings),
+            headers: vec![("authorization".into(), format!("Bearer ${{secret:{TOKEN}}}"))],
+            capture: None,
+        };
+        let (mut relogged, mut server_tries) = (false, 0u32);
+        loop {
+            let response = self.send(&request, "/v3/forecast")?;
+            match policy::classify(response.status, response.retry_after.as_deref()) {
+                Verdict::Success => return Ok(response),
+                Verdict::Unauthorized if self.has_login && !relogged => {
+                    relogged = true;
+                    self.login()?;
+                }
+                Verdict::ServerError if server_tries + 1 < policy::MAX_SERVER_TRIES => {
+                    server_tries += 1;
+                    clock::sleep_ms(policy::server_backoff_ms(server_tries));
+                }
+                Verdict::Unauthorized => return Err(fail(self.rejected_token(relogged))),
+                Verdict::RateLimited(seconds) => return Err(fail(self.rate_limited(seconds))),
+                verdict => {
+                    let kind = policy::body_kind(&response.content_type, &response.body);
+                    let text = policy::failure_text(&verdict, response.status, kind, &self.settings.region);
+                    return Err(fail(GuestError::Upstream(text)));
+                }
+            }
+        }
+    }
+
+    fn rejected_token(&self, relogged: bool) -> GuestError {
+        if relogged {
+            GuestError::Credentials("/v3/forecast: HTTP 401 again right after a new login; retrying next run".into())
+        } else {
+            GuestError::Credentials(format!(
+                "/v3/forecast: HTTP 401, the token in {TOKEN} was rejected; set a new one with \
+                 `wattedge secrets set {TOKEN}`, or set {USERNAME} and {PASSWORD} so the guest can log in"
+            ))
+        }
+    }
+
+    /// A 429: schedule a wake-up after `Retry-After` unless this scheduled
+    /// run has used its tries.
+    fn rate_limited(&mut self, seconds: u64) -> GuestError {
+        self.ledger.rate_limit_tries += 1;
+        let tries = self.ledger.rate_limit_tries;
+        self.save();
+        if tries < policy::MAX_RATE_LIMIT_TRIES {
+            schedule::wake_at(clock::now_ns().saturating_add(seconds as i64 * clock::NANOS_PER_SEC));
+            GuestError::Upstream(format!(
+                "/v3/forecast: HTTP 429 rate limited (try {tries} of {}); trying again in {seconds} s",
+                policy::MAX_RATE_LIMIT_TRIES
+            ))
+        } else {
+            GuestError::Upstream(format!(
+                "/v3/forecast: HTTP 429 rate limited {tries} times; waiting for the next scheduled run"
+            ))
+        }
+    }
+
+    /// Login if needed, fetch, parse, write.
+    fn execute(&mut self) -> Result<Summary, GuestError> {
+        let expires_in = secrets::expires_in(TOKEN);
+        if policy::needs_login(self.has_login, secrets::is_set(TOKEN), expires_in) {
+            self.login()?;
+        }
+        report::inc(counters::FETCHES);
+        let response = self.fetch()?;
+        let parsed = forecast::parse(&response.body).map_err(|e| {
+            fail(GuestError::Upstream(format!("/v3/forecast: HTTP {} but the body is unusable: {e}", response.status)))
+        })?;
+        let region = &self.settings.region;
+        let points = forecast::points(region, &parsed)
+            .map_err(|e| fail(GuestError::Upstream(format!("/v3/forecast: nothing written: {e}"))))?;
+        let written = influx::write(&points).map_err(|e| {
+            fail(GuestError::Store(format!("writing {} points: {}", points.len(), influx_error_text(&e))))
+        })?;
+        self.succeeded(written, &parsed)
+    }
+
+    fn succeeded(&mut self, written: u32, parsed: &forecast::Forecast) -> Result<Summary, GuestError> {
+        self.ledger.rate_limit_tries = 0;
+        self.save();
+        schedule::cancel_wake();
+        report::inc_by(counters::POINTS, u64::from(written));
+        status::set_counter(counters::LAST_SUCCESS, &CounterValue::Time(clock::now_ns()));
+        report::ok();
+        let now = forecast::current(parsed).map(|c| forecast::to_g_kwh(c.moer_lbs_mwh)).unwrap_or_default();
+        Ok(Summary {
+            points_written: written,
+            detail: Some(format!("{written} points for {}: now {now} g/kWh", self.settings.region)),
+        })
+    }
+}
 
 struct Watttime;
 
 impl Guest for Watttime {
     fn init(config: Vec<(String, String)>) -> Result<(), GuestError> {
-        let settings = Settings::from_config(&Config::new(config))?;
+        let settings = Settings::from_config(&wattedge_guest::config::Config::new(config))?;
         report::text("config", &settings.describe());
+        report::set_count(counters::BUDGET, settings.daily_request_budget);
         SETTINGS.set(settings);
         Ok(())
     }
 
-    fn run(_trigger: Trigger) -> Result<Summary, GuestError> {
+    fn run(trigger: Trigger) -> Result<Summary, GuestError> {
         let settings = SETTINGS.get()?;
-        report::inc("runs");
+        let mut ledger = state::get(policy::STATE_KEY).map(|b| Ledger::decode(&b)).unwrap_or_default();
+        ledger.roll_day(clock::now_ns());
+        report::set_count(counters::REQUESTS_TODAY, ledger.requests);
+        report::set_count(counters::BUDGET, settings.daily_request_budget);
 
-        let username = wattedge_guest::secrets::is_set(USERNAME);
-        let password = wattedge_guest::secrets::is_set(PASSWORD);
-        let token = wattedge_guest::secrets::is_set(TOKEN);
-        if let Some(wanted) = secrets_to_request(username, password, token) {
-            let mut text = report::secrets_needed_text(&wanted);
-            text.push_str(&format!(" (or set {TOKEN} with `wattedge secrets set {TOKEN}`)"));
-            report::standby(&text);
+        let username = secrets::is_set(USERNAME);
+        let password = secrets::is_set(PASSWORD);
+        if let Some(wanted) = settings::secrets_to_request(username, password, secrets::is_set(TOKEN)) {
+            report::standby(&settings::standby_text(&wanted));
             return Ok(Summary { points_written: 0, detail: Some("standby: credentials needed".into()) });
         }
-
-        wattedge_guest::log_warn(&format!(
-            "{NOT_IMPLEMENTED} (region {}, signal {})",
-            settings.region, settings.signal_type
-        ));
-        report::degraded(NOT_IMPLEMENTED);
-        Err(GuestError::Internal(NOT_IMPLEMENTED.into()))
+        // A wake-up continues the 429 tries of its scheduled run; any other
+        // trigger starts afresh.
+        if !matches!(trigger, Trigger::Wake(_)) {
+            ledger.rate_limit_tries = 0;
+        }
+        Run { settings: &settings, ledger, has_login: username && password }.execute()
     }
 }
 
 wattedge_guest::export_guest!(Watttime with_types_in wattedge_guest::bindings);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
-    #[test]
-    fn defaults() {
-        let s = Settings::from_config(&cfg(&[])).expect("defaults are valid");
-        assert_eq!(s.region, "CAISO_NORTH");
-        assert_eq!(s.signal_type, "co2_moer");
-        assert_eq!(s.horizon_hours, 24);
-        assert_eq!(s.api_base, "https://api.watttime.org");
-        assert_eq!(s.daily_request_budget, 1000);
-    }
-
-    #[test]
-    fn bad_values_name_the_key() {
-        for (key, value) in [
-            ("region", "caiso north"),
-            ("horizon_hours", "0"),
-            ("horizon_hours", "73"),
-            ("api_base", "api.watttime.org"),
-            ("daily_request_budget", "-1"),
-            ("regoin", "CAISO_NORTH"),
-        ] {
-            match Settings::from_config(&cfg(&[(key, value)])) {
-                Err(GuestError::Config(m)) => assert!(m.starts_with(&format!("{key}: ")), "{m}"),
-                other => panic!("{key}={value}: {other:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn credentials() {
-        assert_eq!(secrets_to_request(true, true, false), None);
-        assert_eq!(secrets_to_request(false, false, true), None);
-        assert_eq!(secrets_to_request(false, false, false), Some(vec![USERNAME, PASSWORD]));
-        assert_eq!(secrets_to_request(true, false, false), Some(vec![PASSWORD]));
-    }
-}
