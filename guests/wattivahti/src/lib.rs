@@ -1,151 +1,43 @@
 //! The `wattivahti` guest: electricity consumption from WattiVahti (Pori
 //! Energia's metering API) into `electricity_consumption` points.
 //!
-//! It owns the guest's config (metering point, API and token endpoints, the
-//! Azure B2C client, sync window, time zone) and the user-facing status. The
-//! refresh token lives only in the host (`wattivahti.refresh_token`); this
-//! guest asks whether it is set and would reference it as a placeholder.
+//! This file owns the guest's lifecycle: `init` validates the config
+//! ([`settings`]); `run` reports `standby` until the metering point and the
+//! refresh token are set, otherwise runs one sync ([`sync`]) and turns its
+//! outcome into status and counters (`syncs`, `failures`; the sync itself
+//! moves `points_written`, `last_synced_point`, `token_rotations`).
 //!
-//! A missing `metering_point` is a setup step, not a broken config: the guest
-//! loads and reports `standby` naming the key to set. A malformed one is an
-//! `init` error. The token refresh and data fetch are a later issue: with
-//! everything in place this build reports `degraded` and fails the run
-//! rather than writing invented data.
+//! The refresh token lives only in the host (`wattivahti.refresh_token`,
+//! granted to the token host); the guest writes `${secret:...}` placeholders
+//! and arms capture rules, and never sees a token. The pure parts — naive
+//! local time → UTC with DST disambiguation ([`localtime`]), windows and
+//! chunks ([`window`]), the wire formats ([`api`]) — are tested natively.
 
-use wattedge_guest::config::{Config, config_error};
-use wattedge_guest::{Guest, GuestError, Slot, Summary, Trigger, report, secrets};
+pub mod api;
+pub mod http;
+pub mod localtime;
+pub mod settings;
+pub mod sync;
+pub mod window;
 
-/// Config keys this guest accepts.
-pub const KEYS: &[&str] = &[
-    "metering_point",
-    "api_base",
-    "token_url",
-    "client_id",
-    "scope",
-    "initial_sync_days",
-    "sync_buffer_hours",
-    "timezone",
-];
+use wattedge_guest::config::Config;
+use wattedge_guest::{Guest, GuestError, Slot, Summary, Trigger, log_warn, report, secrets};
 
-/// Secret holding the Azure B2C refresh token.
-pub const REFRESH_TOKEN: &str = "wattivahti.refresh_token";
-
-/// Text of the error and `degraded` report while the fetch is missing.
-pub const NOT_IMPLEMENTED: &str = "fetching from WattiVahti is not implemented in this build yet";
-
-/// Validated settings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Settings {
-    /// The 7-digit metering point code; `None` until the user sets it.
-    pub metering_point: Option<String>,
-    /// Base URL of the metering data API.
-    pub api_base: String,
-    /// Azure B2C token endpoint.
-    pub token_url: String,
-    /// Azure B2C client id.
-    pub client_id: String,
-    /// OAuth scope string.
-    pub scope: String,
-    /// Days to fetch when no point is stored yet.
-    pub initial_sync_days: u64,
-    /// Hours to re-fetch before the last stored point.
-    pub sync_buffer_hours: u64,
-    /// IANA time zone of the API's naive timestamps.
-    pub timezone: String,
-}
-
-/// True for exactly seven ASCII digits.
-pub fn is_metering_point(s: &str) -> bool {
-    s.len() == 7 && s.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// True for an IANA-style zone name such as `Europe/Helsinki` or `UTC`.
-pub fn is_timezone_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.split('/').all(|part| {
-            !part.is_empty()
-                && part.starts_with(|c: char| c.is_ascii_alphabetic())
-                && part.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
-        })
-}
-
-impl Settings {
-    /// Validates `config`; errors name the key and the fix.
-    pub fn from_config(config: &Config) -> Result<Self, GuestError> {
-        config.check_keys(KEYS)?;
-        let metering_point = match config.get("metering_point") {
-            None => None,
-            Some(mp) if is_metering_point(mp) => Some(mp.to_string()),
-            Some(mp) => {
-                return Err(config_error(
-                    "metering_point",
-                    format!(
-                        "{mp:?} is invalid; expected the 7-digit metering point code \
-                         shown in WattiVahti, e.g. \"1234567\""
-                    ),
-                ));
-            }
-        };
-        let client_id = config.string_matching(
-            "client_id",
-            "84ebdb93-9ea6-42c7-bd7d-302abf7556fa",
-            |s| s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
-            "an Azure B2C client id (a UUID)",
-        )?;
-        Ok(Self {
-            metering_point,
-            api_base: config.url("api_base", "https://porienergia-prod-agent.frendsapp.com:9999")?,
-            token_url: config.url(
-                "token_url",
-                "https://pesv.b2clogin.com/pesv.onmicrosoft.com/b2c_1_tunnistus_signinv2/oauth2/v2.0/token",
-            )?,
-            client_id,
-            scope: config
-                .string("scope", "https://pesv.onmicrosoft.com/salpa/customer.read openid profile offline_access"),
-            initial_sync_days: config.u64_in("initial_sync_days", 7, 1..=366)?,
-            sync_buffer_hours: config.u64_in("sync_buffer_hours", 2, 0..=168)?,
-            timezone: config.string_matching(
-                "timezone",
-                "Europe/Helsinki",
-                is_timezone_name,
-                "an IANA time zone name such as \"Europe/Helsinki\"",
-            )?,
-        })
-    }
-
-    /// The effective config as one line of text.
-    pub fn describe(&self) -> String {
-        Config::describe(&[
-            ("metering_point", self.metering_point.clone().unwrap_or_else(|| "(unset)".into())),
-            ("api_base", self.api_base.clone()),
-            ("token_url", self.token_url.clone()),
-            ("client_id", self.client_id.clone()),
-            ("scope", self.scope.clone()),
-            ("initial_sync_days", self.initial_sync_days.to_string()),
-            ("sync_buffer_hours", self.sync_buffer_hours.to_string()),
-            ("timezone", self.timezone.clone()),
-        ])
-    }
-}
-
-/// What the user still has to provide, as a standby text; `None` when the
-/// guest has everything.
-pub fn setup_needed(metering_point_set: bool, refresh_token_set: bool) -> Option<String> {
-    let mut parts = Vec::new();
-    if !metering_point_set {
-        parts.push(
-            "config needed: set `metering_point` (your 7-digit metering point code) \
-             in this guest's `config` table in wattedge.toml"
-                .to_string(),
-        );
-    }
-    if !refresh_token_set {
-        parts.push(report::secrets_needed_text(&[REFRESH_TOKEN]));
-    }
-    if parts.is_empty() { None } else { Some(parts.join("; ")) }
-}
+pub use api::REFRESH_TOKEN;
+pub use settings::{KEYS, Settings, setup_needed};
 
 static SETTINGS: Slot<Settings> = Slot::new();
+
+/// The status text for a failed run.
+pub fn failure_text(error: &GuestError) -> String {
+    match error {
+        GuestError::Credentials(m) => m.clone(),
+        GuestError::Config(m) => format!("bad invoke arguments or config: {m}"),
+        GuestError::Upstream(m) => format!("WattiVahti request failed: {m}"),
+        GuestError::Store(m) => format!("time-series store failed: {m}"),
+        GuestError::Internal(m) => format!("internal error: {m}"),
+    }
+}
 
 struct Wattivahti;
 
@@ -157,11 +49,11 @@ impl Guest for Wattivahti {
         Ok(())
     }
 
-    fn run(_trigger: Trigger) -> Result<Summary, GuestError> {
+    fn run(trigger: Trigger) -> Result<Summary, GuestError> {
         let settings = SETTINGS.get()?;
-        report::inc("runs");
         let needed = setup_needed(settings.metering_point.is_some(), secrets::is_set(REFRESH_TOKEN));
-        if let Some(text) = needed {
+        let (Some(metering_point), None) = (settings.metering_point.as_deref(), needed.as_deref()) else {
+            let text = needed.unwrap_or_default();
             report::standby(&text);
             let what = if settings.metering_point.is_none() {
                 "standby: metering_point needed"
@@ -169,10 +61,21 @@ impl Guest for Wattivahti {
                 "standby: credentials needed"
             };
             return Ok(Summary { points_written: 0, detail: Some(what.into()) });
+        };
+        match sync::run(&settings, metering_point, &trigger) {
+            Ok(summary) => {
+                report::inc("syncs");
+                report::ok();
+                Ok(summary)
+            }
+            Err(error) => {
+                report::inc("failures");
+                let text = failure_text(&error);
+                log_warn(&text);
+                report::degraded(&text);
+                Err(error)
+            }
         }
-        wattedge_guest::log_warn(NOT_IMPLEMENTED);
-        report::degraded(NOT_IMPLEMENTED);
-        Err(GuestError::Internal(NOT_IMPLEMENTED.into()))
     }
 }
 
@@ -182,41 +85,10 @@ wattedge_guest::export_guest!(Wattivahti with_types_in wattedge_guest::bindings)
 mod tests {
     use super::*;
 
-    fn cfg(pairs: &[(&str, &str)]) -> Config {
-        Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
-    }
-
     #[test]
-    fn defaults_without_metering_point() {
-        let s = Settings::from_config(&cfg(&[])).expect("defaults are valid");
-        assert_eq!(s.metering_point, None);
-        assert_eq!(s.initial_sync_days, 7);
-        assert_eq!(s.sync_buffer_hours, 2);
-        assert_eq!(s.timezone, "Europe/Helsinki");
-        assert_eq!(s.client_id, "84ebdb93-9ea6-42c7-bd7d-302abf7556fa");
-        assert!(s.token_url.ends_with("/oauth2/v2.0/token"));
-    }
-
-    #[test]
-    fn metering_point_validation() {
-        let s = Settings::from_config(&cfg(&[("metering_point", "1234567")])).expect("valid");
-        assert_eq!(s.metering_point.as_deref(), Some("1234567"));
-        for bad in ["123456", "12345678", "12a4567"] {
-            match Settings::from_config(&cfg(&[("metering_point", bad)])) {
-                Err(GuestError::Config(m)) => assert!(m.starts_with("metering_point: "), "{m}"),
-                other => panic!("{bad}: {other:?}"),
-            }
-        }
-        assert!(Settings::from_config(&cfg(&[("timezone", "Europe//x")])).is_err());
-        assert!(Settings::from_config(&cfg(&[("timezone", "UTC")])).is_ok());
-    }
-
-    #[test]
-    fn standby_texts() {
-        assert_eq!(setup_needed(true, true), None);
-        let t = setup_needed(true, false).expect("token missing");
-        assert!(t.contains("`wattedge secrets set wattivahti.refresh_token`"), "{t}");
-        let t = setup_needed(false, true).expect("metering point missing");
-        assert!(t.contains("`metering_point`"), "{t}");
+    fn failure_texts_keep_the_fix() {
+        let e = GuestError::Credentials(api::invalid_grant_text("expired"));
+        assert!(failure_text(&e).contains("wattedge secrets set wattivahti.refresh_token"));
+        assert!(failure_text(&GuestError::Upstream("500".into())).starts_with("WattiVahti request failed"));
     }
 }
