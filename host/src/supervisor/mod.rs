@@ -6,8 +6,10 @@
 //! for, or a manual invoke; a trap or timeout discards the instance and the
 //! next trigger starts a fresh one (with `init` again).
 
+mod instance;
 mod record;
 mod runner;
+pub mod swap;
 
 use std::sync::{Arc, Mutex};
 
@@ -16,9 +18,10 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use crate::admin::{AdminBackend, AdminError, GuestSnapshot, InvokeAccepted};
+use crate::admin::{AdminBackend, AdminError, AdminFuture, GuestSnapshot, InvokeAccepted, LatestPoint};
 use crate::capabilities::{GuestCtx, GuestShared, HostServices};
-use crate::config::GuestConfig;
+use crate::component::LoadedComponent;
+use crate::config::{ComponentSource, GuestConfig};
 use crate::engine::EpochTicker;
 
 pub use record::{GuestRecord, Outcome};
@@ -40,6 +43,10 @@ pub struct GuestHandle {
     pub shared: Arc<GuestShared>,
     pub record: Mutex<GuestRecord>,
     invoke_tx: mpsc::Sender<Vec<(String, String)>>,
+    /// Where validated swaps wait for the guest's task.
+    pub swap: swap::SwapSlot,
+    /// The component the last swap replaced, for rollback.
+    pub previous: Mutex<Option<LoadedComponent>>,
 }
 
 impl GuestHandle {
@@ -52,6 +59,7 @@ impl GuestHandle {
 
 /// All guests of the running host.
 pub struct Supervisor {
+    runtime: Arc<Runtime>,
     guests: Vec<Arc<GuestHandle>>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     services: HostServices,
@@ -69,12 +77,19 @@ impl Supervisor {
                 shared: Arc::new(GuestShared::default()),
                 record: Mutex::new(GuestRecord::default()),
                 invoke_tx,
+                swap: swap::SwapSlot::default(),
+                previous: Mutex::new(None),
             });
             let task = runner::GuestTask::new(runtime.clone(), handle.clone(), invoke_rx, shutdown.child_token());
             tasks.push(tokio::spawn(task.run()));
+            if let ComponentSource::File(path) = &config.component {
+                let watch = swap::watch_file(runtime.clone(), handle.clone(), path.clone(), shutdown.child_token());
+                tasks.push(tokio::spawn(watch));
+            }
             handles.push(handle);
         }
-        Supervisor { guests: handles, tasks: Mutex::new(tasks), services: runtime.services.clone() }
+        let services = runtime.services.clone();
+        Supervisor { runtime, guests: handles, tasks: Mutex::new(tasks), services }
     }
 
     /// The guest named `name`.
@@ -122,7 +137,43 @@ impl AdminBackend for Supervisor {
         Ok(())
     }
 
-    fn extra_metrics(&self) -> String {
-        record::store_metrics(&self.guests, self.services.store.kind())
+    fn swap(&self, name: &str, component: bytes::Bytes) -> AdminFuture<'_, serde_json::Value> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let guest = self.guest(&name).ok_or_else(|| self.not_found(&name))?.clone();
+            let source = format!("uploaded component for {name}");
+            let prepared =
+                swap::prepare_bytes(&self.runtime, &guest, source, component.to_vec()).await.map_err(rejected)?;
+            Ok(serde_json::to_value(swap::install(&guest, prepared).await).unwrap_or_default())
+        })
     }
+
+    fn rollback(&self, name: &str) -> AdminFuture<'_, serde_json::Value> {
+        let name = name.to_string();
+        Box::pin(async move {
+            let guest = self.guest(&name).ok_or_else(|| self.not_found(&name))?.clone();
+            let previous = guest.previous.lock().expect("previous lock").clone();
+            let loaded =
+                previous.ok_or_else(|| AdminError::Conflict(swap::SwapError::NoPrevious(name.clone()).to_string()))?;
+            let prepared = swap::prepare_loaded(&self.runtime, &guest, loaded).await.map_err(rejected)?;
+            Ok(serde_json::to_value(swap::install(&guest, prepared).await).unwrap_or_default())
+        })
+    }
+
+    fn extra_metrics(&self) -> String {
+        record::store_metrics(&self.guests, self.services.store.kind()) + &self.services.store.metrics()
+    }
+
+    fn series(&self, guest: &str, measurement: &str, limit: u32) -> AdminFuture<'_, Vec<LatestPoint>> {
+        let (guest, measurement) = (guest.to_owned(), measurement.to_owned());
+        Box::pin(async move {
+            let handle = self.guest(&guest).ok_or_else(|| AdminError::NotFound(guest.clone()))?;
+            record::series(&handle.config, self.services.store.as_ref(), &measurement, limit).await
+        })
+    }
+}
+
+/// A refused swap: 400 with the reason; the old version keeps running.
+fn rejected(e: swap::SwapError) -> AdminError {
+    AdminError::BadRequest(format!("{e}; the previous version keeps running"))
 }

@@ -1,15 +1,17 @@
 //! What the host remembers about each guest's runs, and how that becomes the
 //! admin API's snapshot and metrics.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use crate::admin::{GuestSnapshot, GuestState, RunRecord};
+use crate::admin::{AdminError, GuestSnapshot, GuestState, LatestPoint, Lifecycle, RecentRun, RunRecord};
 use crate::capabilities::GuestShared;
 use crate::capabilities::status::Health;
 use crate::config::GuestConfig;
-use crate::timefmt::rfc3339;
+use crate::store::{FieldValue, Point, Query, TimeSeriesStore};
+use crate::timefmt::{rfc3339, rfc3339_ns};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,7 +71,17 @@ pub struct GuestRecord {
     pub run_seconds_total: f64,
     /// Every run, by component version (bounded to the last 64 versions).
     pub runs_by_version: Vec<(String, u64)>,
+    /// The version the last swap replaced.
+    pub previous_version: Option<String>,
+    pub swapped_at: Option<SystemTime>,
+    /// Why the last swap from a changed component file was refused.
+    pub last_swap_error: Option<String>,
+    /// The latest runs: (started, outcome label, version), oldest first.
+    pub recent: std::collections::VecDeque<(SystemTime, &'static str, String)>,
 }
+
+/// How many recent runs a record keeps.
+const RECENT_RUNS: usize = 32;
 
 impl GuestRecord {
     /// Records a finished run.
@@ -84,6 +96,10 @@ impl GuestRecord {
             self.failures += 1;
             self.consecutive_failures += 1;
         }
+        if self.recent.len() == RECENT_RUNS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((run.started, run.outcome.label(), run.version.clone()));
         match self.runs_by_version.iter_mut().find(|(v, _)| *v == run.version) {
             Some((_, n)) => *n += 1,
             None => {
@@ -96,25 +112,26 @@ impl GuestRecord {
         self.last_run = Some(run);
     }
 
-    /// The state shown to people: load/init problems first, then the last
-    /// run's outcome, then what the guest reported about itself.
-    pub fn state(&self, health: Option<Health>) -> (GuestState, Option<String>) {
+    /// The state shown to people: load/init problems first (`failed`: the
+    /// guest cannot run), then repeated run failures (`degraded` after
+    /// `degraded_after` in a row), then what the guest reported about itself.
+    pub fn state(&self, health: Option<Health>, degraded_after: u64) -> (GuestState, Option<String>) {
         if let Some((state, detail)) = &self.blocked {
             return (*state, Some(detail.clone()));
         }
         if !self.initialized {
             return (GuestState::Starting, Some("loading and initialising the component".into()));
         }
-        match self.last_run.as_ref().map(|r| &r.outcome) {
-            Some(Outcome::Trap(m)) | Some(Outcome::Timeout(m)) => return (GuestState::Failed, Some(m.clone())),
-            Some(Outcome::Error(m)) => {
-                let detail = match health {
-                    Some(Health::Degraded(h)) if !m.contains(&h) => format!("{h} ({m})"),
-                    _ => m.clone(),
-                };
-                return (GuestState::Degraded, Some(detail));
+        let last_failure = self.last_run.as_ref().and_then(|r| r.outcome.detail());
+        if let Some(m) = last_failure.filter(|_| self.consecutive_failures >= degraded_after.max(1)) {
+            let mut detail = match &health {
+                Some(Health::Degraded(h)) if !m.contains(h.as_str()) => format!("{h} ({m})"),
+                _ => m,
+            };
+            if self.consecutive_failures > 1 {
+                detail.push_str(&format!(" [{} failures in a row; retrying with backoff]", self.consecutive_failures));
             }
-            _ => {}
+            return (GuestState::Degraded, Some(detail));
         }
         match health {
             Some(Health::Standby(t)) => (GuestState::Standby, Some(t)),
@@ -127,7 +144,7 @@ impl GuestRecord {
 
     /// The admin API's view of this guest.
     pub fn snapshot(&self, config: &GuestConfig, shared: &GuestShared) -> GuestSnapshot {
-        let (state, detail) = self.state(shared.board.health());
+        let (state, detail) = self.state(shared.board.health(), config.restart.degraded_after);
         GuestSnapshot {
             name: config.name.clone(),
             state,
@@ -154,7 +171,67 @@ impl GuestRecord {
                 .as_ref()
                 .map(|r| r.finished.duration_since(r.started).unwrap_or(Duration::ZERO).as_secs_f64()),
             counters: shared.board.counters().into_iter().map(|(k, v)| (k, v.to_json())).collect(),
+            latest: shared.influx.latest.lock().expect("latest lock").values().map(point_view).collect(),
+            lifecycle: Lifecycle {
+                previous_version: self.previous_version.clone(),
+                swapped_at: self.swapped_at.map(rfc3339),
+                last_swap_error: self.last_swap_error.clone(),
+                recent_runs: self
+                    .recent
+                    .iter()
+                    .map(|(started, outcome, version)| RecentRun {
+                        started: rfc3339(*started),
+                        outcome: outcome.to_string(),
+                        version: version.clone(),
+                    })
+                    .collect(),
+            },
         }
+    }
+}
+
+/// A written point as the admin API shows it (status page: latest values).
+fn point_view(p: &Point) -> (String, LatestPoint) {
+    (p.measurement.clone(), view(p.time, &p.tags, &p.fields))
+}
+
+/// A stored row as the admin API shows it (status page: series).
+fn view(time: i64, tags: &BTreeMap<String, String>, fields: &BTreeMap<String, FieldValue>) -> LatestPoint {
+    let fields = fields.iter().map(|(k, v)| (k.clone(), field_json(v))).collect();
+    LatestPoint { time: rfc3339_ns(time), tags: tags.clone(), fields }
+}
+
+/// The newest `limit` rows of `measurement` (oldest first), for the status
+/// page's charts; refused unless the guest's grants name the measurement.
+pub async fn series(
+    guest: &GuestConfig,
+    store: &dyn TimeSeriesStore,
+    measurement: &str,
+    limit: u32,
+) -> Result<Vec<LatestPoint>, AdminError> {
+    let grants = &guest.grants;
+    if !grants.influx_write.iter().chain(&grants.influx_read).any(|m| m == measurement) {
+        return Err(AdminError::BadRequest(format!(
+            "guest {:?} has no grant for measurement {measurement:?}; only measurements in its grants.influx_write or grants.influx_read can be charted",
+            guest.name
+        )));
+    }
+    let query = Query { measurement: measurement.to_owned(), descending: true, limit: Some(limit), ..Query::default() };
+    let rows = store
+        .query(query)
+        .await
+        .map_err(|e| AdminError::Unavailable(format!("store query for {measurement:?} failed: {e}")))?;
+    Ok(rows.iter().rev().map(|r| view(r.time, &r.tags, &r.fields)).collect())
+}
+
+/// A field value as plain JSON (a non-finite float becomes null).
+pub fn field_json(v: &FieldValue) -> serde_json::Value {
+    match v {
+        FieldValue::Float(f) => serde_json::Value::from(*f),
+        FieldValue::Integer(i) => serde_json::Value::from(*i),
+        FieldValue::Unsigned(u) => serde_json::Value::from(*u),
+        FieldValue::Boolean(b) => serde_json::Value::from(*b),
+        FieldValue::Text(t) => serde_json::Value::from(t.as_str()),
     }
 }
 
@@ -164,7 +241,7 @@ type MetricFamily = (&'static str, &'static str, fn(&GuestShared) -> u64);
 /// Prometheus lines for store and HTTP activity per guest.
 pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>], backend: &str) -> String {
     let mut out = String::new();
-    let families: [MetricFamily; 6] = [
+    let families: [MetricFamily; 8] = [
         ("wattedge_guest_influx_queries_total", "Store queries made by the guest", |s| {
             s.influx.queries.load(Ordering::Relaxed)
         }),
@@ -183,11 +260,24 @@ pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>], backend: &st
         ("wattedge_guest_http_errors_total", "Outbound HTTP requests that failed", |s| {
             s.http.errors.load(Ordering::Relaxed)
         }),
+        ("wattedge_guest_http_sent_bytes_total", "Outbound HTTP request body bytes sent", |s| {
+            s.http.bytes_out.load(Ordering::Relaxed)
+        }),
+        ("wattedge_guest_http_received_bytes_total", "Outbound HTTP response body bytes received", |s| {
+            s.http.bytes_in.load(Ordering::Relaxed)
+        }),
     ];
     for (name, help, get) in families {
         let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
         for g in guests {
             let _ = writeln!(out, "{name}{{guest=\"{}\"}} {}", g.config.name, get(&g.shared));
+        }
+    }
+    let name = "wattedge_guest_http_failures_total";
+    let _ = writeln!(out, "# HELP {name} Outbound HTTP failures by kind.\n# TYPE {name} counter");
+    for g in guests {
+        for (kind, n) in g.shared.http.errors_by_kind() {
+            let _ = writeln!(out, "{name}{{guest=\"{}\",kind=\"{kind}\"}} {n}", g.config.name);
         }
     }
     let _ = writeln!(

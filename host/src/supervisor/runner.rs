@@ -1,34 +1,24 @@
 //! The task that drives one guest: it owns the guest's store, so runs are
-//! strictly sequential, and it decides what the next trigger is.
+//! strictly sequential; it decides what the next trigger is, applies the
+//! restart backoff after failures, and installs hot-swapped components
+//! between runs.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use wasmtime::Store;
 
+use super::instance::{self, Live, TIMEOUT_GRACE, describe_guest_error, describe_trap};
 use super::record::FinishedRun;
+use super::swap::Prepared;
 use super::{GuestHandle, Outcome, Runtime};
 use crate::admin::GuestState;
-use crate::bindings::Guest;
-use crate::bindings::types::{GuestError, Trigger};
-use crate::capabilities::GuestCtx;
+use crate::bindings::types::Trigger;
 use crate::component::{self, LoadedComponent};
-use crate::engine::install_deadline;
 
-/// Extra wall-clock time after `run_timeout` before a run blocked in a host
-/// call is abandoned (epoch interruption only stops guest code).
-const TIMEOUT_GRACE: Duration = Duration::from_secs(1);
 /// How long to wait before retrying a component that failed to load or init.
 const RETRY_LOAD: Duration = Duration::from_secs(30);
-
-/// A live instance: the store and the guest's exports.
-struct Live {
-    store: Store<GuestCtx>,
-    guest: Guest,
-    version: String,
-}
 
 /// The per-guest task.
 pub struct GuestTask {
@@ -40,10 +30,13 @@ pub struct GuestTask {
     live: Option<Live>,
     /// When the schedule next fires.
     next_scheduled: SystemTime,
+    /// No scheduled run before this (restart backoff after failures).
+    backoff_until: Option<SystemTime>,
 }
 
 enum Next {
     Run(Trigger, String),
+    Swap(Box<Prepared>),
     Stop,
 }
 
@@ -56,7 +49,16 @@ impl GuestTask {
     ) -> GuestTask {
         // The first run happens right after start-up, so status is known at once.
         let next_scheduled = SystemTime::now();
-        GuestTask { runtime, handle, invokes, shutdown, component: None, live: None, next_scheduled }
+        GuestTask {
+            runtime,
+            handle,
+            invokes,
+            shutdown,
+            component: None,
+            live: None,
+            next_scheduled,
+            backoff_until: None,
+        }
     }
 
     /// Runs until shutdown.
@@ -70,22 +72,27 @@ impl GuestTask {
             }
             match self.next_trigger().await {
                 Next::Run(trigger, label) => self.run_once(trigger, label).await,
+                Next::Swap(prepared) => self.install(*prepared),
                 Next::Stop => return,
             }
         }
     }
 
-    /// Sleeps `delay` unless shutdown comes first (then returns true).
+    /// Sleeps `delay` unless shutdown or a swap comes first (then returns
+    /// true for shutdown; a swap is installed and ends the wait).
     async fn wait_or_stop(&mut self, delay: Duration) -> bool {
         tokio::select! {
             _ = tokio::time::sleep(delay) => false,
             _ = self.shutdown.cancelled() => true,
+            prepared = self.handle.swap.next() => {
+                self.install(prepared);
+                false
+            }
         }
     }
 
     /// Loads the component (once) and creates a live, initialised instance.
     async fn prepare(&mut self) -> bool {
-        let name = self.handle.config.name.clone();
         if self.component.is_none() {
             let rt = &self.runtime;
             match component::load_source(rt.engine.clone(), rt.linker.clone(), self.handle.config.component.clone())
@@ -96,13 +103,14 @@ impl GuestTask {
                     self.component = Some(loaded);
                 }
                 Err(e) => {
-                    tracing::error!(guest = %name, error = %e, "component failed to load");
+                    tracing::error!(guest = %self.handle.config.name, error = %e, "component failed to load");
                     self.record(|r| r.blocked = Some((GuestState::Failed, e.to_string())));
                     return false;
                 }
             }
         }
-        match self.instantiate().await {
+        let loaded = self.component.as_ref().expect("component loaded above");
+        match instance::start(&self.runtime, &self.handle, loaded).await {
             Ok(live) => {
                 self.live = Some(live);
                 self.record(|r| {
@@ -112,7 +120,7 @@ impl GuestTask {
                 true
             }
             Err(message) => {
-                tracing::error!(guest = %name, error = %message, "guest init failed");
+                tracing::error!(guest = %self.handle.config.name, error = %message, "guest init failed");
                 self.record(|r| {
                     r.initialized = false;
                     r.blocked = Some((GuestState::Failed, message));
@@ -122,43 +130,40 @@ impl GuestTask {
         }
     }
 
-    async fn instantiate(&mut self) -> Result<Live, String> {
-        let loaded = self.component.as_ref().expect("component loaded before instantiate");
-        let config = &self.handle.config;
-        let ctx = GuestCtx::new(config, &self.runtime.services, self.handle.shared.clone());
-        let mut store = Store::new(&self.runtime.engine, ctx);
-        store.limiter(|ctx| ctx.limiter());
-        install_deadline(&mut store, |ctx: &GuestCtx| ctx.deadline);
-        store.data_mut().deadline = Some(std::time::Instant::now() + config.run_timeout);
-        let _running = self.runtime.ticker.running();
-        let call = async {
-            let guest =
-                loaded.pre.instantiate_async(&mut store).await.map_err(|e| format!("instantiation failed: {e:#}"))?;
-            match guest.call_init(&mut store, &config.config).await {
-                Ok(Ok(())) => Ok(guest),
-                Ok(Err(e)) => Err(format!("init rejected the configuration: {}", describe_guest_error(&e))),
-                Err(trap) => Err(format!("init trapped: {}", describe_trap(&trap))),
-            }
-        };
-        let guest = match tokio::time::timeout(config.run_timeout + TIMEOUT_GRACE, call).await {
-            Ok(result) => result?,
-            Err(_) => return Err(format!("init did not finish within run_timeout ({:?})", config.run_timeout)),
-        };
-        Ok(Live { store, guest, version: loaded.version.clone() })
+    /// Installs a validated, initialised component between runs.
+    fn install(&mut self, prepared: Prepared) {
+        let Prepared { loaded, live, installed } = prepared;
+        let version = loaded.version.clone();
+        let old = self.component.replace(loaded);
+        tracing::info!(guest = %self.handle.config.name, %version, "component swapped");
+        *self.handle.previous.lock().expect("previous lock") = old.clone();
+        self.live = Some(live);
+        self.record(|r| {
+            r.previous_version = old.map(|c| c.version);
+            r.version = Some(version);
+            r.swapped_at = Some(SystemTime::now());
+            r.initialized = true;
+            r.blocked = None;
+        });
+        if let Some(ack) = installed {
+            let _ = ack.send(());
+        }
     }
 
-    /// Waits for the earliest of schedule, wake-up, invoke or shutdown.
+    /// Waits for the earliest of schedule, wake-up, invoke, swap or shutdown.
     async fn next_trigger(&mut self) -> Next {
         let wake = self.handle.shared.wake.peek().map(from_ns);
+        let scheduled = self.backoff_until.map_or(self.next_scheduled, |b| b.max(self.next_scheduled));
         let (at, is_wake) = match wake {
-            Some(w) if w < self.next_scheduled => (w, true),
-            _ => (self.next_scheduled, false),
+            Some(w) if w < scheduled => (w, true),
+            _ => (scheduled, false),
         };
         self.record(|r| r.next_run = Some(at));
         let delay = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => Next::Stop,
+            prepared = self.handle.swap.next() => Next::Swap(Box::new(prepared)),
             Some(args) = self.invokes.recv() => Next::Run(Trigger::Invoked(args), "invoked".into()),
             _ = tokio::time::sleep(delay) => {
                 if is_wake {
@@ -174,7 +179,7 @@ impl GuestTask {
     }
 
     /// Moves the schedule past `planned`; a backlog (the host was suspended,
-    /// or a run overran) collapses into one run instead of a burst.
+    /// a run overran, or backoff held runs back) collapses into one run.
     fn advance_schedule(&mut self, planned: SystemTime) {
         let now = SystemTime::now();
         let schedule = &self.handle.config.schedule;
@@ -212,42 +217,30 @@ impl GuestTask {
             self.live = None;
             self.record(|r| r.initialized = false);
         }
-        if outcome != Outcome::Ok {
-            tracing::warn!(guest = %config.name, trigger = %label, outcome = ?outcome, "run failed");
-        }
         let finished = SystemTime::now();
+        if outcome != Outcome::Ok {
+            tracing::warn!(guest = %self.handle.config.name, trigger = %label, outcome = ?outcome, "run failed");
+        }
+        self.apply_backoff(&outcome, finished);
         self.record(|r| r.finish(FinishedRun { started, finished, trigger: label, outcome, version }));
+    }
+
+    /// After `n` failures in a row, scheduled runs wait
+    /// `min(restart_backoff * 2^(n-1), max_backoff)`; a success clears it.
+    fn apply_backoff(&mut self, outcome: &Outcome, finished: SystemTime) {
+        if *outcome == Outcome::Ok {
+            self.backoff_until = None;
+            return;
+        }
+        let failures = self.handle.record.lock().expect("record lock").consecutive_failures + 1;
+        let policy = &self.handle.config.restart;
+        let factor = 2u32.saturating_pow((failures - 1).min(30) as u32);
+        let delay = policy.backoff.saturating_mul(factor).min(policy.max_backoff);
+        self.backoff_until = Some(finished + delay);
     }
 
     fn record(&self, f: impl FnOnce(&mut super::GuestRecord)) {
         f(&mut self.handle.record.lock().expect("record lock"));
-    }
-}
-
-fn describe_guest_error(e: &GuestError) -> String {
-    match e {
-        GuestError::Config(m) => format!("configuration: {m}"),
-        GuestError::Credentials(m) => format!("credentials: {m}"),
-        GuestError::Upstream(m) => format!("upstream: {m}"),
-        GuestError::Store(m) => format!("store: {m}"),
-        GuestError::Internal(m) => m.clone(),
-    }
-}
-
-/// A one-line description of a trap, naming the cause people can act on.
-fn describe_trap(error: &wasmtime::Error) -> String {
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => "CPU deadline reached (run_timeout); the guest was stopped".into(),
-        Some(wasmtime::Trap::UnreachableCodeReached) => "the guest panicked or hit unreachable code".into(),
-        Some(trap) => trap.to_string(),
-        None => {
-            let text = format!("{error:#}");
-            if text.contains("memory") && text.contains("limit") || text.contains("grow") {
-                format!("memory_limit exceeded: {}", text.lines().next().unwrap_or(""))
-            } else {
-                text.lines().next().unwrap_or("unknown trap").to_string()
-            }
-        }
     }
 }
 
