@@ -1,0 +1,189 @@
+//! The correlator guest against a real influxd: Home Assistant events and
+//! smart-meter readings are written straight into InfluxDB, the shipped
+//! correlator runs in the host on the v1 backend, and its
+//! `event_energy_correlation` points are read back from InfluxDB.
+
+#[allow(dead_code)]
+#[path = "support/influxd.rs"]
+mod influxd;
+mod support;
+
+use std::time::Duration;
+
+use influxd::Influxd;
+use serde_json::Value;
+use support::*;
+
+const DB: &str = "energy";
+const S: i64 = 1_000_000_000;
+
+fn host_body(influxd: &Influxd) -> String {
+    format!(
+        "[influx]\nbackend = \"v1\"\nurl = \"{}\"\ndatabase = \"{DB}\"\nflush_interval = \"100ms\"\nretry_max_delay = \"1s\"\n\n\
+         [guests.correlator]\ncomponent = \"builtin:correlator\"\nschedule = \"every 1h\"\nrun_timeout = \"30s\"\nmemory_limit = \"64MiB\"\n\
+         config = {{ lookback = \"5m\", offset = \"5s\", padding = \"30s\", min_delta_w = 10.0 }}\n\n\
+         [guests.correlator.grants]\ninflux_read = [\"home_assistant_events\", \"smart_meter\"]\ninflux_write = [\"event_energy_correlation\"]\n",
+        influxd.url()
+    )
+}
+
+/// A moment a minute ago, on a whole second: events there are settled.
+fn event_time() -> i64 {
+    (wattedge::store::now_ns() / S - 60) * S
+}
+
+fn write(influxd: &Influxd, lines: &[String]) {
+    let (status, body) =
+        influxd.request("POST", &format!("/write?db={DB}&precision=ns"), &lines.join("\n")).expect("influxd");
+    assert_eq!(status, 204, "write failed: {body}");
+}
+
+fn event(entity: &str, state: &str, previous: &str, t: i64) -> String {
+    let domain = entity.split('.').next().unwrap();
+    format!(
+        "home_assistant_events,domain={domain},entity_id={entity} state_value=\"{state}\",previous_state=\"{previous}\" {t}"
+    )
+}
+
+fn reading(watts: f64, t: i64) -> String {
+    format!("smart_meter total_power_w={watts} {t}")
+}
+
+/// Starts influxd and the host; returns both and the test's setup.
+async fn setup() -> (Influxd, Setup, wattedge::RunningHost) {
+    let influxd = Influxd::start();
+    influxd.create_database(DB);
+    let (setup, host) = start(&host_body(&influxd)).await;
+    (influxd, setup, host)
+}
+
+/// Runs one more correlator cycle and waits for it; returns the snapshot.
+async fn cycle(setup: &Setup, host: &wattedge::RunningHost) -> Value {
+    let addr = host.admin_addr();
+    let before = get(addr, "/guests/correlator").await.1["runs"].as_u64().unwrap_or(0);
+    let (status, _) = setup.post(addr, "/guests/correlator/invoke", "{}").await;
+    assert_eq!(status, 202);
+    let snap = wait_runs(addr, "correlator", before + 1, Duration::from_secs(20)).await;
+    assert_eq!(snap["last_run"]["outcome"], "ok", "{snap}");
+    snap
+}
+
+/// Correlation rows in InfluxDB (after the outbox has forwarded them).
+async fn correlations(influxd: &Influxd, expected: usize) -> Vec<Value> {
+    let mut rows = Vec::new();
+    for _ in 0..60 {
+        let series = influxd.series(DB, "SELECT * FROM event_energy_correlation");
+        rows = series.first().map(columns_to_objects).unwrap_or_default();
+        if rows.len() >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rows
+}
+
+fn columns_to_objects(series: &Value) -> Vec<Value> {
+    let columns: Vec<String> =
+        series["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    series["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| Value::Object(columns.iter().cloned().zip(row.as_array().unwrap().iter().cloned()).collect()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lamp_switched_on_gives_one_exact_correlation() {
+    let (influxd, setup, host) = setup().await;
+    let t = event_time();
+    write(&influxd, &[reading(2450.0, t - 5 * S), reading(2510.0, t + 5 * S), event("switch.lamp", "on", "off", t)]);
+    let snap = cycle(&setup, &host).await;
+    let rows = correlations(&influxd, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(row["time"].as_i64(), Some(t), "written at the event's time");
+    assert_eq!(row["entity_id"], "switch.lamp");
+    assert_eq!(row["domain"], "switch");
+    assert_eq!(row["state"], "on");
+    assert_eq!(row["previous_state"], "off");
+    assert_eq!(row["power_before_w"], 2450.0);
+    assert_eq!(row["power_after_w"], 2510.0);
+    assert_eq!(row["power_delta_w"], 60.0);
+    assert_eq!(row["power_delta_pct"], 2.449);
+    assert_eq!(snap["counters"]["correlations_written"], 1, "{snap}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_nearest_reading_wins_and_thresholds_and_signs_are_exact() {
+    let (influxd, setup, host) = setup().await;
+    let t = event_time();
+    let lines = vec![
+        // Nearest wins: 1000 W sits earlier in the window than 2000 W, which is nearer to t - 5 s.
+        reading(1000.0, t - 30 * S),
+        reading(2000.0, t - 6 * S),
+        reading(2100.0, t + 5 * S),
+        event("switch.kettle", "on", "off", t),
+        // 9.9 W: below the threshold.
+        reading(500.0, t + 55 * S),
+        reading(509.9, t + 65 * S),
+        event("light.hall", "on", "off", t + 60 * S),
+        // Exactly 10 W: written.
+        reading(700.0, t - 125 * S),
+        reading(710.0, t - 115 * S),
+        event("light.desk", "on", "off", t - 120 * S),
+        // A drop: 2150 -> 2030 W.
+        reading(2150.0, t - 185 * S),
+        reading(2030.0, t - 175 * S),
+        event("fan.attic", "off", "on", t - 180 * S),
+        // Before 0 W: the percentage is 0.
+        reading(0.0, t - 215 * S),
+        reading(300.0, t - 205 * S),
+        event("climate.heater", "heat", "off", t - 210 * S),
+    ];
+    write(&influxd, &lines);
+    cycle(&setup, &host).await;
+    let rows = correlations(&influxd, 4).await;
+    let by_entity = |e: &str| rows.iter().find(|r| r["entity_id"] == e).cloned();
+    let kettle = by_entity("switch.kettle").expect("kettle correlated");
+    assert_eq!(kettle["power_before_w"], 2000.0, "nearest reading, not the earliest in the window");
+    assert!(by_entity("light.hall").is_none(), "9.9 W is below min_delta_w: {rows:?}");
+    assert_eq!(by_entity("light.desk").expect("exactly 10 W is written")["power_delta_w"], 10.0);
+    let fan = by_entity("fan.attic").expect("fan correlated");
+    assert_eq!((fan["power_delta_w"].as_f64(), fan["power_delta_pct"].as_f64()), (Some(-120.0), Some(-5.581)));
+    assert_eq!(by_entity("climate.heater").expect("heater correlated")["power_delta_pct"], 0.0);
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_readings_give_nothing_and_an_event_counts_once_across_cycles() {
+    let (influxd, setup, host) = setup().await;
+    let t = event_time();
+    // Readings every 300 s: none within padding of t ± 5 s.
+    write(
+        &influxd,
+        &[reading(100.0, t - 200 * S), reading(3000.0, t + 100 * S), event("switch.pump", "on", "off", t - 50 * S)],
+    );
+    // A correlatable event seen by five overlapping cycles.
+    write(&influxd, &[reading(400.0, t - 5 * S), reading(900.0, t + 5 * S), event("switch.oven", "on", "off", t)]);
+    let mut snap = Value::Null;
+    for _ in 0..5 {
+        snap = cycle(&setup, &host).await;
+    }
+    let rows = correlations(&influxd, 1).await;
+    assert_eq!(rows.len(), 1, "only the oven: {rows:?}");
+    assert_eq!(rows[0]["entity_id"], "switch.oven");
+    assert_eq!(snap["counters"]["correlations_written"], 1, "counted once: {snap}");
+    assert_eq!(snap["counters"]["correlations_found"], 1, "{snap}");
+    let metrics = get(host.admin_addr(), "/metrics").await.1.as_str().unwrap().to_string();
+    let queries: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("wattedge_guest_influx_queries_total{guest=\"correlator\"}"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .expect("query counter");
+    let runs = snap["runs"].as_u64().unwrap();
+    assert_eq!(queries, 2 * runs, "two store queries per cycle ({runs} cycles, incl. the start-up run)");
+    host.shutdown().await;
+}
