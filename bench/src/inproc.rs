@@ -1,0 +1,281 @@
+//! Measurements that drive the host library in-process (the real linker,
+//! store and supervisor): correlator throughput and query count, and
+//! hot-swap latency.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use wattedge::config::Config;
+use wattedge::store::embedded::EmbeddedStore;
+use wattedge::store::{FieldValue, Point, now_ns};
+
+use crate::report::{Figure, quantile};
+
+const SECOND: i64 = 1_000_000_000;
+
+/// Starts a host from `body` (guest sections) with state in `dir`.
+async fn start(dir: &Path, body: &str) -> anyhow::Result<wattedge::RunningHost> {
+    let text =
+        format!("[host]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n{body}", dir.join("state").display());
+    let path = dir.join("wattedge.toml");
+    std::fs::write(&path, text)?;
+    let config = Config::load(&path)?;
+    Ok(wattedge::start(config).await?)
+}
+
+fn point(measurement: &str, tags: &[(&str, &str)], fields: Vec<(&str, FieldValue)>, time: i64) -> Point {
+    Point {
+        measurement: measurement.into(),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect::<BTreeMap<_, _>>(),
+        time,
+    }
+}
+
+/// Fills the embedded store with `events` Home Assistant events and
+/// `readings` smart-meter readings (one per second, ending now).
+fn seed_correlator_data(path: &Path, events: usize, readings: usize) -> anyhow::Result<()> {
+    let store = EmbeddedStore::open(path, None)?;
+    let end = now_ns() - 60 * SECOND;
+    let start = end - readings as i64 * SECOND;
+    let power: Vec<Point> = (0..readings)
+        .map(|i| {
+            let watts = if (i / 10) % 2 == 0 { 400.0 } else { 2400.0 };
+            point("smart_meter", &[], vec![("total_power_w", FieldValue::Float(watts))], start + i as i64 * SECOND)
+        })
+        .collect();
+    for chunk in power.chunks(20_000) {
+        store.write(chunk)?;
+    }
+    let spacing = (readings / events.max(1)) as i64 * SECOND;
+    let events: Vec<Point> = (0..events)
+        .map(|i| {
+            let fields = vec![
+                ("state_value", FieldValue::Text("on".into())),
+                ("previous_state", FieldValue::Text("off".into())),
+            ];
+            point(
+                "home_assistant_events",
+                &[("entity_id", "switch.kettle"), ("domain", "switch")],
+                fields,
+                start + 30 * SECOND + i as i64 * spacing,
+            )
+        })
+        .collect();
+    store.write(&events)?;
+    Ok(())
+}
+
+/// One correlator cycle over `events` × `readings`.
+pub async fn correlator(events: usize, readings: usize) -> anyhow::Result<Vec<Figure>> {
+    let dir = tempfile::tempdir()?;
+    seed_correlator_data(&dir.path().join("state/embedded.redb"), events, readings)?;
+    let lookback_h = readings / 3600 + 2;
+    let body = format!(
+        "[guests.correlator]\ncomponent = \"builtin:correlator\"\nschedule = \"every 1h\"\nmemory_limit = \"512MiB\"\nrun_timeout = \"300s\"\nconfig = {{ lookback = \"{lookback_h}h\", max_events_per_cycle = {events} }}\n\n[guests.correlator.grants]\ninflux_read = [\"home_assistant_events\", \"smart_meter\"]\ninflux_write = [\"event_energy_correlation\"]\n"
+    );
+    let host = start(dir.path(), &body).await?;
+    let guest = host.supervisor().guest("correlator").context("correlator configured")?.clone();
+    let began = Instant::now();
+    let snapshot = loop {
+        let snap = guest.snapshot();
+        if snap.runs >= 1 {
+            break snap;
+        }
+        if began.elapsed() > Duration::from_secs(600) {
+            bail!("the correlator did not finish a cycle in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let queries = guest.shared.influx.queries.load(Ordering::Relaxed);
+    host.shutdown().await;
+    let outcome = snapshot.last_run.as_ref().map(|r| r.outcome.clone()).unwrap_or_default();
+    if outcome != "ok" {
+        bail!("the correlator cycle failed: {:?}", snapshot.last_run);
+    }
+    let seconds = snapshot.last_run_seconds.unwrap_or(f64::NAN);
+    let written = snapshot.counters.get("correlations_written").cloned().unwrap_or_default();
+    let note = format!("{events} events × {readings} readings in {seconds:.3} s; {written} correlations written");
+    Ok(vec![
+        Figure::bounded(
+            "correlator: events correlated per second",
+            events as f64 / seconds,
+            "events/s",
+            200_000.0,
+            true,
+            note,
+        ),
+        Figure::bounded(
+            "correlator: store queries per cycle",
+            queries as f64,
+            "queries",
+            2.0,
+            false,
+            "counted by the host".into(),
+        ),
+    ])
+}
+
+/// The probe component with a marker section, so each upload is a new version.
+fn probe_variant(tag: usize) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = std::fs::read(wattedge::builtin::probe_path()).context("probe component (build the host first)")?;
+    let payload: Vec<u8> = [&[5u8][..], b"bench", tag.to_string().as_bytes()].concat();
+    bytes.push(0);
+    bytes.push(payload.len() as u8);
+    bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
+/// Swap latency with compilation: request to the new version serving.
+pub async fn swap_latency(swaps: usize) -> anyhow::Result<Vec<Figure>> {
+    use wattedge::admin::AdminBackend;
+    let dir = tempfile::tempdir()?;
+    let body = format!(
+        "[guests.job]\ncomponent = \"{}\"\nschedule = \"every 1h\"\nconfig = {{ mode = \"write\" }}\n\n[guests.job.grants]\ninflux_write = [\"probe\"]\n",
+        wattedge::builtin::probe_path().display()
+    );
+    let host = start(dir.path(), &body).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut samples = Vec::new();
+    for i in 0..swaps {
+        let bytes = probe_variant(i)?;
+        let started = Instant::now();
+        let reply = host.supervisor().swap("job", bytes.into()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if reply["installed"] != true {
+            bail!("swap {i} was not installed at once: {reply}");
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    host.shutdown().await;
+    samples.sort_by(f64::total_cmp);
+    let (p50, p99) = (quantile(&samples, 0.5), quantile(&samples, 0.99));
+    let note = format!(
+        "{swaps} swaps of a {} KiB component; compile + type-check + init + install",
+        std::fs::metadata(wattedge::builtin::probe_path())?.len() / 1024
+    );
+    Ok(vec![
+        Figure::info("hot-swap latency p50, with compilation", format!("{p50:.1} ms"), note.clone()),
+        Figure::info("hot-swap latency p99, with compilation", format!("{p99:.1} ms"), note),
+    ])
+}
+
+/// Runs one invoke of `guest` with `args` and returns its run time in seconds.
+async fn timed_invoke(host: &wattedge::RunningHost, guest: &str, args: &[(&str, String)]) -> anyhow::Result<f64> {
+    use wattedge::admin::AdminBackend;
+    let handle = host.supervisor().guest(guest).context("guest configured")?.clone();
+    let before = handle.snapshot().runs;
+    let args = args.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    host.supervisor().invoke(guest, args).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let began = Instant::now();
+    loop {
+        let snap = handle.snapshot();
+        if snap.runs > before {
+            let run = snap.last_run.context("a finished run")?;
+            if run.outcome != "ok" {
+                bail!("{guest} run failed: {:?}", run.detail);
+            }
+            return snap.last_run_seconds.context("run duration");
+        }
+        if began.elapsed() > Duration::from_secs(300) {
+            bail!("{guest} did not finish within 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Per-unit cost of `mode` from runs with `n` units and with none.
+async fn per_unit(
+    host: &wattedge::RunningHost,
+    mode: &str,
+    n: u64,
+    extra: &[(&str, String)],
+    repeats: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let mut samples = Vec::new();
+    for _ in 0..repeats {
+        let mut empty = vec![("mode", mode.to_string()), ("n", "0".to_string())];
+        empty.extend(extra.iter().cloned());
+        let mut full = vec![("mode", mode.to_string()), ("n", n.to_string())];
+        full.extend(extra.iter().cloned());
+        let base = timed_invoke(host, "probe", &empty).await?;
+        let total = timed_invoke(host, "probe", &full).await?;
+        samples.push((total - base).max(0.0) / n as f64 * 1e6);
+    }
+    Ok(crate::report::median_spread(&mut samples))
+}
+
+/// Guest→host no-op call cost and amortised point writes, through the real
+/// linker, store and embedded backend.
+pub async fn guest_calls(calls: u64, points: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
+    let dir = tempfile::tempdir()?;
+    let body = format!(
+        "[guests.probe]\ncomponent = \"{}\"\nschedule = \"every 24h\"\nrun_timeout = \"300s\"\nmemory_limit = \"64MiB\"\nconfig = {{ mode = \"health\" }}\n\n[guests.probe.grants]\ninflux_write = [\"bench\"]\n",
+        wattedge::builtin::probe_path().display()
+    );
+    let host = start(dir.path(), &body).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (call_us, cmin, cmax) = per_unit(&host, "calls", calls, &[], repeats).await?;
+    let batch = [("batch", "1000".to_string())];
+    let (write_us, wmin, wmax) = per_unit(&host, "writes", points, &batch, repeats).await?;
+    let single = [("batch", "1".to_string())];
+    let (single_us, _, _) = per_unit(&host, "writes", 200, &single, 1).await?;
+    host.shutdown().await;
+    Ok(vec![
+        Figure::bounded(
+            "guest→host no-op call",
+            call_us,
+            "µs",
+            1.0,
+            false,
+            format!("median of {repeats} × {calls} calls, spread {cmin:.3}–{cmax:.3} µs"),
+        ),
+        Figure::bounded(
+            "guest write of one point, amortised (embedded store, batches of 1000)",
+            write_us,
+            "µs",
+            20.0,
+            false,
+            format!(
+                "median of {repeats} × {points} points, spread {wmin:.1}–{wmax:.1} µs; one point per write call: {single_us:.0} µs (one durable commit each)"
+            ),
+        ),
+    ])
+}
+
+/// Precompiles `bytes` for this machine (what `wattedge compile` does for a board).
+pub fn precompile_native(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let engine =
+        wattedge::engine::build(wattedge::engine::EngineLimits::native()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    engine.precompile_component(bytes).map_err(|e| anyhow::anyhow!("{e:#}"))
+}
+
+/// Swap latency with precompiled artifacts: deserialize + type-check + init + install.
+pub async fn swap_latency_precompiled(swaps: usize) -> anyhow::Result<Figure> {
+    use wattedge::admin::AdminBackend;
+    let dir = tempfile::tempdir()?;
+    let body = format!(
+        "[guests.job]\ncomponent = \"{}\"\nschedule = \"every 1h\"\nconfig = {{ mode = \"write\" }}\n\n[guests.job.grants]\ninflux_write = [\"probe\"]\n",
+        wattedge::builtin::probe_path().display()
+    );
+    let artifacts: Vec<Vec<u8>> =
+        (0..swaps).map(|i| precompile_native(&probe_variant(i)?)).collect::<anyhow::Result<_>>()?;
+    let host = start(dir.path(), &body).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut samples = Vec::new();
+    for artifact in artifacts {
+        let started = Instant::now();
+        let reply = host.supervisor().swap("job", artifact.into()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        if reply["installed"] != true {
+            bail!("a precompiled swap was not installed at once: {reply}");
+        }
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    host.shutdown().await;
+    samples.sort_by(f64::total_cmp);
+    let (p50, p99) = (quantile(&samples, 0.5), quantile(&samples, 0.99));
+    let note = format!("p50 {p50:.1} ms; {swaps} swaps; deserialize + type-check + init + install");
+    Ok(Figure::bounded("hot-swap latency p99, precompiled", p99, "ms", 50.0, false, note))
+}

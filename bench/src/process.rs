@@ -1,0 +1,213 @@
+//! Measurements of the real `wattedge` binary as a process: stripped size,
+//! cold start to `/ready`, idle RSS and idle CPU with the shipped config.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::report::{Figure, median_spread};
+
+/// A running host process on a temp state dir and a free port.
+pub struct HostProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The repo's wattedge.toml with a private state dir and port.
+fn shipped_config(dir: &Path, port: u16) -> anyhow::Result<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text =
+        std::fs::read_to_string(root.join("wattedge.toml"))?.replace("127.0.0.1:9100", &format!("127.0.0.1:{port}"));
+    let path = dir.join("wattedge.toml");
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `binary` on the shipped config.
+pub fn spawn(binary: &Path) -> anyhow::Result<HostProcess> {
+    spawn_with(binary, &|_: &Path, _: &Path| Ok(()))
+}
+
+/// Starts `binary` on the shipped config after `prepare(dir, config_path)`
+/// (e.g. to point the guests at precompiled artifacts).
+pub fn spawn_with(binary: &Path, prepare: &dyn Fn(&Path, &Path) -> anyhow::Result<()>) -> anyhow::Result<HostProcess> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let config = shipped_config(dir.path(), port)?;
+    prepare(dir.path(), &config)?;
+    let child = Command::new(binary)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("WATTEDGE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    Ok(HostProcess { child, addr: SocketAddr::from(([127, 0, 0, 1], port)), _dir: dir })
+}
+
+/// Status code of `GET path`, or None when nothing answers yet.
+pub fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut head = [0u8; 16];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Waits until `/ready` answers 200; returns the time since `since`.
+pub fn wait_ready(addr: SocketAddr, since: Instant, limit: Duration) -> anyhow::Result<Duration> {
+    while since.elapsed() < limit {
+        if get_status(addr, "/ready") == Some(200) {
+            return Ok(since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    bail!("/ready did not answer 200 within {limit:?}")
+}
+
+fn proc_field(pid: u32, field: &str) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with(field)).context("field missing")?;
+    Ok(line.split_whitespace().nth(1).context("no value")?.parse()?)
+}
+
+/// utime + stime in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').context("bad stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// Cold start from `.wasm` (compiling the three guests), median of `runs`.
+pub fn cold_start(binary: &Path, runs: usize) -> anyhow::Result<Figure> {
+    let (median, note) = time_cold_starts(binary, runs, &|_: &Path, _: &Path| Ok(()))?;
+    Ok(Figure::bounded("cold start to /ready, from .wasm", median, "ms", 500.0, false, note))
+}
+
+/// Cold start with the three guests precompiled for this machine.
+pub fn cold_start_precompiled(binary: &Path, runs: usize) -> anyhow::Result<Figure> {
+    const GUESTS: [&str; 3] = ["watttime", "wattivahti", "correlator"];
+    let artifacts = tempfile::tempdir()?;
+    for name in GUESTS {
+        let bytes = wattedge::builtin::component(name).context("built-in guest")?;
+        std::fs::write(artifacts.path().join(format!("{name}.cwasm")), crate::inproc::precompile_native(bytes)?)?;
+    }
+    let dir = artifacts.path().to_path_buf();
+    let point_at_artifacts = move |_: &Path, config: &Path| -> anyhow::Result<()> {
+        let mut text = std::fs::read_to_string(config)?;
+        for name in GUESTS {
+            let artifact = dir.join(format!("{name}.cwasm"));
+            text = text.replace(&format!("\"builtin:{name}\""), &format!("\"{}\"", artifact.display()));
+        }
+        Ok(std::fs::write(config, text)?)
+    };
+    let (median, note) = time_cold_starts(binary, runs, &point_at_artifacts)?;
+    Ok(Figure::bounded("cold start to /ready, from precompiled artifacts", median, "ms", 50.0, false, note))
+}
+
+fn time_cold_starts(
+    binary: &Path,
+    runs: usize,
+    prepare: &dyn Fn(&Path, &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, String)> {
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let host = spawn_with(binary, prepare)?;
+        samples.push(wait_ready(host.addr, started, Duration::from_secs(30))?.as_secs_f64() * 1000.0);
+    }
+    let (median, min, max) = median_spread(&mut samples);
+    Ok((median, format!("median of {runs}, spread {min:.0}–{max:.0} ms; process spawn to /ready 200")))
+}
+
+/// Idle RSS and idle CPU of the shipped config over `idle`.
+pub fn idle(binary: &Path, idle: Duration) -> anyhow::Result<Vec<Figure>> {
+    let host = spawn(binary)?;
+    wait_ready(host.addr, Instant::now(), Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = host.child.id();
+    let ticks_before = cpu_ticks(pid)?;
+    std::thread::sleep(idle);
+    let ticks = cpu_ticks(pid)? - ticks_before;
+    let rss_mib = proc_field(pid, "VmRSS:")? as f64 / 1024.0;
+    let ticks_per_sec = 100.0; // USER_HZ on Linux
+    let cpu_pct = ticks as f64 / ticks_per_sec / idle.as_secs_f64() * 100.0;
+    Ok(vec![
+        Figure::bounded(
+            "idle RSS, three guests, embedded store",
+            rss_mib,
+            "MiB",
+            16.0,
+            false,
+            "predecessors: 139 MB + 50 MB (Python); Telegraf ~15 MiB".into(),
+        ),
+        Figure::bounded(
+            &format!("host CPU at idle over {} s", idle.as_secs()),
+            cpu_pct,
+            "% of a core",
+            0.1,
+            false,
+            format!("{ticks} clock ticks; 3 guests on default schedules"),
+        ),
+    ])
+}
+
+/// Stripped size of the host binary for each target that has been built.
+pub fn sizes(root: &Path, profile: &str) -> Vec<Figure> {
+    let targets: [(&str, Option<f64>, &str); 3] = [
+        ("x86_64", None, ""),
+        ("aarch64-unknown-linux-gnu", Some(8.0), "Cranelift, HTTP, TLS"),
+        ("armv7-unknown-linux-gnueabihf", Some(4.0), "Pulley, runtime only"),
+    ];
+    targets
+        .iter()
+        .map(|(target, limit, what)| {
+            let dir = if *target == "x86_64" {
+                root.join("target").join(profile)
+            } else {
+                root.join("target").join(target).join(profile)
+            };
+            let name = format!("binary size, {target}");
+            match (std::fs::metadata(dir.join("wattedge")), limit) {
+                (Ok(meta), Some(limit)) => Figure::bounded(
+                    &name,
+                    meta.len() as f64 / 1048576.0,
+                    "MiB",
+                    *limit,
+                    false,
+                    format!("{what}; {profile} profile"),
+                ),
+                (Ok(meta), None) => Figure::info(
+                    &name,
+                    format!("{:.2} MiB", meta.len() as f64 / 1048576.0),
+                    format!("{profile} profile"),
+                ),
+                (Err(_), Some(limit)) => Figure::missing(
+                    &name,
+                    &format!("≤ {limit} MiB"),
+                    &format!("not built: cargo build --release --target {target}"),
+                ),
+                (Err(_), None) => Figure::missing(&name, "—", "not built"),
+            }
+        })
+        .collect()
+}
