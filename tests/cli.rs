@@ -175,3 +175,85 @@ fn run_refuses_a_secrets_file_others_can_read() {
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert!(!stderr.contains("pw-0000"), "{stderr}");
 }
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A guest that allocates without bound is trapped at its 64 MiB limit, over
+/// and over, while the host process grows by less than limit + 20 MiB over
+/// its own footprint and keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_bomb_never_takes_the_host_past_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "[host]\nadmin_listen = \"127.0.0.1:{port}\"\nstate_dir = \"state\"\n\n[guests.bomb]\ncomponent = \"{}\"\nschedule = \"every 1h\"\nmemory_limit = \"64MiB\"\nconfig = {{ mode = \"write\" }}\n\n[guests.bomb.grants]\ninflux_write = [\"probe\"]\n",
+        probe()
+    );
+    let path = dir.path().join("wattedge.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("WATTEDGE_LOG", "error")
+        .spawn()
+        .unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    wait_for(Duration::from_secs(10), "the host to be up", || async move {
+        tokio::net::TcpStream::connect(addr).await.ok()?;
+        (get(addr, "/guests/bomb").await.1["runs"] == 1).then_some(())
+    })
+    .await;
+    let baseline = rss_kib(child.id(), "VmRSS:");
+    let token = wattedge::secrets::SecretStore::open(&dir.path().join("state/secrets.toml"))
+        .unwrap()
+        .value("admin.token")
+        .unwrap();
+    for i in 0..3 {
+        let (status, _) = http(addr, "POST", "/guests/bomb/invoke", r#"{"mode":"alloc"}"#, Some(&token)).await;
+        assert_eq!(status, 202);
+        let snap = wait_runs(addr, "bomb", 2 + i, Duration::from_secs(20)).await;
+        assert_eq!(snap["last_run"]["outcome"], "trap", "{snap}");
+        assert!(snap["last_run"]["detail"].as_str().unwrap().contains("memory_limit"), "{snap}");
+    }
+    let peak = rss_kib(child.id(), "VmHWM:");
+    let growth_mib = (peak.saturating_sub(baseline)) as f64 / 1024.0;
+    eprintln!("baseline {baseline} KiB, peak {peak} KiB, growth {growth_mib:.1} MiB");
+    assert!(growth_mib < 64.0 + 20.0, "host grew {growth_mib:.1} MiB for a 64 MiB guest");
+    assert_eq!(get(addr, "/health").await.0, 200, "the host still serves");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// A Pi Zero 2 W has 512 MiB of RAM: the host must start and run all three
+/// shipped guests inside 1 GiB of virtual address space (wasmtime's default
+/// reservations alone would need 4 GiB + guards per memory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_all_guests_within_one_gib_of_virtual_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = default_config_in(dir.path(), port);
+    let script = format!("ulimit -v 1048576 && exec {BIN} run --config {}", config.display());
+    let mut child = Command::new("sh").args(["-c", &script]).env("WATTEDGE_LOG", "error").spawn().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let guests = wait_for(Duration::from_secs(20), "all three guests to run under ulimit -v 1 GiB", || async move {
+        tokio::net::TcpStream::connect(addr).await.ok()?;
+        let list = get(addr, "/guests").await.1;
+        let all = list.as_array()?.clone();
+        all.iter().all(|g| g["runs"].as_u64().unwrap_or(0) >= 1).then_some(all)
+    })
+    .await;
+    for g in &guests {
+        assert_ne!(g["state"], "failed", "{g}");
+        assert_eq!(g["failures"], 0, "{g}");
+    }
+    let vm_peak = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    eprintln!(
+        "{}",
+        vm_peak.lines().filter(|l| l.starts_with("VmPeak") || l.starts_with("VmRSS")).collect::<Vec<_>>().join(", ")
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -53,6 +53,22 @@ pub enum Command {
     },
     /// Show the state of every guest on the running host.
     Status,
+    /// Replace a guest's component on the running host (compiled, checked
+    /// and initialised first; the old version keeps running if that fails).
+    Swap { guest: String, file: PathBuf },
+    /// Restore the version the last swap replaced.
+    Rollback { guest: String },
+    /// Precompile the config's guests for a board (profiles in targets/), so
+    /// the board loads them without compiling.
+    #[cfg(not(target_arch = "arm"))]
+    Compile {
+        /// Board profile: pi-zero-2w, pi3, pi4, pi5 or armv7.
+        #[arg(long)]
+        target: String,
+        /// Where to write `GUEST.PROFILE.cwasm` files.
+        #[arg(long, default_value = "artifacts")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +110,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(client::invoke(&cli.config, &guest, &args, no_wait))
         }
         Command::Status => runtime.block_on(client::status(&cli.config)),
+        Command::Swap { guest, file } => runtime.block_on(client::swap(&cli.config, &guest, &file)),
+        Command::Rollback { guest } => runtime.block_on(client::rollback(&cli.config, &guest)),
+        #[cfg(not(target_arch = "arm"))]
+        Command::Compile { target, out } => compile(&cli.config, &target, &out),
     }
 }
 
@@ -129,9 +149,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let largest = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(crate::config::DEFAULT_MEMORY_LIMIT);
-    let engine =
-        crate::engine::build(crate::engine::EngineLimits::for_guests(largest)).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let engine = crate::engine::build(crate::engine::EngineLimits::native()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let linker = Arc::new(crate::capabilities::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     for guest in &config.guests {
         let loaded = crate::component::load_source(engine.clone(), linker.clone(), guest.component.clone()).await;
@@ -194,4 +212,41 @@ fn collect_names(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
             _ => {}
         }
     }
+}
+
+#[cfg(not(target_arch = "arm"))]
+fn compile(config_path: &Path, target: &str, out: &Path) -> anyhow::Result<ExitCode> {
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let profile = crate::precompile::profile(target)?;
+    let guests: Vec<_> = config.guests.iter().map(|g| (g.name.clone(), g.component.clone())).collect();
+    let started = std::time::Instant::now();
+    let artifacts = crate::precompile::compile(&profile, &guests, out, |step| match step {
+        crate::precompile::Progress::Start { index, total, guest } => {
+            eprint!(
+                "[{}/{total}] {guest}: compiling for {} ({})... ",
+                index + 1,
+                profile.name,
+                profile.compiler_target()
+            )
+        }
+        crate::precompile::Progress::Done(a) => {
+            eprintln!(
+                "{} KiB -> {} KiB in {:.1} s: {}",
+                a.input_bytes / 1024,
+                a.output_bytes / 1024,
+                a.seconds,
+                a.path.display()
+            )
+        }
+    })?;
+    println!(
+        "{} artifacts for {} in {:.1} s; on the board set each guest's `component` to its .cwasm file",
+        artifacts.len(),
+        profile.name,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
 }

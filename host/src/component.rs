@@ -68,8 +68,7 @@ pub fn load(
 ) -> Result<LoadedComponent, ComponentError> {
     let version = hex::encode(Sha256::digest(bytes));
     let component = if bytes.starts_with(b"\0asm") {
-        Component::new(engine, bytes)
-            .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })?
+        compile(engine, source_name, bytes)?
     } else if Engine::detect_precompiled(bytes).is_some() {
         // SAFETY: artifacts are produced by `wattedge compile` and loaded from
         // paths the operator configured; wasmtime checks the engine settings
@@ -90,6 +89,24 @@ pub fn load(
     let pre = GuestPre::new(instance_pre)
         .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
     Ok(LoadedComponent { pre, version, source_name: source_name.into() })
+}
+
+/// Compiles a `.wasm` component with Cranelift.
+#[cfg(not(target_arch = "arm"))]
+fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component, ComponentError> {
+    Component::new(engine, bytes)
+        .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
+}
+
+/// 32-bit ARM builds carry no compiler: guests must be precompiled.
+#[cfg(target_arch = "arm")]
+fn compile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Component, ComponentError> {
+    Err(ComponentError::Compile {
+        source_name: source_name.into(),
+        error: "this 32-bit ARM build runs precompiled guests only; on the build machine run \
+                `wattedge compile --target armv7` and point `component` at the .cwasm artifact"
+            .into(),
+    })
 }
 
 /// Reads and loads `source` on a blocking thread.

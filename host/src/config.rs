@@ -5,6 +5,8 @@
 //! line where it can be found) and what to do, because on a headless Pi the
 //! error message is all the help a user gets.
 
+mod http_host;
+mod influx;
 mod locate;
 mod units;
 
@@ -15,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig};
+pub use influx::OutboxConfig;
 pub use units::{Schedule, parse_duration, parse_size};
 
 /// The default admin address: loopback only, so nothing is exposed by accident.
@@ -54,6 +58,8 @@ pub struct HostConfig {
     pub admin_listen: SocketAddr,
     pub state_dir: PathBuf,
     pub secrets_file: PathBuf,
+    /// Outbound HTTP settings shared by every guest.
+    pub http: HttpHostConfig,
 }
 
 /// `[influx]`: the time-series backend guests write to.
@@ -61,6 +67,16 @@ pub struct HostConfig {
 pub enum InfluxConfig {
     /// The crash-safe file store under `state_dir` (the default).
     Embedded { retention: Option<Duration> },
+    /// The InfluxDB 1.x HTTP API behind the outbox; `password` and `token`
+    /// are secret names (from `${secret:NAME}`), never values.
+    V1 {
+        url: String,
+        database: String,
+        username: Option<String>,
+        password: Option<String>,
+        token: Option<String>,
+        outbox: OutboxConfig,
+    },
 }
 
 /// `[guests.NAME]`: one sandboxed job.
@@ -75,6 +91,24 @@ pub struct GuestConfig {
     /// Passed to the guest's `init`, as strings.
     pub config: Vec<(String, String)>,
     pub grants: Grants,
+    pub restart: RestartPolicy,
+}
+
+/// What happens after failed runs: scheduled runs back off exponentially,
+/// and the guest shows `degraded` after `degraded_after` failures in a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartPolicy {
+    /// Delay after the first failure; doubles with each further one.
+    pub backoff: Duration,
+    /// The longest delay.
+    pub max_backoff: Duration,
+    pub degraded_after: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy { backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(300), degraded_after: 1 }
+    }
 }
 
 /// Where a guest's component comes from.
@@ -120,6 +154,11 @@ struct RawHost {
     admin_listen: Option<String>,
     state_dir: Option<PathBuf>,
     secrets_file: Option<PathBuf>,
+    extra_ca: Option<PathBuf>,
+    http_timeout: Option<String>,
+    http_max_body: Option<String>,
+    #[serde(default)]
+    resolve: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +166,15 @@ struct RawHost {
 struct RawInflux {
     backend: String,
     retention: Option<String>,
+    url: Option<String>,
+    database: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    outbox_max_bytes: Option<String>,
+    batch_points: Option<i64>,
+    flush_interval: Option<String>,
+    retry_max_delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +185,9 @@ struct RawGuest {
     memory_limit: Option<String>,
     run_timeout: Option<String>,
     enabled: Option<bool>,
+    restart_backoff: Option<String>,
+    max_backoff: Option<String>,
+    degraded_after: Option<u64>,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -211,6 +262,7 @@ impl Checker<'_> {
     }
 
     fn host(&self, raw: RawHost) -> Result<HostConfig, ConfigError> {
+        let http = self.http_host(&raw)?;
         let listen = raw.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
         let admin_listen = listen.parse().map_err(|_| {
             self.error(
@@ -223,7 +275,7 @@ impl Checker<'_> {
             Some(p) => self.resolve(&p),
             None => state_dir.join("secrets.toml"),
         };
-        Ok(HostConfig { admin_listen, state_dir, secrets_file })
+        Ok(HostConfig { admin_listen, state_dir, secrets_file, http })
     }
 
     fn influx(&self, raw: Option<RawInflux>) -> Result<InfluxConfig, ConfigError> {
@@ -231,7 +283,14 @@ impl Checker<'_> {
             return Ok(InfluxConfig::Embedded { retention: Some(DEFAULT_RETENTION) });
         };
         match raw.backend.as_str() {
+            "v1" => self.influx_v1(raw),
             "embedded" => {
+                if let Some(key) = raw.remote_key() {
+                    return Err(self.error(
+                        &["influx", key],
+                        format!("influx.{key} applies to backend = \"v1\" only; remove it or set backend = \"v1\""),
+                    ));
+                }
                 let retention = match raw.retention.as_deref() {
                     None => Some(DEFAULT_RETENTION),
                     Some("forever") => None,
@@ -241,10 +300,10 @@ impl Checker<'_> {
                 };
                 Ok(InfluxConfig::Embedded { retention })
             }
-            "v1" | "v2" => Err(self.error(
+            "v2" => Err(self.error(
                 &["influx", "backend"],
                 format!(
-                    "influx.backend = {:?} is not available in this build yet; remove the [influx] section to use the embedded store",
+                    "influx.backend = {:?} is not available in this build yet; use backend = \"v1\" (InfluxDB 2.x and 3.x serve the v1 API too) or remove the [influx] section to use the embedded store",
                     raw.backend
                 ),
             )),
@@ -292,6 +351,17 @@ impl Checker<'_> {
                 Ok((k.clone(), config_value(v).map_err(|m| err("config", format!("guests.{name}.config.{k}: {m}")))?))
             })
             .collect::<Result<Vec<_>, ConfigError>>()?;
+        let mut restart = RestartPolicy::default();
+        if let Some(t) = raw.restart_backoff.as_deref() {
+            restart.backoff = parse_duration(t).map_err(|e| {
+                err("restart_backoff", format!("guests.{name}.restart_backoff = {t:?}: {e}; use e.g. \"1s\""))
+            })?;
+        }
+        if let Some(t) = raw.max_backoff.as_deref() {
+            restart.max_backoff = parse_duration(t)
+                .map_err(|e| err("max_backoff", format!("guests.{name}.max_backoff = {t:?}: {e}; use e.g. \"5m\"")))?;
+        }
+        restart.degraded_after = raw.degraded_after.unwrap_or(restart.degraded_after).max(1);
         self.check_grants(name, &raw.grants)?;
         Ok(GuestConfig {
             name: name.to_string(),
@@ -302,6 +372,7 @@ impl Checker<'_> {
             enabled: raw.enabled.unwrap_or(true),
             config,
             grants: raw.grants,
+            restart,
         })
     }
 
@@ -346,6 +417,12 @@ impl Checker<'_> {
     }
 
     fn check_grants(&self, name: &str, grants: &Grants) -> Result<(), ConfigError> {
+        use crate::capabilities::http::grants::HostGrant;
+        let entries = grants.http.iter().map(|h| ("http", h));
+        for (key, entry) in entries.chain(grants.secrets.values().flatten().map(|h| ("secrets", h))) {
+            HostGrant::parse(entry)
+                .map_err(|e| self.error(&["guests", name, "grants"], format!("guests.{name}.grants.{key}: {e}")))?;
+        }
         for (secret, hosts) in &grants.secrets {
             if secret.is_empty() || hosts.is_empty() {
                 return Err(self.error(

@@ -27,20 +27,38 @@ pub struct EngineLimits {
 }
 
 impl EngineLimits {
-    /// Reservations sized for guests of at most `largest_memory_limit` bytes.
-    pub fn for_guests(largest_memory_limit: u64) -> EngineLimits {
-        EngineLimits {
-            // Reserve the largest limit (rounded to 64 KiB pages) so memories
-            // never move; anything beyond it is refused by the store limiter anyway.
-            memory_reservation: largest_memory_limit.next_multiple_of(64 << 10),
-            memory_guard: 64 << 10,
-            max_wasm_stack: 512 << 10,
-        }
+    /// The settings for a target with `pointer_bits`-bit addresses. They are
+    /// fixed per pointer width, never derived from the config, because a
+    /// precompiled artifact only loads into an engine with the same settings.
+    /// A memory that grows past its reservation is moved, so the per-guest
+    /// `memory_limit` (enforced by the store limiter) may exceed it.
+    pub fn for_pointer_width(pointer_bits: u32) -> EngineLimits {
+        let reservation = if pointer_bits >= 64 { 64 << 20 } else { 16 << 20 };
+        EngineLimits { memory_reservation: reservation, memory_guard: 64 << 10, max_wasm_stack: 512 << 10 }
+    }
+
+    /// The settings of the machine this host runs on.
+    pub fn native() -> EngineLimits {
+        EngineLimits::for_pointer_width(usize::BITS)
     }
 }
 
-/// Builds the engine every guest shares.
+/// Builds the engine every guest shares on this machine.
 pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
+    Engine::new(&config(limits))
+}
+
+/// Builds an engine that compiles for another target (`aarch64-unknown-linux-gnu`,
+/// `pulley32`, ...) with that target's settings, for `wattedge compile`.
+/// Cranelift then uses the target's baseline CPU features (no LSE atomics on
+/// aarch64), so the artifact also runs on a Pi 3.
+pub fn build_for_target(target: &str, limits: EngineLimits) -> wasmtime::Result<Engine> {
+    let mut config = config(limits);
+    config.target(target)?;
+    Engine::new(&config)
+}
+
+fn config(limits: EngineLimits) -> Config {
     let mut config = Config::new();
     config
         .wasm_component_model(true)
@@ -50,7 +68,7 @@ pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
         .memory_reservation_for_growth(0)
         .max_wasm_stack(limits.max_wasm_stack)
         .async_stack_size(limits.max_wasm_stack + (256 << 10));
-    Engine::new(&config)
+    config
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] while at least one guest

@@ -23,6 +23,8 @@ pub enum HostError {
     Secrets(#[from] crate::secrets::SecretsError),
     #[error("{path}: cannot open the embedded store: {message}; is another wattedge running with the same state_dir?")]
     Store { path: String, message: String },
+    #[error("{path}: cannot open the InfluxDB outbox: {message}")]
+    Outbox { path: String, message: String },
     #[error("{path}: cannot open the state store: {message}")]
     State { path: String, message: String },
     #[error("cannot set up the WebAssembly engine: {0}")]
@@ -33,6 +35,8 @@ pub enum HostError {
         "host.admin_listen {0} is not a loopback address and no admin token is set; run `wattedge secrets set admin.token` or listen on 127.0.0.1"
     )]
     ExposedWithoutToken(SocketAddr),
+    #[error("outbound HTTP setup: {0}")]
+    Http(String),
 }
 
 /// A started host.
@@ -72,15 +76,17 @@ impl RunningHost {
 /// Starts everything `config` describes. Must be called inside a tokio runtime.
 pub async fn start(config: Config) -> Result<RunningHost, HostError> {
     let secrets = Arc::new(SecretStore::open(&config.host.secrets_file)?);
-    let admin_token = secrets.value(ADMIN_TOKEN_SECRET).filter(|t| !crate::secrets::is_placeholder(t));
     let listen = config.host.admin_listen;
-    if !listen.ip().is_loopback() && admin_token.is_none() {
-        return Err(HostError::ExposedWithoutToken(listen));
-    }
-    let services = HostServices { store: open_store(&config)?, secrets, state: open_state(&config)? };
+    let admin_token = admin_token(&secrets, listen)?;
+    let http = capabilities::http::HttpSettings::new(&config.host.http).map_err(HostError::Http)?;
+    let services = HostServices {
+        store: open_store(&config, &secrets)?,
+        secrets,
+        state: open_state(&config)?,
+        http: Arc::new(http),
+    };
     let store = services.store.clone();
-    let largest = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(crate::config::DEFAULT_MEMORY_LIMIT);
-    let engine = engine::build(EngineLimits::for_guests(largest)).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    let engine = engine::build(EngineLimits::native()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let runtime =
         Arc::new(Runtime { ticker: EpochTicker::start(engine.clone()), engine, linker: Arc::new(linker), services });
@@ -92,7 +98,7 @@ pub async fn start(config: Config) -> Result<RunningHost, HostError> {
     let stop = shutdown.clone();
     let backend: Arc<dyn crate::admin::AdminBackend> = supervisor.clone();
     let admin_task =
-        tokio::spawn(crate::admin::serve(listener, backend, admin_token, async move { stop.cancelled().await }));
+        tokio::spawn(crate::admin::serve(listener, backend, Some(admin_token), async move { stop.cancelled().await }));
     tracing::info!(admin = %admin_addr, guests = config.guests.len(), "wattedge started");
     Ok(RunningHost { admin_addr, supervisor, store, shutdown, admin_task })
 }
@@ -106,8 +112,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-fn open_store(config: &Config) -> Result<Arc<dyn TimeSeriesStore>, HostError> {
+fn open_store(config: &Config, secrets: &Arc<SecretStore>) -> Result<Arc<dyn TimeSeriesStore>, HostError> {
     match &config.influx {
+        InfluxConfig::V1 { .. } => {
+            let dir = config.host.state_dir.join("outbox");
+            let settings = crate::store::influx_v1::V1Settings::from_config(&config.influx).expect("a v1 config");
+            let store = crate::store::influx_v1::InfluxV1Backend::open(settings, &dir, secrets.clone())
+                .map_err(|e| HostError::Outbox { path: dir.display().to_string(), message: e.to_string() })?;
+            Ok(Arc::new(store))
+        }
         InfluxConfig::Embedded { retention } => {
             let path = config.host.state_dir.join("embedded.redb");
             let store = EmbeddedBackend::open(&path, *retention)
@@ -122,4 +135,29 @@ fn open_state(config: &Config) -> Result<Arc<capabilities::state::StateStore>, H
     capabilities::state::StateStore::open(&path)
         .map(Arc::new)
         .map_err(|message| HostError::State { path: path.display().to_string(), message })
+}
+
+/// The bearer token mutating admin endpoints require. On a loopback address
+/// a missing token is generated and stored (so `wattedge invoke` and `swap`,
+/// which read the secrets file, just work); a host reachable from the
+/// network refuses to start until the user sets one.
+fn admin_token(secrets: &SecretStore, listen: SocketAddr) -> Result<String, HostError> {
+    if let Some(token) = secrets.value(ADMIN_TOKEN_SECRET).filter(|t| !crate::secrets::is_placeholder(t)) {
+        return Ok(token);
+    }
+    if !listen.ip().is_loopback() {
+        return Err(HostError::ExposedWithoutToken(listen));
+    }
+    let token =
+        random_token().map_err(|e| HostError::Engine(format!("cannot read /dev/urandom for the admin token: {e}")))?;
+    secrets.set(ADMIN_TOKEN_SECRET, &token, None, true)?;
+    tracing::info!(file = %secrets.path().display(), "generated an admin token (secret admin.token) for the admin API");
+    Ok(token)
+}
+
+fn random_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(hex::encode(bytes))
 }

@@ -16,6 +16,8 @@ pub mod component;
 pub mod config;
 pub mod engine;
 pub mod host;
+#[cfg(not(target_arch = "arm"))]
+pub mod precompile;
 pub mod secrets;
 pub mod store;
 pub mod supervisor;

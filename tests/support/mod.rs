@@ -43,6 +43,19 @@ impl Setup {
     pub fn secrets_file(&self) -> PathBuf {
         self.dir.path().join("state").join("secrets.toml")
     }
+
+    /// The admin token the host generated (or was given) at start.
+    pub fn admin_token(&self) -> String {
+        wattedge::secrets::SecretStore::open(&self.secrets_file())
+            .unwrap()
+            .value("admin.token")
+            .expect("admin.token set")
+    }
+
+    /// An authorised POST to the admin API.
+    pub async fn post(&self, addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
+        http(addr, "POST", path, body, Some(&self.admin_token())).await
+    }
 }
 
 /// Starts a host in-process for `body` (guest sections).

@@ -9,6 +9,7 @@
 //! supervisor: everything it needs comes through the [`AdminBackend`] trait.
 
 mod metrics;
+mod page;
 mod routes;
 #[cfg(test)]
 mod tests;
@@ -31,6 +32,8 @@ use routes::{Shared, handle};
 
 /// Default cap on request bodies; routes needing more override it in `Route::body_limit`.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest component accepted by `POST /guests/NAME/swap`.
+pub const MAX_COMPONENT_BYTES: usize = 32 << 20;
 /// How long in-flight connections may take to finish once shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Clients must send their request headers within this time.
@@ -48,7 +51,37 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn reset_counters(&self, name: &str) -> Result<(), AdminError>;
     /// Extra Prometheus lines from other subsystems (store, http); may be empty.
     fn extra_metrics(&self) -> String;
+    /// State of the time-series store for the status page, as a JSON object.
+    ///
+    /// Keys the page shows when present: `backend` (kind), `outbox_depth`
+    /// (points waiting), `outbox_oldest_age_seconds`, `reachable` (bool) and
+    /// `last_error`. The default `{}` makes the page fall back to the backend
+    /// kind found in [`AdminBackend::extra_metrics`].
+    fn store_status(&self) -> serde_json::Value {
+        serde_json::json!({})
+    }
+    /// The newest points (oldest first, at most `limit`) of `measurement`, for
+    /// the status page's charts; only for a measurement the guest's grants name.
+    /// The default answers that this backend keeps no series.
+    fn series(&self, guest: &str, measurement: &str, _limit: u32) -> AdminFuture<'_, Vec<LatestPoint>> {
+        let msg = format!("no series of {measurement:?} for guest {guest:?}: this host keeps no series");
+        Box::pin(std::future::ready(Err(AdminError::BadRequest(msg))))
+    }
+    /// Validates `component` (compile, type-check, `init` in a fresh store)
+    /// and installs it for guest `name`; the old version keeps running on error.
+    fn swap(&self, name: &str, component: bytes::Bytes) -> AdminFuture<'_, serde_json::Value> {
+        let _ = (name, component);
+        Box::pin(std::future::ready(Err(AdminError::BadRequest("this host does not support swaps".into()))))
+    }
+    /// Restores the version that the last swap replaced.
+    fn rollback(&self, name: &str) -> AdminFuture<'_, serde_json::Value> {
+        let _ = name;
+        Box::pin(std::future::ready(Err(AdminError::BadRequest("this host does not support rollback".into()))))
+    }
 }
+
+/// A boxed future, so [`AdminBackend`] stays usable as `dyn`.
+pub type AdminFuture<'a, T> = std::pin::Pin<Box<dyn Future<Output = Result<T, AdminError>> + Send + 'a>>;
 
 /// Point-in-time view of one guest, as served by `/guests`.
 #[derive(Serialize, Clone, Debug)]
@@ -73,6 +106,44 @@ pub struct GuestSnapshot {
     pub run_seconds_total: f64,
     pub last_run_seconds: Option<f64>,
     pub counters: BTreeMap<String, serde_json::Value>,
+    /// The newest point of each measurement the guest wrote, by measurement
+    /// (what the status page shows as "latest values"); empty before any write.
+    pub latest: BTreeMap<String, LatestPoint>,
+    /// Swap history and recent run times (hot swap, restart backoff).
+    #[serde(flatten)]
+    pub lifecycle: Lifecycle,
+}
+
+/// How a guest's component and runs changed over time.
+#[derive(Serialize, Clone, Debug, Default)]
+pub struct Lifecycle {
+    /// The version `rollback` would restore.
+    pub previous_version: Option<String>,
+    /// When the current version was swapped in (RFC3339 UTC).
+    pub swapped_at: Option<String>,
+    /// Why the last swap from a changed component file was refused.
+    pub last_swap_error: Option<String>,
+    /// The most recent runs, oldest first (at most 32).
+    pub recent_runs: Vec<RecentRun>,
+}
+
+/// One recent run: when it started, how it ended, and which version ran.
+#[derive(Serialize, Clone, Debug)]
+pub struct RecentRun {
+    pub started: String,
+    pub outcome: String,
+    pub version: String,
+}
+
+/// One point as the admin API shows it: the latest write of a measurement, or
+/// a row of a series.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct LatestPoint {
+    /// RFC3339 UTC.
+    pub time: String,
+    pub tags: BTreeMap<String, String>,
+    /// Field values as JSON (numbers, booleans, strings).
+    pub fields: BTreeMap<String, serde_json::Value>,
 }
 
 /// One finished run of a guest.
@@ -137,6 +208,12 @@ pub enum AdminError {
     BadRequest(String),
     #[error("missing or invalid admin token; send 'Authorization: Bearer <admin token>'")]
     Unauthorized,
+    /// A subsystem the request needs (e.g. the store) failed; retrying later may help.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request conflicts with the guest's state (e.g. nothing to roll back to).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl AdminError {
@@ -146,6 +223,8 @@ impl AdminError {
             Self::Busy(_) => StatusCode::CONFLICT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 }

@@ -11,7 +11,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{AdminBackend, AdminError, GuestSnapshot, MAX_BODY_BYTES, metrics};
+use super::{AdminBackend, AdminError, GuestSnapshot, MAX_BODY_BYTES, MAX_COMPONENT_BYTES, metrics};
 
 pub(super) const JSON: &str = "application/json";
 
@@ -33,6 +33,8 @@ pub(super) enum Route {
     Guest(String),
     Invoke(String),
     ResetCounters(String),
+    Swap(String),
+    Rollback(String),
 }
 
 impl Route {
@@ -49,6 +51,8 @@ impl Route {
         match (parts.next(), parts.next(), parts.next()) {
             (None, _, _) => Some(Self::Guest(name)),
             (Some("invoke"), None, _) => Some(Self::Invoke(name)),
+            (Some("swap"), None, _) => Some(Self::Swap(name)),
+            (Some("rollback"), None, _) => Some(Self::Rollback(name)),
             (Some("counters"), Some("reset"), None) => Some(Self::ResetCounters(name)),
             _ => None,
         }
@@ -56,18 +60,25 @@ impl Route {
 
     fn method(&self) -> Method {
         match self {
-            Self::Invoke(_) | Self::ResetCounters(_) => Method::POST,
+            Self::Invoke(_) | Self::ResetCounters(_) | Self::Swap(_) | Self::Rollback(_) => Method::POST,
             _ => Method::GET,
         }
     }
 
     /// Largest accepted request body; raise per route (e.g. component swap).
     fn body_limit(&self) -> usize {
-        MAX_BODY_BYTES
+        match self {
+            Self::Swap(_) => MAX_COMPONENT_BYTES,
+            _ => MAX_BODY_BYTES,
+        }
     }
 }
 
 pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
+    // The status page (`GET /`, its assets and read-only helpers) lives in page.rs.
+    if let Some(resp) = super::page::serve(shared, req.method(), req.uri().path(), req.uri().query()).await {
+        return resp;
+    }
     let Some(route) = Route::parse(req.uri().path()) else {
         let msg = format!("no endpoint at {}", req.uri().path());
         return error_json(StatusCode::NOT_FOUND, &msg);
@@ -80,7 +91,15 @@ pub(super) async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
         Ok(body) => body,
         Err(resp) => return resp,
     };
-    dispatch(shared, route, &body).unwrap_or_else(|err| failure(shared, err))
+    let reply = match route {
+        Route::Swap(name) => shared.backend.swap(&name, body).await,
+        Route::Rollback(name) => shared.backend.rollback(&name).await,
+        route => return dispatch(shared, route, &body).unwrap_or_else(|err| failure(shared, err)),
+    };
+    match reply {
+        Ok(done) => json_response(StatusCode::OK, &done),
+        Err(err) => failure(shared, err),
+    }
 }
 
 /// Authorizes mutating routes and reads their (size-limited) body.
@@ -120,6 +139,8 @@ fn dispatch(shared: &Shared, route: Route, body: &[u8]) -> Result<Resp, AdminErr
             backend.reset_counters(&name)?;
             json_response(StatusCode::OK, &json!({"guest": name, "reset": true}))
         }
+        // Async routes are answered in `handle` before dispatch.
+        Route::Swap(_) | Route::Rollback(_) => error_json(StatusCode::INTERNAL_SERVER_ERROR, "swap routed to dispatch"),
     })
 }
 

@@ -83,6 +83,8 @@ fn snapshot(name: &str, state: GuestState, initialized: bool) -> GuestSnapshot {
         run_seconds_total: 1.5,
         last_run_seconds: Some(0.25),
         counters: BTreeMap::new(),
+        latest: BTreeMap::new(),
+        lifecycle: Default::default(),
     }
 }
 

@@ -30,6 +30,8 @@ pub struct HostServices {
     pub store: Arc<dyn TimeSeriesStore>,
     pub secrets: Arc<SecretStore>,
     pub state: Arc<state::StateStore>,
+    /// Outbound HTTP settings from `[host]` (timeout, body limit, TLS roots).
+    pub http: Arc<http::HttpSettings>,
 }
 
 /// Per-guest host state that survives store re-creation and hot swaps.
@@ -71,14 +73,20 @@ impl GuestCtx {
             .instances(64)
             .trap_on_grow_failure(true)
             .build();
+        let secrets = secrets::SecretsCap::new(name.clone(), &guest.grants, services.secrets.clone());
+        let gate_parts = http::GateParts {
+            secrets: services.secrets.clone(),
+            settings: services.http.clone(),
+            armed: secrets.armed.clone(),
+        };
         GuestCtx {
             wasi,
             http_ctx: WasiHttpCtx::new(),
-            http: http::HttpGate::new(name.clone(), &guest.grants, shared.clone()),
+            http: http::HttpGate::new(name.clone(), &guest.grants, shared.clone(), gate_parts),
             table: ResourceTable::new(),
             limits,
             influx: influx::InfluxCap::new(name.clone(), &guest.grants, services.store.clone()),
-            secrets: secrets::SecretsCap::new(name.clone(), &guest.grants, services.secrets.clone()),
+            secrets,
             state: state::StateCap::new(name.clone(), services.state.clone()),
             log: log::LogCap::new(name, services.secrets.clone()),
             shared,

@@ -25,6 +25,12 @@ pub async fn request(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<Reply> {
+    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+    request_bytes(config, method, path, bytes.into()).await
+}
+
+/// Sends raw bytes (a component for `swap`) to the admin API.
+pub async fn request_bytes(config: &Config, method: &str, path: &str, bytes: Bytes) -> anyhow::Result<Reply> {
     let addr = config.host.admin_listen;
     let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
         format!(
@@ -38,10 +44,8 @@ pub async fn request(
     if let Some(token) = admin_token(config) {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }
-    let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-    let response = sender
-        .send_request(builder.header("content-type", "application/json").body(Full::new(Bytes::from(bytes)))?)
-        .await?;
+    let response =
+        sender.send_request(builder.header("content-type", "application/json").body(Full::new(bytes))?).await?;
     let status = response.status().as_u16();
     let raw = response.into_body().collect().await?.to_bytes();
     let body = serde_json::from_slice(&raw)
@@ -136,5 +140,30 @@ pub async fn status(config_path: &Path) -> anyhow::Result<ExitCode> {
             g["detail"].as_str().unwrap_or("")
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `wattedge swap GUEST FILE`: uploads the component to the running host.
+pub async fn swap(config_path: &Path, guest: &str, file: &Path) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let reply = request_bytes(&config, "POST", &format!("/guests/{guest}/swap"), bytes.into()).await?;
+    report_swap(guest, &reply)
+}
+
+/// `wattedge rollback GUEST`.
+pub async fn rollback(config_path: &Path, guest: &str) -> anyhow::Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let reply = request(&config, "POST", &format!("/guests/{guest}/rollback"), None).await?;
+    report_swap(guest, &reply)
+}
+
+fn report_swap(guest: &str, reply: &Reply) -> anyhow::Result<ExitCode> {
+    if reply.status != 200 {
+        bail!("{guest}: refused ({}): {}", reply.status, error_text(reply));
+    }
+    let version = reply.body["version"].as_str().unwrap_or("?");
+    let when = if reply.body["installed"] == true { "now serving" } else { "serves from the next run" };
+    println!("{guest}: version {} {when}", &version[..version.len().min(12)]);
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 //!
 //! | mode | each run |
 //! |---|---|
-//! | `write` (default) | writes one point (`measurement`, tag `version`, fields `run`, `started_ms`, `ended_ms`), sleeping `sleep_ms` before the write |
+//! | `write` (default) | writes one point (`measurement`, tag `version`, fields `run`, `started_ms`, `ended_ms`, plus float `field` = `value` when `value` is set), sleeping `sleep_ms` before the write |
 //! | `trap` | panics, i.e. a wasm trap |
 //! | `error` | returns `GuestError::Internal("probe error")` |
 //! | `loop` | spins forever (tests the CPU deadline) |
@@ -14,11 +14,15 @@
 //! | `health` | reports `health` = `ok`, `standby:TEXT` or `degraded:TEXT` |
 //! | `wake` | on a scheduled/invoked run asks for a wake-up `wake_after_ms` later; writes a point tagged `trigger=scheduled|invoked|wake` |
 //! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
+//! | `http` | one wasi:http request from `url`, `method`, `h.NAME`, `body`, `capture`...; writes a `probe_http` point with what it received (see [`http`]) |
 //!
 //! Every run first increments the counter `probe_runs`. The run number
 //! (`run` field) is kept in guest state under `runs`, so it survives restarts
 //! and hot swaps. Sleeps use `wasi:clocks/monotonic-clock` pollables, so an
 //! async host can park the guest rather than burn CPU.
+
+pub mod bench;
+pub mod http;
 
 use std::hint::black_box;
 
@@ -49,6 +53,12 @@ pub enum Mode {
     Wake,
     /// Report whether a secret is set.
     Secret,
+    /// Make one HTTP request and report what came back.
+    Http,
+    /// `n` no-op host calls (benchmark harness).
+    Calls,
+    /// `n` points in batches of `batch` (benchmark harness).
+    Writes,
 }
 
 impl Mode {
@@ -64,12 +74,15 @@ impl Mode {
             "health" => Self::Health,
             "wake" => Self::Wake,
             "secret" => Self::Secret,
+            "http" => Self::Http,
+            "calls" => Self::Calls,
+            "writes" => Self::Writes,
             other => {
                 return Err(config_error(
                     "mode",
                     format!(
                         "{other:?} is unknown; use write, trap, error, loop, alloc, \
-                         slow-init, health, wake or secret"
+                         slow-init, health, wake, secret, http, calls or writes"
                     ),
                 ));
             }
@@ -96,6 +109,8 @@ pub struct Plan {
     pub health: Health,
     /// Secret checked by `secret`.
     pub secret_name: String,
+    /// Extra float field (`field`, default `value`) written with each point, when `value` is set.
+    pub extra: Option<(String, f64)>,
 }
 
 /// Parses `ok`, `standby:TEXT` or `degraded:TEXT`.
@@ -124,8 +139,19 @@ impl Plan {
             wake_after_ms: config.u64_in("wake_after_ms", 1000, 0..=24 * HOUR_MS)?,
             health: parse_health(&config.string("health", "ok"))?,
             secret_name: config.string("secret_name", "probe.secret"),
+            extra: extra_field(config)?,
         })
     }
+}
+
+/// The optional `field` = `value` pair written with each point.
+fn extra_field(config: &Config) -> Result<Option<(String, f64)>, GuestError> {
+    let value = config.string("value", "");
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let parsed = value.parse::<f64>().map_err(|_| config_error("value", format!("{value:?} is not a number")))?;
+    Ok(Some((config.string("field", "value"), parsed)))
 }
 
 /// The label of a trigger for the `trigger` tag.
@@ -160,16 +186,15 @@ fn write_point(plan: &Plan, trigger: Option<&Trigger>) -> Result<Summary, GuestE
     if let Some(t) = trigger {
         tags.push(("trigger".to_string(), trigger_label(t).to_string()));
     }
-    let point = Point {
-        measurement: plan.measurement.clone(),
-        tags,
-        fields: vec![
-            ("run".into(), FieldValue::Integer(run)),
-            ("started_ms".into(), FieldValue::Float(started_ms as f64)),
-            ("ended_ms".into(), FieldValue::Float(ended_ms as f64)),
-        ],
-        time: started_ns,
-    };
+    let mut fields = vec![
+        ("run".into(), FieldValue::Integer(run)),
+        ("started_ms".into(), FieldValue::Float(started_ms as f64)),
+        ("ended_ms".into(), FieldValue::Float(ended_ms as f64)),
+    ];
+    if let Some((field, value)) = &plan.extra {
+        fields.push((field.clone(), FieldValue::Float(*value)));
+    }
+    let point = Point { measurement: plan.measurement.clone(), tags, fields, time: started_ns };
     let written = influx::write(&[point]).map_err(|e| {
         GuestError::Store(format!("writing {}: {}", plan.measurement, wattedge_guest::influx_error_text(&e)))
     })?;
@@ -199,16 +224,44 @@ fn hog() -> ! {
 }
 
 static CONFIG: Slot<Config> = Slot::new();
+/// The raw pairs, for keys that `Config` cannot enumerate (`h.NAME`).
+static RAW: Slot<Vec<(String, String)>> = Slot::new();
+
+/// The `http` behaviour: one request, reported as a point and a log line.
+fn http_run(pairs: &[(String, String)]) -> Result<Summary, GuestError> {
+    let plan = http::plan(pairs)?;
+    let outcome = http::perform(&plan);
+    report::set_count("http_status", u64::from(outcome.status));
+    wattedge_guest::log_info(&format!(
+        "http {}: status {} headers {:?} body {} error {}",
+        plan.label, outcome.status, outcome.headers, outcome.body, outcome.error
+    ));
+    let point = Point {
+        measurement: "probe_http".into(),
+        tags: vec![("label".into(), plan.label.clone())],
+        fields: vec![
+            ("status".into(), FieldValue::Integer(i64::from(outcome.status))),
+            ("headers".into(), FieldValue::Text(outcome.headers)),
+            ("body".into(), FieldValue::Text(outcome.body)),
+            ("error".into(), FieldValue::Text(outcome.error)),
+        ],
+        time: clock::now_ns(),
+    };
+    influx::write(&[point]).map_err(|e| GuestError::Store(wattedge_guest::influx_error_text(&e)))?;
+    Ok(Summary { points_written: 1, detail: Some(format!("http status {}", outcome.status)) })
+}
 
 struct Probe;
 
 impl Guest for Probe {
     fn init(config: Vec<(String, String)>) -> Result<(), GuestError> {
+        let config_pairs = config.clone();
         let config = Config::new(config);
         let plan = Plan::from_config(&config)?;
         if plan.mode == Mode::SlowInit {
             clock::sleep_ms(plan.init_sleep_ms);
         }
+        RAW.set(config_pairs);
         CONFIG.set(config);
         Ok(())
     }
@@ -222,6 +275,20 @@ impl Guest for Probe {
         };
         match plan.mode {
             Mode::Write | Mode::SlowInit => write_point(&plan, None),
+            Mode::Http => {
+                let mut pairs = RAW.get()?;
+                if let Trigger::Invoked(args) = &trigger {
+                    pairs.extend(args.iter().cloned());
+                }
+                http_run(&pairs)
+            }
+            Mode::Calls | Mode::Writes => {
+                let mut pairs = RAW.get()?;
+                if let Trigger::Invoked(args) = &trigger {
+                    pairs.extend(args.iter().cloned());
+                }
+                if plan.mode == Mode::Calls { bench::calls(&pairs) } else { bench::writes(&pairs) }
+            }
             Mode::Trap => unreachable!("probe mode trap"),
             Mode::Error => Err(GuestError::Internal("probe error".into())),
             Mode::Loop => spin(),
@@ -286,6 +353,17 @@ mod tests {
             matches!(Plan::from_config(&cfg(&[("mode", "nap")])), Err(GuestError::Config(m)) if m.starts_with("mode: "))
         );
         assert!(Plan::from_config(&cfg(&[("sleep_ms", "-1")])).is_err());
+    }
+
+    #[test]
+    fn extra_field_value() {
+        assert_eq!(Plan::from_config(&cfg(&[])).expect("valid").extra, None);
+        let p = Plan::from_config(&cfg(&[("field", "ci"), ("value", "453.6")])).expect("valid");
+        assert_eq!(p.extra, Some(("ci".into(), 453.6)));
+        assert_eq!(Plan::from_config(&cfg(&[("value", "2")])).expect("valid").extra, Some(("value".into(), 2.0)));
+        assert!(
+            matches!(Plan::from_config(&cfg(&[("value", "x")])), Err(GuestError::Config(m)) if m.starts_with("value: "))
+        );
     }
 
     #[test]
