@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -50,43 +51,16 @@ pub struct HttpsServer {
     /// PEM of the CA that signed the server's certificate.
     pub ca_pem: String,
     received: Arc<Mutex<Vec<Received>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for HttpsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _serving: Serving,
 }
 
 impl HttpsServer {
     /// Starts on 127.0.0.1 with a certificate for `names` (DNS names or IPs).
     pub async fn start(names: &[&str]) -> HttpsServer {
-        let (ca_pem, chain, key) = certificates(names);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server certificate");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let received = Arc::new(Mutex::new(Vec::new()));
         let log = received.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, log) = (acceptor.clone(), log.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let service = service_fn(move |req| answer(req, log.clone()));
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-                });
-            }
-        });
-        HttpsServer { addr, ca_pem, received, task }
+        let (addr, ca_pem, serving) = serve_tls(names, move |req| answer(req, log.clone())).await;
+        HttpsServer { addr, ca_pem, received, _serving: serving }
     }
 
     /// Writes the CA to `dir/ca.pem` and returns the path.
@@ -107,8 +81,68 @@ impl HttpsServer {
     }
 }
 
-/// A fresh CA (PEM) and a leaf certificate chain and key for `names`; also
-/// used by `watttime_server.rs`.
+/// Keeps a [`serve_tls`] server running; stops it when dropped.
+pub struct Serving(tokio::task::JoinHandle<()>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The plumbing every local test upstream shares (this one,
+/// `watttime_server.rs`, `wattivahti_server.rs`): HTTPS on 127.0.0.1:0 with a
+/// fresh test CA whose leaf certificate names `names`, HTTP/1 per connection,
+/// each request's whole body read before `handler` answers it (so handlers
+/// can record it). Returns the address, the CA's PEM and the server guard.
+pub async fn serve_tls<H, F>(names: &[&str], handler: H) -> (SocketAddr, String, Serving)
+where
+    H: Fn(hyper::Request<Bytes>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = hyper::Response<Full<Bytes>>> + Send + 'static,
+{
+    let (ca_pem, chain, key) = certificates(names);
+    let acceptor = acceptor(chain, key);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                        Ok::<_, Infallible>(handler(hyper::Request::from_parts(parts, body)).await)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+            });
+        }
+    });
+    (addr, ca_pem, Serving(task))
+}
+
+/// A TLS acceptor (ring provider, safe default versions) for `chain`/`key`.
+fn acceptor(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> tokio_rustls::TlsAcceptor {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server certificate");
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Request headers as `(name, value)` pairs (values lossy UTF-8), the form
+/// the test servers record.
+pub fn header_pairs(headers: &hyper::HeaderMap) -> Vec<(String, String)> {
+    headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into())).collect()
+}
+
+/// A fresh CA (PEM) and a leaf certificate chain and key for `names`.
 pub fn certificates(names: &[&str]) -> (String, Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
@@ -126,26 +160,20 @@ pub fn certificates(names: &[&str]) -> (String, Vec<CertificateDer<'static>>, Pr
     (ca.pem(), vec![leaf.der().clone()], key)
 }
 
-async fn answer(
-    req: hyper::Request<hyper::body::Incoming>,
-    log: Arc<Mutex<Vec<Received>>>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+async fn answer(req: hyper::Request<Bytes>, log: Arc<Mutex<Vec<Received>>>) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let received = Received {
         method: parts.method.to_string(),
         path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
-        headers: parts
-            .headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-            .collect(),
+        headers: header_pairs(&parts.headers),
         body: String::from_utf8_lossy(&body).into(),
     };
     log.lock().unwrap().push(received.clone());
     let path = parts.uri.path();
-    let response = match path {
-        "/token" => json_response(json!({"token": TOKEN, "refresh_token": REFRESH, "expires_in": 1800})),
+    match path {
+        "/token" => {
+            json_reply(200, "application/json", json!({"token": TOKEN, "refresh_token": REFRESH, "expires_in": 1800}))
+        }
         "/big" => hyper::Response::new(Full::new(Bytes::from(vec![b'x'; 256 * 1024]))),
         "/redirect" => hyper::Response::builder()
             .status(302)
@@ -156,14 +184,13 @@ async fn answer(
             if path == "/slow" {
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
-            let mut response = json_response(echo(&received));
+            let mut response = json_reply(200, "application/json", echo(&received));
             if let Some(auth) = parts.headers.get("authorization") {
                 response.headers_mut().insert("x-echo-authorization", auth.clone());
             }
             response
         }
-    };
-    Ok(response)
+    }
 }
 
 fn echo(r: &Received) -> Value {
@@ -171,9 +198,12 @@ fn echo(r: &Received) -> Value {
     json!({"method": r.method, "path": r.path, "headers": headers, "body": r.body})
 }
 
-fn json_response(value: Value) -> hyper::Response<Full<Bytes>> {
+/// A JSON answer with `status` and `content_type` (the test upstreams differ
+/// in the `charset` they send, as the real ones do).
+pub fn json_reply(status: u16, content_type: &str, value: Value) -> hyper::Response<Full<Bytes>> {
     hyper::Response::builder()
-        .header("content-type", "application/json")
+        .status(status)
+        .header("content-type", content_type)
         .body(Full::new(Bytes::from(value.to_string())))
         .unwrap()
 }

@@ -1,6 +1,6 @@
 //! Local stand-ins for WattiVahti's two upstreams, in the shapes DESIGN.md
 //! ("Upstream facts") gives, on one HTTPS port with a test CA (reuses
-//! `https_server::certificates`; include both modules):
+//! `https_server::serve_tls`; include both modules):
 //!
 //! - Azure B2C token endpoint, `POST TOKEN_PATH` on [`TOKEN_HOST`]: a form
 //!   with grant_type=refresh_token, client_id, scope, refresh_token,
@@ -18,16 +18,13 @@
 //! per `resultStep`; every request is recorded.
 #![allow(dead_code)]
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use chrono::{DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc, Weekday};
-use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use serde_json::{Value, json};
 
 /// The B2C host (resolved to 127.0.0.1 by the host's `resolve`).
@@ -104,29 +101,12 @@ pub struct WattiServer {
     pub addr: SocketAddr,
     pub ca_pem: String,
     state: Arc<Mutex<State>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WattiServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _serving: crate::https_server::Serving,
 }
 
 impl WattiServer {
     /// Starts on 127.0.0.1 with a certificate for both hosts; rotates and serves data by default.
     pub async fn start() -> WattiServer {
-        let (ca_pem, chain, key) = crate::https_server::certificates(&[TOKEN_HOST, DATA_HOST]);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server certificate");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State {
             token: TokenMode::Rotate,
             quarter: DataMode::Data,
@@ -137,18 +117,10 @@ impl WattiServer {
             received: Vec::new(),
         }));
         let shared = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, shared) = (acceptor.clone(), shared.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let service = service_fn(move |req| answer(req, shared.clone()));
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-                });
-            }
-        });
-        WattiServer { addr, ca_pem, state, task }
+        let hosts = [TOKEN_HOST, DATA_HOST];
+        let (addr, ca_pem, serving) =
+            crate::https_server::serve_tls(&hosts, move |req| answer(req, shared.clone())).await;
+        WattiServer { addr, ca_pem, state, _serving: serving }
     }
 
     /// Writes the CA to `dir/watti-ca.pem`.
@@ -191,12 +163,8 @@ pub fn quantity(i: usize) -> f64 {
     (i as f64 + 1.0) / 100.0
 }
 
-async fn answer(
-    req: hyper::Request<hyper::body::Incoming>,
-    state: Arc<Mutex<State>>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+async fn answer(req: hyper::Request<Bytes>, state: Arc<Mutex<State>>) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let received = Received {
         method: parts.method.to_string(),
@@ -208,11 +176,11 @@ async fn answer(
     let mut s = state.lock().unwrap();
     s.received.push(received.clone());
     let host = received.host.split(':').next().unwrap_or_default().to_string();
-    Ok(match (received.method.as_str(), parts.uri.path()) {
+    match (received.method.as_str(), parts.uri.path()) {
         ("POST", TOKEN_PATH) if host == TOKEN_HOST => token(&mut s, &received),
         ("GET", DATA_PATH) if host == DATA_HOST => data(&s, &received),
         _ => reply(404, json!({"error": "not found", "host": host, "path": received.path})),
-    })
+    }
 }
 
 fn token(s: &mut State, r: &Received) -> hyper::Response<Full<Bytes>> {
@@ -311,11 +279,7 @@ fn helsinki_offset(t: DateTime<Utc>) -> Duration {
 }
 
 fn reply(status: u16, value: Value) -> hyper::Response<Full<Bytes>> {
-    hyper::Response::builder()
-        .status(status)
-        .header("content-type", "application/json; charset=utf-8")
-        .body(Full::new(Bytes::from(value.to_string())))
-        .unwrap()
+    crate::https_server::json_reply(status, "application/json; charset=utf-8", value)
 }
 
 fn form_value(text: &str, name: &str) -> Option<String> {

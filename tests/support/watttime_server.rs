@@ -12,7 +12,6 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,8 +20,6 @@ use std::time::Instant;
 use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 /// The account name the server accepts.
@@ -85,46 +82,20 @@ pub struct WattTimeServer {
     pub addr: SocketAddr,
     ca_pem: String,
     shared: Arc<Mutex<Shared>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for WattTimeServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _serving: crate::https_server::Serving,
 }
 
 impl WattTimeServer {
     /// Starts on 127.0.0.1 with a certificate for `name`.
     pub async fn start(name: &str) -> WattTimeServer {
-        let (ca_pem, chain, key) = crate::https_server::certificates(&[name]);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("protocol versions")
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .expect("server certificate");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
         let shared = Arc::new(Mutex::new(Shared::default()));
         let state = shared.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let (acceptor, state) = (acceptor.clone(), state.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(answer(&req, &state)) }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
-                });
-            }
-        });
-        WattTimeServer { addr, ca_pem, shared, task }
+        let (addr, ca_pem, serving) = crate::https_server::serve_tls(&[name], move |req| {
+            let state = state.clone();
+            async move { answer(&req, &state) }
+        })
+        .await;
+        WattTimeServer { addr, ca_pem, shared, _serving: serving }
     }
 
     /// Writes the CA to `dir/watttime-ca.pem`.
@@ -175,11 +146,7 @@ fn answer<B>(req: &hyper::Request<B>, state: &Mutex<Shared>) -> hyper::Response<
         at: Instant::now(),
         path: req.uri().path().to_string(),
         query: req.uri().query().unwrap_or("").to_string(),
-        headers: req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-            .collect(),
+        headers: crate::https_server::header_pairs(req.headers()),
     };
     shared.requests.push(request.clone());
     let auth = request.header("authorization").unwrap_or("").to_string();
@@ -272,9 +239,5 @@ pub fn rfc3339(secs: i64) -> String {
 }
 
 fn json_reply(status: u16, value: Value) -> hyper::Response<Full<Bytes>> {
-    hyper::Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(value.to_string())))
-        .unwrap()
+    crate::https_server::json_reply(status, "application/json", value)
 }

@@ -5,7 +5,8 @@
 //! test probe all agree on the same generated types. It also holds the
 //! helpers they would otherwise copy: typed config parsing with errors that
 //! name the key ([`config`]), wall-clock time and host-yielding sleep
-//! ([`clock`]), and health/counter reporting including the "credentials
+//! ([`clock`]), one outbound `wasi:http` exchange with capture rules
+//! ([`http`]), and health/counter reporting including the "credentials
 //! needed" standby text ([`report`]).
 //!
 //! A guest crate implements [`Guest`] and exports it with:
@@ -19,6 +20,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod http;
 pub mod report;
 
 /// The generated bindings for world `guest` of `wattedge:runtime@0.1.0`.

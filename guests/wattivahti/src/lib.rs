@@ -14,7 +14,6 @@
 //! chunks ([`window`]), the wire formats ([`api`]) — are tested natively.
 
 pub mod api;
-pub mod http;
 pub mod localtime;
 pub mod settings;
 pub mod sync;

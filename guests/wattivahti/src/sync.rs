@@ -9,13 +9,13 @@
 //! counters move per chunk so `wattedge invoke` shows progress. A backfill
 //! too long for one run continues in the next (guest state + a wake-up).
 
+use wattedge_guest::http::{self, Request};
 use wattedge_guest::status::{self, CounterValue};
 use wattedge_guest::{
     GuestError, InfluxQuery, Point, Summary, Trigger, clock, influx, log_warn, report, schedule, secrets, state,
 };
 
 use crate::api::{self, ACCESS_TOKEN, MEASUREMENT, REFRESH_TOKEN, TokenOutcome};
-use crate::http::{self, Request};
 use crate::localtime::{self, End, Nanos};
 use crate::settings::Settings;
 use crate::window;
@@ -139,15 +139,17 @@ fn capture_rules() -> [secrets::CaptureRule; 2] {
 fn refresh_token(settings: &Settings) -> Result<(), GuestError> {
     secrets::arm_capture(&capture_rules()).map_err(|e| GuestError::Internal(format!("arming token capture: {e:?}")))?;
     let request = Request {
-        method: "POST",
+        method: "POST".into(),
         url: settings.token_url.clone(),
         headers: vec![
-            ("content-type", "application/x-www-form-urlencoded".into()),
-            ("accept", "application/json".into()),
+            ("content-type".into(), "application/x-www-form-urlencoded".into()),
+            ("accept".into(), "application/json".into()),
         ],
         body: api::token_form(&settings.client_id, &settings.scope),
+        ..Request::default()
     };
-    let (status, body) = http::send(&request).map_err(|e| GuestError::Upstream(format!("token request: {e}")))?;
+    let response = http::request(&request).map_err(|e| GuestError::Upstream(format!("token request: {e}")))?;
+    let (status, body) = (response.status, response.body);
     match api::token_outcome(status, &body) {
         TokenOutcome::Granted { rotated } => {
             if rotated {
@@ -217,15 +219,16 @@ fn fetch_chunk(ctx: &Ctx, from: Nanos, to: Nanos) -> Result<Vec<Point>, GuestErr
 fn fetch(ctx: &Ctx, step: &str, from: Nanos, to: Nanos) -> Result<Vec<localtime::Placed>, GuestError> {
     let (start, stop) = (localtime::format_query_time(&ctx.tz, from), localtime::format_query_time(&ctx.tz, to));
     let request = Request {
-        method: "GET",
+        method: "GET".into(),
         url: format!("{}{}", ctx.settings.api_base, api::meterdata_path(ctx.metering_point, &start, &stop, step)),
         headers: vec![
-            ("authorization", format!("Bearer ${{secret:{ACCESS_TOKEN}}}")),
-            ("accept", "application/json".into()),
+            ("authorization".into(), format!("Bearer ${{secret:{ACCESS_TOKEN}}}")),
+            ("accept".into(), "application/json".into()),
         ],
-        body: String::new(),
+        ..Request::default()
     };
-    let (status, body) = http::send(&request).map_err(|e| GuestError::Upstream(format!("meterdata2 {step}: {e}")))?;
+    let response = http::request(&request).map_err(|e| GuestError::Upstream(format!("meterdata2 {step}: {e}")))?;
+    let (status, body) = (response.status, response.body);
     if !(200..300).contains(&status) {
         let text: String = body.chars().take(200).collect();
         return Err(GuestError::Upstream(format!("meterdata2 {step} {start}..{stop} answered {status}: {text}")));

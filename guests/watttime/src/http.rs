@@ -1,8 +1,15 @@
-//! One `GET` through `wasi:http`, with optional secret capture armed first.
+//! WattTime's view of one `GET`: the request with its optional token
+//! capture, and the response reduced to what [`crate::policy`] reads.
 //!
-//! The guest only ever writes `${secret:...}` placeholders into headers; the
-//! host fills them in at egress for granted destinations, and scrubs secrets
-//! from what comes back. Native builds (unit tests) cannot send anything.
+//! The exchange itself (capture arming, `wasi:http`, reading the body) is
+//! [`wattedge_guest::http`]; the guest only ever writes `${secret:...}`
+//! placeholders into headers, which the host fills in at egress for granted
+//! destinations. Native builds (unit tests) cannot send anything.
+
+use std::time::Duration;
+
+use wattedge_guest::http::{self as wasi_http, HttpError};
+use wattedge_guest::secrets::CaptureRule;
 
 /// Per-request first-byte timeout: several requests must fit in one run.
 pub const FIRST_BYTE_TIMEOUT_MS: u64 = 15_000;
@@ -31,92 +38,36 @@ pub struct Response {
     pub body: String,
 }
 
-/// Splits `https://host:port/path?q` into scheme, authority and path.
-pub fn split_url(url: &str) -> Option<(&str, &str, &str)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    (!authority.is_empty()).then_some((scheme, authority, path))
+/// Sends the request (arming the token capture first) and reads the whole
+/// response; `Err` is a transport failure (denied, DNS, TLS, timeout)
+/// described for the status detail.
+pub fn get(request: &Request) -> Result<Response, HttpError> {
+    wasi_http::request(&exchange(request)).map(view)
 }
 
-/// Without wasi:http (native unit tests) nothing can be sent.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn get(_request: &Request) -> Result<Response, String> {
-    Err("HTTP needs the wasm32-wasip2 build".into())
-}
-
-/// Sends the request and reads the whole response; `Err` is a transport
-/// failure (denied, DNS, TLS, timeout) described for the status detail.
-#[cfg(target_arch = "wasm32")]
-pub fn get(request: &Request) -> Result<Response, String> {
-    use wasip2::http::outgoing_handler;
-    use wasip2::http::types::{OutgoingBody, RequestOptions};
-    arm(request)?;
-    let outgoing = build(request)?;
-    let options = RequestOptions::new();
-    let _ = options.set_first_byte_timeout(Some(FIRST_BYTE_TIMEOUT_MS * 1_000_000));
-    let body = outgoing.body().map_err(|()| "no request body".to_string())?;
-    let future = outgoing_handler::handle(outgoing, Some(options)).map_err(|e| format!("{e:?}"))?;
-    OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
-    future.subscribe().block();
-    let response =
-        future.get().ok_or("no response")?.map_err(|()| "response taken twice")?.map_err(|e| format!("{e:?}"))?;
-    read(response)
-}
-
-#[cfg(target_arch = "wasm32")]
-fn arm(request: &Request) -> Result<(), String> {
-    use wattedge_guest::secrets;
-    let Some((secret, ttl)) = &request.capture else { return Ok(()) };
-    let rule = secrets::CaptureRule {
+/// The shared exchange for `request`: a `GET` with the WattTime timeout.
+fn exchange(request: &Request) -> wasi_http::Request {
+    let captures = request.capture.iter().map(|(secret, ttl)| CaptureRule {
         pointer: "/token".into(),
         secret: secret.clone(),
         ttl_seconds: Some(*ttl),
         persist: crate::PERSIST_TOKEN,
-    };
-    secrets::arm_capture(&[rule]).map_err(|e| format!("arming the token capture: {e:?}"))
+    });
+    wasi_http::Request {
+        method: "GET".into(),
+        url: request.url.clone(),
+        headers: request.headers.clone(),
+        body: String::new(),
+        first_byte_timeout: Some(Duration::from_millis(FIRST_BYTE_TIMEOUT_MS)),
+        captures: captures.collect(),
+    }
 }
 
-#[cfg(target_arch = "wasm32")]
-fn build(request: &Request) -> Result<wasip2::http::types::OutgoingRequest, String> {
-    use wasip2::http::types::{Fields, Method, OutgoingRequest, Scheme};
-    let (scheme, authority, path) = split_url(&request.url).ok_or_else(|| format!("bad URL {}", request.url))?;
-    let headers = Fields::new();
-    for (name, value) in &request.headers {
-        headers.append(name, value.as_bytes()).map_err(|e| format!("header {name}: {e:?}"))?;
-    }
-    let outgoing = OutgoingRequest::new(headers);
-    outgoing.set_method(&Method::Get).map_err(|()| "bad method".to_string())?;
-    let scheme = if scheme == "http" { Scheme::Http } else { Scheme::Https };
-    outgoing.set_scheme(Some(&scheme)).map_err(|()| "bad scheme".to_string())?;
-    outgoing.set_authority(Some(authority)).map_err(|()| format!("bad authority {authority}"))?;
-    outgoing.set_path_with_query(Some(path)).map_err(|()| format!("bad path {path}"))?;
-    Ok(outgoing)
-}
-
-#[cfg(target_arch = "wasm32")]
-fn read(response: wasip2::http::types::IncomingResponse) -> Result<Response, String> {
-    let status = response.status();
-    let header = |name: &str| {
-        response.headers().get(name).first().map(|v| String::from_utf8_lossy(v).trim().to_ascii_lowercase())
-    };
-    let content_type = header("content-type").unwrap_or_default();
-    let retry_after = header("retry-after");
-    let incoming = response.consume().map_err(|()| "no response body".to_string())?;
-    let mut bytes = Vec::new();
-    {
-        let stream = incoming.stream().map_err(|()| "no response stream".to_string())?;
-        loop {
-            match stream.blocking_read(65536) {
-                Ok(chunk) => bytes.extend_from_slice(&chunk),
-                Err(wasip2::io::streams::StreamError::Closed) => break,
-                Err(e) => return Err(format!("reading the response body: {e:?}")),
-            }
-        }
-    }
-    Ok(Response { status, content_type, retry_after, body: String::from_utf8_lossy(&bytes).into_owned() })
+/// The headers the retry and error policy read, trimmed and lower-cased.
+fn view(response: wasi_http::Response) -> Response {
+    let header = |name: &str| response.header(name).map(|v| v.trim().to_ascii_lowercase());
+    let (content_type, retry_after) = (header("content-type").unwrap_or_default(), header("retry-after"));
+    Response { status: response.status, content_type, retry_after, body: response.body }
 }
 
 #[cfg(test)]
@@ -124,12 +75,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_split() {
-        assert_eq!(
-            split_url("https://api.watttime.test:8443/v3/forecast?region=X"),
-            Some(("https", "api.watttime.test:8443", "/v3/forecast?region=X"))
-        );
-        assert_eq!(split_url("https://a"), Some(("https", "a", "/")));
-        assert_eq!(split_url("nope"), None);
+    fn login_arms_the_token_capture() {
+        let login = Request { url: "https://a.test/login".into(), headers: vec![], capture: Some(("t".into(), 60)) };
+        let sent = exchange(&login);
+        assert_eq!((sent.method.as_str(), sent.first_byte_timeout), ("GET", Some(Duration::from_secs(15))));
+        assert_eq!(sent.captures.len(), 1);
+        assert_eq!((sent.captures[0].pointer.as_str(), sent.captures[0].ttl_seconds), ("/token", Some(60)));
+        assert!(exchange(&Request { capture: None, ..login }).captures.is_empty());
+    }
+
+    #[test]
+    fn policy_headers_are_normalised() {
+        let headers = vec![("content-type".into(), " Text/HTML ".into()), ("retry-after".into(), "30".into())];
+        let seen = view(wasi_http::Response { status: 429, headers, body: "x".into() });
+        assert_eq!((seen.content_type.as_str(), seen.retry_after.as_deref()), ("text/html", Some("30")));
+        assert_eq!(view(wasi_http::Response::default()).content_type, "");
     }
 }

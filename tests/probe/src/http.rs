@@ -8,8 +8,12 @@
 //! The guest writes a `probe_http` point (tag `label`; fields `status`, 0 on
 //! error, `headers`, `body` and `error`) and logs the same.
 
+use std::time::Duration;
+
 use wattedge_guest::GuestError;
 use wattedge_guest::config::config_error;
+use wattedge_guest::http as wasi_http;
+use wattedge_guest::secrets::CaptureRule;
 
 /// One capture rule as the guest arms it.
 #[derive(Clone, Debug, PartialEq)]
@@ -51,12 +55,8 @@ fn last<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
 /// Parses the plan from config pairs (later pairs win).
 pub fn plan(pairs: &[(String, String)]) -> Result<HttpPlan, GuestError> {
     let url = last(pairs, "url").ok_or_else(|| config_error("url", "required in http mode"))?;
-    let (scheme, rest) =
-        url.split_once("://").ok_or_else(|| config_error("url", "must start with http:// or https://"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
+    let (scheme, authority, path) = wasi_http::split_url(url)
+        .map_err(|_| config_error("url", "must be absolute: http://host/path or https://host/path"))?;
     let mut headers: Vec<(String, String)> = Vec::new();
     for (k, v) in pairs {
         if let Some(name) = k.strip_prefix("h.") {
@@ -94,119 +94,37 @@ fn parse_captures(text: &str) -> Result<Vec<Capture>, GuestError> {
         .collect()
 }
 
-/// Arms the capture rules, if any.
-#[cfg(target_arch = "wasm32")]
-fn arm(plan: &HttpPlan) -> Result<(), String> {
-    use wattedge_guest::secrets;
-    if plan.captures.is_empty() {
-        return Ok(());
+/// Makes the request (arming the capture rules first) and reads the whole
+/// response; a failure is reported in `error` with status 0.
+pub fn perform(plan: &HttpPlan) -> Outcome {
+    match wasi_http::request(&plan.request()) {
+        Ok(response) => Outcome {
+            status: response.status,
+            headers: response.headers.iter().map(|(name, value)| format!("{name}: {value}\n")).collect(),
+            body: response.body,
+            error: String::new(),
+        },
+        Err(error) => Outcome { error: error.to_string(), ..Outcome::default() },
     }
-    let rules: Vec<secrets::CaptureRule> = plan
-        .captures
-        .iter()
-        .map(|c| secrets::CaptureRule {
+}
+
+impl HttpPlan {
+    /// The shared exchange this plan describes.
+    fn request(&self) -> wasi_http::Request {
+        let captures = self.captures.iter().map(|c| CaptureRule {
             pointer: c.pointer.clone(),
             secret: c.secret.clone(),
-            ttl_seconds: plan.capture_ttl,
-            persist: plan.capture_persist,
-        })
-        .collect();
-    secrets::arm_capture(&rules).map_err(|e| format!("arm-capture: {e:?}"))
-}
-
-/// Makes the request and reads the whole response.
-#[cfg(target_arch = "wasm32")]
-pub fn perform(plan: &HttpPlan) -> Outcome {
-    match arm(plan).and_then(|()| exchange(plan)) {
-        Ok((status, headers, body)) => Outcome { status, headers, body, error: String::new() },
-        Err(error) => Outcome { error, ..Outcome::default() },
-    }
-}
-
-/// Without wasi:http (native unit tests) nothing can be sent.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn perform(_plan: &HttpPlan) -> Outcome {
-    Outcome { error: "http mode needs the wasm32-wasip2 build".into(), ..Outcome::default() }
-}
-
-#[cfg(target_arch = "wasm32")]
-fn exchange(plan: &HttpPlan) -> Result<(u16, String, String), String> {
-    use wasip2::http::outgoing_handler;
-    use wasip2::http::types::{OutgoingBody, RequestOptions};
-    let request = build(plan)?;
-    let options = plan.timeout_ms.map(|ms| {
-        let o = RequestOptions::new();
-        let _ = o.set_first_byte_timeout(Some(ms * 1_000_000));
-        o
-    });
-    let body = request.body().map_err(|()| "no body".to_string())?;
-    let future = outgoing_handler::handle(request, options).map_err(|e| format!("{e:?}"))?;
-    {
-        let stream = body.write().map_err(|()| "no body stream".to_string())?;
-        for chunk in plan.body.as_bytes().chunks(4096) {
-            stream.blocking_write_and_flush(chunk).map_err(|e| format!("writing body: {e:?}"))?;
+            ttl_seconds: self.capture_ttl,
+            persist: self.capture_persist,
+        });
+        wasi_http::Request {
+            method: self.method.clone(),
+            url: format!("{}://{}{}", self.scheme, self.authority, self.path_with_query),
+            headers: self.headers.clone(),
+            body: self.body.clone(),
+            first_byte_timeout: self.timeout_ms.map(Duration::from_millis),
+            captures: captures.collect(),
         }
-    }
-    OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
-    future.subscribe().block();
-    let response =
-        future.get().ok_or("no response")?.map_err(|()| "response taken twice")?.map_err(|e| format!("{e:?}"))?;
-    read_response(response)
-}
-
-/// The outgoing request with method, URL and headers set.
-#[cfg(target_arch = "wasm32")]
-fn build(plan: &HttpPlan) -> Result<wasip2::http::types::OutgoingRequest, String> {
-    use wasip2::http::types::{Fields, OutgoingRequest, Scheme};
-    let headers = Fields::new();
-    for (name, value) in &plan.headers {
-        headers.append(name, value.as_bytes()).map_err(|e| format!("header {name}: {e:?}"))?;
-    }
-    let request = OutgoingRequest::new(headers);
-    request.set_method(&method(&plan.method)).map_err(|()| "bad method".to_string())?;
-    let scheme = if plan.scheme == "http" { Scheme::Http } else { Scheme::Https };
-    request.set_scheme(Some(&scheme)).map_err(|()| "bad scheme".to_string())?;
-    request.set_authority(Some(&plan.authority)).map_err(|()| "bad authority".to_string())?;
-    request.set_path_with_query(Some(&plan.path_with_query)).map_err(|()| "bad path".to_string())?;
-    Ok(request)
-}
-
-/// Status, headers (`name: value` lines) and the whole body.
-#[cfg(target_arch = "wasm32")]
-fn read_response(response: wasip2::http::types::IncomingResponse) -> Result<(u16, String, String), String> {
-    let status = response.status();
-    let headers: String = response
-        .headers()
-        .entries()
-        .into_iter()
-        .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(&value)))
-        .collect();
-    let incoming = response.consume().map_err(|()| "no response body".to_string())?;
-    let mut bytes = Vec::new();
-    {
-        let stream = incoming.stream().map_err(|()| "no response stream".to_string())?;
-        loop {
-            match stream.blocking_read(65536) {
-                Ok(chunk) => bytes.extend_from_slice(&chunk),
-                Err(wasip2::io::streams::StreamError::Closed) => break,
-                Err(e) => return Err(format!("reading body: {e:?}")),
-            }
-        }
-    }
-    Ok((status, headers, String::from_utf8_lossy(&bytes).into_owned()))
-}
-
-#[cfg(target_arch = "wasm32")]
-fn method(name: &str) -> wasip2::http::types::Method {
-    use wasip2::http::types::Method;
-    match name.to_ascii_uppercase().as_str() {
-        "GET" => Method::Get,
-        "POST" => Method::Post,
-        "PUT" => Method::Put,
-        "DELETE" => Method::Delete,
-        "PATCH" => Method::Patch,
-        "HEAD" => Method::Head,
-        other => Method::Other(other.to_string()),
     }
 }
 
@@ -237,6 +155,22 @@ mod tests {
         assert_eq!(p.headers, pairs(&[("authorization", "Basic ${secret-basic:u:p}"), ("x-a", "2")]));
         assert_eq!(p.captures.len(), 2);
         assert_eq!((p.capture_ttl, p.capture_persist, p.timeout_ms), (Some(60), true, None));
+    }
+
+    #[test]
+    fn plans_become_one_exchange() {
+        let p = plan(&pairs(&[
+            ("url", "https://api.test:8443/t?a=1"),
+            ("capture", "/token=t.token"),
+            ("capture_ttl", "60"),
+            ("timeout_ms", "300"),
+        ]))
+        .unwrap();
+        let sent = p.request();
+        assert_eq!((sent.method.as_str(), sent.url.as_str()), ("GET", "https://api.test:8443/t?a=1"));
+        assert_eq!(sent.first_byte_timeout, Some(Duration::from_millis(300)));
+        assert_eq!((sent.captures[0].secret.as_str(), sent.captures[0].ttl_seconds), ("t.token", Some(60)));
+        assert_eq!(perform(&p).status, 0, "native builds cannot send");
     }
 
     #[test]
