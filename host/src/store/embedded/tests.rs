@@ -1,0 +1,283 @@
+use super::*;
+
+fn point(m: &str, tags: &[(&str, &str)], fields: &[(&str, FieldValue)], time: i64) -> Point {
+    Point {
+        measurement: m.into(),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        fields: fields.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        time,
+    }
+}
+
+fn f(v: f64) -> FieldValue {
+    FieldValue::Float(v)
+}
+
+fn open(dir: &tempfile::TempDir) -> EmbeddedStore {
+    EmbeddedStore::open(&dir.path().join("sub/dir/store.redb"), None).unwrap()
+}
+
+fn all(m: &str) -> Query {
+    Query { measurement: m.into(), ..Query::default() }
+}
+
+fn times(rows: &[Row]) -> Vec<i64> {
+    rows.iter().map(|r| r.time).collect()
+}
+
+/// Three series at times 10..=50 step 10, host a/b alternating.
+fn seeded(dir: &tempfile::TempDir) -> EmbeddedStore {
+    let s = open(dir);
+    let pts: Vec<Point> = (1..=5)
+        .map(|i| {
+            let host = if i % 2 == 0 { "b" } else { "a" };
+            point("power", &[("host", host), ("phase", "l1")], &[("w", f(i as f64))], i * 10)
+        })
+        .collect();
+    assert_eq!(s.write(&pts).unwrap(), 5);
+    s
+}
+
+#[test]
+fn store_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<EmbeddedStore>();
+}
+
+#[test]
+fn round_trip_all_field_types_and_exact_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let t = 1_700_000_000_123_456_789;
+    let p = point(
+        "meter",
+        &[("site", "home"), ("dev", "pi,1 =x")],
+        &[
+            ("f", f(0.1 + 0.2)),
+            ("i", FieldValue::Integer(i64::MIN)),
+            ("u", FieldValue::Unsigned(u64::MAX)),
+            ("b", FieldValue::Boolean(true)),
+            ("s", FieldValue::Text("héllo \"w\"\n".into())),
+        ],
+        t,
+    );
+    let neg = point("meter", &[], &[("f", f(-0.0))], -1);
+    assert_eq!(s.write(&[p.clone(), neg.clone()]).unwrap(), 2);
+    let rows = s.query(&all("meter")).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].time, -1);
+    assert!(matches!(rows[0].fields["f"], FieldValue::Float(x) if x.to_bits() == (-0.0f64).to_bits()));
+    assert_eq!(rows[1].time, t);
+    assert_eq!(rows[1].tags, p.tags);
+    assert_eq!(rows[1].fields, p.fields);
+    assert_eq!(s.point_count().unwrap(), 2);
+}
+
+#[test]
+fn same_identity_merges_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.write(&[point("m", &[("h", "a")], &[("x", f(1.0)), ("y", f(2.0))], 5)]).unwrap();
+    // Same batch may also contain the same identity twice: later wins.
+    s.write(&[
+        point("m", &[("h", "a")], &[("y", f(3.0))], 5),
+        point("m", &[("h", "a")], &[("z", FieldValue::Boolean(false))], 5),
+    ])
+    .unwrap();
+    // Different tag set or time is a different point.
+    s.write(&[point("m", &[("h", "b")], &[("x", f(9.0))], 5), point("m", &[("h", "a")], &[("x", f(8.0))], 6)]).unwrap();
+    assert_eq!(s.point_count().unwrap(), 3);
+    let q = Query { tags: [("h".to_string(), "a".to_string())].into(), end: Some(6), ..all("m") };
+    let rows = s.query(&q).unwrap();
+    assert_eq!(rows.len(), 1);
+    let expected: BTreeMap<String, FieldValue> =
+        [("x".to_string(), f(1.0)), ("y".to_string(), f(3.0)), ("z".to_string(), FieldValue::Boolean(false))].into();
+    assert_eq!(rows[0].fields, expected);
+}
+
+#[test]
+fn tag_filters_all_must_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = seeded(&dir);
+    s.write(&[point("power", &[("host", "a")], &[("w", f(0.5))], 60)]).unwrap();
+    let q = |tags: &[(&str, &str)]| Query {
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..all("power")
+    };
+    assert_eq!(times(&s.query(&q(&[("host", "a")])).unwrap()), [10, 30, 50, 60]);
+    assert_eq!(times(&s.query(&q(&[("host", "a"), ("phase", "l1")])).unwrap()), [10, 30, 50]);
+    assert_eq!(times(&s.query(&q(&[("host", "b")])).unwrap()), [20, 40]);
+    assert!(s.query(&q(&[("host", "c")])).unwrap().is_empty());
+    assert!(s.query(&q(&[("nosuch", "a")])).unwrap().is_empty());
+    // Other measurements never leak in, including ones sharing a prefix.
+    s.write(&[point("power2", &[("host", "a")], &[("w", f(1.0))], 10)]).unwrap();
+    s.write(&[point("powe", &[("host", "a")], &[("w", f(1.0))], 10)]).unwrap();
+    assert_eq!(s.query(&all("power")).unwrap().len(), 6);
+    assert_eq!(s.query(&all("power2")).unwrap().len(), 1);
+    assert!(s.query(&all("absent")).unwrap().is_empty());
+}
+
+#[test]
+fn time_range_start_inclusive_end_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = seeded(&dir);
+    let q = |start, end| Query { start, end, ..all("power") };
+    assert_eq!(times(&s.query(&q(Some(20), Some(40))).unwrap()), [20, 30]);
+    assert_eq!(times(&s.query(&q(Some(21), Some(41))).unwrap()), [30, 40]);
+    assert_eq!(times(&s.query(&q(None, Some(20))).unwrap()), [10]);
+    assert_eq!(times(&s.query(&q(Some(50), None)).unwrap()), [50]);
+    assert!(s.query(&q(Some(40), Some(40))).unwrap().is_empty());
+    assert!(s.query(&q(Some(40), Some(20))).unwrap().is_empty());
+    assert_eq!(s.query(&q(None, None)).unwrap().len(), 5);
+    // Extreme timestamps are stored and bounded correctly.
+    s.write(&[point("power", &[], &[("w", f(0.0))], i64::MIN), point("power", &[], &[("w", f(0.0))], i64::MAX)])
+        .unwrap();
+    assert_eq!(times(&s.query(&q(None, Some(10))).unwrap()), [i64::MIN]);
+    assert_eq!(times(&s.query(&q(Some(51), None)).unwrap()), [i64::MAX]);
+}
+
+#[test]
+fn first_last_descending_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = seeded(&dir);
+    let q = |select, descending, limit| Query { select, descending, limit, ..all("power") };
+    assert_eq!(times(&s.query(&q(Selector::First, false, None)).unwrap()), [10]);
+    assert_eq!(times(&s.query(&q(Selector::Last, false, None)).unwrap()), [50]);
+    // First/Last ignore the ordering flag.
+    assert_eq!(times(&s.query(&q(Selector::First, true, None)).unwrap()), [10]);
+    assert_eq!(times(&s.query(&q(Selector::Last, true, None)).unwrap()), [50]);
+    assert_eq!(times(&s.query(&q(Selector::All, true, None)).unwrap()), [50, 40, 30, 20, 10]);
+    assert_eq!(times(&s.query(&q(Selector::All, false, Some(2))).unwrap()), [10, 20]);
+    assert_eq!(times(&s.query(&q(Selector::All, true, Some(2))).unwrap()), [50, 40]);
+    assert!(s.query(&q(Selector::All, false, Some(0))).unwrap().is_empty());
+    // Combined with filters: last row of host b before 40.
+    let last_b = Query {
+        tags: [("host".to_string(), "b".to_string())].into(),
+        end: Some(40),
+        select: Selector::Last,
+        ..all("power")
+    };
+    let rows = s.query(&last_b).unwrap();
+    assert_eq!(times(&rows), [20]);
+    assert_eq!(rows[0].fields["w"], f(2.0));
+}
+
+#[test]
+fn fields_projection() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.write(&[
+        point("m", &[], &[("a", f(1.0)), ("b", f(2.0)), ("c", f(3.0))], 1),
+        point("m", &[], &[("c", f(4.0))], 2),
+        point("m", &[], &[("b", FieldValue::Integer(5))], 3),
+    ])
+    .unwrap();
+    let q = Query { fields: vec!["a".into(), "b".into()], ..all("m") };
+    let rows = s.query(&q).unwrap();
+    assert_eq!(times(&rows), [1, 3], "row without a or b is skipped");
+    assert_eq!(rows[0].fields.keys().collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(rows[1].fields.keys().collect::<Vec<_>>(), ["b"]);
+    // First/Last honour the projection when choosing the row.
+    let last = Query { fields: vec!["a".into()], select: Selector::Last, ..all("m") };
+    assert_eq!(times(&s.query(&last).unwrap()), [1]);
+    let none = Query { fields: vec!["zzz".into()], ..all("m") };
+    assert!(s.query(&none).unwrap().is_empty());
+}
+
+#[test]
+fn retention_purges_only_expired_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r.redb");
+    let s = EmbeddedStore::open(&path, Some(Duration::from_nanos(100))).unwrap();
+    s.write(&[
+        point("a", &[], &[("v", f(1.0))], 100),
+        point("a", &[("t", "x")], &[("v", f(1.0))], 199),
+        point("a", &[], &[("v", f(1.0))], 200),
+        point("a", &[], &[("v", f(1.0))], 300),
+        point("b", &[], &[("v", f(1.0))], 50),
+    ])
+    .unwrap();
+    // cutoff = 300 - 100 = 200: times < 200 go.
+    assert_eq!(s.purge_expired(300).unwrap(), 3);
+    assert_eq!(s.point_count().unwrap(), 2);
+    assert_eq!(times(&s.query(&all("a")).unwrap()), [200, 300]);
+    assert!(s.query(&all("b")).unwrap().is_empty());
+    assert_eq!(s.purge_expired(300).unwrap(), 0, "idempotent");
+    // Measurement b is empty and forgotten, but can be written again.
+    s.write(&[point("b", &[], &[("v", f(1.0))], 1000)]).unwrap();
+    assert_eq!(s.purge_expired(1000).unwrap(), 2);
+    assert_eq!(times(&s.query(&all("b")).unwrap()), [1000]);
+    // Huge retention does not overflow.
+    drop(s);
+    let s = EmbeddedStore::open(&path, Some(Duration::MAX)).unwrap();
+    assert_eq!(s.purge_expired(i64::MIN).unwrap(), 0);
+    assert_eq!(s.point_count().unwrap(), 1);
+}
+
+#[test]
+fn no_retention_purge_is_noop() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = seeded(&dir);
+    assert_eq!(s.purge_expired(i64::MAX).unwrap(), 0);
+    assert_eq!(s.point_count().unwrap(), 5);
+}
+
+#[test]
+fn reopen_after_drop_keeps_data_and_lock_is_exclusive() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/store.redb");
+    let s = EmbeddedStore::open(&path, None).unwrap();
+    s.write(&[point("m", &[("k", "v")], &[("x", FieldValue::Unsigned(7))], 42)]).unwrap();
+    let second = EmbeddedStore::open(&path, None).unwrap_err();
+    match &second {
+        StoreError::Unavailable(msg) => {
+            assert!(msg.contains("store.redb"), "names the file: {msg}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    drop(s);
+    let s = EmbeddedStore::open(&path, None).unwrap();
+    assert_eq!(s.point_count().unwrap(), 1);
+    let rows = s.query(&all("m")).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].time, 42);
+    assert_eq!(rows[0].tags["k"], "v");
+    assert_eq!(rows[0].fields["x"], FieldValue::Unsigned(7));
+}
+
+#[test]
+fn invalid_points_rejected_with_clear_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let good = point("m", &[], &[("x", f(1.0))], 1);
+    let cases = [
+        (point("", &[], &[("x", f(1.0))], 1), "measurement is empty"),
+        (point("m", &[], &[], 1), "no fields"),
+        (point("m", &[("", "v")], &[("x", f(1.0))], 1), "empty tag key"),
+        (point("m", &[], &[("", f(1.0))], 1), "empty field key"),
+        (point("m", &[], &[("x", f(f64::NAN))], 1), "NaN"),
+    ];
+    for (bad, needle) in cases {
+        let err = s.write(&[good.clone(), bad]).unwrap_err();
+        match err {
+            StoreError::Invalid(msg) => {
+                assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+                assert!(msg.contains("point 1"), "{msg:?} should name the index");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+    // The whole batch was rejected: the good point was not written.
+    assert_eq!(s.point_count().unwrap(), 0);
+    assert!(matches!(s.query(&all("")).unwrap_err(), StoreError::Invalid(_)));
+    assert_eq!(s.write(&[]).unwrap(), 0);
+}
+
+#[test]
+fn corrupt_value_is_reported_not_panicking() {
+    assert!(decode_fields(&[0, 0, 0, 5, b'a']).is_err());
+    assert!(decode_fields(&[0, 0, 0, 1, b'a', 9]).is_err());
+    assert!(decode_key_suffix(&[1, 2, 3]).is_err());
+    let fields: BTreeMap<String, FieldValue> = [("k".to_string(), FieldValue::Text("v".into()))].into();
+    assert_eq!(decode_fields(&encode_fields(&fields)).unwrap(), fields);
+}
