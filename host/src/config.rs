@@ -77,6 +77,10 @@ pub enum InfluxConfig {
         token: Option<String>,
         outbox: OutboxConfig,
     },
+    /// The InfluxDB 2.x API (`/api/v2/write`, Flux on `/api/v2/query`)
+    /// behind the same outbox; `token` is a secret name, never a value.
+    #[cfg(feature = "influx-v2")]
+    V2 { url: String, org: String, bucket: String, token: String, outbox: OutboxConfig },
 }
 
 /// `[guests.NAME]`: one sandboxed job.
@@ -168,6 +172,8 @@ struct RawInflux {
     retention: Option<String>,
     url: Option<String>,
     database: Option<String>,
+    org: Option<String>,
+    bucket: Option<String>,
     username: Option<String>,
     password: Option<String>,
     token: Option<String>,
@@ -288,7 +294,7 @@ impl Checker<'_> {
                 if let Some(key) = raw.remote_key() {
                     return Err(self.error(
                         &["influx", key],
-                        format!("influx.{key} applies to backend = \"v1\" only; remove it or set backend = \"v1\""),
+                        format!("influx.{key} applies to the remote backends only; remove it or set backend = \"v1\" or \"v2\""),
                     ));
                 }
                 let retention = match raw.retention.as_deref() {
@@ -300,12 +306,12 @@ impl Checker<'_> {
                 };
                 Ok(InfluxConfig::Embedded { retention })
             }
+            #[cfg(feature = "influx-v2")]
+            "v2" => self.influx_v2(raw),
+            #[cfg(not(feature = "influx-v2"))]
             "v2" => Err(self.error(
                 &["influx", "backend"],
-                format!(
-                    "influx.backend = {:?} is not available in this build yet; use backend = \"v1\" (InfluxDB 2.x and 3.x serve the v1 API too) or remove the [influx] section to use the embedded store",
-                    raw.backend
-                ),
+                "influx.backend = \"v2\" is not available: this wattedge was built without the `influx-v2` cargo feature; rebuild with it, or use backend = \"v1\" (InfluxDB 2.x and 3.x serve the v1 API too)".into(),
             )),
             other => Err(self.error(
                 &["influx", "backend"],

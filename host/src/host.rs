@@ -121,6 +121,14 @@ fn open_store(config: &Config, secrets: &Arc<SecretStore>) -> Result<Arc<dyn Tim
                 .map_err(|e| HostError::Outbox { path: dir.display().to_string(), message: e.to_string() })?;
             Ok(Arc::new(store))
         }
+        #[cfg(feature = "influx-v2")]
+        InfluxConfig::V2 { .. } => {
+            let dir = config.host.state_dir.join("outbox");
+            let settings = crate::store::influx_v2::V2Settings::from_config(&config.influx).expect("a v2 config");
+            let store = crate::store::influx_v2::InfluxV2Backend::open(settings, &dir, secrets.clone())
+                .map_err(|e| HostError::Outbox { path: dir.display().to_string(), message: e.to_string() })?;
+            Ok(Arc::new(store))
+        }
         InfluxConfig::Embedded { retention } => {
             let path = config.host.state_dir.join("embedded.redb");
             let store = EmbeddedBackend::open(&path, *retention)

@@ -1,6 +1,7 @@
-//! `[influx]` with `backend = "v1"`: the InfluxDB 1.x HTTP API (also served
-//! by InfluxDB 2.x and 3.x) behind the durable outbox. Kept apart from the
-//! rest of the config so each backend's keys are checked in one place.
+//! `[influx]` with `backend = "v1"` (the InfluxDB 1.x HTTP API, also served
+//! by InfluxDB 2.x and 3.x) or `backend = "v2"` (the 2.x API: org, bucket,
+//! token), both behind the durable outbox. Kept apart from the rest of the
+//! config so each backend's keys are checked in one place.
 //! Credentials are secret references only, so no password or token ever sits
 //! in the config file.
 
@@ -36,15 +37,13 @@ impl Checker<'_> {
                 "influx.retention applies to backend = \"embedded\" only; set retention in InfluxDB".into(),
             ));
         }
-        let url = raw.url.clone().ok_or_else(|| {
-            err("backend", "influx.backend = \"v1\" needs `url`, e.g. url = \"http://127.0.0.1:8086\"".into())
-        })?;
-        if !(url.starts_with("http://") || url.starts_with("https://")) || url.parse::<http::Uri>().is_err() {
+        if let Some(key) = [("org", raw.org.is_some()), ("bucket", raw.bucket.is_some())].iter().find(|k| k.1) {
             return Err(err(
-                "url",
-                format!("influx.url = {url:?} must be an http:// or https:// URL such as \"http://127.0.0.1:8086\""),
+                key.0,
+                format!("influx.{} applies to backend = \"v2\" only; backend = \"v1\" writes to `database`", key.0),
             ));
         }
+        let url = self.remote_url(&raw, "v1")?;
         let database = raw.database.clone().filter(|d| !d.is_empty()).ok_or_else(|| {
             err("backend", "influx.backend = \"v1\" needs `database`, e.g. database = \"energy\"".into())
         })?;
@@ -68,6 +67,56 @@ impl Checker<'_> {
         }
         let outbox = self.outbox(&raw)?;
         Ok(InfluxConfig::V1 { url, database, username: raw.username, password, token, outbox })
+    }
+
+    /// The checked `url` of a remote backend.
+    fn remote_url(&self, raw: &RawInflux, backend: &str) -> Result<String, ConfigError> {
+        let err = |key: &str, message: String| self.error(&["influx", key], message);
+        let url = raw.url.clone().ok_or_else(|| {
+            err("backend", format!("influx.backend = \"{backend}\" needs `url`, e.g. url = \"http://127.0.0.1:8086\""))
+        })?;
+        if !(url.starts_with("http://") || url.starts_with("https://")) || url.parse::<http::Uri>().is_err() {
+            return Err(err(
+                "url",
+                format!("influx.url = {url:?} must be an http:// or https:// URL such as \"http://127.0.0.1:8086\""),
+            ));
+        }
+        Ok(url)
+    }
+
+    /// `backend = "v2"`: url, org, bucket and a token secret reference.
+    #[cfg(feature = "influx-v2")]
+    pub(super) fn influx_v2(&self, raw: RawInflux) -> Result<InfluxConfig, ConfigError> {
+        let err = |key: &str, message: String| self.error(&["influx", key], message);
+        let v1_only = [("database", raw.database.is_some()), ("username", raw.username.is_some())];
+        if let Some(key) = v1_only.iter().chain(&[("password", raw.password.is_some())]).find(|k| k.1) {
+            return Err(err(
+                key.0,
+                format!(
+                    "influx.{} applies to backend = \"v1\" only; backend = \"v2\" uses org, bucket and token",
+                    key.0
+                ),
+            ));
+        }
+        if raw.retention.is_some() {
+            return Err(err(
+                "retention",
+                "influx.retention applies to backend = \"embedded\" only; set the bucket's retention in InfluxDB"
+                    .into(),
+            ));
+        }
+        let url = self.remote_url(&raw, "v2")?;
+        let needed = |key: &str, value: &Option<String>, example: &str| {
+            value.clone().filter(|v| !v.is_empty()).ok_or_else(|| {
+                err("backend", format!("influx.backend = \"v2\" needs `{key}`, e.g. {key} = \"{example}\""))
+            })
+        };
+        let org = needed("org", &raw.org, "home")?;
+        let bucket = needed("bucket", &raw.bucket, "energy")?;
+        let token = needed("token", &raw.token, "${secret:influx.token}")?;
+        let token = self.secret_ref("token", &token)?;
+        let outbox = self.outbox(&raw)?;
+        Ok(InfluxConfig::V2 { url, org, bucket, token, outbox })
     }
 
     /// `${secret:NAME}` → `NAME`; plaintext is refused.
@@ -127,6 +176,8 @@ impl RawInflux {
         let set = [
             ("url", self.url.is_some()),
             ("database", self.database.is_some()),
+            ("org", self.org.is_some()),
+            ("bucket", self.bucket.is_some()),
             ("username", self.username.is_some()),
             ("password", self.password.is_some()),
             ("token", self.token.is_some()),
@@ -180,13 +231,59 @@ mod tests {
             ("backend = \"v1\"\nurl = \"http://x\"\ndatabase = \"d\"\nretention = \"1d\"\n", "embedded\" only"),
             ("backend = \"v1\"\nurl = \"http://x\"\ndatabase = \"d\"\nusername = \"u\"\n", "needs influx.password"),
             ("backend = \"v1\"\nurl = \"http://x\"\ndatabase = \"d\"\nbatch_points = 0\n", "between 1 and 100000"),
-            ("backend = \"embedded\"\nurl = \"http://x\"\n", "influx.url applies to backend = \"v1\" only"),
-            ("backend = \"v1\"\nurl = \"http://x\"\ndatabase = \"d\"\nbucket = \"b\"\n", "unknown field"),
+            ("backend = \"embedded\"\nurl = \"http://x\"\n", "influx.url applies to the remote backends only"),
+            (
+                "backend = \"v1\"\nurl = \"http://x\"\ndatabase = \"d\"\nbucket = \"b\"\n",
+                "influx.bucket applies to backend = \"v2\" only",
+            ),
+            ("backend = \"v1\"\nurl = \"http://x\"\ndatabase = \"d\"\nbukket = \"b\"\n", "unknown field"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err().to_string();
             assert!(err.contains(expected), "{text:?} -> {err}");
             assert!(err.starts_with("w.toml:"), "names the file and line: {err}");
         }
+    }
+
+    #[cfg(feature = "influx-v2")]
+    #[test]
+    fn v2_with_org_bucket_and_token_secret() {
+        let c = parse("backend = \"v2\"\nurl = \"http://db:8086\"\norg = \"home\"\nbucket = \"energy\"\ntoken = \"${secret:influx.token}\"\nbatch_points = 7\n").unwrap();
+        let InfluxConfig::V2 { url, org, bucket, token, outbox } = c.influx else { panic!("v2") };
+        assert_eq!(
+            (url.as_str(), org.as_str(), bucket.as_str(), token.as_str()),
+            ("http://db:8086", "home", "energy", "influx.token")
+        );
+        assert_eq!((outbox.batch_points, outbox.max_bytes), (7, DEFAULT_OUTBOX_MAX_BYTES));
+    }
+
+    #[cfg(feature = "influx-v2")]
+    #[test]
+    fn v2_mistakes_name_the_key_and_the_fix() {
+        let base = "backend = \"v2\"\nurl = \"http://x\"\norg = \"o\"\n";
+        let cases = [
+            (format!("{base}bucket = \"b\"\ntoken = \"plain\"\n"), "never the value itself"),
+            (format!("{base}bucket = \"b\"\n"), "needs `token`"),
+            (format!("{base}token = \"${{secret:t}}\"\n"), "needs `bucket`"),
+            (
+                format!("{base}bucket = \"b\"\ntoken = \"${{secret:t}}\"\ndatabase = \"d\"\n"),
+                "influx.database applies to backend = \"v1\" only",
+            ),
+            (
+                format!("{base}bucket = \"b\"\ntoken = \"${{secret:t}}\"\nflush_interval = \"0s\"\n"),
+                "positive duration",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "{text:?} -> {err}");
+        }
+    }
+
+    #[cfg(not(feature = "influx-v2"))]
+    #[test]
+    fn v2_without_the_feature_is_a_clear_error() {
+        let err = parse("backend = \"v2\"\nurl = \"http://x\"\n").unwrap_err().to_string();
+        assert!(err.contains("built without the `influx-v2` cargo feature"), "{err}");
     }
 }

@@ -12,7 +12,7 @@
 //! request so a rotated token is picked up without a restart; they are sent
 //! as headers (`Authorization: Basic` or `Token`), never in URLs.
 
-mod client;
+pub(super) mod client;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

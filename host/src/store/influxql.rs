@@ -173,7 +173,7 @@ fn field(value: &Value, kind: Option<&str>) -> Result<FieldValue, StoreError> {
 }
 
 /// Applies the selector, order and limit over the merged, time-sorted rows.
-fn cut(mut rows: Vec<Row>, q: &Query) -> Vec<Row> {
+pub(super) fn cut(mut rows: Vec<Row>, q: &Query) -> Vec<Row> {
     match q.select {
         Selector::First => rows.truncate(1),
         Selector::Last => {

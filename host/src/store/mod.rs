@@ -1,12 +1,17 @@
 //! Time-series stores behind one interface: the embedded store (default), and
 //! InfluxDB's v1 HTTP API behind a crash-safe outbox (`influx_v1`, `outbox`,
-//! `forwarder`, `influxql`); a native v2 backend is not built yet. The guest-facing `influx`
+//! `forwarder`, `influxql`), and InfluxDB's v2 API (`influx_v2`, `flux`;
+//! cargo feature `influx-v2`) behind the same outbox. The guest-facing `influx`
 //! capability translates WIT types into these and enforces grants; stores only
 //! store.
 
 pub mod embedded;
+#[cfg(feature = "influx-v2")]
+pub mod flux;
 pub mod forwarder;
 pub mod influx_v1;
+#[cfg(feature = "influx-v2")]
+pub mod influx_v2;
 pub mod influxql;
 pub mod line_protocol;
 pub mod outbox;
