@@ -17,7 +17,7 @@ use crate::report::{Figure, quantile};
 const SECOND: i64 = 1_000_000_000;
 
 /// Starts a host from `body` (guest sections) with state in `dir`.
-async fn start(dir: &Path, body: &str) -> anyhow::Result<wattedge::RunningHost> {
+pub(crate) async fn start(dir: &Path, body: &str) -> anyhow::Result<wattedge::RunningHost> {
     let text =
         format!("[host]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n{body}", dir.join("state").display());
     let path = dir.join("wattedge.toml");
@@ -162,8 +162,27 @@ pub async fn swap_latency(swaps: usize) -> anyhow::Result<Vec<Figure>> {
     ])
 }
 
+/// Waits until `guest` finished the run every guest makes right after
+/// start-up; a [`timed_invoke`] issued before that would time the start-up
+/// run instead of its own (and every later one would be off by one).
+pub(crate) async fn startup_run_done(host: &wattedge::RunningHost, guest: &str) -> anyhow::Result<()> {
+    let handle = host.supervisor().guest(guest).context("guest configured")?.clone();
+    let began = Instant::now();
+    while handle.snapshot().runs == 0 {
+        if began.elapsed() > Duration::from_secs(60) {
+            bail!("{guest} did not finish its start-up run within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
 /// Runs one invoke of `guest` with `args` and returns its run time in seconds.
-async fn timed_invoke(host: &wattedge::RunningHost, guest: &str, args: &[(&str, String)]) -> anyhow::Result<f64> {
+pub(crate) async fn timed_invoke(
+    host: &wattedge::RunningHost,
+    guest: &str,
+    args: &[(&str, String)],
+) -> anyhow::Result<f64> {
     use wattedge::admin::AdminBackend;
     let handle = host.supervisor().guest(guest).context("guest configured")?.clone();
     let before = handle.snapshot().runs;
@@ -187,7 +206,7 @@ async fn timed_invoke(host: &wattedge::RunningHost, guest: &str, args: &[(&str, 
 }
 
 /// Per-unit cost of `mode` from runs with `n` units and with none.
-async fn per_unit(
+pub(crate) async fn per_unit(
     host: &wattedge::RunningHost,
     mode: &str,
     n: u64,
@@ -207,16 +226,21 @@ async fn per_unit(
     Ok(crate::report::median_spread(&mut samples))
 }
 
+/// The `probe` guest for the write and call figures: idle (`health`) on
+/// its own schedule, driven by invokes, allowed to write `bench`.
+pub(crate) fn probe_section() -> String {
+    format!(
+        "[guests.probe]\ncomponent = \"{}\"\nschedule = \"every 24h\"\nrun_timeout = \"300s\"\nmemory_limit = \"64MiB\"\nconfig = {{ mode = \"health\" }}\n\n[guests.probe.grants]\ninflux_write = [\"bench\"]\n",
+        wattedge::builtin::probe_path().display()
+    )
+}
+
 /// Guest→host no-op call cost and amortised point writes, through the real
 /// linker, store and embedded backend.
 pub async fn guest_calls(calls: u64, points: u64, repeats: usize) -> anyhow::Result<Vec<Figure>> {
     let dir = tempfile::tempdir()?;
-    let body = format!(
-        "[guests.probe]\ncomponent = \"{}\"\nschedule = \"every 24h\"\nrun_timeout = \"300s\"\nmemory_limit = \"64MiB\"\nconfig = {{ mode = \"health\" }}\n\n[guests.probe.grants]\ninflux_write = [\"bench\"]\n",
-        wattedge::builtin::probe_path().display()
-    );
-    let host = start(dir.path(), &body).await?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let host = start(dir.path(), &probe_section()).await?;
+    startup_run_done(&host, "probe").await?;
     let (call_us, cmin, cmax) = per_unit(&host, "calls", calls, &[], repeats).await?;
     let batch = [("batch", "1000".to_string())];
     let (write_us, wmin, wmax) = per_unit(&host, "writes", points, &batch, repeats).await?;

@@ -7,6 +7,8 @@
 //! Timings are medians of repeated runs with their spread; the machine is
 //! shared and noisy, so compare figures measured in the same run.
 
+mod influx;
+mod influx_server;
 mod inproc;
 mod process;
 mod report;
@@ -28,6 +30,10 @@ struct Plan {
     readings: usize,
     calls: u64,
     points: u64,
+    /// Points per repeat of the end-to-end throughput figure.
+    throughput_points: u64,
+    /// Points written during each outage of the replay figure.
+    outage_points: u64,
     repeats: usize,
 }
 
@@ -44,6 +50,8 @@ impl Plan {
                 readings: 10_000,
                 calls: 10_000,
                 points: 2_000,
+                throughput_points: 20_000,
+                outage_points: 10_000,
                 repeats: 1,
             }
         } else {
@@ -56,6 +64,8 @@ impl Plan {
                 readings: 100_000,
                 calls: 1_000_000,
                 points: 50_000,
+                throughput_points: 200_000,
+                outage_points: 100_000,
                 repeats: 5,
             }
         }
@@ -80,29 +90,9 @@ fn build_host(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(root.join("target").join(profile()).join("wattedge"))
 }
 
-fn not_measured_yet() -> Vec<Figure> {
-    vec![
-        Figure::missing(
-            "guest write of one point into the outbox, amortised",
-            "≤ 20 µs",
-            "the outbox (issue 4) is not part of this harness yet",
-        ),
-        Figure::missing(
-            "end-to-end write throughput vs raw influxd ingest",
-            "≥ 0.7",
-            "the InfluxDB v1 backend is not part of this harness yet",
-        ),
-        Figure::missing(
-            "outbox replay after a 100k-point outage",
-            "≥ 100k points/s",
-            "the outbox (issue 4) is not part of this harness yet",
-        ),
-    ]
-}
-
 async fn measure(plan: &Plan, binary: &Path, root: &Path) -> Vec<Figure> {
     let mut figures = process::sizes(root, profile());
-    let steps: Vec<(&str, anyhow::Result<Vec<Figure>>)> = vec![
+    let mut steps: Vec<(&str, anyhow::Result<Vec<Figure>>)> = vec![
         ("idle", process::idle(binary, plan.idle)),
         ("cold start", process::cold_start(binary, plan.cold_starts).map(|f| vec![f])),
         ("cold start, precompiled", process::cold_start_precompiled(binary, plan.cold_starts).map(|f| vec![f])),
@@ -111,13 +101,19 @@ async fn measure(plan: &Plan, binary: &Path, root: &Path) -> Vec<Figure> {
         ("correlator", inproc::correlator(plan.events, plan.readings).await),
         ("guest calls and writes", inproc::guest_calls(plan.calls, plan.points, plan.repeats).await),
     ];
+    let sizes = influx::Sizes {
+        outbox_points: plan.points,
+        throughput_points: plan.throughput_points,
+        outage_points: plan.outage_points,
+        repeats: plan.repeats,
+    };
+    steps.extend(influx::measure(&sizes).await);
     for (name, result) in steps {
         match result {
             Ok(mut f) => figures.append(&mut f),
             Err(e) => figures.push(Figure::missing(name, "—", &format!("failed: {e:#}"))),
         }
     }
-    figures.extend(not_measured_yet());
     figures
 }
 
@@ -125,7 +121,15 @@ async fn measure(plan: &Plan, binary: &Path, root: &Path) -> Vec<Figure> {
 async fn main() -> anyhow::Result<()> {
     let plan = Plan::from_args();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
-    let binary = build_host(&root)?;
+    let binary = if std::env::args().any(|a| a == "--no-build") {
+        // CI: reuse the binary the test run built (same features; a `-p wattedge`
+        // build would resolve features differently and rebuild wasmtime).
+        let path = root.join("target").join(profile()).join("wattedge");
+        anyhow::ensure!(path.exists(), "--no-build: {} does not exist; build the workspace first", path.display());
+        path
+    } else {
+        build_host(&root)?
+    };
     let figures = measure(&plan, &binary, &root).await;
     let mode =
         if plan.quick { "quick mode (proves the harness works; figures are not comparable)" } else { "full run" };
