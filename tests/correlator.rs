@@ -187,3 +187,22 @@ async fn sparse_readings_give_nothing_and_an_event_counts_once_across_cycles() {
     assert_eq!(queries, 2 * runs, "two store queries per cycle ({runs} cycles, incl. the start-up run)");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_query_is_a_counted_error_and_degrades_the_guest() {
+    // The database is never created: influxd answers the query with an error.
+    let influxd = Influxd::start();
+    let (setup, host) = start(&host_body(&influxd)).await;
+    let addr = host.admin_addr();
+    wait_runs(addr, "correlator", 1, Duration::from_secs(20)).await;
+    let (status, _) = setup.post(addr, "/guests/correlator/invoke", "{}").await;
+    assert_eq!(status, 202);
+    let snap = wait_runs(addr, "correlator", 2, Duration::from_secs(20)).await;
+    assert_eq!(snap["state"], "degraded", "never a silent ok: {snap}");
+    assert_eq!(snap["counters"]["errors"], 2, "one counted error per failed cycle: {snap}");
+    assert!(snap["detail"].as_str().unwrap().contains("database not found"), "{snap}");
+    let (status, _) = setup.post(addr, "/guests/correlator/counters/reset", "").await;
+    assert_eq!(status, 200);
+    assert!(get(addr, "/guests/correlator").await.1["counters"].get("errors").is_none(), "counters reset");
+    host.shutdown().await;
+}
