@@ -201,3 +201,29 @@ async fn a_guest_in_a_tight_loop_is_stopped_at_its_deadline() {
     assert_eq!(writer["failures"], 0);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_guests_are_cached_and_a_corrupt_cache_entry_is_recompiled() {
+    let setup = Setup::new("127.0.0.1:0", &probe_guest("cached", "every 1h", "mode = \"write\""));
+    let cache = setup.dir.path().join("state/cache");
+    let host = wattedge::start(setup.config()).await.unwrap();
+    let first = wait_runs(host.admin_addr(), "cached", 1, Duration::from_secs(10)).await;
+    host.shutdown().await;
+    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "one compiled artifact cached: {entries:?}");
+    let artifact = entries[0].clone();
+    let original = std::fs::read(&artifact).unwrap();
+    // A second start uses the cached code and reports the same version.
+    let host = wattedge::start(setup.config()).await.unwrap();
+    let second = wait_runs(host.admin_addr(), "cached", 1, Duration::from_secs(10)).await;
+    assert_eq!(second["version"], first["version"], "the version is the .wasm's sha256, cached or not");
+    assert_eq!(second["failures"], 0);
+    host.shutdown().await;
+    // A corrupt entry is recompiled and replaced, never fatal.
+    std::fs::write(&artifact, b"garbage").unwrap();
+    let host = wattedge::start(setup.config()).await.unwrap();
+    let third = wait_runs(host.admin_addr(), "cached", 1, Duration::from_secs(10)).await;
+    assert_eq!(third["failures"], 0, "{third}");
+    assert_eq!(std::fs::read(&artifact).unwrap().len(), original.len(), "the entry was rewritten");
+    host.shutdown().await;
+}

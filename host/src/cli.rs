@@ -152,7 +152,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let engine = crate::engine::build(crate::engine::EngineLimits::native()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let linker = Arc::new(crate::capabilities::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     for guest in &config.guests {
-        let loaded = crate::component::load_source(engine.clone(), linker.clone(), guest.component.clone()).await;
+        let loaded = crate::component::load_source(engine.clone(), linker.clone(), guest.component.clone(), None).await;
         if let Err(e) = loaded {
             let line = crate::config::locate_key(&config, &["guests", &guest.name, "component"]);
             eprintln!("error: {}{line}: guests.{}.component: {e}", config.path.display(), guest.name);

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, Linker};
 
+use crate::artifact_cache::ArtifactCache;
 use crate::bindings::GuestPre;
 use crate::capabilities::GuestCtx;
 use crate::config::ComponentSource;
@@ -66,9 +67,24 @@ pub fn load(
     source_name: &str,
     bytes: &[u8],
 ) -> Result<LoadedComponent, ComponentError> {
+    load_cached(engine, linker, source_name, bytes, None)
+}
+
+/// [`load`], taking a `.wasm` component's compiled code from `cache` when
+/// it has it (and storing it there when it does not).
+pub fn load_cached(
+    engine: &Engine,
+    linker: &Linker<GuestCtx>,
+    source_name: &str,
+    bytes: &[u8],
+    cache: Option<&ArtifactCache>,
+) -> Result<LoadedComponent, ComponentError> {
     let version = hex::encode(Sha256::digest(bytes));
     let component = if bytes.starts_with(b"\0asm") {
-        compile(engine, source_name, bytes)?
+        match cache {
+            Some(cache) => cache.get_or_compile(engine, source_name, bytes, || compile(engine, source_name, bytes))?,
+            None => compile(engine, source_name, bytes)?,
+        }
     } else if Engine::detect_precompiled(bytes).is_some() {
         // SAFETY: artifacts are produced by `wattedge compile` and loaded from
         // paths the operator configured; wasmtime checks the engine settings
@@ -109,15 +125,16 @@ fn compile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Component, Compone
     })
 }
 
-/// Reads and loads `source` on a blocking thread.
+/// Reads and loads `source` on a blocking thread, through `cache` if given.
 pub async fn load_source(
     engine: Engine,
     linker: Arc<Linker<GuestCtx>>,
     source: ComponentSource,
+    cache: Option<ArtifactCache>,
 ) -> Result<LoadedComponent, ComponentError> {
     tokio::task::spawn_blocking(move || {
         let (name, bytes) = read_source(&source)?;
-        load(&engine, &linker, &name, &bytes)
+        load_cached(&engine, &linker, &name, &bytes, cache.as_ref())
     })
     .await
     .unwrap_or_else(|e| Err(ComponentError::Compile { source_name: "component".into(), error: e.to_string() }))

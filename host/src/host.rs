@@ -88,8 +88,13 @@ pub async fn start(config: Config) -> Result<RunningHost, HostError> {
     let store = services.store.clone();
     let engine = engine::build(EngineLimits::native()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-    let runtime =
-        Arc::new(Runtime { ticker: EpochTicker::start(engine.clone()), engine, linker: Arc::new(linker), services });
+    let runtime = Arc::new(Runtime {
+        ticker: EpochTicker::start(engine.clone()),
+        engine,
+        linker: Arc::new(linker),
+        services,
+        cache: Some(crate::artifact_cache::ArtifactCache::new(config.host.state_dir.join("cache"))),
+    });
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|error| HostError::Listen { addr: listen, error })?;
     let admin_addr = listener.local_addr().map_err(|error| HostError::Listen { addr: listen, error })?;

@@ -8,6 +8,7 @@
 //! directly with the admin server on `127.0.0.1:0`.
 
 pub mod admin;
+pub mod artifact_cache;
 pub mod bindings;
 pub mod builtin;
 pub mod capabilities;

@@ -35,6 +35,8 @@ pub struct Runtime {
     pub linker: Arc<Linker<GuestCtx>>,
     pub services: HostServices,
     pub ticker: EpochTicker,
+    /// Compiled guests from earlier starts (none for `check`).
+    pub cache: Option<crate::artifact_cache::ArtifactCache>,
 }
 
 /// The host's view of one guest.

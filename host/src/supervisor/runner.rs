@@ -95,8 +95,13 @@ impl GuestTask {
     async fn prepare(&mut self) -> bool {
         if self.component.is_none() {
             let rt = &self.runtime;
-            match component::load_source(rt.engine.clone(), rt.linker.clone(), self.handle.config.component.clone())
-                .await
+            match component::load_source(
+                rt.engine.clone(),
+                rt.linker.clone(),
+                self.handle.config.component.clone(),
+                rt.cache.clone(),
+            )
+            .await
             {
                 Ok(loaded) => {
                     self.record(|r| r.version = Some(loaded.version.clone()));
@@ -117,6 +122,7 @@ impl GuestTask {
                     r.initialized = true;
                     r.blocked = None;
                 });
+                crate::artifact_cache::release_freed_memory();
                 true
             }
             Err(message) => {

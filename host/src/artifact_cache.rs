@@ -1,0 +1,103 @@
+//! A cache of compiled guests under `state_dir/cache`, so only the first
+//! start after an install or upgrade pays for Cranelift: later starts map
+//! the compiled code from disk (fast, and file-backed rather than
+//! anonymous memory, which matters on a 512 MiB board).
+//!
+//! Entries are keyed by the component's sha256 and wasmtime's
+//! engine-compatibility hash, so a new host version or engine setting never
+//! loads a stale artifact (wasmtime checks again on load). A corrupt entry
+//! is recompiled and replaced. The directory lives in the host's private
+//! state dir: whoever can write there can already replace the host's data,
+//! which is why deserializing from it is acceptable.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// Most artifacts kept; the least recently written are removed beyond it.
+const MAX_ENTRIES: usize = 16;
+
+/// The cache directory.
+#[derive(Debug, Clone)]
+pub struct ArtifactCache {
+    dir: PathBuf,
+}
+
+impl ArtifactCache {
+    /// A cache in `dir` (created on first write).
+    pub fn new(dir: PathBuf) -> ArtifactCache {
+        ArtifactCache { dir }
+    }
+
+    /// Where the artifact for `bytes` lives for `engine`.
+    pub fn path_for(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        let digest = hex::encode(Sha256::digest(bytes));
+        self.dir.join(format!("{}-{:016x}.cwasm", &digest[..32], hasher.finish()))
+    }
+
+    /// The cached component for `bytes`, or `compile()` it and store the result.
+    pub fn get_or_compile(
+        &self,
+        engine: &Engine,
+        source_name: &str,
+        bytes: &[u8],
+        compile: impl FnOnce() -> Result<Component, crate::component::ComponentError>,
+    ) -> Result<Component, crate::component::ComponentError> {
+        let path = self.path_for(engine, bytes);
+        if path.exists() {
+            // SAFETY: the file was written by this host into its private state dir
+            // (see the module docs); wasmtime checks its header and settings.
+            match unsafe { Component::deserialize_file(engine, &path) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(component = source_name, file = %path.display(), error = %e, "cached artifact unusable; recompiling");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        let component = compile()?;
+        self.store(&path, &component, source_name);
+        Ok(component)
+    }
+
+    fn store(&self, path: &Path, component: &Component, source_name: &str) {
+        let result = component.serialize().map_err(|e| e.to_string()).and_then(|bytes| {
+            std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+            crate::secrets::write_atomic(path, &bytes).map_err(|e| e.to_string())
+        });
+        match result {
+            Ok(()) => self.prune(),
+            Err(e) => tracing::warn!(component = source_name, error = %e, "could not cache the compiled component"),
+        }
+    }
+
+    /// Keeps the newest [`MAX_ENTRIES`] artifacts.
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .collect();
+        files.sort();
+        let excess = files.len().saturating_sub(MAX_ENTRIES);
+        for (_, path) in files.into_iter().take(excess) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Returns memory freed by start-up compilation to the operating system
+/// (glibc keeps freed heap pages otherwise).
+pub fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
