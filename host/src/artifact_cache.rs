@@ -10,6 +10,7 @@
 //! state dir: whoever can write there can already replace the host's data,
 //! which is why deserializing from it is acceptable.
 
+#[cfg(not(target_arch = "arm"))]
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -34,10 +35,8 @@ impl ArtifactCache {
 
     /// Where the artifact for `bytes` lives for `engine`.
     pub fn path_for(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
         let digest = hex::encode(Sha256::digest(bytes));
-        self.dir.join(format!("{}-{:016x}.cwasm", &digest[..32], hasher.finish()))
+        self.dir.join(format!("{}-{:016x}.cwasm", &digest[..32], engine_hash(engine)))
     }
 
     /// The cached component for `bytes`, or `compile()` it and store the result.
@@ -90,6 +89,20 @@ impl ArtifactCache {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// wasmtime's engine-compatibility hash, folded to 64 bits.
+#[cfg(not(target_arch = "arm"))]
+fn engine_hash(engine: &Engine) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.finish()
+}
+
+/// 32-bit ARM builds have no compiler, so nothing is ever cached there.
+#[cfg(target_arch = "arm")]
+fn engine_hash(_: &Engine) -> u64 {
+    0
 }
 
 /// Returns memory freed by start-up compilation to the operating system
