@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::forwarder::{self, Delivery, ForwardSettings, ForwarderStats, Sink, SinkFuture};
 use super::outbox::Outbox;
-use super::{FieldValue, Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, influxql, line_protocol};
+use super::{FieldValue, Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, influxql};
 use crate::secrets::SecretStore;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,14 +127,7 @@ impl InfluxV1Backend {
                 "point {i}: field {name:?} is unsigned, which InfluxDB 1.x cannot store; write it as an integer"
             )));
         }
-        let lines = line_protocol::encode_points(&points)?;
-        let count =
-            u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
-        let outbox = self.outbox.clone();
-        tokio::task::spawn_blocking(move || outbox.append(lines.as_bytes(), count))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("outbox task failed: {e}")))??;
-        Ok(count)
+        super::outbox::append_points(&self.outbox, &points).await
     }
 
     async fn types(&self, measurement: &str, refresh: bool) -> Result<BTreeMap<String, String>, StoreError> {

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::forwarder::{self, Delivery, ForwardSettings, ForwarderStats, Sink, SinkFuture};
 use super::influx_v1::client;
 use super::outbox::Outbox;
-use super::{Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, flux, line_protocol};
+use super::{Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, flux};
 use crate::secrets::SecretStore;
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -109,14 +109,7 @@ impl InfluxV2Backend {
         if points.is_empty() {
             return Ok(0);
         }
-        let lines = line_protocol::encode_points(&points)?;
-        let count =
-            u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
-        let outbox = self.outbox.clone();
-        tokio::task::spawn_blocking(move || outbox.append(lines.as_bytes(), count))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("outbox task failed: {e}")))??;
-        Ok(count)
+        super::outbox::append_points(&self.outbox, &points).await
     }
 
     async fn select(&self, q: Query) -> Result<Vec<Row>, StoreError> {

@@ -491,3 +491,16 @@ fn write_ack(dir: &Path, cursor: Cursor, points: u64) {
 
 #[cfg(test)]
 mod tests;
+
+/// Encodes `points` as line protocol and appends them to `outbox` as one
+/// record on a blocking thread; returns once they are durable. Shared by the
+/// remote backends' `write`.
+pub async fn append_points(outbox: &Arc<Outbox>, points: &[crate::store::Point]) -> Result<u32, StoreError> {
+    let lines = crate::store::line_protocol::encode_points(points)?;
+    let count = u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
+    let outbox = outbox.clone();
+    tokio::task::spawn_blocking(move || outbox.append(lines.as_bytes(), count))
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("outbox task failed: {e}")))??;
+    Ok(count)
+}
