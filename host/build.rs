@@ -17,6 +17,10 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=WATTEDGE_GUEST_DIR");
+    // Board builds (`--no-default-features`) carry no built-in guests.
+    if std::env::var_os("CARGO_FEATURE_BUILTIN_GUESTS").is_none() {
+        return;
+    }
     // Packagers (and cross builds) may supply prebuilt guests instead.
     if let Some(dir) = std::env::var_os("WATTEDGE_GUEST_DIR") {
         println!("cargo:rustc-env=WATTEDGE_GUEST_DIR={}", PathBuf::from(dir).display());
@@ -48,6 +52,13 @@ fn build_guests(root: &Path, target_dir: &Path) {
         "CARGO_PRIMARY_PACKAGE",
     ] {
         command.env_remove(var);
+    }
+    // Profile overrides for the host (say CARGO_PROFILE_RELEASE_STRIP=false to
+    // read its symbols) must not put debug info into the embedded guests.
+    for (var, _) in std::env::vars_os() {
+        if var.to_str().is_some_and(|v| v.starts_with("CARGO_PROFILE_")) {
+            command.env_remove(var);
+        }
     }
     let status = command.status().expect("failed to start cargo for the guest build");
     if !status.success() {

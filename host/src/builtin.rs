@@ -1,10 +1,19 @@
-//! The three shipped guests, compiled into the binary by `build.rs`, so a
-//! board needs only one file and `component = "builtin:NAME"` always works.
+//! The three shipped guests, compiled into the binary by `build.rs` (cargo
+//! feature `builtin-guests`, on by default), so `cargo run -- run` needs
+//! nothing else and `component = "builtin:NAME"` just works.
+//!
+//! Board builds leave the feature off: their guests arrive as artifacts
+//! precompiled by `wattedge compile`, and the 1.3 MB of `.wasm` (which a
+//! 32-bit ARM build could not even compile) would only cost flash and RSS.
 
 /// Names accepted after `builtin:` in a guest's `component`.
 pub const NAMES: &[&str] = &["watttime", "wattivahti", "correlator"];
 
+/// Whether this binary carries the built-in guests.
+pub const EMBEDDED: bool = cfg!(feature = "builtin-guests");
+
 /// The component bytes of built-in guest `name`.
+#[cfg(feature = "builtin-guests")]
 pub fn component(name: &str) -> Option<&'static [u8]> {
     match name {
         "watttime" => Some(include_bytes!(concat!(env!("WATTEDGE_GUEST_DIR"), "/wattedge_watttime.wasm"))),
@@ -14,7 +23,14 @@ pub fn component(name: &str) -> Option<&'static [u8]> {
     }
 }
 
+/// Without the feature there are no built-in guest bytes.
+#[cfg(not(feature = "builtin-guests"))]
+pub fn component(_name: &str) -> Option<&'static [u8]> {
+    None
+}
+
 /// Path of the test probe component built next to the shipped guests (tests only).
+#[cfg(feature = "builtin-guests")]
 pub fn probe_path() -> std::path::PathBuf {
     std::path::Path::new(env!("WATTEDGE_GUEST_DIR")).join("wattedge_probe.wasm")
 }

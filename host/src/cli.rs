@@ -93,10 +93,21 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Log level when `WATTEDGE_LOG` is unset: the compiler's chatter stays quiet.
+const DEFAULT_LOG: &str = "info,cranelift=warn,wasmtime=warn";
+
+/// `WATTEDGE_LOG` takes `level` or `target=level` directives, comma separated
+/// (tracing-subscriber's `Targets`: no regex engine in the binary).
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WATTEDGE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let wanted = std::env::var("WATTEDGE_LOG").unwrap_or_else(|_| DEFAULT_LOG.to_string());
+    let filter: tracing_subscriber::filter::Targets = wanted.parse().unwrap_or_else(|e| {
+        eprintln!("warning: WATTEDGE_LOG={wanted:?} is not a log filter ({e}); using {DEFAULT_LOG:?}");
+        DEFAULT_LOG.parse().expect("the default log filter parses")
+    });
+    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    tracing_subscriber::registry().with(format).with(filter).init();
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

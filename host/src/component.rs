@@ -4,6 +4,7 @@
 //! does not provide, or lacks `init`/`run`, is rejected here with a message
 //! that says so, before it can be scheduled.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -67,17 +68,20 @@ pub fn load(
     source_name: &str,
     bytes: &[u8],
 ) -> Result<LoadedComponent, ComponentError> {
-    load_cached(engine, linker, source_name, bytes, None)
+    load_cached(engine, linker, source_name, bytes, None, None)
 }
 
 /// [`load`], taking a `.wasm` component's compiled code from `cache` when
-/// it has it (and storing it there when it does not).
+/// it has it (and storing it there when it does not). A precompiled artifact
+/// read from `file` is mapped from that file rather than copied, so its code
+/// is file-backed memory the kernel can share and drop.
 pub fn load_cached(
     engine: &Engine,
     linker: &Linker<GuestCtx>,
     source_name: &str,
     bytes: &[u8],
     cache: Option<&ArtifactCache>,
+    file: Option<&Path>,
 ) -> Result<LoadedComponent, ComponentError> {
     let version = hex::encode(Sha256::digest(bytes));
     let component = if bytes.starts_with(b"\0asm") {
@@ -86,13 +90,7 @@ pub fn load_cached(
             None => compile(engine, source_name, bytes)?,
         }
     } else if Engine::detect_precompiled(bytes).is_some() {
-        // SAFETY: artifacts are produced by `wattedge compile` and loaded from
-        // paths the operator configured; wasmtime checks the engine settings
-        // and target recorded in the artifact and refuses a mismatch.
-        unsafe { Component::deserialize(engine, bytes) }.map_err(|e| ComponentError::Compile {
-            source_name: source_name.into(),
-            error: format!("{e:#}; rebuild the artifact with `wattedge compile` for this board"),
-        })?
+        deserialize(engine, source_name, bytes, file)?
     } else {
         return Err(ComponentError::NotWasm {
             source_name: source_name.into(),
@@ -105,6 +103,27 @@ pub fn load_cached(
     let pre = GuestPre::new(instance_pre)
         .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
     Ok(LoadedComponent { pre, version, source_name: source_name.into() })
+}
+
+/// A precompiled artifact: mapped from `file` when there is one.
+fn deserialize(
+    engine: &Engine,
+    source_name: &str,
+    bytes: &[u8],
+    file: Option<&Path>,
+) -> Result<Component, ComponentError> {
+    // SAFETY: artifacts are produced by `wattedge compile` and loaded from
+    // paths the operator configured; wasmtime checks the engine settings
+    // and target recorded in the artifact and refuses a mismatch. A file is
+    // mapped only after its bytes were read and checked above.
+    let result = match file {
+        Some(path) => unsafe { Component::deserialize_file(engine, path) },
+        None => unsafe { Component::deserialize(engine, bytes) },
+    };
+    result.map_err(|e| ComponentError::Compile {
+        source_name: source_name.into(),
+        error: format!("{e:#}; rebuild the artifact with `wattedge compile` for this board"),
+    })
 }
 
 /// Compiles a `.wasm` component with Cranelift.
@@ -134,7 +153,11 @@ pub async fn load_source(
 ) -> Result<LoadedComponent, ComponentError> {
     tokio::task::spawn_blocking(move || {
         let (name, bytes) = read_source(&source)?;
-        load_cached(&engine, &linker, &name, &bytes, cache.as_ref())
+        let file = match &source {
+            ComponentSource::File(path) => Some(path.as_path()),
+            ComponentSource::Builtin(_) => None,
+        };
+        load_cached(&engine, &linker, &name, &bytes, cache.as_ref(), file)
     })
     .await
     .unwrap_or_else(|e| Err(ComponentError::Compile { source_name: "component".into(), error: e.to_string() }))

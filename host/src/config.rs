@@ -407,6 +407,16 @@ impl Checker<'_> {
                     ),
                 ));
             }
+            if !crate::builtin::EMBEDDED {
+                return Err(self.error(
+                    &["guests", name, "component"],
+                    format!(
+                        "guests.{name}.component = {text:?}: this wattedge is a board build without built-in \
+                         guests; on your build machine run `wattedge compile --target <profile>` and set \
+                         component to the .cwasm file it writes"
+                    ),
+                ));
+            }
             return Ok(ComponentSource::Builtin(builtin.to_string()));
         }
         let path = self.resolve(Path::new(text));

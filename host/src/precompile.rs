@@ -152,6 +152,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "builtin-guests")]
     fn artifacts_for_pulley32_are_refused_by_this_host_with_a_rebuild_hint() {
         let dir = tempfile::tempdir().unwrap();
         let guests = vec![("probe".to_string(), ComponentSource::File(crate::builtin::probe_path()))];

@@ -12,6 +12,7 @@ pub mod schedule;
 pub mod secrets;
 pub mod state;
 pub mod status;
+pub mod wasi;
 
 use std::sync::Arc;
 
@@ -114,10 +115,10 @@ impl WasiHttpView for GuestCtx {
 
 impl crate::bindings::types::Host for GuestCtx {}
 
-/// A linker with WASI, wasi:http and every wattedge capability.
+/// A linker with the WASI subset ([`wasi`]), wasi:http and every wattedge capability.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<GuestCtx>> {
     let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasi::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     crate::bindings::Guest::add_to_linker::<_, HasSelf<GuestCtx>>(&mut linker, |ctx| ctx)?;
     Ok(linker)
