@@ -18,6 +18,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use crate::component::ComponentError;
+
 /// Most artifacts kept; the least recently written are removed beyond it.
 const MAX_ENTRIES: usize = 16;
 
@@ -39,19 +41,20 @@ impl ArtifactCache {
         self.dir.join(format!("{}-{:016x}.cwasm", &digest[..32], engine_hash(engine)))
     }
 
-    /// The cached component for `bytes`, or `compile()` it and store the result.
+    /// The cached component for `bytes`, or `precompile()` it, store the
+    /// artifact and map it from the cache. Mapping (rather than keeping the
+    /// freshly compiled code) makes the first start's code file-backed too,
+    /// so after [`release_freed_memory`] it costs what a restart costs.
     pub fn get_or_compile(
         &self,
         engine: &Engine,
         source_name: &str,
         bytes: &[u8],
-        compile: impl FnOnce() -> Result<Component, crate::component::ComponentError>,
-    ) -> Result<Component, crate::component::ComponentError> {
+        precompile: impl FnOnce() -> Result<Vec<u8>, ComponentError>,
+    ) -> Result<Component, ComponentError> {
         let path = self.path_for(engine, bytes);
         if path.exists() {
-            // SAFETY: the file was written by this host into its private state dir
-            // (see the module docs); wasmtime checks its header and settings.
-            match unsafe { Component::deserialize_file(engine, &path) } {
+            match map(engine, &path) {
                 Ok(component) => return Ok(component),
                 Err(e) => {
                     tracing::warn!(component = source_name, file = %path.display(), error = %e, "cached artifact unusable; recompiling");
@@ -59,20 +62,22 @@ impl ArtifactCache {
                 }
             }
         }
-        let component = compile()?;
-        self.store(&path, &component, source_name);
-        Ok(component)
+        let artifact = precompile()?;
+        if let Err(e) = self.store(&path, &artifact) {
+            tracing::warn!(component = source_name, error = %e, "could not cache the compiled component");
+        } else if let Ok(component) = map(engine, &path) {
+            return Ok(component);
+        }
+        // SAFETY: `artifact` was produced by this engine a moment ago.
+        unsafe { Component::deserialize(engine, &artifact) }
+            .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
     }
 
-    fn store(&self, path: &Path, component: &Component, source_name: &str) {
-        let result = component.serialize().map_err(|e| e.to_string()).and_then(|bytes| {
-            std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-            crate::secrets::write_atomic(path, &bytes).map_err(|e| e.to_string())
-        });
-        match result {
-            Ok(()) => self.prune(),
-            Err(e) => tracing::warn!(component = source_name, error = %e, "could not cache the compiled component"),
-        }
+    fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        crate::secrets::write_atomic(path, artifact)?;
+        self.prune();
+        Ok(())
     }
 
     /// Keeps the newest [`MAX_ENTRIES`] artifacts.
@@ -89,6 +94,13 @@ impl ArtifactCache {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Maps a cached artifact.
+fn map(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file was written by this host into its private state dir
+    // (see the module docs); wasmtime checks its header and settings.
+    unsafe { Component::deserialize_file(engine, path) }
 }
 
 /// wasmtime's engine-compatibility hash, folded to 64 bits.

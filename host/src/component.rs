@@ -86,7 +86,9 @@ pub fn load_cached(
     let version = hex::encode(Sha256::digest(bytes));
     let component = if bytes.starts_with(b"\0asm") {
         match cache {
-            Some(cache) => cache.get_or_compile(engine, source_name, bytes, || compile(engine, source_name, bytes))?,
+            Some(cache) => {
+                cache.get_or_compile(engine, source_name, bytes, || precompile(engine, source_name, bytes))?
+            }
             None => compile(engine, source_name, bytes)?,
         }
     } else if Engine::detect_precompiled(bytes).is_some() {
@@ -133,15 +135,34 @@ fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component
         .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
 }
 
+/// Compiles a `.wasm` component into an artifact (for the cache), without
+/// mapping the code.
+#[cfg(not(target_arch = "arm"))]
+fn precompile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
+    engine
+        .precompile_component(bytes)
+        .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
+}
+
 /// 32-bit ARM builds carry no compiler: guests must be precompiled.
 #[cfg(target_arch = "arm")]
 fn compile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Component, ComponentError> {
-    Err(ComponentError::Compile {
+    Err(no_compiler(source_name))
+}
+
+#[cfg(target_arch = "arm")]
+fn precompile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Vec<u8>, ComponentError> {
+    Err(no_compiler(source_name))
+}
+
+#[cfg(target_arch = "arm")]
+fn no_compiler(source_name: &str) -> ComponentError {
+    ComponentError::Compile {
         source_name: source_name.into(),
         error: "this 32-bit ARM build runs precompiled guests only; on the build machine run \
                 `wattedge compile --target armv7` and point `component` at the .cwasm artifact"
             .into(),
-    })
+    }
 }
 
 /// Reads and loads `source` on a blocking thread, through `cache` if given.
