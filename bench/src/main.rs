@@ -4,6 +4,8 @@
 //! `cargo run --release -p wattedge-bench` for real figures;
 //! `cargo run -p wattedge-bench -- --quick` (what CI runs) only proves the
 //! harness works: fewer repetitions, smaller inputs, a debug build.
+//! `--only correlator` (or `swap`, `calls`) runs one in-process figure
+//! group alone, without building the host binary (report: `report-GROUP.md`).
 //! Timings are medians of repeated runs with their spread; the machine is
 //! shared and noisy, so compare figures measured in the same run.
 
@@ -90,6 +92,23 @@ fn build_host(root: &Path) -> anyhow::Result<PathBuf> {
     Ok(root.join("target").join(profile()).join("wattedge"))
 }
 
+/// `--only GROUP`: the in-process figure group to run alone (for profiling one figure).
+fn only_group() -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == "--only").map(|i| args.get(i + 1).cloned().unwrap_or_default())
+}
+
+/// Runs one in-process figure group; needs no host binary.
+async fn measure_only(plan: &Plan, group: &str) -> Vec<Figure> {
+    let result = match group {
+        "correlator" => inproc::correlator(plan.events, plan.readings, plan.repeats).await,
+        "swap" => inproc::swap_latency(plan.swaps).await,
+        "calls" => inproc::guest_calls(plan.calls, plan.points, plan.repeats).await,
+        other => Err(anyhow::anyhow!("--only {other:?}: unknown group; use correlator, swap or calls")),
+    };
+    result.unwrap_or_else(|e| vec![Figure::missing(group, "—", &format!("failed: {e:#}"))])
+}
+
 async fn measure(plan: &Plan, binary: &Path, root: &Path) -> Vec<Figure> {
     let mut figures = process::sizes(root, profile());
     let mut steps: Vec<(&str, anyhow::Result<Vec<Figure>>)> = vec![
@@ -98,7 +117,7 @@ async fn measure(plan: &Plan, binary: &Path, root: &Path) -> Vec<Figure> {
         ("cold start, precompiled", process::cold_start_precompiled(binary, plan.cold_starts).map(|f| vec![f])),
         ("swap latency, precompiled", inproc::swap_latency_precompiled(plan.swaps).await.map(|f| vec![f])),
         ("swap latency", inproc::swap_latency(plan.swaps).await),
-        ("correlator", inproc::correlator(plan.events, plan.readings).await),
+        ("correlator", inproc::correlator(plan.events, plan.readings, plan.repeats).await),
         ("guest calls and writes", inproc::guest_calls(plan.calls, plan.points, plan.repeats).await),
     ];
     let sizes = influx::Sizes {
@@ -121,7 +140,10 @@ async fn measure(plan: &Plan, binary: &Path, root: &Path) -> Vec<Figure> {
 async fn main() -> anyhow::Result<()> {
     let plan = Plan::from_args();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
-    let binary = if std::env::args().any(|a| a == "--no-build") {
+    let only = only_group();
+    let binary = if only.is_some() {
+        PathBuf::new()
+    } else if std::env::args().any(|a| a == "--no-build") {
         // CI: reuse the binary the test run built (same features; a `-p wattedge`
         // build would resolve features differently and rebuild wasmtime).
         let path = root.join("target").join(profile()).join("wattedge");
@@ -130,13 +152,18 @@ async fn main() -> anyhow::Result<()> {
     } else {
         build_host(&root)?
     };
-    let figures = measure(&plan, &binary, &root).await;
+    let figures = match &only {
+        Some(group) => measure_only(&plan, group).await,
+        None => measure(&plan, &binary, &root).await,
+    };
     let mode =
         if plan.quick { "quick mode (proves the harness works; figures are not comparable)" } else { "full run" };
     let header = format!("# wattedge benchmark — {mode}, {} build", profile());
     let text = report::render(&figures, &header);
     println!("{text}");
-    let out = root.join("target/bench/report.md");
+    // A partial run must not overwrite the full report.
+    let file = only.as_ref().map_or_else(|| "report.md".to_string(), |g| format!("report-{g}.md"));
+    let out = root.join("target/bench").join(file);
     std::fs::create_dir_all(out.parent().expect("has a parent"))?;
     std::fs::write(&out, &text)?;
     eprintln!("written to {}", out.display());

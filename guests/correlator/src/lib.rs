@@ -108,8 +108,10 @@ fn update_rates() {
     }
 }
 
-fn save(done: &mut Processed, cutoff: i64) -> Result<(), GuestError> {
-    done.prune(cutoff, processed::MAX_ENTRIES);
+/// Saves the processed set; `unwritten_from` is the oldest event whose point
+/// is still owed (`i64::MAX` when none), which the set must not forget.
+fn save(done: &mut Processed, cutoff: i64, unwritten_from: i64) -> Result<(), GuestError> {
+    done.prune(cutoff, processed::MAX_ENTRIES, unwritten_from);
     state::set(processed::STATE_KEY, &done.encode())
         .map_err(|e| fail(GuestError::Internal(format!("saving processed events: {}", state_error_text(&e)))))
 }
@@ -137,7 +139,7 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
     events.dedup_by(|a, b| a.time == b.time && a.entity_id == b.entity_id);
 
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
-        save(&mut done, cutoff)?;
+        save(&mut done, cutoff, i64::MAX)?;
         report::set_count(counters::PENDING, 0);
         update_rates();
         report::ok();
@@ -186,7 +188,8 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
                 // stay pending and are retried next cycle.
                 report::inc_by(counters::EVENTS, judged);
                 report::inc_by(counters::FOUND, found);
-                save(&mut done, cutoff)?;
+                let unwritten_from = correlated.iter().map(|e| e.time).min().unwrap_or(i64::MAX);
+                save(&mut done, cutoff, unwritten_from)?;
                 update_rates();
                 let msg = format!("writing {} points: {}", s.output_measurement, influx_error_text(&e));
                 return Err(fail(GuestError::Store(msg)));
@@ -200,7 +203,7 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
     report::inc_by(counters::FOUND, found);
     report::inc_by(counters::WRITTEN, u64::from(written));
     report::set_count(counters::PENDING, pending);
-    save(&mut done, cutoff)?;
+    save(&mut done, cutoff, i64::MAX)?;
     update_rates();
     report::ok();
     Ok(Summary {
