@@ -162,31 +162,53 @@ async fn host_write(host: &wattedge::RunningHost, points: u64) -> anyhow::Result
     Ok((points as f64 / seconds, run / seconds))
 }
 
+/// influxd's ceiling in one round: the raw writer's points/s with gzip
+/// bodies (the yardstick: the forwarder sends gzip) and uncompressed.
+async fn raw_round(server: &Server, points: u64, round: u64) -> anyhow::Result<(f64, f64)> {
+    let gzip = server.raw_write("bench_raw", points, BATCH, true).await?;
+    check_count(server, "bench_raw", points * round).await?;
+    let plain = server.raw_write("bench_raw_plain", points, BATCH, false).await?;
+    check_count(server, "bench_raw_plain", points * round).await?;
+    Ok((gzip, plain))
+}
+
 /// End-to-end throughput guest → outbox → influxd as a share of a raw HTTP
-/// writer's throughput into the same influxd, alternating per repeat.
+/// writer's throughput into the same influxd. Both write the same points
+/// (same count, series, field and timestamps) in batches of [`BATCH`] over
+/// one connection with gzip bodies; the raw writer's bodies are built before
+/// its clock starts. Which of the two goes first alternates per round.
 async fn throughput(server: &Server, sizes: &Sizes) -> anyhow::Result<Figure> {
-    let (db, raw_db, points, repeats) = ("bench_e2e", "bench_raw", sizes.throughput_points, sizes.repeats);
-    server.create_database(raw_db).await?;
+    let (db, points, repeats) = ("bench_e2e", sizes.throughput_points, sizes.repeats);
+    server.create_database("bench_raw").await?;
+    server.create_database("bench_raw_plain").await?;
     let dir = tempfile::tempdir()?;
     let host = start_host(dir.path(), server, db, "").await?;
-    let (mut ratios, mut raws, mut hosts, mut shares) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ratios, mut plain_ratios, mut raws, mut plains, mut hosts, mut shares) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=repeats as u64 {
-        let raw = server.raw_write(raw_db, points, BATCH).await?;
-        check_count(server, raw_db, points * round).await?;
-        let (through_host, share) = host_write(&host, points).await?;
+        let host_first = round % 2 == 0;
+        let early = if host_first { Some(host_write(&host, points).await?) } else { None };
+        let (raw, plain) = raw_round(server, points, round).await?;
+        let (through_host, share) = match early {
+            Some(done) => done,
+            None => host_write(&host, points).await?,
+        };
         check_count(server, db, points * round).await?;
         ratios.push(through_host / raw);
+        plain_ratios.push(through_host / plain);
         raws.push(raw);
+        plains.push(plain);
         hosts.push(through_host);
         shares.push(share * 100.0);
     }
     host.shutdown().await;
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
     let (ratio, min, max) = median_spread(&mut ratios);
-    let (raw, _, _) = median_spread(&mut raws);
-    let (through_host, _, _) = median_spread(&mut hosts);
-    let (share, _, _) = median_spread(&mut shares);
+    let (plain_ratio, _, _) = median_spread(&mut plain_ratios);
+    let [raw, plain, through_host, share] = [raws, plains, hosts, shares].map(|mut v| median_spread(&mut v).0);
     let note = format!(
-        "median of {repeats} × {points} points: host {through_host:.0} points/s (guest write calls of {BATCH}, gzip batches of {BATCH}, until influxd holds them; the guest's run into the outbox took {share:.0} % of that), raw writer {raw:.0} points/s (one keep-alive connection, uncompressed batches of {BATCH}); ratio spread {min:.2}–{max:.2}"
+        "median of {repeats} × {points} points: host {through_host:.0} points/s (guest write calls of {BATCH}, gzip batches of {BATCH}, until influxd holds them; the guest's run into the outbox took {share:.0} % of that), raw writer {raw:.0} points/s (one keep-alive connection, gzip batches of {BATCH} like the forwarder's); ratio per round {}, spread {min:.2}–{max:.2}; against an uncompressed raw writer ({plain:.0} points/s) the ratio is {plain_ratio:.2}",
+        each.join(", ")
     );
     Ok(Figure::bounded(
         "end-to-end write throughput into influxd, share of its raw HTTP ingest",

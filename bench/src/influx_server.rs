@@ -9,7 +9,9 @@
 //! takes the whole report down.
 //!
 //! The raw writer is the yardstick the end-to-end figure is divided by: one
-//! keep-alive connection posting uncompressed line protocol, nothing else.
+//! keep-alive connection posting ready-made line protocol, nothing else; it
+//! can send the bodies gzip-compressed, as the forwarder does, so that
+//! influxd is compared on the same work.
 
 #[allow(dead_code)]
 #[path = "../../tests/support/influxd.rs"]
@@ -119,18 +121,20 @@ impl Server {
     }
 
     /// influxd's ingest ceiling: `points` points posted as line protocol in
-    /// batches of `batch` over one keep-alive connection; points per second
-    /// from the first request to the last 204.
-    pub async fn raw_write(&self, db: &str, points: u64, batch: u64) -> anyhow::Result<f64> {
+    /// batches of `batch` over one keep-alive connection, gzip-compressed
+    /// (with the forwarder's own compressor, before the clock starts) when
+    /// `gzip`; points per second from the first request to the last 204.
+    pub async fn raw_write(&self, db: &str, points: u64, batch: u64, gzip: bool) -> anyhow::Result<f64> {
         let (port, db) = (self.port, db.to_string());
         let limit = Duration::from_secs(300);
-        blocking("the raw HTTP writer", limit, move || raw_write(port, &db, points, batch)).await?
+        blocking("the raw HTTP writer", limit, move || raw_write(port, &db, points, batch, gzip)).await?
     }
 }
 
 /// Line-protocol bodies shaped like the probe guest's points (8 series, one
-/// float field, nanosecond timestamps), built before the clock starts.
-fn raw_bodies(points: u64, batch: u64) -> Vec<Vec<u8>> {
+/// float field, nanosecond timestamps), built (and compressed when `gzip`)
+/// before the clock starts.
+fn raw_bodies(points: u64, batch: u64, gzip: bool) -> Vec<Vec<u8>> {
     let start = wattedge::store::now_ns();
     let mut bodies = Vec::new();
     let mut first = 0;
@@ -140,14 +144,15 @@ fn raw_bodies(points: u64, batch: u64) -> Vec<Vec<u8>> {
         for k in first..last {
             body.push_str(&format!("bench,series={} value={k} {}\n", k % 8, start + k as i64));
         }
-        bodies.push(body.into_bytes());
+        bodies.push(if gzip { wattedge::store::forwarder::gzip(body.as_bytes()).to_vec() } else { body.into_bytes() });
         first = last;
     }
     bodies
 }
 
-fn raw_write(port: u16, db: &str, points: u64, batch: u64) -> anyhow::Result<f64> {
-    let bodies = raw_bodies(points, batch);
+fn raw_write(port: u16, db: &str, points: u64, batch: u64, gzip: bool) -> anyhow::Result<f64> {
+    let bodies = raw_bodies(points, batch, gzip);
+    let encoding = if gzip { "Content-Encoding: gzip\r\n" } else { "" };
     let mut stream = TcpStream::connect(("127.0.0.1", port)).context("connecting to influxd")?;
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -156,7 +161,7 @@ fn raw_write(port: u16, db: &str, points: u64, batch: u64) -> anyhow::Result<f64
     let started = Instant::now();
     for body in &bodies {
         let head = format!(
-            "POST /write?db={db}&precision=ns HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            "POST /write?db={db}&precision=ns HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n{encoding}Content-Length: {}\r\n\r\n",
             body.len()
         );
         stream.write_all(&[head.as_bytes(), body].concat()).context("sending a batch to influxd")?;

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::bindings::influx::{self as wit, InfluxError};
 use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
 use crate::config::Grants;
+use crate::store::line_protocol::{self, FieldRef};
+use crate::store::outbox::{self, OutboxSink, RecordBuf};
 use crate::store::{FieldValue, Point, Query, Row, Selector, StoreError, TimeSeriesStore};
 
 /// Per-guest store counters, shown in `/metrics`.
@@ -41,7 +43,17 @@ impl InfluxCap {
     }
 
     fn check_write(&self, points: &[WitPoint]) -> Result<(), InfluxError> {
-        match points.iter().find(|p| !self.write_grants.contains(&p.measurement)) {
+        // Points of one write mostly share a measurement: hash it once.
+        let mut granted: Option<&str> = None;
+        let mut denied = points.iter().filter(|p| {
+            if granted == Some(p.measurement.as_str()) {
+                return false;
+            }
+            let ok = self.write_grants.contains(&p.measurement);
+            granted = ok.then_some(p.measurement.as_str()).or(granted);
+            !ok
+        });
+        match denied.next() {
             None => Ok(()),
             Some(p) => {
                 tracing::warn!(guest = %self.guest, measurement = %p.measurement, "influx write denied: measurement not granted");
@@ -61,9 +73,12 @@ impl wit::Host for super::GuestCtx {
             metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
-        let points: Vec<Point> = points.into_iter().map(point_from_wit).collect();
         let latest: Vec<Point> = latest_per_measurement(&points);
-        match self.influx.store.write(points).await {
+        let written = match self.influx.store.outbox_sink() {
+            Some(sink) => write_to_outbox(&sink, &points).await,
+            None => self.influx.store.write(points.into_iter().map(point_from_wit).collect()).await,
+        };
+        match written {
             Ok(n) => {
                 metrics.points_written.fetch_add(u64::from(n), Ordering::Relaxed);
                 let mut map = metrics.latest.lock().expect("latest lock");
@@ -100,15 +115,81 @@ impl wit::Host for super::GuestCtx {
     }
 }
 
-fn latest_per_measurement(points: &[Point]) -> Vec<Point> {
-    let mut latest: BTreeMap<&str, &Point> = BTreeMap::new();
+/// The latest point of each measurement in `points` (for the status page).
+fn latest_per_measurement(points: &[WitPoint]) -> Vec<Point> {
+    let mut latest: BTreeMap<&str, &WitPoint> = BTreeMap::new();
     for p in points {
         let slot = latest.entry(&p.measurement).or_insert(p);
         if p.time >= slot.time {
             *slot = p;
         }
     }
-    latest.into_values().cloned().collect()
+    latest.into_values().map(|p| point_from_wit(p.clone())).collect()
+}
+
+/// Writes a guest's points into a remote backend's outbox, encoded as line
+/// protocol straight from the WIT values: no [`Point`] (two maps and copies
+/// of every string) is built for them. Checks and errors are those of the
+/// store's own `write`: unsigned fields first (when the database has none),
+/// then each point as the line-protocol encoder checks it.
+async fn write_to_outbox(sink: &OutboxSink, points: &[WitPoint]) -> Result<u32, StoreError> {
+    if points.is_empty() {
+        return Ok(0);
+    }
+    let count = u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
+    for (i, p) in points.iter().enumerate() {
+        if let Some(name) = unsigned_field(p)
+            && let Some(refused) = sink.refuse_unsigned(i, name)
+        {
+            return Err(refused);
+        }
+    }
+    let mut record = RecordBuf::with_capacity(64 * points.len());
+    for (i, p) in points.iter().enumerate() {
+        encode_wit(p, record.lines()).map_err(|m| StoreError::Invalid(format!("point {i}: {m}")))?;
+    }
+    outbox::append_record(&sink.outbox, record, count).await
+}
+
+/// Whether keys are strictly ascending: then they are already in the order
+/// a [`Point`]'s maps would give them, with no key repeated.
+fn ascending<T>(pairs: &[(String, T)]) -> bool {
+    pairs.windows(2).all(|w| w[0].0 < w[1].0)
+}
+
+/// Appends `p` as one line. Keys out of order or repeated go through a
+/// [`Point`], which sorts them (the last of a repeated key wins), so the
+/// line is the one the [`Point`] path writes.
+fn encode_wit(p: &WitPoint, out: &mut String) -> Result<(), String> {
+    if !ascending(&p.tags) || !ascending(&p.fields) {
+        let point = point_from_wit(p.clone());
+        return line_protocol::encode_point(&point, out).map_err(|e| match e {
+            StoreError::Invalid(m) | StoreError::Unavailable(m) => m,
+        });
+    }
+    let tags = p.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let fields = p.fields.iter().map(|(k, v)| (k.as_str(), field_ref(v)));
+    line_protocol::encode_parts(&p.measurement, tags, fields, p.time, out)
+}
+
+/// The name of an unsigned field of `p`, after repeated keys are resolved.
+fn unsigned_field(p: &WitPoint) -> Option<&str> {
+    let unsigned = |v: &WitField| matches!(v, WitField::Unsigned(_));
+    if ascending(&p.fields) {
+        return p.fields.iter().find(|(_, v)| unsigned(v)).map(|(k, _)| k.as_str());
+    }
+    let fields: BTreeMap<&str, &WitField> = p.fields.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    fields.into_iter().find(|(_, v)| unsigned(v)).map(|(k, _)| k)
+}
+
+fn field_ref(v: &WitField) -> FieldRef<'_> {
+    match v {
+        WitField::Float(f) => FieldRef::Float(*f),
+        WitField::Integer(i) => FieldRef::Integer(*i),
+        WitField::Unsigned(u) => FieldRef::Unsigned(*u),
+        WitField::Boolean(b) => FieldRef::Boolean(*b),
+        WitField::Text(s) => FieldRef::Text(s),
+    }
 }
 
 fn store_error(e: StoreError) -> InfluxError {

@@ -28,10 +28,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use super::now_ns;
-use super::outbox::{Batch, Outbox};
+use super::outbox::{After, Batch, Outbox};
+use super::{StoreError, now_ns};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How long the outbox must stay empty before its acknowledged segment is
+/// reclaimed.
+const COMPACT_AFTER: Duration = Duration::from_millis(500);
 
 /// What the database said about one batch.
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +121,12 @@ pub fn spawn(
     stats
 }
 
+/// A batch read from the outbox with its gzip-compressed body.
+struct Prepared {
+    batch: Batch,
+    body: Bytes,
+}
+
 struct Forwarder {
     outbox: Arc<Outbox>,
     sink: Arc<dyn Sink>,
@@ -129,26 +138,58 @@ impl Forwarder {
     async fn run(self) {
         let up = self.sink.ping().await;
         self.stats.up.store(u64::from(up), Ordering::Relaxed);
+        let mut next: Option<Prepared> = None;
         loop {
-            self.linger().await;
-            let outbox = self.outbox.clone();
-            let max = self.settings.batch_points;
-            let batch = match tokio::task::spawn_blocking(move || outbox.read_batch(max)).await {
-                Ok(Ok(Some(batch))) => batch,
-                Ok(Ok(None)) => continue,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "outbox read failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "outbox read task failed");
-                    continue;
+            let current = match next.take() {
+                Some(prepared) => prepared,
+                None => {
+                    self.linger().await;
+                    match self.read(None).await {
+                        Some(prepared) => prepared,
+                        None => continue,
+                    }
                 }
             };
-            self.deliver(&batch).await;
-            self.ack(batch).await;
+            let (_, after) = tokio::join!(self.deliver(&current.batch, current.body), self.prefetch(&current.batch));
+            self.ack(current.batch).await;
+            next = after;
         }
+    }
+
+    /// Reads the batch at the outbox cursor (or right after `previous`) and
+    /// compresses it, both on a blocking thread.
+    async fn read(&self, previous: Option<After>) -> Option<Prepared> {
+        let (outbox, max) = (self.outbox.clone(), self.settings.batch_points);
+        let read = tokio::task::spawn_blocking(move || {
+            let batch = match previous {
+                None => outbox.read_batch(max)?,
+                Some(after) => outbox.read_batch_after(after, max)?,
+            };
+            Ok::<_, StoreError>(batch.map(|batch| Prepared { body: gzip(&batch.lines), batch }))
+        });
+        match read.await {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "outbox read failed; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "outbox read task failed");
+                None
+            }
+        }
+    }
+
+    /// The batch after `current`, read and compressed while `current` is in
+    /// flight, so that under a backlog the database is never kept waiting
+    /// for the outbox; only when a full batch already waits behind it (a
+    /// partial one waits in [`Forwarder::linger`] as usual).
+    async fn prefetch(&self, current: &Batch) -> Option<Prepared> {
+        if self.outbox.depth().points < current.points + self.settings.batch_points {
+            return None;
+        }
+        self.read(Some(current.after())).await
     }
 
     /// Waits until a full batch is queued or the oldest queued point has
@@ -163,7 +204,7 @@ impl Forwarder {
                 if depth.points > 0 {
                     return; // age unknown: send now rather than wait
                 }
-                self.outbox.appended().await;
+                self.idle().await;
                 continue;
             };
             let waited = Duration::from_nanos(now_ns().saturating_sub(oldest).max(0) as u64);
@@ -177,12 +218,32 @@ impl Forwarder {
         }
     }
 
+    /// Waits for the next append while the outbox is empty; once no write
+    /// came for [`COMPACT_AFTER`], has the outbox reclaim its acknowledged
+    /// segment ([`Outbox::compact`]: two fsyncs, kept off the busy path).
+    async fn idle(&self) {
+        tokio::select! {
+            _ = self.outbox.appended() => return,
+            _ = tokio::time::sleep(COMPACT_AFTER) => {}
+        }
+        let outbox = self.outbox.clone();
+        match tokio::task::spawn_blocking(move || outbox.compact()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "outbox: cannot reclaim the acknowledged segment; will try when next idle")
+            }
+            Err(e) => tracing::error!(error = %e, "outbox compaction task failed"),
+        }
+        self.outbox.appended().await;
+    }
+
     /// Delivers `batch`. When the database refuses a batch as a whole (a 400
     /// that is not a partial write), the batch is split at `write`-call
     /// boundaries and the halves sent separately, so only the refused calls
     /// are dropped.
-    async fn deliver(&self, batch: &Batch) {
+    async fn deliver(&self, batch: &Batch, body: Bytes) {
         let mut work = vec![(0usize, batch.records.len())];
+        let mut whole = Some(body);
         while let Some((first, last)) = work.pop() {
             if first >= last {
                 continue;
@@ -190,7 +251,8 @@ impl Forwarder {
             let from = if first == 0 { 0 } else { batch.records[first - 1].0 };
             let lines = &batch.lines[from..batch.records[last - 1].0];
             let points: u64 = batch.records[first..last].iter().map(|r| r.1).sum();
-            match self.send_until_answered(lines, points).await {
+            let body = whole.take().unwrap_or_else(|| gzip(lines));
+            match self.send_until_answered(body, points).await {
                 Delivery::Rejected { partial: false, .. } if last - first > 1 => {
                     let mid = first + (last - first) / 2;
                     work.push((mid, last));
@@ -210,8 +272,7 @@ impl Forwarder {
     }
 
     /// Sends until the database stores or rejects the lines (never `Retry`).
-    async fn send_until_answered(&self, lines: &[u8], points: u64) -> Delivery {
-        let body = gzip(lines);
+    async fn send_until_answered(&self, body: Bytes, points: u64) -> Delivery {
         let mut delay = FIRST_BACKOFF;
         let mut failures = 0u64;
         loop {

@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::forwarder::{self, Delivery, ForwardSettings, ForwarderStats, Sink, SinkFuture};
-use super::outbox::Outbox;
+use super::outbox::{Outbox, OutboxSink};
 use super::{FieldValue, Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, influxql};
 use crate::secrets::SecretStore;
 
@@ -116,16 +116,19 @@ impl InfluxV1Backend {
         &self.outbox
     }
 
+    fn sink(&self) -> OutboxSink {
+        OutboxSink { outbox: self.outbox.clone(), no_unsigned: Some("InfluxDB 1.x") }
+    }
+
     async fn append(&self, points: Vec<Point>) -> Result<u32, StoreError> {
         if points.is_empty() {
             return Ok(0);
         }
         if let Some((i, name)) = points.iter().enumerate().find_map(|(i, p)| {
             p.fields.iter().find(|(_, v)| matches!(v, FieldValue::Unsigned(_))).map(|(k, _)| (i, k.clone()))
-        }) {
-            return Err(StoreError::Invalid(format!(
-                "point {i}: field {name:?} is unsigned, which InfluxDB 1.x cannot store; write it as an integer"
-            )));
+        }) && let Some(refused) = self.sink().refuse_unsigned(i, &name)
+        {
+            return Err(refused);
         }
         super::outbox::append_points(&self.outbox, &points).await
     }
@@ -191,6 +194,10 @@ impl TimeSeriesStore for InfluxV1Backend {
 
     fn kind(&self) -> &'static str {
         "influxdb-v1"
+    }
+
+    fn outbox_sink(&self) -> Option<OutboxSink> {
+        Some(self.sink())
     }
 
     fn metrics(&self) -> String {

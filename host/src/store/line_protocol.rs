@@ -28,6 +28,10 @@ use std::fmt::Write as _;
 
 use super::{FieldValue, Point, StoreError};
 
+mod encode;
+
+pub use encode::{FieldRef, encode_parts};
+
 /// InfluxDB's smallest and largest representable timestamps.
 const MIN_TIME: i64 = i64::MIN + 2;
 const MAX_TIME: i64 = i64::MAX - 1;
@@ -38,45 +42,9 @@ const KEY_SPECIALS: &[char] = &[',', '=', ' '];
 /// Appends `p` as one line (ending with `\n`) to `out`. On error `out` is
 /// left unchanged.
 pub fn encode_point(p: &Point, out: &mut String) -> Result<(), StoreError> {
-    validate(p).map_err(StoreError::Invalid)?;
-    let start = out.len();
-    escape_into(&p.measurement, MEASUREMENT_SPECIALS, out);
-    for (k, v) in &p.tags {
-        out.push(',');
-        escape_into(k, KEY_SPECIALS, out);
-        out.push('=');
-        escape_into(v, KEY_SPECIALS, out);
-    }
-    let mut sep = ' ';
-    for (k, v) in &p.fields {
-        out.push(sep);
-        sep = ',';
-        escape_into(k, KEY_SPECIALS, out);
-        out.push('=');
-        match v {
-            // `{}` is the shortest representation that round-trips, never
-            // uses exponent notation, and is a float to InfluxDB.
-            FieldValue::Float(f) => write!(out, "{f}"),
-            FieldValue::Integer(i) => write!(out, "{i}i"),
-            FieldValue::Unsigned(u) => write!(out, "{u}u"),
-            FieldValue::Boolean(b) => write!(out, "{b}"),
-            FieldValue::Text(s) => {
-                out.push('"');
-                for c in s.chars() {
-                    if c == '"' || c == '\\' {
-                        out.push('\\');
-                    }
-                    out.push(c);
-                }
-                out.push('"');
-                Ok(())
-            }
-        }
-        .expect("writing to a String cannot fail");
-    }
-    writeln!(out, " {}", p.time).expect("writing to a String cannot fail");
-    debug_assert!(out.len() > start);
-    Ok(())
+    let tags = p.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let fields = p.fields.iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)));
+    encode_parts(&p.measurement, tags, fields, p.time, out).map_err(StoreError::Invalid)
 }
 
 /// Encodes a batch, one line per point; fails on the first invalid point
@@ -244,69 +212,11 @@ impl Cursor<'_> {
     }
 }
 
-fn escape_into(s: &str, specials: &[char], out: &mut String) {
-    for c in s.chars() {
-        if specials.contains(&c) {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-}
-
-/// Checks a name; `what` says which part of the point it is.
-fn check_name(what: &str, s: &str) -> Result<(), String> {
-    if s.is_empty() {
-        return Err(format!("{what} is empty"));
-    }
-    if s.contains(['\n', '\r']) {
-        return Err(format!("{what} {s:?} contains a line break, which line protocol cannot carry"));
-    }
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            match chars.peek() {
-                None => {
-                    return Err(format!("{what} {s:?} ends with a backslash, which would escape the delimiter"));
-                }
-                Some(n @ ('\\' | ',' | '=' | ' ')) => {
-                    return Err(format!(
-                        "{what} {s:?} has a backslash before {n:?}, which InfluxDB versions read differently"
-                    ));
-                }
-                Some(_) => {}
-            }
-        }
-    }
-    Ok(())
-}
-
+/// Checks `p` as the encoder would (the parser's final check).
 fn validate(p: &Point) -> Result<(), String> {
-    check_name("measurement", &p.measurement)?;
-    if p.measurement.starts_with('#') {
-        return Err(format!("measurement {:?} starts with '#', which makes the line a comment", p.measurement));
-    }
-    for (k, v) in &p.tags {
-        check_name("tag key", k)?;
-        if v.is_empty() {
-            return Err(format!("tag {k:?} has an empty value (InfluxDB would drop the tag)"));
-        }
-        check_name(&format!("value of tag {k:?}"), v)?;
-    }
-    if p.fields.is_empty() {
-        return Err(format!("measurement {:?} has no fields", p.measurement));
-    }
-    for (k, v) in &p.fields {
-        check_name("field key", k)?;
-        if let FieldValue::Float(f) = v
-            && !f.is_finite()
-        {
-            return Err(format!("field {k:?} is {f}, which line protocol cannot represent"));
-        }
-    }
-    if !(MIN_TIME..=MAX_TIME).contains(&p.time) {
-        return Err(format!("timestamp {} is outside InfluxDB's range {MIN_TIME}..={MAX_TIME}", p.time));
-    }
-    Ok(())
+    let tags = p.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let fields = p.fields.iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)));
+    encode_parts(&p.measurement, tags, fields, p.time, &mut String::new())
 }
 
 #[cfg(test)]

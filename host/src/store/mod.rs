@@ -102,6 +102,13 @@ pub trait TimeSeriesStore: Send + Sync + 'static {
     fn metrics(&self) -> String {
         String::new()
     }
+    /// The outbox of a remote backend, so that the `influx` capability can
+    /// encode a guest's points straight into an outbox record instead of
+    /// building [`Point`]s first (that conversion used to cost more than the
+    /// encoding); `None` for stores that take [`Point`]s.
+    fn outbox_sink(&self) -> Option<outbox::OutboxSink> {
+        None
+    }
 }
 
 /// The embedded store behind the async interface: redb calls run on the

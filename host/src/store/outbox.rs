@@ -16,8 +16,9 @@
 //!   lock syncs everything appended so far, and the others find their record
 //!   already durable).
 //! * **Never truncated**: acknowledged segments are deleted; once everything
-//!   is acknowledged the active segment is swapped for a new empty one and
-//!   deleted too, so a drained outbox holds one empty file.
+//!   is acknowledged and no write came for a moment, the forwarder has the
+//!   active segment swapped for a new empty one and deleted too
+//!   ([`Outbox::compact`]), so a drained outbox holds one empty file.
 //!
 //! Size bound: when the unacknowledged bytes would exceed `max_bytes`, new
 //! writes are refused with [`StoreError::Unavailable`] ("outbox full") and
@@ -28,10 +29,17 @@
 //!
 //! All methods block (file I/O); call them from a blocking thread.
 
+mod metrics;
+mod recover;
 pub mod segment;
+mod sink;
+
+pub use segment::RecordBuf;
+pub use sink::{OutboxSink, append_points, append_record};
+
+use recover::{first_accepted, initial_state};
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -85,6 +93,19 @@ pub struct Batch {
     /// End offset in `lines` and point count of each record (one per
     /// `write` call), so a refused batch can be split at call boundaries.
     pub records: Vec<(usize, u64)>,
+    /// When its first record was accepted.
+    first_accepted: Option<Timestamp>,
+}
+
+/// Where a [`Batch`] ends, for [`Outbox::read_batch_after`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct After(Cursor);
+
+impl Batch {
+    /// Where this batch ends.
+    pub fn after(&self) -> After {
+        After(Cursor { segment: self.segment, offset: self.end })
+    }
 }
 
 /// The queue's current size, for metrics and the forwarder.
@@ -143,6 +164,7 @@ impl Outbox {
         {
             let mut state = outbox.lock();
             outbox.release_acked(&mut state)?;
+            outbox.compact_locked(&mut state)?;
             if depth_of(&state).points > 0 {
                 state.oldest_accepted = first_accepted(dir, &state);
             }
@@ -157,7 +179,16 @@ impl Outbox {
     /// Appends `points` points (`lines`, line protocol) as one record and
     /// returns once it is on disk. Refuses the write when the outbox is full.
     pub fn append(&self, lines: &[u8], points: u32) -> Result<(), StoreError> {
-        let record = segment::encode(now_ns(), points, lines);
+        self.append_framed(segment::encode(now_ns(), points, lines), points)
+    }
+
+    /// Appends `record` (its lines encoded in place, see [`RecordBuf`]) as one
+    /// record holding `points` points; returns once it is on disk.
+    pub fn append_buf(&self, record: RecordBuf, points: u32) -> Result<(), StoreError> {
+        self.append_framed(record.seal(now_ns(), points), points)
+    }
+
+    fn append_framed(&self, record: Vec<u8>, points: u32) -> Result<(), StoreError> {
         let seq = {
             let mut state = self.lock();
             self.check_room(&state, record.len() as u64, points)?;
@@ -243,14 +274,48 @@ impl Outbox {
             let head = state.segments.front().expect("one segment");
             (state.cursor, head.len)
         };
+        let batch = self.read_from(cursor, end, max_points)?;
+        if let Some(t) = batch.as_ref().and_then(|b| b.first_accepted) {
+            self.lock().oldest_accepted = Some(t);
+        }
+        Ok(batch)
+    }
+
+    /// Reads the records right after `previous` (not yet acknowledged), as
+    /// [`Outbox::read_batch`] would once `previous` is: the forwarder
+    /// prepares its next batch while the current one is in flight. `None`
+    /// when nothing follows or `previous` is no longer in the outbox.
+    pub fn read_batch_after(&self, previous: After, max_points: u64) -> Result<Option<Batch>, StoreError> {
+        let (cursor, end) = {
+            let state = self.lock();
+            let Some(at) = state.segments.iter().position(|s| s.id == previous.0.segment) else { return Ok(None) };
+            match (&state.segments[at], state.segments.get(at + 1)) {
+                (seg, _) if previous.0.offset < seg.len => {
+                    (Cursor { segment: seg.id, offset: previous.0.offset }, seg.len)
+                }
+                (_, Some(next)) => (Cursor { segment: next.id, offset: 0 }, next.len),
+                (_, None) => return Ok(None),
+            }
+        };
+        self.read_from(cursor, end, max_points)
+    }
+
+    /// Whole records from `cursor` up to `end` of its segment: at least one,
+    /// then up to `max_points` points.
+    fn read_from(&self, cursor: Cursor, end: u64, max_points: u64) -> Result<Option<Batch>, StoreError> {
         if cursor.offset >= end {
             return Ok(None);
         }
         let path = segment::path(&self.dir, cursor.segment);
         let mut file = File::open(&path).map_err(|e| io_err(format_args!("cannot open {}", path.display()), e))?;
-        let mut batch =
-            Batch { segment: cursor.segment, end: cursor.offset, points: 0, lines: Vec::new(), records: Vec::new() };
-        let mut first_accepted = None;
+        let mut batch = Batch {
+            segment: cursor.segment,
+            end: cursor.offset,
+            points: 0,
+            lines: Vec::new(),
+            records: Vec::new(),
+            first_accepted: None,
+        };
         while batch.end < end && (batch.points == 0 || batch.points < max_points) {
             let read = segment::read_at(&mut file, batch.end, end).map_err(|e| io_err(path.display(), e))?;
             let Some(record) = read else {
@@ -261,14 +326,11 @@ impl Outbox {
             if batch.points > 0 && batch.points + u64::from(record.points) > max_points {
                 break;
             }
-            first_accepted.get_or_insert(record.accepted_ns);
+            batch.first_accepted.get_or_insert(record.accepted_ns);
             batch.end += record.size;
             batch.points += u64::from(record.points);
             batch.lines.extend_from_slice(&record.lines);
             batch.records.push((batch.lines.len(), u64::from(record.points)));
-        }
-        if let Some(t) = first_accepted {
-            self.lock().oldest_accepted = Some(t);
         }
         Ok(Some(batch))
     }
@@ -280,7 +342,8 @@ impl Outbox {
     }
 
     /// Marks `batch` delivered (or deliberately dropped): its records are
-    /// released and their disk space reclaimed.
+    /// released, and their disk space reclaimed with their segment (see
+    /// [`Outbox::compact`] for the active one).
     pub fn ack(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut state = self.lock();
         if state.cursor.segment != batch.segment || batch.end < state.cursor.offset {
@@ -296,14 +359,9 @@ impl Outbox {
         Ok(())
     }
 
-    /// Deletes fully acknowledged segments. When everything is acknowledged
-    /// the active segment is replaced by a new, empty one first: segment ids
-    /// are never reused, so a stale `ack` cursor can never point into newer
-    /// records (truncating in place could, after a crash).
+    /// Deletes fully acknowledged segments, never the active one (see
+    /// [`Outbox::compact`]).
     fn release_acked(&self, state: &mut State) -> Result<(), StoreError> {
-        if state.segments.len() == 1 && state.segments[0].len > 0 && state.cursor.offset >= state.segments[0].len {
-            self.rotate(state)?;
-        }
         while state.segments.len() > 1 && state.cursor.offset >= state.segments[0].len {
             let old = state.segments.pop_front().expect("head");
             let path = segment::path(&self.dir, old.id);
@@ -312,6 +370,29 @@ impl Outbox {
             state.head_acked_points = 0;
         }
         Ok(())
+    }
+
+    /// When everything is acknowledged, replaces the active segment by a new,
+    /// empty one and deletes it, so a drained outbox holds one empty file.
+    /// Segment ids are never reused, so a stale `ack` cursor can never point
+    /// into newer records (truncating in place could, after a crash). This
+    /// takes two fsyncs under the outbox lock, so the forwarder calls it once
+    /// the outbox has been idle for a moment rather than after every batch:
+    /// under load, acknowledged records stay in the active segment until it
+    /// rotates (at [`SEGMENT_TARGET`]). Returns whether it compacted.
+    pub fn compact(&self) -> Result<bool, StoreError> {
+        self.compact_locked(&mut self.lock())
+    }
+
+    fn compact_locked(&self, state: &mut State) -> Result<bool, StoreError> {
+        let head = &state.segments[0];
+        if state.segments.len() > 1 || head.len == 0 || state.cursor.offset < head.len {
+            return Ok(false);
+        }
+        self.rotate(state)?;
+        self.release_acked(state)?;
+        write_ack(&self.dir, state.cursor, state.head_acked_points);
+        Ok(true)
     }
 
     /// What waits to be forwarded.
@@ -329,81 +410,6 @@ impl Outbox {
     pub fn counters(&self) -> &OutboxCounters {
         &self.counters
     }
-
-    /// Prometheus lines for the outbox.
-    pub fn metrics(&self, out: &mut String) {
-        let d = self.depth();
-        let age = d.oldest_accepted.map_or(0.0, |t| (now_ns().saturating_sub(t)).max(0) as f64 / 1e9);
-        let c = &self.counters;
-        let rows: [(&str, &str, &str, String); 7] = [
-            ("wattedge_outbox_points", "gauge", "Points waiting in the outbox", d.points.to_string()),
-            ("wattedge_outbox_bytes", "gauge", "Bytes of records waiting in the outbox", d.bytes.to_string()),
-            (
-                "wattedge_outbox_oldest_point_age_seconds",
-                "gauge",
-                "Age of the oldest waiting point",
-                format!("{age:.3}"),
-            ),
-            (
-                "wattedge_outbox_rejected_full_total",
-                "counter",
-                "Points refused because the outbox was full",
-                load(&c.rejected_full),
-            ),
-            (
-                "wattedge_outbox_torn_records_total",
-                "counter",
-                "Torn or corrupt records cut off (their points are lost)",
-                load(&c.torn_records),
-            ),
-            (
-                "wattedge_outbox_torn_bytes_total",
-                "counter",
-                "Bytes of torn or corrupt records cut off",
-                load(&c.torn_bytes),
-            ),
-            (
-                "wattedge_outbox_fsyncs_total",
-                "counter",
-                "fsyncs of appended records (shared by concurrent writers)",
-                load(&c.fsyncs),
-            ),
-        ];
-        for (name, kind, help, value) in rows {
-            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {value}");
-        }
-    }
-}
-
-/// The state after recovery: segments found (torn tails cut), the active
-/// one opened for appending, the cursor from `ack` when it is still valid.
-fn initial_state(dir: &Path, counters: &OutboxCounters) -> Result<State, StoreError> {
-    let (mut segments, boundaries) = recover(dir, counters)?;
-    if segments.is_empty() {
-        segments.push_back(Segment { id: 1, len: 0, points: 0 });
-    }
-    let active = Arc::new(create_or_append(dir, segments.back().expect("one segment").id)?);
-    let head = segments.front().expect("one segment");
-    let mut state = State {
-        cursor: Cursor { segment: head.id, offset: 0 },
-        head_acked_points: 0,
-        segments,
-        active,
-        appended: 0,
-        oldest_accepted: None,
-    };
-    if let Some((cursor, points)) = read_ack(dir)
-        && cursor.segment == state.cursor.segment
-        && (cursor.offset == 0 || boundaries.contains(&cursor.offset))
-    {
-        state.cursor = cursor;
-        state.head_acked_points = points.min(state.segments[0].points);
-    }
-    Ok(state)
-}
-
-fn load(a: &AtomicU64) -> String {
-    a.load(Ordering::Relaxed).to_string()
 }
 
 fn depth_of(state: &State) -> Depth {
@@ -442,44 +448,6 @@ fn create_or_append(dir: &Path, id: u64) -> Result<File, StoreError> {
         .map_err(|e| io_err(format_args!("cannot open {}", path.display()), e))
 }
 
-/// Scans every segment, cutting torn tails; returns the segments and the
-/// record boundaries of the oldest (to validate the ack cursor).
-fn recover(dir: &Path, counters: &OutboxCounters) -> Result<(VecDeque<Segment>, Vec<u64>), StoreError> {
-    let ids = segment::list(dir).map_err(|e| io_err(format_args!("cannot list {}", dir.display()), e))?;
-    let mut segments = VecDeque::new();
-    let mut head_boundaries = Vec::new();
-    for id in ids {
-        let path = segment::path(dir, id);
-        let scan = segment::scan(&path).map_err(|e| io_err(format_args!("cannot read {}", path.display()), e))?;
-        if scan.torn_bytes > 0 {
-            tracing::warn!(file = %path.display(), offset = scan.valid_len, bytes = scan.torn_bytes,
-                "outbox: torn or corrupt record after a crash; cutting it off (the points in it were never acknowledged to a guest, or are lost)");
-            counters.torn_records.fetch_add(1, Ordering::Relaxed);
-            counters.torn_bytes.fetch_add(scan.torn_bytes, Ordering::Relaxed);
-            let file = File::options().write(true).open(&path).map_err(|e| io_err(path.display(), e))?;
-            file.set_len(scan.valid_len).and_then(|_| file.sync_all()).map_err(|e| io_err(path.display(), e))?;
-        }
-        if segments.is_empty() {
-            head_boundaries = scan.boundaries;
-        }
-        segments.push_back(Segment { id, len: scan.valid_len, points: scan.points });
-    }
-    Ok((segments, head_boundaries))
-}
-
-fn first_accepted(dir: &Path, state: &State) -> Option<Timestamp> {
-    let head = state.segments.front()?;
-    let mut file = File::open(segment::path(dir, head.id)).ok()?;
-    segment::read_at(&mut file, state.cursor.offset, head.len).ok().flatten().map(|r| r.accepted_ns)
-}
-
-fn read_ack(dir: &Path) -> Option<(Cursor, u64)> {
-    let text = std::fs::read_to_string(dir.join("ack")).ok()?;
-    let mut parts = text.split_whitespace().map(|p| p.parse::<u64>().ok());
-    let (segment, offset, points) = (parts.next()??, parts.next()??, parts.next()??);
-    Some((Cursor { segment, offset }, points))
-}
-
 /// Records the cursor (rename, no fsync: see the module docs).
 fn write_ack(dir: &Path, cursor: Cursor, points: u64) {
     let tmp = dir.join("ack.tmp");
@@ -491,16 +459,3 @@ fn write_ack(dir: &Path, cursor: Cursor, points: u64) {
 
 #[cfg(test)]
 mod tests;
-
-/// Encodes `points` as line protocol and appends them to `outbox` as one
-/// record on a blocking thread; returns once they are durable. Shared by the
-/// remote backends' `write`.
-pub async fn append_points(outbox: &Arc<Outbox>, points: &[crate::store::Point]) -> Result<u32, StoreError> {
-    let lines = crate::store::line_protocol::encode_points(points)?;
-    let count = u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
-    let outbox = outbox.clone();
-    tokio::task::spawn_blocking(move || outbox.append(lines.as_bytes(), count))
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("outbox task failed: {e}")))??;
-    Ok(count)
-}

@@ -55,6 +55,16 @@ async fn retries_then_splits_a_refused_batch_and_drops_only_the_bad_write() {
         assert!(std::time::Instant::now() < deadline, "the outbox did not drain");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let on_disk = || {
+        let ids = crate::store::outbox::segment::list(dir.path()).unwrap();
+        ids.iter()
+            .map(|&id| std::fs::metadata(crate::store::outbox::segment::path(dir.path(), id)).unwrap().len())
+            .sum::<u64>()
+    };
+    while on_disk() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the idle outbox was not compacted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cancel.cancel();
     let stored = sink.stored.lock().unwrap().concat();
     assert_eq!(stored, "m a=1i 1\nm a=2i 2\nm a=3i 3\nm a=5i 5\n", "every good write, in order, once");

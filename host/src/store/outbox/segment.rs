@@ -40,6 +40,51 @@ pub fn encode(accepted_ns: i64, points: u32, lines: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Bytes in front of a record's lines: the header and the payload prefix.
+pub const FRAME: usize = HEADER as usize + PREFIX;
+
+/// A record built in place: line protocol is encoded straight into the
+/// buffer behind room for the frame, which [`RecordBuf::seal`] fills in, so
+/// a write's lines are never copied to be framed (they are 200 KB for a
+/// 5000-point write).
+#[derive(Debug)]
+pub struct RecordBuf {
+    text: String,
+}
+
+impl RecordBuf {
+    /// An empty record with room for `lines` bytes of line protocol.
+    pub fn with_capacity(lines: usize) -> RecordBuf {
+        let mut text = String::with_capacity(FRAME + lines);
+        text.extend(std::iter::repeat_n('\0', FRAME));
+        RecordBuf { text }
+    }
+
+    /// The line protocol so far, for the encoder to append to (appending
+    /// is all it may do: what is there already belongs to the record).
+    pub fn lines(&mut self) -> &mut String {
+        &mut self.text
+    }
+
+    /// Bytes of line protocol so far.
+    pub fn lines_len(&self) -> usize {
+        self.text.len() - FRAME
+    }
+
+    /// The finished record, as [`encode`] would make it from the same lines.
+    pub fn seal(self, accepted_ns: i64, points: u32) -> Vec<u8> {
+        let mut bytes = self.text.into_bytes();
+        let header = HEADER as usize;
+        bytes[header..header + 8].copy_from_slice(&accepted_ns.to_le_bytes());
+        bytes[header + 8..FRAME].copy_from_slice(&points.to_le_bytes());
+        let len = (bytes.len() - header) as u32;
+        let crc = crc32fast::hash(&bytes[header..]);
+        bytes[0..4].copy_from_slice(&len.to_le_bytes());
+        bytes[4..8].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+}
+
 /// One decoded record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -164,6 +209,14 @@ mod tests {
         let mut huge = rec;
         huge[3] = 0xff;
         assert!(decode(&huge).is_none(), "an absurd length is corruption");
+    }
+
+    #[test]
+    fn a_record_built_in_place_is_the_encoded_record() {
+        let mut buf = RecordBuf::with_capacity(4);
+        buf.lines().push_str("m f=1 1\nm f=2 2\n");
+        assert_eq!(buf.lines_len(), 16);
+        assert_eq!(buf.seal(42, 2), encode(42, 2, b"m f=1 1\nm f=2 2\n"));
     }
 
     #[test]

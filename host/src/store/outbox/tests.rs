@@ -32,7 +32,13 @@ fn append_read_ack_reclaims_space() {
     ob.ack(&second).unwrap();
     assert_eq!(ob.depth(), Depth::default());
     assert!(ob.read_batch(100).unwrap().is_none());
+    assert_eq!(seg_files(dir.path()).len(), 1, "the active segment stays until the outbox is compacted");
+    assert!(ob.compact().unwrap(), "a drained outbox compacts");
     assert_eq!(seg_files(dir.path()), vec![(2, 0)], "the acknowledged segment is deleted");
+    assert!(!ob.compact().unwrap(), "nothing left to reclaim");
+    ob.append(&lines(1, "c"), 1).unwrap();
+    assert!(!ob.compact().unwrap(), "never while points wait");
+    assert_eq!(ob.read_batch(100).unwrap().unwrap().lines, lines(1, "c"));
 }
 
 #[test]
@@ -125,6 +131,8 @@ fn segments_rotate_and_acknowledged_ones_are_deleted() {
     while let Some(batch) = ob.read_batch(2).unwrap() {
         ob.ack(&batch).unwrap();
     }
+    assert_eq!(segment::list(dir.path()).unwrap(), vec![2], "acknowledged inactive segments are deleted at once");
+    ob.compact().unwrap();
     assert_eq!(seg_files(dir.path()), vec![(3, 0)], "acknowledged segments deleted, one empty active one left");
     assert_eq!(ob.depth(), Depth::default());
 }
@@ -168,4 +176,25 @@ fn a_stale_ack_cursor_never_skips_newer_records() {
     let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
     assert_eq!(ob.depth().points, 2);
     assert_eq!(ob.read_batch(10).unwrap().unwrap().lines, [lines(1, "b"), lines(1, "c")].concat());
+}
+
+#[test]
+fn the_next_batch_is_read_before_the_current_one_is_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 64 << 20).unwrap();
+    let big = vec![b'x'; 3 << 20];
+    ob.append(&big, 1).unwrap();
+    ob.append(&lines(2, "b"), 2).unwrap();
+    ob.append(&big, 1).unwrap();
+    assert_eq!(segment::list(dir.path()).unwrap(), vec![1, 2], "the third write starts segment 2");
+    let first = ob.read_batch(1).unwrap().unwrap();
+    let second = ob.read_batch_after(first.after(), 10).unwrap().unwrap();
+    assert_eq!(second.lines, lines(2, "b"), "the rest of segment 1");
+    let third = ob.read_batch_after(second.after(), 10).unwrap().unwrap();
+    assert_eq!((third.points, third.lines.len()), (1, big.len()), "then segment 2");
+    assert!(ob.read_batch_after(third.after(), 10).unwrap().is_none());
+    for batch in [&first, &second, &third] {
+        ob.ack(batch).unwrap();
+    }
+    assert_eq!(ob.depth(), Depth::default());
 }
