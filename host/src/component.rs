@@ -128,19 +128,22 @@ fn deserialize(
     })
 }
 
-/// Compiles a `.wasm` component with Cranelift.
+/// Compiles a `.wasm` component with Cranelift (see [`precompile`]).
 #[cfg(not(target_arch = "arm"))]
 fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component, ComponentError> {
-    Component::new(engine, bytes)
+    let artifact = precompile(engine, source_name, bytes)?;
+    // SAFETY: compiled a moment ago by an engine with this engine's settings.
+    unsafe { Component::deserialize(engine, &artifact) }
         .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
 }
 
-/// Compiles a `.wasm` component into an artifact (for the cache), without
-/// mapping the code.
+/// Compiles a `.wasm` component into an artifact for `engine`, with a
+/// throwaway compiler engine ([`crate::engine::native_compiler`]) so that
+/// Cranelift's working memory is freed afterwards.
 #[cfg(not(target_arch = "arm"))]
-fn precompile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
-    engine
-        .precompile_component(bytes)
+fn precompile(_engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
+    crate::engine::native_compiler()
+        .and_then(|compiler| compiler.precompile_component(bytes))
         .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
 }
 

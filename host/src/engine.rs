@@ -48,6 +48,17 @@ pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
     Engine::new(&config(limits))
 }
 
+/// A short-lived engine with this machine's settings, for compiling only.
+/// Cranelift keeps its compilation contexts (megabytes, once it has compiled
+/// a large guest) for as long as its engine lives. Compiling with a
+/// throwaway engine hands that memory back when it is dropped, so the
+/// long-lived engine that runs the guests never holds a compiler's working
+/// set. Its artifacts load into [`build`]'s engine: the settings are fixed
+/// per pointer width (see [`EngineLimits::for_pointer_width`]).
+pub fn native_compiler() -> wasmtime::Result<Engine> {
+    build(EngineLimits::native())
+}
+
 /// Builds an engine that compiles for another target (`aarch64-unknown-linux-gnu`,
 /// `pulley32`, ...) with that target's settings, for `wattedge compile`.
 /// Cranelift then uses the target's baseline CPU features (no LSE atomics on
