@@ -23,7 +23,9 @@ fn main() {
     }
     // Packagers (and cross builds) may supply prebuilt guests instead.
     if let Some(dir) = std::env::var_os("WATTEDGE_GUEST_DIR") {
-        println!("cargo:rustc-env=WATTEDGE_GUEST_DIR={}", PathBuf::from(dir).display());
+        let dir = PathBuf::from(dir);
+        println!("cargo:rustc-env=WATTEDGE_GUEST_DIR={}", dir.display());
+        emit_digests(&dir);
         return;
     }
     let target_dir =
@@ -31,6 +33,20 @@ fn main() {
     build_guests(&root, &target_dir);
     let out = target_dir.join("wasm32-wasip2").join("release");
     println!("cargo:rustc-env=WATTEDGE_GUEST_DIR={}", out.display());
+    emit_digests(&out);
+}
+
+/// The sha256 of each built-in guest, computed here so that a start with a
+/// warm artifact cache never reads (and so never pages in) the embedded bytes.
+fn emit_digests(dir: &Path) {
+    use sha2::{Digest, Sha256};
+    for name in ["watttime", "wattivahti", "correlator"] {
+        let path = dir.join(format!("wattedge_{name}.wasm"));
+        println!("cargo:rerun-if-changed={}", path.display());
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        println!("cargo:rustc-env=WATTEDGE_SHA256_{}={digest}", name.to_uppercase());
+    }
 }
 
 fn build_guests(root: &Path, target_dir: &Path) {

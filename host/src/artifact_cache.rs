@@ -14,7 +14,6 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -35,13 +34,13 @@ impl ArtifactCache {
         ArtifactCache { dir }
     }
 
-    /// Where the artifact for `bytes` lives for `engine`.
-    pub fn path_for(&self, engine: &Engine, bytes: &[u8]) -> PathBuf {
-        let digest = hex::encode(Sha256::digest(bytes));
-        self.dir.join(format!("{}-{:016x}.cwasm", &digest[..32], engine_hash(engine)))
+    /// Where the artifact for the component with sha256 `digest` (hex) lives for `engine`.
+    pub fn path_for(&self, engine: &Engine, digest: &str) -> PathBuf {
+        let short = digest.get(..32).unwrap_or(digest);
+        self.dir.join(format!("{short}-{:016x}.cwasm", engine_hash(engine)))
     }
 
-    /// The cached component for `bytes`, or `precompile()` it, store the
+    /// The cached component with sha256 `digest`, or `precompile()` it, store the
     /// artifact and map it from the cache. Mapping (rather than keeping the
     /// freshly compiled code) makes the first start's code file-backed too,
     /// so after [`release_freed_memory`] it costs what a restart costs.
@@ -49,10 +48,10 @@ impl ArtifactCache {
         &self,
         engine: &Engine,
         source_name: &str,
-        bytes: &[u8],
+        digest: &str,
         precompile: impl FnOnce() -> Result<Vec<u8>, ComponentError>,
     ) -> Result<Component, ComponentError> {
-        let path = self.path_for(engine, bytes);
+        let path = self.path_for(engine, digest);
         if path.exists() {
             match map(engine, &path) {
                 Ok(component) => return Ok(component),

@@ -23,6 +23,23 @@ pub fn component(name: &str) -> Option<&'static [u8]> {
     }
 }
 
+/// The sha256 (hex) of built-in guest `name`, computed by `build.rs`.
+#[cfg(feature = "builtin-guests")]
+pub fn digest(name: &str) -> Option<&'static str> {
+    match name {
+        "watttime" => Some(env!("WATTEDGE_SHA256_WATTTIME")),
+        "wattivahti" => Some(env!("WATTEDGE_SHA256_WATTIVAHTI")),
+        "correlator" => Some(env!("WATTEDGE_SHA256_CORRELATOR")),
+        _ => None,
+    }
+}
+
+/// Without the feature there are no built-in guests to hash.
+#[cfg(not(feature = "builtin-guests"))]
+pub fn digest(_name: &str) -> Option<&'static str> {
+    None
+}
+
 /// Without the feature there are no built-in guest bytes.
 #[cfg(not(feature = "builtin-guests"))]
 pub fn component(_name: &str) -> Option<&'static [u8]> {
@@ -33,4 +50,17 @@ pub fn component(_name: &str) -> Option<&'static [u8]> {
 #[cfg(feature = "builtin-guests")]
 pub fn probe_path() -> std::path::PathBuf {
     std::path::Path::new(env!("WATTEDGE_GUEST_DIR")).join("wattedge_probe.wasm")
+}
+
+#[cfg(all(test, feature = "builtin-guests"))]
+mod tests {
+    /// The cache is keyed by these digests: a stale one would map the
+    /// artifact of other bytes.
+    #[test]
+    fn build_time_digests_match_the_embedded_bytes() {
+        for name in super::NAMES {
+            let bytes = super::component(name).expect("embedded");
+            assert_eq!(super::digest(name), Some(crate::component::sha256_hex(bytes).as_str()), "{name}");
+        }
+    }
 }

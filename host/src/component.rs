@@ -4,6 +4,7 @@
 //! does not provide, or lacks `init`/`run`, is rejected here with a message
 //! that says so, before it can be scheduled.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,21 +42,21 @@ pub struct LoadedComponent {
     pub source_name: String,
 }
 
-/// Reads the bytes of `source`.
-pub fn read_source(source: &ComponentSource) -> Result<(String, Vec<u8>), ComponentError> {
+/// The bytes of `source`: borrowed from the binary for a built-in guest.
+pub fn read_source(source: &ComponentSource) -> Result<(String, Cow<'static, [u8]>), ComponentError> {
     match source {
         ComponentSource::Builtin(name) => {
             let bytes = crate::builtin::component(name).ok_or_else(|| ComponentError::Read {
                 source_name: format!("builtin:{name}"),
                 error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such built-in guest"),
             })?;
-            Ok((format!("builtin:{name}"), bytes.to_vec()))
+            Ok((format!("builtin:{name}"), Cow::Borrowed(bytes)))
         }
         ComponentSource::File(path) => {
             let source_name = path.display().to_string();
             let bytes = std::fs::read(path)
                 .map_err(|error| ComponentError::Read { source_name: source_name.clone(), error })?;
-            Ok((source_name, bytes))
+            Ok((source_name, Cow::Owned(bytes)))
         }
     }
 }
@@ -68,26 +69,32 @@ pub fn load(
     source_name: &str,
     bytes: &[u8],
 ) -> Result<LoadedComponent, ComponentError> {
-    load_cached(engine, linker, source_name, bytes, None, None)
+    load_cached(engine, linker, source_name, bytes, &sha256_hex(bytes), None, None)
 }
 
-/// [`load`], taking a `.wasm` component's compiled code from `cache` when
-/// it has it (and storing it there when it does not). A precompiled artifact
-/// read from `file` is mapped from that file rather than copied, so its code
-/// is file-backed memory the kernel can share and drop.
+/// The version of a component: the sha256 of its bytes, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// [`load`] for bytes whose sha256 is `version`, taking a `.wasm`
+/// component's compiled code from `cache` when it has it (and storing it
+/// there when it does not). A precompiled artifact read from `file` is
+/// mapped from that file rather than copied, so its code is file-backed
+/// memory the kernel can share and drop.
 pub fn load_cached(
     engine: &Engine,
     linker: &Linker<GuestCtx>,
     source_name: &str,
     bytes: &[u8],
+    version: &str,
     cache: Option<&ArtifactCache>,
     file: Option<&Path>,
 ) -> Result<LoadedComponent, ComponentError> {
-    let version = hex::encode(Sha256::digest(bytes));
     let component = if bytes.starts_with(b"\0asm") {
         match cache {
             Some(cache) => {
-                cache.get_or_compile(engine, source_name, bytes, || precompile(engine, source_name, bytes))?
+                cache.get_or_compile(engine, source_name, version, || precompile(engine, source_name, bytes))?
             }
             None => compile(engine, source_name, bytes)?,
         }
@@ -104,7 +111,7 @@ pub fn load_cached(
         .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
     let pre = GuestPre::new(instance_pre)
         .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
-    Ok(LoadedComponent { pre, version, source_name: source_name.into() })
+    Ok(LoadedComponent { pre, version: version.to_string(), source_name: source_name.into() })
 }
 
 /// A precompiled artifact: mapped from `file` when there is one.
@@ -177,11 +184,15 @@ pub async fn load_source(
 ) -> Result<LoadedComponent, ComponentError> {
     tokio::task::spawn_blocking(move || {
         let (name, bytes) = read_source(&source)?;
-        let file = match &source {
-            ComponentSource::File(path) => Some(path.as_path()),
-            ComponentSource::Builtin(_) => None,
+        // A built-in guest's digest comes from build.rs: with a warm cache its
+        // bytes are never read, so they are never paged in.
+        let (file, version) = match &source {
+            ComponentSource::File(path) => (Some(path.as_path()), sha256_hex(&bytes)),
+            ComponentSource::Builtin(name) => {
+                (None, crate::builtin::digest(name).map_or_else(|| sha256_hex(&bytes), str::to_string))
+            }
         };
-        load_cached(&engine, &linker, &name, &bytes, cache.as_ref(), file)
+        load_cached(&engine, &linker, &name, &bytes, &version, cache.as_ref(), file)
     })
     .await
     .unwrap_or_else(|e| Err(ComponentError::Compile { source_name: "component".into(), error: e.to_string() }))
