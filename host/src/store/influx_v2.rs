@@ -141,6 +141,12 @@ impl TimeSeriesStore for InfluxV2Backend {
         "influxdb-v2"
     }
 
+    /// Guests' points go straight into the outbox, as for v1; InfluxDB 2.x
+    /// stores unsigned integers, so nothing is refused for them.
+    fn outbox_sink(&self) -> Option<super::outbox::OutboxSink> {
+        Some(super::outbox::OutboxSink { outbox: self.outbox.clone(), no_unsigned: None })
+    }
+
     fn metrics(&self) -> String {
         let mut out = String::new();
         self.outbox.metrics(&mut out);
