@@ -93,9 +93,7 @@ pub fn load_cached(
 ) -> Result<LoadedComponent, ComponentError> {
     let component = if bytes.starts_with(b"\0asm") {
         match cache {
-            Some(cache) => {
-                cache.get_or_compile(engine, source_name, version, || precompile(engine, source_name, bytes))?
-            }
+            Some(cache) => cache.get_or_compile(engine, source_name, version, || precompile(source_name, bytes))?,
             None => compile(engine, source_name, bytes)?,
         }
     } else if Engine::detect_precompiled(bytes).is_some() {
@@ -138,17 +136,17 @@ fn deserialize(
 /// Compiles a `.wasm` component with Cranelift (see [`precompile`]).
 #[cfg(not(target_arch = "arm"))]
 fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component, ComponentError> {
-    let artifact = precompile(engine, source_name, bytes)?;
+    let artifact = precompile(source_name, bytes)?;
     // SAFETY: compiled a moment ago by an engine with this engine's settings.
     unsafe { Component::deserialize(engine, &artifact) }
         .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
 }
 
-/// Compiles a `.wasm` component into an artifact for `engine`, with a
+/// Compiles a `.wasm` component into an artifact for this machine, with a
 /// throwaway compiler engine ([`crate::engine::native_compiler`]) so that
 /// Cranelift's working memory is freed afterwards.
 #[cfg(not(target_arch = "arm"))]
-fn precompile(_engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
+fn precompile(source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
     crate::engine::native_compiler()
         .and_then(|compiler| compiler.precompile_component(bytes))
         .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
@@ -161,7 +159,7 @@ fn compile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Component, Compone
 }
 
 #[cfg(target_arch = "arm")]
-fn precompile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Vec<u8>, ComponentError> {
+fn precompile(source_name: &str, _: &[u8]) -> Result<Vec<u8>, ComponentError> {
     Err(no_compiler(source_name))
 }
 
