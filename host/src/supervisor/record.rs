@@ -119,9 +119,11 @@ impl GuestRecord {
         if let Some((state, detail)) = &self.blocked {
             return (*state, Some(detail.clone()));
         }
-        if !self.initialized {
+        if !self.initialized && self.last_run.is_none() {
             return (GuestState::Starting, Some("loading and initialising the component".into()));
         }
+        // A trapped or timed-out run discards its instance; while the next one
+        // is created, the guest still shows why its last run failed.
         let last_failure = self.last_run.as_ref().and_then(|r| r.outcome.detail());
         if let Some(m) = last_failure.filter(|_| self.consecutive_failures >= degraded_after.max(1)) {
             let mut detail = match &health {
@@ -132,6 +134,9 @@ impl GuestRecord {
                 detail.push_str(&format!(" [{} failures in a row; retrying with backoff]", self.consecutive_failures));
             }
             return (GuestState::Degraded, Some(detail));
+        }
+        if !self.initialized {
+            return (GuestState::Starting, Some("creating a fresh instance after the last run".into()));
         }
         match health {
             Some(Health::Standby(t)) => (GuestState::Standby, Some(t)),
@@ -286,4 +291,33 @@ pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>], backend: &st
     );
     let _ = writeln!(out, "wattedge_store_info{{backend=\"{backend}\"}} 1");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(outcome: Outcome) -> FinishedRun {
+        let now = SystemTime::now();
+        FinishedRun { started: now, finished: now, trigger: "scheduled".into(), outcome, version: "v1".into() }
+    }
+
+    #[test]
+    fn a_guest_that_never_ran_is_starting_until_initialised() {
+        let record = GuestRecord::default();
+        assert_eq!(record.state(None, 1).0, GuestState::Starting);
+    }
+
+    #[test]
+    fn a_trapped_guest_shows_its_trap_while_a_fresh_instance_is_created() {
+        let mut record = GuestRecord { initialized: true, ..GuestRecord::default() };
+        record.finish(run(Outcome::Trap("trapped: memory_limit exceeded".into())));
+        record.initialized = false;
+        let (state, detail) = record.state(None, 1);
+        assert_eq!(state, GuestState::Degraded);
+        assert!(detail.unwrap().contains("memory_limit"));
+        let (state, detail) = record.state(None, 3);
+        assert_eq!(state, GuestState::Starting, "below degraded_after the restart is shown as such");
+        assert!(detail.unwrap().contains("fresh instance"));
+    }
 }
