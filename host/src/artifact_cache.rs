@@ -17,21 +17,29 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use crate::compile_process::{self, CompileIn, WorkerError, WorkerInput};
 use crate::component::ComponentError;
 
 /// Most artifacts kept; the least recently written are removed beyond it.
 const MAX_ENTRIES: usize = 16;
 
-/// The cache directory.
+/// The cache directory, and where its misses are compiled.
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
     dir: PathBuf,
+    compile_in: CompileIn,
 }
 
 impl ArtifactCache {
-    /// A cache in `dir` (created on first write).
+    /// A cache in `dir` (created on first write) whose misses are compiled
+    /// in-process.
     pub fn new(dir: PathBuf) -> ArtifactCache {
-        ArtifactCache { dir }
+        ArtifactCache { dir, compile_in: CompileIn::ThisProcess }
+    }
+
+    /// This cache, compiling its misses where `compile_in` says.
+    pub fn compiling_in(self, compile_in: CompileIn) -> ArtifactCache {
+        ArtifactCache { compile_in, ..self }
     }
 
     /// Where the artifact for the component with sha256 `digest` (hex) lives for `engine`.
@@ -40,16 +48,16 @@ impl ArtifactCache {
         self.dir.join(format!("{short}-{:016x}.cwasm", engine_hash(engine)))
     }
 
-    /// The cached component with sha256 `digest`, or `precompile()` it, store the
+    /// The cached component with sha256 `digest`, or compile `wasm`, store the
     /// artifact and map it from the cache. Mapping (rather than keeping the
     /// freshly compiled code) makes the first start's code file-backed too,
-    /// so after [`release_freed_memory`] it costs what a restart costs.
+    /// so it costs what a restart costs.
     pub fn get_or_compile(
         &self,
         engine: &Engine,
         source_name: &str,
         digest: &str,
-        precompile: impl FnOnce() -> Result<Vec<u8>, ComponentError>,
+        wasm: &[u8],
     ) -> Result<Component, ComponentError> {
         let path = self.path_for(engine, digest);
         if path.exists() {
@@ -61,15 +69,63 @@ impl ArtifactCache {
                 }
             }
         }
-        let artifact = precompile()?;
-        if let Err(e) = self.store(&path, &artifact) {
-            tracing::warn!(component = source_name, error = %e, "could not cache the compiled component");
-        } else if let Ok(component) = map(engine, &path) {
-            return Ok(component);
+        if let CompileIn::ChildProcess(exe) = &self.compile_in {
+            match self.compile_in_child(exe, source_name, digest, wasm, &path) {
+                Ok(()) => return map(engine, &path).map_err(|e| compile_error(source_name, e)),
+                Err(WorkerError::Failed(error)) => {
+                    return Err(ComponentError::Compile { source_name: source_name.into(), error });
+                }
+                Err(e @ WorkerError::Spawn { .. }) => {
+                    tracing::warn!(component = source_name, error = %e, "compiling in the host process instead");
+                }
+            }
         }
-        // SAFETY: `artifact` was produced by this engine a moment ago.
-        unsafe { Component::deserialize(engine, &artifact) }
-            .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
+        self.compile_here(engine, source_name, wasm, &path)
+    }
+
+    fn compile_in_child(
+        &self,
+        exe: &Path,
+        source_name: &str,
+        digest: &str,
+        wasm: &[u8],
+        path: &Path,
+    ) -> Result<(), WorkerError> {
+        std::fs::create_dir_all(&self.dir)
+            .map_err(|e| WorkerError::Failed(format!("{}: cannot create the cache: {e}", self.dir.display())))?;
+        // Same digest, same bytes: the worker compiles its own embedded copy.
+        let input = match source_name.strip_prefix("builtin:") {
+            Some(name) if crate::builtin::digest(name) == Some(digest) => WorkerInput::Builtin(name),
+            _ => WorkerInput::Bytes(wasm),
+        };
+        compile_process::compile_in_child(exe, input, path)?;
+        self.prune();
+        Ok(())
+    }
+
+    /// Compiles in this process (with a throwaway compiler engine), stores
+    /// the artifact and maps it back.
+    fn compile_here(
+        &self,
+        engine: &Engine,
+        source_name: &str,
+        wasm: &[u8],
+        path: &Path,
+    ) -> Result<Component, ComponentError> {
+        let artifact = crate::component::precompile(source_name, wasm)?;
+        let stored = self.store(path, &artifact);
+        let mapped = match stored {
+            Ok(()) => map(engine, path).ok(),
+            Err(e) => {
+                tracing::warn!(component = source_name, error = %e, "could not cache the compiled component");
+                None
+            }
+        };
+        match mapped {
+            Some(component) => Ok(component),
+            // SAFETY: `artifact` was produced with this engine's settings a moment ago.
+            None => unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| compile_error(source_name, e)),
+        }
     }
 
     fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
@@ -93,6 +149,10 @@ impl ArtifactCache {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+fn compile_error(source_name: &str, e: wasmtime::Error) -> ComponentError {
+    ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") }
 }
 
 /// Maps a cached artifact.

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::compile_process::CompileIn;
 use crate::config::Config;
 use crate::secrets::SecretStore;
 
@@ -68,6 +69,17 @@ pub enum Command {
         /// Where to write `GUEST.PROFILE.cwasm` files.
         #[arg(long, default_value = "artifacts")]
         out: PathBuf,
+    },
+    /// Internal: compile the component on stdin into an artifact at OUT
+    /// (the host runs this as a child process of itself).
+    #[cfg(not(target_arch = "arm"))]
+    #[command(name = "compile-worker", hide = true)]
+    CompileWorker {
+        #[arg(long)]
+        out: PathBuf,
+        /// Compile this built-in guest instead of stdin.
+        #[arg(long)]
+        builtin: Option<String>,
     },
 }
 
@@ -125,6 +137,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback { guest } => runtime.block_on(client::rollback(&cli.config, &guest)),
         #[cfg(not(target_arch = "arm"))]
         Command::Compile { target, out } => compile(&cli.config, &target, &out),
+        #[cfg(not(target_arch = "arm"))]
+        Command::CompileWorker { out, builtin } => crate::compile_process::serve(&out, builtin.as_deref())
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(anyhow::Error::msg),
     }
 }
 
@@ -141,8 +157,18 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    crate::run(config, shutdown_signal()).await?;
+    crate::run_with(config, host_options(), shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The binary compiles guests in a child process of itself (see
+/// [`crate::compile_process`]); where it cannot name itself, in-process.
+fn host_options() -> crate::HostOptions {
+    let compile_in = match std::env::current_exe() {
+        Ok(exe) if cfg!(not(target_arch = "arm")) => CompileIn::ChildProcess(exe),
+        _ => CompileIn::ThisProcess,
+    };
+    crate::HostOptions { compile_in }
 }
 
 /// Resolves on SIGINT or SIGTERM.

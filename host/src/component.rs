@@ -93,7 +93,7 @@ pub fn load_cached(
 ) -> Result<LoadedComponent, ComponentError> {
     let component = if bytes.starts_with(b"\0asm") {
         match cache {
-            Some(cache) => cache.get_or_compile(engine, source_name, version, || precompile(source_name, bytes))?,
+            Some(cache) => cache.get_or_compile(engine, source_name, version, bytes)?,
             None => compile(engine, source_name, bytes)?,
         }
     } else if Engine::detect_precompiled(bytes).is_some() {
@@ -146,7 +146,7 @@ fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component
 /// throwaway compiler engine ([`crate::engine::native_compiler`]) so that
 /// Cranelift's working memory is freed afterwards.
 #[cfg(not(target_arch = "arm"))]
-fn precompile(source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
+pub(crate) fn precompile(source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
     crate::engine::native_compiler()
         .and_then(|compiler| compiler.precompile_component(bytes))
         .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
@@ -159,7 +159,7 @@ fn compile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Component, Compone
 }
 
 #[cfg(target_arch = "arm")]
-fn precompile(source_name: &str, _: &[u8]) -> Result<Vec<u8>, ComponentError> {
+pub(crate) fn precompile(source_name: &str, _: &[u8]) -> Result<Vec<u8>, ComponentError> {
     Err(no_compiler(source_name))
 }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::artifact_cache::ArtifactCache;
 use crate::capabilities::{self, HostServices};
+use crate::compile_process::CompileIn;
 use crate::config::{Config, InfluxConfig};
 use crate::engine::{self, EngineLimits, EpochTicker};
 use crate::secrets::SecretStore;
@@ -73,8 +75,22 @@ impl RunningHost {
     }
 }
 
-/// Starts everything `config` describes. Must be called inside a tokio runtime.
+/// How a host runs, beyond its config: choices of the embedding program.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// Where `.wasm` guests are compiled on a cache miss; the binary compiles
+    /// in a child process of itself so the host never holds the compiler.
+    pub compile_in: CompileIn,
+}
+
+/// Starts everything `config` describes, compiling in-process. Must be
+/// called inside a tokio runtime.
 pub async fn start(config: Config) -> Result<RunningHost, HostError> {
+    start_with(config, HostOptions::default()).await
+}
+
+/// [`start`] with `options`.
+pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningHost, HostError> {
     let secrets = Arc::new(SecretStore::open(&config.host.secrets_file)?);
     let listen = config.host.admin_listen;
     let admin_token = admin_token(&secrets, listen)?;
@@ -93,7 +109,7 @@ pub async fn start(config: Config) -> Result<RunningHost, HostError> {
         engine,
         linker: Arc::new(linker),
         services,
-        cache: Some(crate::artifact_cache::ArtifactCache::new(config.host.state_dir.join("cache"))),
+        cache: Some(ArtifactCache::new(config.host.state_dir.join("cache")).compiling_in(options.compile_in)),
     });
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|error| HostError::Listen { addr: listen, error })?;
@@ -110,7 +126,16 @@ pub async fn start(config: Config) -> Result<RunningHost, HostError> {
 
 /// Runs the host until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), HostError> {
-    let host = start(config).await?;
+    run_with(config, HostOptions::default(), shutdown).await
+}
+
+/// [`run`] with `options`.
+pub async fn run_with(
+    config: Config,
+    options: HostOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), HostError> {
+    let host = start_with(config, options).await?;
     shutdown.await;
     tracing::info!("shutting down");
     host.shutdown().await;

@@ -13,6 +13,7 @@ pub mod bindings;
 pub mod builtin;
 pub mod capabilities;
 pub mod cli;
+pub mod compile_process;
 pub mod component;
 pub mod config;
 pub mod engine;
@@ -24,4 +25,4 @@ pub mod store;
 pub mod supervisor;
 pub mod timefmt;
 
-pub use host::{HostError, RunningHost, run, start};
+pub use host::{HostError, HostOptions, RunningHost, run, run_with, start, start_with};

@@ -1,0 +1,127 @@
+//! Compiling a `.wasm` guest in a short-lived child process (`wattedge
+//! compile-worker`), so the long-running host never pages in Cranelift.
+//!
+//! Compiling three guests in-process leaves the host about twice its idle
+//! size: Cranelift's code pages (most of the x86_64 binary's text) and a
+//! fragmented heap stay resident long after the compile. A child process
+//! takes that memory with it when it exits, so the host's first start costs
+//! what a restart costs: the artifact mapped from the cache. A compile that
+//! runs out of memory also kills only the child.
+//!
+//! The child is this same binary, so its engine settings are the host's; it
+//! reads the component from standard input and writes the artifact
+//! atomically (mode 0600) to the cache path it is given. Nothing else
+//! crosses: no config, no secrets, no guest data.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The hidden subcommand that compiles one component.
+pub const WORKER_COMMAND: &str = "compile-worker";
+
+/// Where `.wasm` components are compiled.
+#[derive(Debug, Clone, Default)]
+pub enum CompileIn {
+    /// In the host process (library users and tests).
+    #[default]
+    ThisProcess,
+    /// In a child process running `executable compile-worker` (the binary).
+    ChildProcess(PathBuf),
+}
+
+/// Why a child compile did not produce an artifact.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The child could not be started (say the binary was replaced by an
+    /// upgrade); the caller can compile in-process instead.
+    #[error("cannot start the compiler process {exe}: {error}")]
+    Spawn { exe: String, error: std::io::Error },
+    /// The child ran and failed: its message, or how it died.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the worker compiles.
+#[derive(Debug, Clone, Copy)]
+pub enum WorkerInput<'a> {
+    /// A built-in guest: the worker, being this binary, has the same bytes,
+    /// so the host never pages in its own copy.
+    Builtin(&'a str),
+    /// Component bytes, sent on the worker's stdin.
+    Bytes(&'a [u8]),
+}
+
+/// Compiles `input` by running `exe compile-worker --out OUT` and waits for it.
+pub fn compile_in_child(exe: &Path, input: WorkerInput<'_>, out: &Path) -> Result<(), WorkerError> {
+    let mut command = Command::new(exe);
+    command.arg(WORKER_COMMAND).arg("--out").arg(out);
+    let wasm: &[u8] = match input {
+        WorkerInput::Builtin(name) => {
+            command.args(["--builtin", name]);
+            &[]
+        }
+        WorkerInput::Bytes(bytes) => bytes,
+    };
+    let mut child = command
+        .env("WATTEDGE_LOG", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|error| WorkerError::Spawn { exe: exe.display().to_string(), error })?;
+    let mut stdin = child.stdin.take().expect("stdin is piped");
+    // The worker reads all of its input before it writes anything, so this
+    // cannot deadlock on a full stderr pipe.
+    let sent = stdin.write_all(wasm);
+    drop(stdin);
+    let output = child.wait_with_output().map_err(|e| WorkerError::Failed(format!("compiler process: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(WorkerError::Failed(failure_message(&output, sent.err())))
+}
+
+/// What the worker said on stderr, or how it died.
+fn failure_message(output: &std::process::Output, send_error: Option<std::io::Error>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let said = String::from_utf8_lossy(&output.stderr);
+    let said = said.trim().trim_start_matches("error: ");
+    if !said.is_empty() {
+        return said.to_string();
+    }
+    match (output.status.signal(), send_error) {
+        (Some(9), _) => "the compiler process was killed (SIGKILL: out of memory? raise MemoryMax or free RAM)".into(),
+        (Some(signal), _) => format!("the compiler process died from signal {signal}"),
+        (None, Some(e)) => format!("could not send the component to the compiler process: {e}"),
+        (None, None) => format!("the compiler process failed ({})", output.status),
+    }
+}
+
+/// The worker's side: compile built-in guest `builtin`, or else standard
+/// input, into an artifact at `out`.
+#[cfg(not(target_arch = "arm"))]
+pub fn serve(out: &Path, builtin: Option<&str>) -> Result<(), String> {
+    use std::io::Read;
+    exit_with_parent();
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input).map_err(|e| format!("reading the component from stdin: {e}"))?;
+    let wasm = match builtin {
+        Some(name) => crate::builtin::component(name).ok_or_else(|| format!("no built-in guest named {name:?}"))?,
+        None => &input[..],
+    };
+    let artifact = crate::engine::native_compiler()
+        .and_then(|compiler| compiler.precompile_component(wasm))
+        .map_err(|e| format!("{e:#}"))?;
+    crate::secrets::write_atomic(out, &artifact).map_err(|e| format!("{}: cannot write artifact: {e}", out.display()))
+}
+
+/// A worker whose host died has no one to compile for.
+#[cfg(not(target_arch = "arm"))]
+fn exit_with_parent() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a signal for this process.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+}

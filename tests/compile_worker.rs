@@ -1,0 +1,103 @@
+//! The artifact cache compiling in a child process (`wattedge compile-worker`,
+//! the real binary): the artifact lands in the cache and maps into the host's
+//! engine, a worker's failure comes back as the compiler's own message, and a
+//! worker that cannot be started falls back to compiling in-process.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use wattedge::artifact_cache::ArtifactCache;
+use wattedge::compile_process::CompileIn;
+use wattedge::component::ComponentError;
+use wattedge::engine::{self, EngineLimits};
+
+fn worker() -> CompileIn {
+    CompileIn::ChildProcess(PathBuf::from(env!("CARGO_BIN_EXE_wattedge")))
+}
+
+fn builtin(name: &str) -> (&'static [u8], &'static str) {
+    (wattedge::builtin::component(name).unwrap(), wattedge::builtin::digest(name).unwrap())
+}
+
+/// A stand-in worker: a shell script that runs `body` (with `$REAL` the
+/// real binary).
+fn script_worker(dir: &Path, body: &str) -> CompileIn {
+    let path = dir.join("worker.sh");
+    let text = format!("#!/bin/sh\nREAL='{}'\n{body}\n", env!("CARGO_BIN_EXE_wattedge"));
+    std::fs::write(&path, text).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
+    CompileIn::ChildProcess(path)
+}
+
+#[test]
+fn a_worker_compiles_a_builtin_guest_into_the_cache_and_the_host_maps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine::build(EngineLimits::native()).unwrap();
+    let marker = dir.path().join("worker-ran");
+    let spy = script_worker(dir.path(), &format!("echo \"$@\" > '{}'\nexec \"$REAL\" \"$@\"", marker.display()));
+    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(spy);
+    let (wasm, digest) = builtin("correlator");
+    let component = cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
+    let linker = wattedge::capabilities::linker(&engine).unwrap();
+    linker.instantiate_pre(&component).expect("the mapped artifact type-checks against the guest world");
+    let path = cache.path_for(&engine, digest);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the artifact is private to the host's user");
+    let cached = std::fs::read(&path).unwrap();
+    assert_eq!(wasmtime::Engine::detect_precompiled(&cached), Some(wasmtime::Precompiled::Component));
+    let argv = std::fs::read_to_string(&marker).expect("the worker process did the compile");
+    assert!(argv.contains("compile-worker") && argv.contains("--builtin correlator"), "{argv}");
+    // A second start finds it in the cache and starts no worker.
+    std::fs::remove_file(&marker).unwrap();
+    cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
+    assert!(!marker.exists(), "a cache hit needs no worker");
+}
+
+#[test]
+fn a_worker_killed_by_the_kernel_is_reported_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine::build(EngineLimits::native()).unwrap();
+    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(script_worker(dir.path(), "kill -9 $$"));
+    let (wasm, digest) = builtin("correlator");
+    let err = cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).expect_err("refused");
+    assert!(err.to_string().contains("killed (SIGKILL: out of memory?"), "{err}");
+}
+
+#[test]
+fn a_worker_compiles_bytes_sent_on_its_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine::build(EngineLimits::native()).unwrap();
+    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(worker());
+    let (wasm, _) = builtin("watttime");
+    // Not named as a built-in: the bytes themselves go to the worker.
+    let digest = wattedge::component::sha256_hex(wasm);
+    cache.get_or_compile(&engine, "/srv/watttime.wasm", &digest, wasm).unwrap();
+    assert!(cache.path_for(&engine, &digest).exists());
+}
+
+#[test]
+fn a_worker_reports_the_compiler_error_and_caches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine::build(EngineLimits::native()).unwrap();
+    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(worker());
+    // A valid header with a truncated body.
+    let broken = b"\0asm\x0d\0\x01\0\x01\x05\x00";
+    let digest = wattedge::component::sha256_hex(broken);
+    let err = cache.get_or_compile(&engine, "broken.wasm", &digest, broken).expect_err("refused");
+    let ComponentError::Compile { source_name, error } = &err else { panic!("a compile error: {err}") };
+    assert_eq!(source_name, "broken.wasm");
+    assert!(!error.starts_with("error:"), "the worker's own prefix is stripped: {error}");
+    assert!(!error.is_empty() && !error.contains("compiler process"), "the compiler's message: {error}");
+    assert!(!cache.path_for(&engine, &digest).exists(), "nothing cached for a failed compile");
+}
+
+#[test]
+fn a_worker_that_cannot_start_falls_back_to_compiling_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine::build(EngineLimits::native()).unwrap();
+    let missing = CompileIn::ChildProcess(dir.path().join("no-such-wattedge"));
+    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(missing);
+    let (wasm, digest) = builtin("correlator");
+    cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
+    assert!(cache.path_for(&engine, digest).exists(), "compiled here and cached all the same");
+}
