@@ -191,7 +191,7 @@ pub fn idle(binary: &Path, idle: Duration) -> anyhow::Result<Vec<Figure>> {
             format!("{warm_anon_mib:.1} MiB of it anonymous; the rest is the binary and artifacts, mapped from disk"),
         ),
         Figure::bounded(
-            "idle RSS, first start (compiling three guests), embedded store",
+            "idle RSS, first start (three guests compiled by worker processes), embedded store",
             rss_mib,
             "MiB",
             16.0,

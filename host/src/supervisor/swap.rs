@@ -80,8 +80,15 @@ pub async fn prepare_bytes(
     name: String,
     bytes: Vec<u8>,
 ) -> Result<Prepared, SwapError> {
-    let (engine, linker) = (runtime.engine.clone(), runtime.linker.clone());
-    let loaded = tokio::task::spawn_blocking(move || component::load(&engine, &linker, &name, &bytes))
+    let (engine, linker, cache) = (runtime.engine.clone(), runtime.linker.clone(), runtime.cache.clone());
+    // Through the artifact cache: a `.wasm` is compiled where the host
+    // compiles (a worker process for the binary), and swapping back to a
+    // version seen before is a cache hit.
+    let load = move || {
+        let version = component::sha256_hex(&bytes);
+        component::load_cached(&engine, &linker, &name, &bytes, &version, cache.as_ref(), None)
+    };
+    let loaded = tokio::task::spawn_blocking(load)
         .await
         .map_err(|e| SwapError::Init(format!("compilation task failed: {e}")))??;
     prepare_loaded(runtime, handle, loaded).await
