@@ -73,8 +73,20 @@ pub fn probe_guest(name: &str, schedule: &str, config: &str) -> String {
     )
 }
 
-/// One HTTP/1.1 request; returns (status, JSON body or string).
+/// Longest an admin API request may take before the test fails (a swap
+/// compiles a component in a debug build, so not short).
+const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One HTTP/1.1 request; returns (status, JSON body or string). A host that
+/// hangs fails the test instead of hanging it.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
+    let exchange = exchange(addr, method, path, body, token);
+    tokio::time::timeout(ADMIN_REQUEST_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("{method} {path}: no answer from the admin API within {ADMIN_REQUEST_TIMEOUT:?}"))
+}
+
+async fn exchange(addr: SocketAddr, method: &str, path: &str, body: &str, token: Option<&str>) -> (u16, Value) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to admin API");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let request = format!(
