@@ -8,6 +8,7 @@ wasmtime::component::bindgen!({
     imports: {
         "wattedge:runtime/influx.write": async,
         "wattedge:runtime/influx.query": async,
+        "wattedge:runtime/influx.query-floats": async,
     },
     exports: { default: async },
 });

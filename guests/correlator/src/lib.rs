@@ -7,7 +7,8 @@
 //! of at least `min_delta_w`. It replaces the Python "energy-correlator".
 //!
 //! Cost per run is bounded: exactly one events query and at most one power
-//! query (covering all events at once), then one batched write.
+//! query (covering all events at once, through `query-floats`, which hands
+//! over the readings as two flat columns), then one batched write.
 //!
 //! Exactly-once: handled events (written, or judged below the threshold) are
 //! remembered in guest `state` ([`processed`]); events whose readings are not
@@ -28,7 +29,7 @@ use wattedge_guest::{
 
 use matching::{Outcome, Reading, Step};
 use processed::Processed;
-use settings::{Event, Settings, event_from_row, reading_from_row};
+use settings::{Event, Settings, event_from_row, readings_from_series};
 
 static SETTINGS: Slot<Settings> = Slot::new();
 
@@ -95,6 +96,14 @@ fn query(q: &InfluxQuery) -> Result<Vec<influx::Row>, GuestError> {
         .map_err(|e| fail(GuestError::Store(format!("querying {}: {}", q.measurement, influx_error_text(&e)))))
 }
 
+/// The numeric values of `field` in `q`'s rows, as columns: a block copy
+/// across the component boundary instead of a row, a field and a string
+/// allocation per reading.
+fn query_floats(q: &InfluxQuery, field: &str) -> Result<influx::FloatSeries, GuestError> {
+    influx::query_floats(q, field)
+        .map_err(|e| fail(GuestError::Store(format!("querying {} {field}: {}", q.measurement, influx_error_text(&e)))))
+}
+
 /// Sets the two rate gauges from the running totals.
 fn update_rates() {
     let events = report::count_of(counters::EVENTS);
@@ -146,17 +155,20 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
         return Ok(Summary { points_written: 0, detail: Some("no new events".into()) });
     };
     let reach = s.offset.saturating_add(s.padding);
-    let power_rows = query(&InfluxQuery {
-        measurement: s.power_measurement.clone(),
-        fields: vec![s.power_field.clone()],
-        tags: Vec::new(),
-        start: Some(first.time.saturating_sub(reach)),
-        end: Some(last.time.saturating_add(reach).saturating_add(1)),
-        select: Selector::All,
-        descending: false,
-        limit: None,
-    })?;
-    let mut readings: Vec<Reading> = power_rows.iter().filter_map(|r| reading_from_row(r, &s.power_field)).collect();
+    let power = query_floats(
+        &InfluxQuery {
+            measurement: s.power_measurement.clone(),
+            fields: Vec::new(),
+            tags: Vec::new(),
+            start: Some(first.time.saturating_sub(reach)),
+            end: Some(last.time.saturating_add(reach).saturating_add(1)),
+            select: Selector::All,
+            descending: false,
+            limit: None,
+        },
+        &s.power_field,
+    )?;
+    let mut readings: Vec<Reading> = readings_from_series(&power);
     readings.sort_by_key(|r| r.time);
 
     let mut judged = 0u64;

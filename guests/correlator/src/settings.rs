@@ -1,8 +1,8 @@
 //! The correlator's config and the mapping from query rows to its inputs.
 
 use wattedge_guest::config::{Config, config_error};
-use wattedge_guest::influx::Row;
-use wattedge_guest::{FieldValue, GuestError, field_as_f64, field_as_text};
+use wattedge_guest::influx::{FloatSeries, Row};
+use wattedge_guest::{GuestError, field_as_text};
 
 use crate::matching::Reading;
 
@@ -166,16 +166,17 @@ pub fn event_from_row(row: &Row, s: &Settings) -> Option<Event> {
     })
 }
 
-/// The power reading in `row`, if its power field is numeric.
-pub fn reading_from_row(row: &Row, field: &str) -> Option<Reading> {
-    let value: &FieldValue = row.fields.iter().find(|(k, _)| k == field).map(|(_, v)| v)?;
-    let watts = field_as_f64(value).filter(|w| w.is_finite())?;
-    Some(Reading { time: row.time, watts })
+/// The power readings in a `query-floats` answer (the host has already
+/// dropped non-numeric values and converted integers), minus non-finite ones.
+pub fn readings_from_series(series: &FloatSeries) -> Vec<Reading> {
+    let pairs = series.times.iter().zip(&series.values);
+    pairs.filter(|(_, w)| w.is_finite()).map(|(&time, &watts)| Reading { time, watts }).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wattedge_guest::FieldValue;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, GuestError> {
         Settings::from_config(&Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
@@ -231,9 +232,12 @@ mod tests {
         let sensor = row(&[("entity_id", "sensor.t"), ("domain", "sensor")], vec![]);
         assert_eq!(event_from_row(&sensor, &s), None);
         assert_eq!(event_from_row(&row(&[], vec![]), &s), None);
-        let p = row(&[], vec![("total_power_w", FieldValue::Integer(2450))]);
-        assert_eq!(reading_from_row(&p, "total_power_w").map(|r| r.watts), Some(2450.0));
-        let t = row(&[], vec![("total_power_w", FieldValue::Text("x".into()))]);
-        assert_eq!(reading_from_row(&t, "total_power_w"), None);
+    }
+
+    #[test]
+    fn readings_pair_times_with_values_and_drop_non_finite() {
+        let series = FloatSeries { times: vec![1, 2, 3, 4], values: vec![2450.0, f64::NAN, f64::INFINITY, -3.5] };
+        let readings = readings_from_series(&series);
+        assert_eq!(readings, vec![Reading { time: 1, watts: 2450.0 }, Reading { time: 4, watts: -3.5 }]);
     }
 }

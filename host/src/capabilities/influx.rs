@@ -10,7 +10,7 @@ use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
 use crate::config::Grants;
 use crate::store::line_protocol::{self, FieldRef};
 use crate::store::outbox::{self, OutboxSink, RecordBuf};
-use crate::store::{FieldValue, Point, Query, Row, Selector, StoreError, TimeSeriesStore};
+use crate::store::{FieldValue, Point, Query, Row, Selector, SortedPoint, StoreError, TimeSeriesStore};
 
 /// Per-guest store counters, shown in `/metrics`.
 #[derive(Default)]
@@ -64,6 +64,21 @@ impl InfluxCap {
             }
         }
     }
+
+    /// Checks a query of `measurement` against the read grants and counts it
+    /// (`query` and `query-floats` alike) as a query or a denied query.
+    fn check_read(&self, measurement: &str, metrics: &InfluxMetrics) -> Result<(), InfluxError> {
+        if !self.read_grants.contains(measurement) {
+            metrics.queries_denied.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(guest = %self.guest, measurement = %measurement, "influx query denied: measurement not granted");
+            return Err(InfluxError::Denied(format!(
+                "measurement {measurement:?} is not in grants.influx_read of guest {}",
+                self.guest
+            )));
+        }
+        metrics.queries.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 impl wit::Host for super::GuestCtx {
@@ -76,7 +91,7 @@ impl wit::Host for super::GuestCtx {
         let latest: Vec<Point> = latest_per_measurement(&points);
         let written = match self.influx.store.outbox_sink() {
             Some(sink) => write_to_outbox(&sink, &points).await,
-            None => self.influx.store.write(points.into_iter().map(point_from_wit).collect()).await,
+            None => write_to_store(self.influx.store.as_ref(), points).await,
         };
         match written {
             Ok(n) => {
@@ -96,17 +111,21 @@ impl wit::Host for super::GuestCtx {
 
     async fn query(&mut self, q: wit::SeriesQuery) -> Result<Vec<wit::Row>, InfluxError> {
         let metrics = &self.shared.influx;
-        if !self.influx.read_grants.contains(&q.measurement) {
-            metrics.queries_denied.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(guest = %self.influx.guest, measurement = %q.measurement, "influx query denied: measurement not granted");
-            return Err(InfluxError::Denied(format!(
-                "measurement {:?} is not in grants.influx_read of guest {}",
-                q.measurement, self.influx.guest
-            )));
-        }
-        metrics.queries.fetch_add(1, Ordering::Relaxed);
+        self.influx.check_read(&q.measurement, metrics)?;
         match self.influx.store.query(query_from_wit(q)).await {
             Ok(rows) => Ok(rows.into_iter().map(row_to_wit).collect()),
+            Err(e) => {
+                metrics.errors.fetch_add(1, Ordering::Relaxed);
+                Err(store_error(e))
+            }
+        }
+    }
+
+    async fn query_floats(&mut self, q: wit::SeriesQuery, field: String) -> Result<wit::FloatSeries, InfluxError> {
+        let metrics = &self.shared.influx;
+        self.influx.check_read(&q.measurement, metrics)?;
+        match self.influx.store.query_floats(query_from_wit(q), field).await {
+            Ok(series) => Ok(wit::FloatSeries { times: series.times, values: series.values }),
             Err(e) => {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
                 Err(store_error(e))
@@ -149,6 +168,19 @@ async fn write_to_outbox(sink: &OutboxSink, points: &[WitPoint]) -> Result<u32, 
         encode_wit(p, record.lines()).map_err(|m| StoreError::Invalid(format!("point {i}: {m}")))?;
     }
     outbox::append_record(&sink.outbox, record, count).await
+}
+
+/// Writes a guest's points into a store that takes them directly (the
+/// embedded one): keys sorted in place, then handed over as
+/// [`SortedPoint`]s, strings moved; a point with a repeated key goes
+/// through a [`Point`] (two maps), which resolves it.
+async fn write_to_store(store: &dyn TimeSeriesStore, mut points: Vec<WitPoint>) -> Result<u32, StoreError> {
+    points.iter_mut().for_each(sort_keys);
+    if points.iter().all(|p| ascending(&p.tags) && ascending(&p.fields)) {
+        store.write_sorted(points.into_iter().map(sorted_from_wit).collect()).await
+    } else {
+        store.write(points.into_iter().map(point_from_wit).collect()).await
+    }
 }
 
 /// Whether keys are strictly ascending: then they are already in the order
@@ -208,6 +240,24 @@ fn point_from_wit(p: WitPoint) -> Point {
     }
 }
 
+/// Sorts `p`'s tags and fields by key, in place and stably (a repeated key
+/// keeps its values in order, so the last still wins in a [`Point`]).
+fn sort_keys(p: &mut WitPoint) {
+    p.tags.sort_by(|a, b| a.0.cmp(&b.0));
+    p.fields.sort_by(|a, b| a.0.cmp(&b.0));
+}
+
+/// `p` with its strings moved, not copied: the caller has checked that its
+/// keys are strictly ascending.
+fn sorted_from_wit(p: WitPoint) -> SortedPoint {
+    SortedPoint {
+        measurement: p.measurement,
+        tags: p.tags,
+        fields: p.fields.into_iter().map(|(k, v)| (k, field_from_wit(v))).collect(),
+        time: p.time,
+    }
+}
+
 fn field_from_wit(v: WitField) -> FieldValue {
     match v {
         WitField::Float(f) => FieldValue::Float(f),
@@ -250,5 +300,38 @@ fn row_to_wit(r: Row) -> wit::Row {
         time: r.time,
         tags: r.tags.into_iter().collect(),
         fields: r.fields.into_iter().map(|(k, v)| (k, field_to_wit(v))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wit_point(tags: &[(&str, &str)], fields: &[(&str, f64)]) -> WitPoint {
+        WitPoint {
+            measurement: "m".into(),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            fields: fields.iter().map(|(k, v)| (k.to_string(), WitField::Float(*v))).collect(),
+            time: 7,
+        }
+    }
+
+    #[test]
+    fn sorted_keys_give_the_point_the_maps_would() {
+        let p = wit_point(&[("entity_id", "switch.a"), ("domain", "switch")], &[("w", 1.0), ("before", 2.0)]);
+        let mut sorted = p.clone();
+        sort_keys(&mut sorted);
+        assert!(ascending(&sorted.tags) && ascending(&sorted.fields));
+        assert_eq!(sorted_from_wit(sorted).into_point(), point_from_wit(p));
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value_after_sorting() {
+        let p = wit_point(&[], &[("w", 1.0), ("a", 0.0), ("w", 2.0)]);
+        let mut sorted = p.clone();
+        sort_keys(&mut sorted);
+        assert!(!ascending(&sorted.fields), "a repeated key is not strictly ascending: the Point path takes it");
+        assert_eq!(point_from_wit(sorted).fields["w"], FieldValue::Float(2.0));
+        assert_eq!(point_from_wit(p).fields["w"], FieldValue::Float(2.0));
     }
 }

@@ -3,6 +3,8 @@
 //!
 //! It owns the on-disk layout (keys, value encoding, tables), point validation,
 //! InfluxDB-style merge semantics, structured queries and retention purging.
+//! The batch write path lives in `write`, and the map-free decoding behind
+//! `query_floats` (one numeric field as columns) in `scan`.
 //! Every write is one ACID `redb` transaction committed with the default
 //! (immediate) durability, so a power cut leaves either the whole batch or none
 //! of it.
@@ -36,7 +38,7 @@ use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{FieldValue, Point, Query, Row, Selector, StoreError, Timestamp};
+use super::{FieldValue, FloatSeries, Point, Query, Row, Selector, SortedPoint, StoreError, Timestamp};
 
 const POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("points");
 const MEASUREMENTS: TableDefinition<&str, ()> = TableDefinition::new("measurements");
@@ -88,40 +90,72 @@ impl EmbeddedStore {
     /// into it: its fields overwrite same-named fields, other fields are kept.
     /// The whole batch is validated first; one invalid point rejects the batch.
     pub fn write(&self, points: &[Point]) -> Result<u32, StoreError> {
-        for (i, p) in points.iter().enumerate() {
-            validate(p).map_err(|m| StoreError::Invalid(format!("point {i}: {m}")))?;
+        self.write_batch(points)
+    }
+
+    /// [`write`](Self::write) for points whose keys are already in order,
+    /// as the `influx` capability hands over a guest's points: no maps are
+    /// built for them. A point whose keys are not strictly ascending (which
+    /// would break the key encoding) sends the batch through [`Point`]s.
+    pub fn write_sorted(&self, points: &[SortedPoint]) -> Result<u32, StoreError> {
+        if points.iter().all(SortedPoint::is_sorted) {
+            return self.write_batch(points);
         }
-        let count = u32::try_from(points.len())
-            .map_err(|_| StoreError::Invalid(format!("batch too large: {}", points.len())))?;
-        if points.is_empty() {
-            return Ok(0);
-        }
-        let txn = self.db.begin_write().map_err(self.err("begin write"))?;
-        {
-            let mut table = txn.open_table(POINTS).map_err(self.err("open points"))?;
-            let mut measurements = txn.open_table(MEASUREMENTS).map_err(self.err("open measurements"))?;
-            for p in points {
-                let key = point_key(&p.measurement, p.time, &p.tags);
-                let existing =
-                    table.get(key.as_slice()).map_err(self.err("read point"))?.map(|v| decode_fields(v.value()));
-                let value = match existing {
-                    Some(old) => {
-                        let mut fields = old.map_err(|e| self.corrupt(e))?;
-                        fields.extend(p.fields.iter().map(|(k, v)| (k.clone(), v.clone())));
-                        encode_fields(&fields)
-                    }
-                    None => encode_fields(&p.fields),
-                };
-                table.insert(key.as_slice(), value.as_slice()).map_err(self.err("insert point"))?;
-                measurements.insert(p.measurement.as_str(), ()).map_err(self.err("record measurement"))?;
-            }
-        }
-        txn.commit().map_err(self.err("commit write"))?;
-        Ok(count)
+        let points: Vec<Point> = points.iter().cloned().map(SortedPoint::into_point).collect();
+        self.write_batch(&points)
     }
 
     /// Runs a structured query over one measurement.
     pub fn query(&self, q: &Query) -> Result<Vec<Row>, StoreError> {
+        let mut rows = Vec::new();
+        self.scan(q, |suffix, value| {
+            let (time, tags) = decode_key_suffix(suffix).map_err(|e| self.corrupt(e))?;
+            if !q.tags.iter().all(|(tk, tv)| tags.get(tk) == Some(tv)) {
+                return Ok(false);
+            }
+            let mut fields = decode_fields(value).map_err(|e| self.corrupt(e))?;
+            if !q.fields.is_empty() {
+                fields.retain(|name, _| q.fields.contains(name));
+                if fields.is_empty() {
+                    return Ok(false);
+                }
+            }
+            rows.push(Row { time, tags, fields });
+            Ok(true)
+        })?;
+        Ok(rows)
+    }
+
+    /// The numeric values of `field` in the rows [`query`](Self::query)
+    /// returns for `q` with `fields = [field]`, decoding only each row's
+    /// time, its tags when `q` filters on them, and that one field: no
+    /// per-row maps or strings (see [`scan`]).
+    pub fn query_floats(&self, q: &Query, field: &str) -> Result<FloatSeries, StoreError> {
+        let mut series = FloatSeries::default();
+        self.scan(q, |suffix, value| {
+            let row = scan::float_row(suffix, value, &q.tags, field.as_bytes()).map_err(|e| self.corrupt(e))?;
+            match row {
+                scan::FloatRow::Skipped => Ok(false),
+                scan::FloatRow::NotNumeric => Ok(true),
+                scan::FloatRow::Value(time, v) => {
+                    series.times.push(time);
+                    series.values.push(v);
+                    Ok(true)
+                }
+            }
+        })?;
+        Ok(series)
+    }
+
+    /// Walks the stored rows of `q`'s measurement and time range in the
+    /// order `q` asks for, calling `visit` with each key after the
+    /// measurement prefix and each value; `visit` says whether it kept the
+    /// row, and the walk stops once `q`'s selector or limit is satisfied.
+    fn scan(
+        &self,
+        q: &Query,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         if q.measurement.is_empty() {
             return Err(StoreError::Invalid("query measurement is empty".into()));
         }
@@ -129,9 +163,8 @@ impl EmbeddedStore {
             Selector::First | Selector::Last => 1,
             Selector::All => q.limit.map_or(usize::MAX, |l| l as usize),
         };
-        let mut rows = Vec::new();
         if cap == 0 || matches!((q.start, q.end), (Some(s), Some(e)) if s >= e) {
-            return Ok(rows);
+            return Ok(());
         }
         let lower = time_key(&q.measurement, q.start.unwrap_or(i64::MIN));
         let upper = match q.end {
@@ -150,26 +183,17 @@ impl EmbeddedStore {
         };
         let iter: Box<dyn Iterator<Item = _>> = if newest_first { Box::new(range.rev()) } else { Box::new(range) };
         let prefix_len = measurement_prefix(&q.measurement).len();
+        let mut kept = 0;
         for entry in iter {
             let (k, v) = entry.map_err(self.err("read point"))?;
-            let key = k.value();
-            let (time, tags) = decode_key_suffix(&key[prefix_len..]).map_err(|e| self.corrupt(e))?;
-            if !q.tags.iter().all(|(tk, tv)| tags.get(tk) == Some(tv)) {
-                continue;
-            }
-            let mut fields = decode_fields(v.value()).map_err(|e| self.corrupt(e))?;
-            if !q.fields.is_empty() {
-                fields.retain(|name, _| q.fields.contains(name));
-                if fields.is_empty() {
-                    continue;
+            if visit(&k.value()[prefix_len..], v.value())? {
+                kept += 1;
+                if kept >= cap {
+                    break;
                 }
             }
-            rows.push(Row { time, tags, fields });
-            if rows.len() >= cap {
-                break;
-            }
         }
-        Ok(rows)
+        Ok(())
     }
 
     /// Deletes every point older than `now - retention` (time strictly less
@@ -236,32 +260,6 @@ impl EmbeddedStore {
     }
 }
 
-/// Checks a point against InfluxDB's rules; the message names what is wrong.
-fn validate(p: &Point) -> Result<(), String> {
-    if p.measurement.is_empty() {
-        return Err("measurement is empty".into());
-    }
-    if p.fields.is_empty() {
-        return Err(format!("measurement {:?} has no fields", p.measurement));
-    }
-    for (k, v) in &p.tags {
-        if k.is_empty() {
-            return Err(format!("empty tag key (value {v:?})"));
-        }
-    }
-    for (k, v) in &p.fields {
-        if k.is_empty() {
-            return Err("empty field key".into());
-        }
-        if let FieldValue::Float(f) = v
-            && !f.is_finite()
-        {
-            return Err(format!("field {k:?} is {f}, which InfluxDB cannot store"));
-        }
-    }
-    Ok(())
-}
-
 // ---- key encoding ----------------------------------------------------------
 
 fn measurement_prefix(m: &str) -> Vec<u8> {
@@ -284,15 +282,6 @@ fn measurement_successor(m: &str) -> Vec<u8> {
     let mut out = measurement_prefix(m);
     if let Some(last) = out.last_mut() {
         *last += 1;
-    }
-    out
-}
-
-fn point_key(m: &str, t: Timestamp, tags: &BTreeMap<String, String>) -> Vec<u8> {
-    let mut out = time_key(m, t);
-    for (k, v) in tags {
-        put_bytes(&mut out, k.as_bytes());
-        put_bytes(&mut out, v.as_bytes());
     }
     out
 }
@@ -323,34 +312,38 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
+#[cfg(test)]
 fn encode_fields(fields: &BTreeMap<String, FieldValue>) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * fields.len());
-    for (k, v) in fields {
-        put_bytes(&mut out, k.as_bytes());
-        match v {
-            FieldValue::Float(f) => {
-                out.push(T_FLOAT);
-                out.extend_from_slice(&f.to_bits().to_le_bytes());
-            }
-            FieldValue::Integer(i) => {
-                out.push(T_INT);
-                out.extend_from_slice(&i.to_le_bytes());
-            }
-            FieldValue::Unsigned(u) => {
-                out.push(T_UINT);
-                out.extend_from_slice(&u.to_le_bytes());
-            }
-            FieldValue::Boolean(b) => {
-                out.push(T_BOOL);
-                out.push(u8::from(*b));
-            }
-            FieldValue::Text(s) => {
-                out.push(T_TEXT);
-                put_bytes(&mut out, s.as_bytes());
-            }
+    fields.iter().for_each(|(k, v)| put_field(&mut out, k, v));
+    out
+}
+
+/// Appends the encoding of field `k` with value `v` to `out`.
+fn put_field(out: &mut Vec<u8>, k: &str, v: &FieldValue) {
+    put_bytes(out, k.as_bytes());
+    match v {
+        FieldValue::Float(f) => {
+            out.push(T_FLOAT);
+            out.extend_from_slice(&f.to_bits().to_le_bytes());
+        }
+        FieldValue::Integer(i) => {
+            out.push(T_INT);
+            out.extend_from_slice(&i.to_le_bytes());
+        }
+        FieldValue::Unsigned(u) => {
+            out.push(T_UINT);
+            out.extend_from_slice(&u.to_le_bytes());
+        }
+        FieldValue::Boolean(b) => {
+            out.push(T_BOOL);
+            out.push(u8::from(*b));
+        }
+        FieldValue::Text(s) => {
+            out.push(T_TEXT);
+            put_bytes(out, s.as_bytes());
         }
     }
-    out
 }
 
 fn decode_fields(b: &[u8]) -> Result<BTreeMap<String, FieldValue>, String> {
@@ -399,5 +392,7 @@ impl Reader<'_> {
     }
 }
 
+mod scan;
 #[cfg(test)]
 mod tests;
+mod write;

@@ -40,6 +40,36 @@ pub struct Point {
     pub time: Timestamp,
 }
 
+/// A point whose tag keys and field keys are each strictly ascending (so no
+/// key repeats): the order a [`Point`]'s maps would give them. The `influx`
+/// capability builds these from a guest's points by moving their strings,
+/// where a [`Point`] costs two maps per point; stores take them through
+/// [`TimeSeriesStore::write_sorted`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortedPoint {
+    pub measurement: String,
+    pub tags: Vec<(String, String)>,
+    pub fields: Vec<(String, FieldValue)>,
+    pub time: Timestamp,
+}
+
+impl SortedPoint {
+    /// Whether the keys keep the invariant (strictly ascending).
+    pub fn is_sorted(&self) -> bool {
+        self.tags.windows(2).all(|w| w[0].0 < w[1].0) && self.fields.windows(2).all(|w| w[0].0 < w[1].0)
+    }
+
+    /// The same point with maps (for a repeated key, the last value wins).
+    pub fn into_point(self) -> Point {
+        Point {
+            measurement: self.measurement,
+            tags: self.tags.into_iter().collect(),
+            fields: self.fields.into_iter().collect(),
+            time: self.time,
+        }
+    }
+}
+
 /// Which rows of the matching range a query returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Selector {
@@ -74,6 +104,40 @@ pub struct Row {
     pub fields: BTreeMap<String, FieldValue>,
 }
 
+/// One numeric field of a query's rows as two parallel columns (see
+/// [`TimeSeriesStore::query_floats`]): `values[i]` was stored at `times[i]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct FloatSeries {
+    pub times: Vec<Timestamp>,
+    pub values: Vec<f64>,
+}
+
+impl FloatSeries {
+    /// Appends `value` at `time` when it is numeric (integers convert with
+    /// `as f64`); booleans and text are skipped.
+    pub fn push_numeric(&mut self, time: Timestamp, value: &FieldValue) {
+        let number = match value {
+            FieldValue::Float(f) => *f,
+            FieldValue::Integer(i) => *i as f64,
+            FieldValue::Unsigned(u) => *u as f64,
+            FieldValue::Boolean(_) | FieldValue::Text(_) => return,
+        };
+        self.times.push(time);
+        self.values.push(number);
+    }
+
+    /// The numeric values of `field` in `rows`, in row order.
+    pub fn from_rows(rows: &[Row], field: &str) -> FloatSeries {
+        let mut series = FloatSeries::default();
+        for row in rows {
+            if let Some(value) = row.fields.get(field) {
+                series.push_numeric(row.time, value);
+            }
+        }
+        series
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -93,8 +157,26 @@ pub type StoreFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output =
 pub trait TimeSeriesStore: Send + Sync + 'static {
     /// Stores points; returns how many were accepted.
     fn write(&self, points: Vec<Point>) -> StoreFuture<'_, u32>;
+    /// [`write`](Self::write) for points with keys in order. The default
+    /// builds [`Point`]s; the embedded store stores them as they are.
+    fn write_sorted(&self, points: Vec<SortedPoint>) -> StoreFuture<'_, u32> {
+        self.write(points.into_iter().map(SortedPoint::into_point).collect())
+    }
     /// Runs a structured query.
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>>;
+    /// The numeric values of `field` in the rows `query` returns for
+    /// `query` with `fields = [field]`, as columns (booleans and text are
+    /// skipped). The default runs `query`, so every backend answers it;
+    /// the embedded store overrides it to decode only the time and that
+    /// field of each row, which is what makes the correlator's 100k-reading
+    /// scans cheap.
+    fn query_floats(&self, mut query: Query, field: String) -> StoreFuture<'_, FloatSeries> {
+        Box::pin(async move {
+            query.fields = vec![field.clone()];
+            let rows = self.query(query).await?;
+            Ok(FloatSeries::from_rows(&rows, &field))
+        })
+    }
     /// A short name for logs and the status page (`embedded`, `influxdb-v1`).
     fn kind(&self) -> &'static str;
     /// Prometheus lines about the backend (outbox depth, forwarding), for
@@ -152,9 +234,19 @@ impl TimeSeriesStore for EmbeddedBackend {
         Box::pin(async move { blocking(move || inner.write(&points)).await })
     }
 
+    fn write_sorted(&self, points: Vec<SortedPoint>) -> StoreFuture<'_, u32> {
+        let inner = self.inner.clone();
+        Box::pin(async move { blocking(move || inner.write_sorted(&points)).await })
+    }
+
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>> {
         let inner = self.inner.clone();
         Box::pin(async move { blocking(move || inner.query(&query)).await })
+    }
+
+    fn query_floats(&self, query: Query, field: String) -> StoreFuture<'_, FloatSeries> {
+        let inner = self.inner.clone();
+        Box::pin(async move { blocking(move || inner.query_floats(&query, &field)).await })
     }
 
     fn kind(&self) -> &'static str {

@@ -281,3 +281,115 @@ fn corrupt_value_is_reported_not_panicking() {
     let fields: BTreeMap<String, FieldValue> = [("k".to_string(), FieldValue::Text("v".into()))].into();
     assert_eq!(decode_fields(&encode_fields(&fields)).unwrap(), fields);
 }
+
+#[test]
+fn query_floats_returns_the_numeric_values_query_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = seeded(&dir);
+    s.write(&[
+        point("power", &[("host", "a")], &[("w", FieldValue::Integer(7)), ("note", FieldValue::Text("x".into()))], 60),
+        point("power", &[("host", "a")], &[("note", FieldValue::Text("no w".into()))], 70),
+        point("power", &[("host", "b")], &[("w", FieldValue::Text("not a number".into()))], 80),
+    ])
+    .unwrap();
+    let q = |tags: &[(&str, &str)]| Query {
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..all("power")
+    };
+    let filters: [&[(&str, &str)]; 5] =
+        [&[], &[("host", "a")], &[("host", "a"), ("phase", "l1")], &[("host", "c")], &[("nosuch", "a")]];
+    for tags in filters {
+        for query in [q(tags), Query { limit: Some(2), descending: true, ..q(tags) }] {
+            let rows = s.query(&Query { fields: vec!["w".into()], ..query.clone() }).unwrap();
+            assert_eq!(s.query_floats(&query, "w").unwrap(), FloatSeries::from_rows(&rows, "w"), "{query:?}");
+        }
+    }
+    let expected = FloatSeries { times: vec![10, 30, 50, 60], values: vec![1.0, 3.0, 5.0, 7.0] };
+    assert_eq!(s.query_floats(&q(&[("host", "a")]), "w").unwrap(), expected, "integers convert, no-w rows skipped");
+    let last_b = Query { select: Selector::Last, ..q(&[("host", "b")]) };
+    assert_eq!(s.query_floats(&last_b, "w").unwrap(), FloatSeries::default(), "the last row's w is text");
+    assert!(s.query_floats(&all(""), "w").is_err(), "an empty measurement is refused like in `query`");
+}
+
+#[test]
+fn corrupt_row_is_reported_by_the_float_scan() {
+    let no_tags = BTreeMap::new();
+    assert!(scan::float_row(&[1, 2, 3], &[], &no_tags, b"w").is_err(), "short key");
+    let key = [0u8; 8];
+    assert!(scan::float_row(&key, &[0, 0, 0, 1, b'w', T_FLOAT, 1], &no_tags, b"w").is_err(), "short float");
+    assert!(scan::float_row(&key, &[0, 0, 0, 1, b'w', 9], &no_tags, b"w").is_err(), "unknown type");
+    let tagged = [("h".to_string(), "a".to_string())].into();
+    assert!(scan::float_row(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9], &[], &tagged, b"w").is_err(), "short tag");
+}
+
+fn sorted(p: &Point) -> SortedPoint {
+    SortedPoint {
+        measurement: p.measurement.clone(),
+        tags: p.tags.clone().into_iter().collect(),
+        fields: p.fields.clone().into_iter().collect(),
+        time: p.time,
+    }
+}
+
+#[test]
+fn write_sorted_stores_and_merges_exactly_like_write() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (via_points, via_sorted) = (open(&a), open(&b));
+    let first = [point("m", &[("h", "a"), ("p", "1")], &[("x", f(1.0)), ("y", f(2.0))], 5)];
+    let batch = [
+        point("m", &[("h", "a"), ("p", "1")], &[("y", f(3.0))], 5),
+        point("m", &[("h", "a"), ("p", "1")], &[("z", FieldValue::Text("t".into()))], 5),
+        point("m", &[("h", "b")], &[("x", FieldValue::Unsigned(7))], 6),
+        point("n", &[], &[("x", FieldValue::Integer(-1))], 4),
+    ];
+    for (store, points) in [(&via_points, &first[..]), (&via_points, &batch[..])] {
+        assert_eq!(store.write(points).unwrap(), points.len() as u32);
+    }
+    for points in [&first[..], &batch[..]] {
+        let converted: Vec<SortedPoint> = points.iter().map(sorted).collect();
+        assert_eq!(via_sorted.write_sorted(&converted).unwrap(), points.len() as u32);
+    }
+    for m in ["m", "n"] {
+        assert_eq!(via_sorted.query(&all(m)).unwrap(), via_points.query(&all(m)).unwrap(), "measurement {m}");
+    }
+    let merged = &via_sorted.query(&all("m")).unwrap()[0];
+    assert_eq!(merged.fields.len(), 3, "x kept, y replaced, z added: {merged:?}");
+    assert_eq!(merged.fields["y"], f(3.0));
+}
+
+#[test]
+fn write_sorted_with_keys_out_of_order_goes_through_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let unsorted = SortedPoint {
+        measurement: "m".into(),
+        tags: vec![("z".into(), "1".into()), ("a".into(), "2".into())],
+        fields: vec![("w".into(), f(1.0)), ("w".into(), f(2.0))],
+        time: 9,
+    };
+    assert!(!unsorted.is_sorted());
+    s.write_sorted(std::slice::from_ref(&unsorted)).unwrap();
+    let p = unsorted.into_point();
+    let expected = Row { time: p.time, tags: p.tags, fields: p.fields };
+    assert_eq!(s.query(&all("m")).unwrap(), vec![expected], "sorted keys, last w wins");
+}
+
+#[test]
+fn write_sorted_rejects_invalid_points_like_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let bad = [
+        point("m", &[("", "v")], &[("x", f(1.0))], 1),
+        point("m", &[], &[], 1),
+        point("m", &[], &[("x", f(f64::NAN))], 1),
+        point("", &[], &[("x", f(1.0))], 1),
+    ];
+    for p in &bad {
+        let ok = point("m", &[], &[("x", f(1.0))], 2);
+        let via_points = s.write(&[ok.clone(), p.clone()]).unwrap_err().to_string();
+        let via_sorted = s.write_sorted(&[sorted(&ok), sorted(p)]).unwrap_err().to_string();
+        assert_eq!(via_sorted, via_points);
+        assert!(via_sorted.starts_with("invalid: point 1: "), "{via_sorted}");
+    }
+    assert_eq!(s.point_count().unwrap(), 0, "a batch with an invalid point writes nothing");
+}
