@@ -369,9 +369,11 @@ fn decode_fields(b: &[u8]) -> Result<BTreeMap<String, FieldValue>, String> {
     Ok(fields)
 }
 
+/// A cursor over encoded bytes; borrows until a caller asks for an owned string.
+#[derive(Clone, Copy)]
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let (head, rest) = self
             .0
@@ -381,14 +383,20 @@ impl Reader<'_> {
         Ok(*head)
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    /// A length-prefixed byte string.
+    fn bytes(&mut self) -> Result<&'a [u8], String> {
         let len = u32::from_be_bytes(self.array()?) as usize;
         if self.0.len() < len {
             return Err(format!("truncated string: {len} bytes, {} left", self.0.len()));
         }
         let (s, rest) = self.0.split_at(len);
         self.0 = rest;
-        String::from_utf8(s.to_vec()).map_err(|e| format!("invalid UTF-8: {e}"))
+        Ok(s)
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        let bytes = self.bytes()?;
+        String::from_utf8(bytes.to_vec()).map_err(|e| format!("invalid UTF-8: {e}"))
     }
 }
 

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{T_BOOL, T_FLOAT, T_INT, T_TEXT, T_UINT, Timestamp};
+use super::{Reader, T_BOOL, T_FLOAT, T_INT, T_TEXT, T_UINT, Timestamp};
 
 /// What one stored row contributes to a float series.
 #[derive(Debug, PartialEq)]
@@ -32,12 +32,12 @@ pub(super) fn float_row(
     tags: &BTreeMap<String, String>,
     field: &[u8],
 ) -> Result<FloatRow, String> {
-    let mut key = Bytes(suffix);
+    let mut key = Reader(suffix);
     let time = (u64::from_be_bytes(key.array()?) ^ (1 << 63)) as i64;
     if !tags.is_empty() && !tags_match(key, tags)? {
         return Ok(FloatRow::Skipped);
     }
-    let mut fields = Bytes(value);
+    let mut fields = Reader(value);
     while !fields.0.is_empty() {
         let name = fields.bytes()?;
         let [kind] = fields.array()?;
@@ -58,7 +58,7 @@ pub(super) fn float_row(
 
 /// Whether every filter `(key, value)` is among the encoded tag pairs left
 /// in `key`.
-fn tags_match(key: Bytes<'_>, filters: &BTreeMap<String, String>) -> Result<bool, String> {
+fn tags_match(key: Reader<'_>, filters: &BTreeMap<String, String>) -> Result<bool, String> {
     for (want_key, want_value) in filters {
         let mut pairs = key;
         let mut found = false;
@@ -74,30 +74,4 @@ fn tags_match(key: Bytes<'_>, filters: &BTreeMap<String, String>) -> Result<bool
         }
     }
     Ok(true)
-}
-
-/// A cursor over encoded bytes that borrows instead of copying.
-#[derive(Clone, Copy)]
-struct Bytes<'a>(&'a [u8]);
-
-impl<'a> Bytes<'a> {
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let (head, rest) = self
-            .0
-            .split_first_chunk::<N>()
-            .ok_or_else(|| format!("truncated: wanted {N} bytes, {} left", self.0.len()))?;
-        self.0 = rest;
-        Ok(*head)
-    }
-
-    /// A length-prefixed byte string.
-    fn bytes(&mut self) -> Result<&'a [u8], String> {
-        let len = u32::from_be_bytes(self.array()?) as usize;
-        if self.0.len() < len {
-            return Err(format!("truncated string: {len} bytes, {} left", self.0.len()));
-        }
-        let (s, rest) = self.0.split_at(len);
-        self.0 = rest;
-        Ok(s)
-    }
 }

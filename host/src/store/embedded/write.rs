@@ -20,35 +20,27 @@ pub(super) trait StoredPoint {
     fn field_pairs(&self) -> impl Iterator<Item = (&str, &FieldValue)>;
 }
 
-impl StoredPoint for Point {
-    fn measurement(&self) -> &str {
-        &self.measurement
-    }
-    fn time(&self) -> Timestamp {
-        self.time
-    }
-    fn tag_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-    fn field_pairs(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
-        self.fields.iter().map(|(k, v)| (k.as_str(), v))
-    }
+/// `Point` (maps) and `SortedPoint` (sorted vectors) iterate alike.
+macro_rules! stored_point {
+    ($($kind:ty),*) => {$(
+        impl StoredPoint for $kind {
+            fn measurement(&self) -> &str {
+                &self.measurement
+            }
+            fn time(&self) -> Timestamp {
+                self.time
+            }
+            fn tag_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+                self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+            }
+            fn field_pairs(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
+                self.fields.iter().map(|(k, v)| (k.as_str(), v))
+            }
+        }
+    )*};
 }
 
-impl StoredPoint for SortedPoint {
-    fn measurement(&self) -> &str {
-        &self.measurement
-    }
-    fn time(&self) -> Timestamp {
-        self.time
-    }
-    fn tag_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))
-    }
-    fn field_pairs(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
-        self.fields.iter().map(|(k, v)| (k.as_str(), v))
-    }
-}
+stored_point!(Point, SortedPoint);
 
 impl EmbeddedStore {
     /// Validates the whole batch, then writes it in one transaction with one
