@@ -71,7 +71,7 @@ impl ArtifactCache {
         }
         if let CompileIn::ChildProcess(exe) = &self.compile_in {
             match self.compile_in_child(exe, source_name, digest, wasm, &path) {
-                Ok(()) => return map(engine, &path).map_err(|e| compile_error(source_name, e)),
+                Ok(()) => return map(engine, &path).map_err(|e| ComponentError::compile(source_name, e)),
                 Err(WorkerError::Failed(error)) => {
                     return Err(ComponentError::Compile { source_name: source_name.into(), error });
                 }
@@ -124,7 +124,8 @@ impl ArtifactCache {
         match mapped {
             Some(component) => Ok(component),
             // SAFETY: `artifact` was produced with this engine's settings a moment ago.
-            None => unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| compile_error(source_name, e)),
+            None => unsafe { Component::deserialize(engine, &artifact) }
+                .map_err(|e| ComponentError::compile(source_name, e)),
         }
     }
 
@@ -149,10 +150,6 @@ impl ArtifactCache {
             let _ = std::fs::remove_file(path);
         }
     }
-}
-
-fn compile_error(source_name: &str, e: wasmtime::Error) -> ComponentError {
-    ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") }
 }
 
 /// Maps a cached artifact.

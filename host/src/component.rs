@@ -32,6 +32,13 @@ pub enum ComponentError {
     World { source_name: String, error: String },
 }
 
+impl ComponentError {
+    /// wasmtime refused to compile or load `source_name`.
+    pub(crate) fn compile(source_name: &str, error: wasmtime::Error) -> ComponentError {
+        ComponentError::Compile { source_name: source_name.into(), error: format!("{error:#}") }
+    }
+}
+
 /// A compiled, type-checked component, ready to instantiate.
 #[derive(Clone)]
 pub struct LoadedComponent {
@@ -61,25 +68,15 @@ pub fn read_source(source: &ComponentSource) -> Result<(String, Cow<'static, [u8
     }
 }
 
-/// Compiles (or deserializes) and type-checks `bytes`. CPU-heavy: call it
-/// from a blocking thread.
-pub fn load(
-    engine: &Engine,
-    linker: &Linker<GuestCtx>,
-    source_name: &str,
-    bytes: &[u8],
-) -> Result<LoadedComponent, ComponentError> {
-    load_cached(engine, linker, source_name, bytes, &sha256_hex(bytes), None, None)
-}
-
 /// The version of a component: the sha256 of its bytes, in hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// [`load`] for bytes whose sha256 is `version`, taking a `.wasm`
-/// component's compiled code from `cache` when it has it (and storing it
-/// there when it does not). A precompiled artifact read from `file` is
+/// Compiles (or deserializes) and type-checks `bytes`, whose sha256 is
+/// `version`; CPU-heavy, so call it from a blocking thread. A `.wasm`
+/// component's compiled code comes from `cache` when it has it (and is
+/// stored there when it does not). A precompiled artifact read from `file` is
 /// mapped from that file rather than copied, so its code is file-backed
 /// memory the kernel can share and drop.
 pub fn load_cached(
@@ -138,8 +135,7 @@ fn deserialize(
 fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component, ComponentError> {
     let artifact = precompile(source_name, bytes)?;
     // SAFETY: compiled a moment ago by an engine with this engine's settings.
-    unsafe { Component::deserialize(engine, &artifact) }
-        .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
+    unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| ComponentError::compile(source_name, e))
 }
 
 /// Compiles a `.wasm` component into an artifact for this machine, with a
@@ -149,7 +145,7 @@ fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component
 pub(crate) fn precompile(source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
     crate::engine::native_compiler()
         .and_then(|compiler| compiler.precompile_component(bytes))
-        .map_err(|e| ComponentError::Compile { source_name: source_name.into(), error: format!("{e:#}") })
+        .map_err(|e| ComponentError::compile(source_name, e))
 }
 
 /// 32-bit ARM builds carry no compiler: guests must be precompiled.

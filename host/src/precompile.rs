@@ -167,8 +167,10 @@ mod tests {
         assert!(wasmtime::Engine::detect_precompiled(&bytes).is_some(), "a wasmtime artifact");
         let native = engine::build(EngineLimits::native()).unwrap();
         let linker = crate::capabilities::linker(&native).unwrap();
-        let err =
-            crate::component::load(&native, &linker, "probe.armv7.cwasm", &bytes).err().expect("wrong target refused");
+        let version = crate::component::sha256_hex(&bytes);
+        let err = crate::component::load_cached(&native, &linker, "probe.armv7.cwasm", &bytes, &version, None, None)
+            .err()
+            .expect("wrong target refused");
         assert!(err.to_string().contains("wattedge compile"), "{err}");
     }
 }
