@@ -136,8 +136,23 @@ pub fn place(records: &[LocalRecord], tz: &TimeZone, start: Nanos, stop: Nanos) 
 
 /// A query value for `start`/`stop`: local time with its offset, e.g.
 /// `2025-10-26T03:00:00+03:00`.
+/// Written out by hand: jiff's `strftime` would add its whole format
+/// interpreter (about 30 KB of guest code) for this one fixed format.
 pub fn format_query_time(tz: &TimeZone, ns: Nanos) -> String {
-    timestamp(ns).to_zoned(tz.clone()).strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
+    let offset = tz.to_offset(timestamp(ns));
+    let local = offset.to_datetime(timestamp(ns));
+    let seconds = offset.seconds();
+    let sign = if seconds < 0 { '-' } else { '+' };
+    let (hours, minutes) = (seconds.abs() / 3600, seconds.abs() % 3600 / 60);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{sign}{hours:02}:{minutes:02}",
+        local.year(),
+        local.month(),
+        local.day(),
+        local.hour(),
+        local.minute(),
+        local.second()
+    )
 }
 
 /// Which end of a backfill range an argument is.
@@ -323,6 +338,11 @@ mod tests {
         assert_eq!(format_query_time(&tz, utc("2025-10-25T21:00:00Z")), "2025-10-26T00:00:00+03:00");
         assert_eq!(format_query_time(&tz, utc("2025-10-26T01:00:00Z")), "2025-10-26T03:00:00+02:00");
         assert_eq!(format_query_time(&tz, utc("2025-01-01T12:34:56Z")), "2025-01-01T14:34:56+02:00");
+        // Offsets west of UTC and with minutes, as `%:z` writes them.
+        let west = zone("America/St_Johns").unwrap();
+        assert_eq!(format_query_time(&west, utc("2025-01-01T12:00:00Z")), "2025-01-01T08:30:00-03:30");
+        let east = zone("Asia/Kathmandu").unwrap();
+        assert_eq!(format_query_time(&east, utc("2025-01-01T00:00:00Z")), "2025-01-01T05:45:00+05:45");
     }
 
     #[test]
