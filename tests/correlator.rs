@@ -178,13 +178,19 @@ async fn sparse_readings_give_nothing_and_an_event_counts_once_across_cycles() {
     assert_eq!(snap["counters"]["correlations_written"], 1, "counted once: {snap}");
     assert_eq!(snap["counters"]["correlations_found"], 1, "{snap}");
     let metrics = get(host.admin_addr(), "/metrics").await.1.as_str().unwrap().to_string();
-    let queries: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("wattedge_guest_influx_queries_total{guest=\"correlator\"}"))
-        .and_then(|l| l.split_whitespace().last()?.parse().ok())
-        .expect("query counter");
+    let sample = |name: &str| -> f64 {
+        let prefix = format!("{name}{{guest=\"correlator\"}} ");
+        let line = metrics.lines().find(|l| l.starts_with(&prefix));
+        line.and_then(|l| l[prefix.len()..].parse().ok()).unwrap_or_else(|| panic!("no {name}: {metrics}"))
+    };
     let runs = snap["runs"].as_u64().unwrap();
-    assert_eq!(queries, 2 * runs, "two store queries per cycle ({runs} cycles, incl. the start-up run)");
+    let queries = sample("wattedge_guest_influx_queries_total");
+    assert_eq!(queries, 2.0 * runs as f64, "two store queries per cycle ({runs} cycles, incl. the start-up run)");
+    let queried = sample("wattedge_guest_influx_query_seconds_total");
+    let wrote = sample("wattedge_guest_influx_write_seconds_total");
+    let ran = sample("wattedge_guest_run_seconds_total");
+    assert!(queried > 0.0 && wrote > 0.0, "store time is counted: {queried} s querying, {wrote} s writing");
+    assert!(queried + wrote <= ran, "store time is part of the runs' {ran} s: {queried} + {wrote} s");
     host.shutdown().await;
 }
 

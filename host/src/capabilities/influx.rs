@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use crate::bindings::influx::{self as wit, InfluxError};
 use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
@@ -20,6 +21,13 @@ pub struct InfluxMetrics {
     pub queries: AtomicU64,
     pub queries_denied: AtomicU64,
     pub errors: AtomicU64,
+    /// Nanoseconds the guest's queries spent waiting on the store (not
+    /// counting the copy of the answer into the guest), so `/metrics` shows
+    /// how much of a run is the store's.
+    pub query_nanos: AtomicU64,
+    /// Nanoseconds the guest's writes spent until the store or the outbox
+    /// held the points.
+    pub write_nanos: AtomicU64,
     /// The latest point of each measurement the guest wrote (for the status page).
     pub latest: std::sync::Mutex<BTreeMap<String, Point>>,
 }
@@ -88,11 +96,13 @@ impl wit::Host for super::GuestCtx {
             metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
+        let began = Instant::now();
         let latest: Vec<Point> = latest_per_measurement(&points);
         let written = match self.influx.store.outbox_sink() {
             Some(sink) => write_to_outbox(&sink, &points).await,
             None => write_to_store(self.influx.store.as_ref(), points).await,
         };
+        add_elapsed(&metrics.write_nanos, began);
         match written {
             Ok(n) => {
                 metrics.points_written.fetch_add(u64::from(n), Ordering::Relaxed);
@@ -112,7 +122,10 @@ impl wit::Host for super::GuestCtx {
     async fn query(&mut self, q: wit::SeriesQuery) -> Result<Vec<wit::Row>, InfluxError> {
         let metrics = &self.shared.influx;
         self.influx.check_read(&q.measurement, metrics)?;
-        match self.influx.store.query(query_from_wit(q)).await {
+        let began = Instant::now();
+        let answer = self.influx.store.query(query_from_wit(q)).await;
+        add_elapsed(&metrics.query_nanos, began);
+        match answer {
             Ok(rows) => Ok(rows.into_iter().map(row_to_wit).collect()),
             Err(e) => {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -124,7 +137,10 @@ impl wit::Host for super::GuestCtx {
     async fn query_floats(&mut self, q: wit::SeriesQuery, field: String) -> Result<wit::FloatSeries, InfluxError> {
         let metrics = &self.shared.influx;
         self.influx.check_read(&q.measurement, metrics)?;
-        match self.influx.store.query_floats(query_from_wit(q), field).await {
+        let began = Instant::now();
+        let answer = self.influx.store.query_floats(query_from_wit(q), field).await;
+        add_elapsed(&metrics.query_nanos, began);
+        match answer {
             Ok(series) => Ok(wit::FloatSeries { times: series.times, values: series.values }),
             Err(e) => {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -132,6 +148,12 @@ impl wit::Host for super::GuestCtx {
             }
         }
     }
+}
+
+/// Adds the time since `began` to `total` (nanoseconds).
+fn add_elapsed(total: &AtomicU64, began: Instant) {
+    let nanos = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    total.fetch_add(nanos, Ordering::Relaxed);
 }
 
 /// The latest point of each measurement in `points` (for the status page).

@@ -273,10 +273,22 @@ pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>], backend: &st
         }),
     ];
     for (name, help, get) in families {
-        let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
-        for g in guests {
-            let _ = writeln!(out, "{name}{{guest=\"{}\"}} {}", g.config.name, get(&g.shared));
-        }
+        counter_family(&mut out, name, help, guests, |s| get(s).to_string());
+    }
+    let seconds: [MetricFamily; 2] = [
+        (
+            "wattedge_guest_influx_query_seconds_total",
+            "Seconds the guest's store queries waited on the store (not counting the copy of the answer into the guest)",
+            |s| s.influx.query_nanos.load(Ordering::Relaxed),
+        ),
+        (
+            "wattedge_guest_influx_write_seconds_total",
+            "Seconds the guest's store writes took until the store or the outbox held the points",
+            |s| s.influx.write_nanos.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, nanos) in seconds {
+        counter_family(&mut out, name, help, guests, |s| (nanos(s) as f64 / 1e9).to_string());
     }
     let name = "wattedge_guest_http_failures_total";
     let _ = writeln!(out, "# HELP {name} Outbound HTTP failures by kind.\n# TYPE {name} counter");
@@ -291,6 +303,20 @@ pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>], backend: &st
     );
     let _ = writeln!(out, "wattedge_store_info{{backend=\"{backend}\"}} 1");
     out
+}
+
+/// One counter family with a sample per guest, its value rendered by `value`.
+fn counter_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    guests: &[std::sync::Arc<super::GuestHandle>],
+    value: impl Fn(&GuestShared) -> String,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
+    for g in guests {
+        let _ = writeln!(out, "{name}{{guest=\"{}\"}} {}", g.config.name, value(&g.shared));
+    }
 }
 
 #[cfg(test)]
