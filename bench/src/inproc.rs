@@ -69,9 +69,21 @@ fn seed_correlator_data(path: &Path, events: usize, readings: usize) -> anyhow::
     Ok(())
 }
 
-/// One correlator cycle on a host whose store is a copy of `seeded`:
-/// returns the run time in seconds, the store queries and the points written.
-async fn correlator_cycle(seeded: &Path, events: usize, readings: usize) -> anyhow::Result<(f64, u64, String)> {
+/// What one correlator cycle measured.
+struct Cycle {
+    /// The run, start to finish.
+    seconds: f64,
+    /// Store queries made.
+    queries: u64,
+    /// Of `seconds`, waiting on the store's queries and on its write.
+    query_seconds: f64,
+    write_seconds: f64,
+    /// The guest's `correlations_written` counter.
+    written: String,
+}
+
+/// One correlator cycle on a host whose store is a copy of `seeded`.
+async fn correlator_cycle(seeded: &Path, events: usize, readings: usize) -> anyhow::Result<Cycle> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("state"))?;
     std::fs::copy(seeded, dir.path().join("state/embedded.redb")).context("copying the seeded store")?;
@@ -92,7 +104,10 @@ async fn correlator_cycle(seeded: &Path, events: usize, readings: usize) -> anyh
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let queries = guest.shared.influx.queries.load(Ordering::Relaxed);
+    let influx = &guest.shared.influx;
+    let queries = influx.queries.load(Ordering::Relaxed);
+    let query_seconds = influx.query_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+    let write_seconds = influx.write_nanos.load(Ordering::Relaxed) as f64 / 1e9;
     host.shutdown().await;
     let outcome = snapshot.last_run.as_ref().map(|r| r.outcome.clone()).unwrap_or_default();
     if outcome != "ok" {
@@ -100,7 +115,24 @@ async fn correlator_cycle(seeded: &Path, events: usize, readings: usize) -> anyh
     }
     let seconds = snapshot.last_run_seconds.context("run duration")?;
     let written = snapshot.counters.get("correlations_written").map(|v| v.to_string()).unwrap_or_default();
-    Ok((seconds, queries, written))
+    Ok(Cycle { seconds, queries, query_seconds, write_seconds, written })
+}
+
+/// Where the median cycle's time went: the store's queries and write (as the
+/// host times them), and the rest (the guest's own code, and copying rows
+/// into it and points out of it).
+fn cycle_split(cycles: &[Cycle]) -> String {
+    let mut by_time: Vec<&Cycle> = cycles.iter().collect();
+    by_time.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let Some(c) = by_time.get(by_time.len() / 2) else { return String::new() };
+    let rest = c.seconds - c.query_seconds - c.write_seconds;
+    format!(
+        "of the median cycle's {:.1} ms, store queries {:.1}, store write {:.1}, guest code and copies across the boundary {:.1}",
+        c.seconds * 1e3,
+        c.query_seconds * 1e3,
+        c.write_seconds * 1e3,
+        rest * 1e3
+    )
 }
 
 /// Correlator throughput over `events` × `readings`: `repeats` first cycles,
@@ -109,22 +141,21 @@ pub async fn correlator(events: usize, readings: usize, repeats: usize) -> anyho
     let dir = tempfile::tempdir()?;
     let seeded = dir.path().join("seeded.redb");
     seed_correlator_data(&seeded, events, readings)?;
-    let mut rates = Vec::new();
-    let mut most_queries = 0;
-    let mut written = String::new();
+    let mut cycles = Vec::new();
     for _ in 0..repeats.max(1) {
-        let (seconds, queries, w) = correlator_cycle(&seeded, events, readings).await?;
-        rates.push(events as f64 / seconds);
-        most_queries = most_queries.max(queries);
-        written = w;
+        cycles.push(correlator_cycle(&seeded, events, readings).await?);
     }
+    let mut rates: Vec<f64> = cycles.iter().map(|c| events as f64 / c.seconds).collect();
     let (median, min, max) = crate::report::median_spread(&mut rates);
+    let most_queries = cycles.iter().map(|c| c.queries).max().unwrap_or(0);
+    let written = cycles.last().map(|c| c.written.clone()).unwrap_or_default();
     let note = format!(
         "{events} events × {readings} readings; median of {} cycles, spread {min:.0}–{max:.0} events/s \
-         ({:.1}–{:.1} ms a cycle); {written} correlations written",
+         ({:.1}–{:.1} ms a cycle; {}); {written} correlations written",
         rates.len(),
         events as f64 / max * 1000.0,
         events as f64 / min * 1000.0,
+        cycle_split(&cycles),
     );
     Ok(vec![
         Figure::bounded("correlator: events correlated per second", median, "events/s", 200_000.0, true, note),
