@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use super::forwarder::{self, Delivery, ForwardSettings, ForwarderStats, Sink, SinkFuture};
+use super::forwarder::{Delivery, ForwardSettings, Sink, SinkFuture};
 use super::outbox::{Outbox, OutboxSink};
+use super::remote::Forwarded;
 use super::{FieldValue, Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, influxql};
 use crate::secrets::SecretStore;
 
@@ -72,11 +72,7 @@ impl V1Settings {
             database: database.clone(),
             auth,
             outbox_max_bytes: outbox.max_bytes,
-            forward: ForwardSettings {
-                batch_points: outbox.batch_points,
-                flush_interval: outbox.flush_interval,
-                retry_max_delay: outbox.retry_max_delay,
-            },
+            forward: ForwardSettings::from(outbox),
         })
     }
 }
@@ -84,10 +80,8 @@ impl V1Settings {
 /// The remote InfluxDB 1.x-API store with its outbox and forwarder.
 pub struct InfluxV1Backend {
     api: Arc<Api>,
-    outbox: Arc<Outbox>,
-    stats: Arc<ForwarderStats>,
+    forwarded: Forwarded,
     field_types: Mutex<HashMap<String, BTreeMap<String, String>>>,
-    stop: CancellationToken,
 }
 
 impl InfluxV1Backend {
@@ -100,37 +94,28 @@ impl InfluxV1Backend {
         if let Err(e) = api.auth_header() {
             tracing::warn!("{e}");
         }
-        let outbox = Arc::new(Outbox::open(outbox_dir, settings.outbox_max_bytes)?);
-        let waiting = outbox.depth().points;
-        if waiting > 0 {
-            tracing::info!(points = waiting, "outbox holds points from before the restart; forwarding them");
-        }
-        let stop = CancellationToken::new();
-        let sink: Arc<dyn Sink> = api.clone();
-        let stats = forwarder::spawn(outbox.clone(), sink, settings.forward, stop.clone());
-        Ok(InfluxV1Backend { api, outbox, stats, field_types: Mutex::default(), stop })
+        let forwarded = Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward)?;
+        Ok(InfluxV1Backend { api, forwarded, field_types: Mutex::default() })
     }
 
     /// The outbox (for tests and tools).
     pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
+        self.forwarded.outbox()
     }
 
+    /// InfluxDB 1.x stores no unsigned integers.
     fn sink(&self) -> OutboxSink {
-        OutboxSink { outbox: self.outbox.clone(), no_unsigned: Some("InfluxDB 1.x") }
+        self.forwarded.sink(Some("InfluxDB 1.x"))
     }
 
     async fn append(&self, points: Vec<Point>) -> Result<u32, StoreError> {
-        if points.is_empty() {
-            return Ok(0);
-        }
         if let Some((i, name)) = points.iter().enumerate().find_map(|(i, p)| {
             p.fields.iter().find(|(_, v)| matches!(v, FieldValue::Unsigned(_))).map(|(k, _)| (i, k.clone()))
         }) && let Some(refused) = self.sink().refuse_unsigned(i, &name)
         {
             return Err(refused);
         }
-        super::outbox::append_points(&self.outbox, &points).await
+        self.forwarded.append(&points).await
     }
 
     async fn types(&self, measurement: &str, refresh: bool) -> Result<BTreeMap<String, String>, StoreError> {
@@ -177,12 +162,6 @@ fn has_unknown_columns(body: &Value, types: &BTreeMap<String, String>) -> bool {
     })
 }
 
-impl Drop for InfluxV1Backend {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
 impl TimeSeriesStore for InfluxV1Backend {
     fn write(&self, points: Vec<Point>) -> StoreFuture<'_, u32> {
         Box::pin(self.append(points))
@@ -201,10 +180,7 @@ impl TimeSeriesStore for InfluxV1Backend {
     }
 
     fn metrics(&self) -> String {
-        let mut out = String::new();
-        self.outbox.metrics(&mut out);
-        self.stats.metrics(&mut out);
-        out
+        self.forwarded.metrics()
     }
 }
 

@@ -22,11 +22,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use tokio_util::sync::CancellationToken;
 
-use super::forwarder::{self, Delivery, ForwardSettings, ForwarderStats, Sink, SinkFuture};
+use super::forwarder::{Delivery, ForwardSettings, Sink, SinkFuture};
 use super::influx_v1::client;
-use super::outbox::Outbox;
+use super::outbox::{Outbox, OutboxSink};
+use super::remote::Forwarded;
 use super::{Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, flux};
 use crate::secrets::SecretStore;
 
@@ -56,11 +56,7 @@ impl V2Settings {
             bucket: bucket.clone(),
             token_secret: token.clone(),
             outbox_max_bytes: outbox.max_bytes,
-            forward: ForwardSettings {
-                batch_points: outbox.batch_points,
-                flush_interval: outbox.flush_interval,
-                retry_max_delay: outbox.retry_max_delay,
-            },
+            forward: ForwardSettings::from(outbox),
         })
     }
 }
@@ -68,9 +64,7 @@ impl V2Settings {
 /// The remote InfluxDB 2.x store with its outbox and forwarder.
 pub struct InfluxV2Backend {
     api: Arc<Api>,
-    outbox: Arc<Outbox>,
-    stats: Arc<ForwarderStats>,
-    stop: CancellationToken,
+    forwarded: Forwarded,
 }
 
 impl InfluxV2Backend {
@@ -89,27 +83,17 @@ impl InfluxV2Backend {
         if let Err(e) = api.auth_header() {
             tracing::warn!("{e}");
         }
-        let outbox = Arc::new(Outbox::open(outbox_dir, settings.outbox_max_bytes)?);
-        let waiting = outbox.depth().points;
-        if waiting > 0 {
-            tracing::info!(points = waiting, "outbox holds points from before the restart; forwarding them");
-        }
-        let stop = CancellationToken::new();
-        let sink: Arc<dyn Sink> = api.clone();
-        let stats = forwarder::spawn(outbox.clone(), sink, settings.forward, stop.clone());
-        Ok(InfluxV2Backend { api, outbox, stats, stop })
+        let forwarded = Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward)?;
+        Ok(InfluxV2Backend { api, forwarded })
     }
 
     /// The outbox (for tests and tools).
     pub fn outbox(&self) -> &Arc<Outbox> {
-        &self.outbox
+        self.forwarded.outbox()
     }
 
     async fn append(&self, points: Vec<Point>) -> Result<u32, StoreError> {
-        if points.is_empty() {
-            return Ok(0);
-        }
-        super::outbox::append_points(&self.outbox, &points).await
+        self.forwarded.append(&points).await
     }
 
     async fn select(&self, q: Query) -> Result<Vec<Row>, StoreError> {
@@ -119,12 +103,6 @@ impl InfluxV2Backend {
         let Some(script) = flux::script(&self.api.bucket, &q) else { return Ok(Vec::new()) };
         let csv = self.api.query(&script).await?;
         flux::rows(&csv, &q)
-    }
-}
-
-impl Drop for InfluxV2Backend {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -143,15 +121,12 @@ impl TimeSeriesStore for InfluxV2Backend {
 
     /// Guests' points go straight into the outbox, as for v1; InfluxDB 2.x
     /// stores unsigned integers, so nothing is refused for them.
-    fn outbox_sink(&self) -> Option<super::outbox::OutboxSink> {
-        Some(super::outbox::OutboxSink { outbox: self.outbox.clone(), no_unsigned: None })
+    fn outbox_sink(&self) -> Option<OutboxSink> {
+        Some(self.forwarded.sink(None))
     }
 
     fn metrics(&self) -> String {
-        let mut out = String::new();
-        self.outbox.metrics(&mut out);
-        self.stats.metrics(&mut out);
-        out
+        self.forwarded.metrics()
     }
 }
 

@@ -15,6 +15,7 @@ pub mod influx_v2;
 pub mod influxql;
 pub mod line_protocol;
 pub mod outbox;
+mod remote;
 
 use std::collections::BTreeMap;
 
