@@ -131,7 +131,43 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
     // "now" lags a previous one (a late scheduled trigger) still sees them.
     let cutoff = window_start.saturating_sub(s.lookback.max(60 * clock::NANOS_PER_SEC));
     let mut done = state::get(processed::STATE_KEY).map(|b| Processed::decode(&b)).unwrap_or_default();
+    let events = new_events(s, window_start, now, &done)?;
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        save(&mut done, cutoff, i64::MAX)?;
+        report::set_count(counters::PENDING, 0);
+        update_rates();
+        report::ok();
+        return Ok(Summary { points_written: 0, detail: Some("no new events".into()) });
+    };
+    let readings = readings_around(s, first, last)?;
+    let verdicts = judge(s, &events, &readings, now, &mut done);
+    let found = verdicts.points.len() as u64;
+    let written = write_points(s, &verdicts, &mut done, cutoff)?;
+    for event in &verdicts.correlated {
+        done.insert(&event.entity_id, event.time);
+    }
+    report::inc_by(counters::EVENTS, verdicts.judged + found);
+    report::inc_by(counters::FOUND, found);
+    report::inc_by(counters::WRITTEN, u64::from(written));
+    report::set_count(counters::PENDING, verdicts.pending);
+    save(&mut done, cutoff, i64::MAX)?;
+    update_rates();
+    report::ok();
+    let (judged, pending) = (verdicts.judged, verdicts.pending);
+    Ok(Summary {
+        points_written: written,
+        detail: Some(format!(
+            "{} new events: {written} correlations written, {judged} below {} W, {pending} pending",
+            events.len(),
+            s.min_delta_w
+        )),
+    })
+}
 
+/// The events of `[window_start, now)` not yet handled, oldest first, one
+/// per entity and time (at most `max_events_per_cycle` rows are read, the
+/// newest).
+fn new_events(s: &Settings, window_start: i64, now: i64, done: &Processed) -> Result<Vec<Event>, GuestError> {
     let rows = query(&InfluxQuery {
         measurement: s.events_measurement.clone(),
         fields: vec![s.state_field.clone(), s.previous_state_field.clone()],
@@ -146,14 +182,12 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
         rows.iter().filter_map(|r| event_from_row(r, s)).filter(|e| !done.contains(&e.entity_id, e.time)).collect();
     events.sort_by(|a, b| (a.time, &a.entity_id).cmp(&(b.time, &b.entity_id)));
     events.dedup_by(|a, b| a.time == b.time && a.entity_id == b.entity_id);
+    Ok(events)
+}
 
-    let (Some(first), Some(last)) = (events.first(), events.last()) else {
-        save(&mut done, cutoff, i64::MAX)?;
-        report::set_count(counters::PENDING, 0);
-        update_rates();
-        report::ok();
-        return Ok(Summary { points_written: 0, detail: Some("no new events".into()) });
-    };
+/// The power readings that can match events from `first` to `last` (one
+/// query for all of them), sorted by time.
+fn readings_around(s: &Settings, first: &Event, last: &Event) -> Result<Vec<Reading>, GuestError> {
     let reach = s.offset.saturating_add(s.padding);
     let power = query_floats(
         &InfluxQuery {
@@ -168,63 +202,57 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
         },
         &s.power_field,
     )?;
-    let mut readings: Vec<Reading> = readings_from_series(&power);
+    let mut readings = readings_from_series(&power);
     readings.sort_by_key(|r| r.time);
+    Ok(readings)
+}
 
-    let mut judged = 0u64;
-    let mut pending = 0u64;
-    let mut points = Vec::new();
-    let mut correlated = Vec::new();
-    for event in &events {
-        match matching::evaluate(&readings, event.time, s.offset, s.padding, s.min_delta_w, now) {
-            Outcome::Pending => pending += 1,
+/// What one cycle decided about its events.
+struct Verdicts<'e> {
+    /// A point for each correlated event, and those events.
+    points: Vec<Point>,
+    correlated: Vec<&'e Event>,
+    /// Events below `min_delta_w` (already marked handled).
+    judged: u64,
+    /// Events whose readings are not in yet.
+    pending: u64,
+}
+
+/// Evaluates every event; those below the threshold are marked handled at
+/// once, correlated ones only once their points are written.
+fn judge<'e>(s: &Settings, events: &'e [Event], readings: &[Reading], now: i64, done: &mut Processed) -> Verdicts<'e> {
+    let mut v = Verdicts { points: Vec::new(), correlated: Vec::new(), judged: 0, pending: 0 };
+    for event in events {
+        match matching::evaluate(readings, event.time, s.offset, s.padding, s.min_delta_w, now) {
+            Outcome::Pending => v.pending += 1,
             Outcome::Below(_) => {
                 done.insert(&event.entity_id, event.time);
-                judged += 1;
+                v.judged += 1;
             }
             Outcome::Correlated(step) => {
-                points.push(correlation_point(&s.output_measurement, event, &step));
-                correlated.push(event);
+                v.points.push(correlation_point(&s.output_measurement, event, &step));
+                v.correlated.push(event);
             }
         }
     }
+    v
+}
 
-    let found = points.len() as u64;
-    let written = if points.is_empty() {
-        0
-    } else {
-        match influx::write(&points) {
-            Ok(n) => n,
-            Err(e) => {
-                // Keep the below-threshold verdicts; the correlated events
-                // stay pending and are retried next cycle.
-                report::inc_by(counters::EVENTS, judged);
-                report::inc_by(counters::FOUND, found);
-                let unwritten_from = correlated.iter().map(|e| e.time).min().unwrap_or(i64::MAX);
-                save(&mut done, cutoff, unwritten_from)?;
-                update_rates();
-                let msg = format!("writing {} points: {}", s.output_measurement, influx_error_text(&e));
-                return Err(fail(GuestError::Store(msg)));
-            }
-        }
-    };
-    for event in correlated {
-        done.insert(&event.entity_id, event.time);
+/// Writes the verdicts' points in one batch. On failure the below-threshold
+/// verdicts are still counted and saved, and the correlated events stay
+/// pending (retried next cycle).
+fn write_points(s: &Settings, v: &Verdicts<'_>, done: &mut Processed, cutoff: i64) -> Result<u32, GuestError> {
+    if v.points.is_empty() {
+        return Ok(0);
     }
-    report::inc_by(counters::EVENTS, judged + found);
-    report::inc_by(counters::FOUND, found);
-    report::inc_by(counters::WRITTEN, u64::from(written));
-    report::set_count(counters::PENDING, pending);
-    save(&mut done, cutoff, i64::MAX)?;
-    update_rates();
-    report::ok();
-    Ok(Summary {
-        points_written: written,
-        detail: Some(format!(
-            "{} new events: {written} correlations written, {judged} below {} W, {pending} pending",
-            events.len(),
-            s.min_delta_w
-        )),
+    influx::write(&v.points).or_else(|e| {
+        report::inc_by(counters::EVENTS, v.judged);
+        report::inc_by(counters::FOUND, v.points.len() as u64);
+        let unwritten_from = v.correlated.iter().map(|e| e.time).min().unwrap_or(i64::MAX);
+        save(done, cutoff, unwritten_from)?;
+        update_rates();
+        let msg = format!("writing {} points: {}", s.output_measurement, influx_error_text(&e));
+        Err(fail(GuestError::Store(msg)))
     })
 }
 
