@@ -212,3 +212,48 @@ async fn a_failed_query_is_a_counted_error_and_degrades_the_guest() {
     assert!(get(addr, "/guests/correlator").await.1["counters"].get("errors").is_none(), "counters reset");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_write_loses_no_correlation_and_judges_no_event_twice() {
+    let influxd = Influxd::start();
+    influxd.create_database(DB);
+    let t = event_time();
+    // The light moves the meter 5 W (below min_delta_w), the kettle 2000 W.
+    write(
+        &influxd,
+        &[
+            reading(100.0, t - 25 * S),
+            reading(105.0, t - 15 * S),
+            reading(400.0, t - 5 * S),
+            reading(2400.0, t + 5 * S),
+            event("light.hall", "on", "off", t - 20 * S),
+            event("switch.kettle", "on", "off", t),
+        ],
+    );
+    // First start: the output measurement is not granted, so the write is refused.
+    let granted = "influx_write = [\"event_energy_correlation\"]";
+    let refused = host_body(&influxd).replace(granted, "influx_write = [\"somewhere_else\"]");
+    let (setup, host) = start(&refused).await;
+    let snap = wait_runs(host.admin_addr(), "correlator", 1, Duration::from_secs(20)).await;
+    assert_eq!(snap["state"], "degraded", "{snap}");
+    assert!(snap["detail"].as_str().unwrap().contains("event_energy_correlation"), "{snap}");
+    host.shutdown().await;
+    assert!(correlations(&influxd, 0).await.is_empty(), "nothing was written");
+
+    // Restart on the same state with the grant: the kettle, still pending, is
+    // written; the light was judged in the failed cycle and is not new.
+    let text = std::fs::read_to_string(&setup.config_path).unwrap();
+    std::fs::write(&setup.config_path, text.replace("influx_write = [\"somewhere_else\"]", granted)).unwrap();
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    let snap = wait_runs(host.admin_addr(), "correlator", 1, Duration::from_secs(20)).await;
+    assert_eq!(snap["last_run"]["outcome"], "ok", "{snap}");
+    // Counters start afresh with the host: had the light not been saved as
+    // judged, this cycle would count it again (2 events).
+    let counters = &snap["counters"];
+    assert_eq!(counters["total_events_processed"], 1, "only the kettle is new: {snap}");
+    assert_eq!((&counters["correlations_written"], &counters["events_pending"]), (&1.into(), &0.into()), "{snap}");
+    let rows = correlations(&influxd, 1).await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!((rows[0]["entity_id"].as_str(), rows[0]["time"].as_i64()), (Some("switch.kettle"), Some(t)));
+    host.shutdown().await;
+}
