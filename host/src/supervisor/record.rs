@@ -243,51 +243,53 @@ pub fn field_json(v: &FieldValue) -> serde_json::Value {
 /// A counter family: name, help text, and how to read it from a guest.
 type MetricFamily = (&'static str, &'static str, fn(&GuestShared) -> u64);
 
+/// Store and HTTP counters per guest.
+const COUNTERS: [MetricFamily; 8] = [
+    ("wattedge_guest_influx_queries_total", "Store queries made by the guest", |s| {
+        s.influx.queries.load(Ordering::Relaxed)
+    }),
+    ("wattedge_guest_influx_denied_total", "Store writes and queries refused by grants", |s| {
+        s.influx.writes_denied.load(Ordering::Relaxed) + s.influx.queries_denied.load(Ordering::Relaxed)
+    }),
+    ("wattedge_guest_influx_errors_total", "Store operations that failed", |s| s.influx.errors.load(Ordering::Relaxed)),
+    ("wattedge_guest_http_requests_total", "Outbound HTTP requests attempted", |s| {
+        s.http.requests.load(Ordering::Relaxed)
+    }),
+    ("wattedge_guest_http_denied_total", "Outbound HTTP requests refused by grants", |s| {
+        s.http.denied.load(Ordering::Relaxed)
+    }),
+    ("wattedge_guest_http_errors_total", "Outbound HTTP requests that failed", |s| {
+        s.http.errors.load(Ordering::Relaxed)
+    }),
+    ("wattedge_guest_http_sent_bytes_total", "Outbound HTTP request body bytes sent", |s| {
+        s.http.bytes_out.load(Ordering::Relaxed)
+    }),
+    ("wattedge_guest_http_received_bytes_total", "Outbound HTTP response body bytes received", |s| {
+        s.http.bytes_in.load(Ordering::Relaxed)
+    }),
+];
+
+/// Time spent in the store per guest, read in nanoseconds, shown in seconds.
+const STORE_NANOS: [MetricFamily; 2] = [
+    (
+        "wattedge_guest_influx_query_seconds_total",
+        "Seconds the guest's store queries waited on the store (not counting the copy of the answer into the guest)",
+        |s| s.influx.query_nanos.load(Ordering::Relaxed),
+    ),
+    (
+        "wattedge_guest_influx_write_seconds_total",
+        "Seconds the guest's store writes took until the store or the outbox held the points",
+        |s| s.influx.write_nanos.load(Ordering::Relaxed),
+    ),
+];
+
 /// Prometheus lines for store and HTTP activity per guest.
 pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>], backend: &str) -> String {
     let mut out = String::new();
-    let families: [MetricFamily; 8] = [
-        ("wattedge_guest_influx_queries_total", "Store queries made by the guest", |s| {
-            s.influx.queries.load(Ordering::Relaxed)
-        }),
-        ("wattedge_guest_influx_denied_total", "Store writes and queries refused by grants", |s| {
-            s.influx.writes_denied.load(Ordering::Relaxed) + s.influx.queries_denied.load(Ordering::Relaxed)
-        }),
-        ("wattedge_guest_influx_errors_total", "Store operations that failed", |s| {
-            s.influx.errors.load(Ordering::Relaxed)
-        }),
-        ("wattedge_guest_http_requests_total", "Outbound HTTP requests attempted", |s| {
-            s.http.requests.load(Ordering::Relaxed)
-        }),
-        ("wattedge_guest_http_denied_total", "Outbound HTTP requests refused by grants", |s| {
-            s.http.denied.load(Ordering::Relaxed)
-        }),
-        ("wattedge_guest_http_errors_total", "Outbound HTTP requests that failed", |s| {
-            s.http.errors.load(Ordering::Relaxed)
-        }),
-        ("wattedge_guest_http_sent_bytes_total", "Outbound HTTP request body bytes sent", |s| {
-            s.http.bytes_out.load(Ordering::Relaxed)
-        }),
-        ("wattedge_guest_http_received_bytes_total", "Outbound HTTP response body bytes received", |s| {
-            s.http.bytes_in.load(Ordering::Relaxed)
-        }),
-    ];
-    for (name, help, get) in families {
-        counter_family(&mut out, name, help, guests, |s| get(s).to_string());
+    for (name, help, count) in COUNTERS {
+        counter_family(&mut out, name, help, guests, |s| count(s).to_string());
     }
-    let seconds: [MetricFamily; 2] = [
-        (
-            "wattedge_guest_influx_query_seconds_total",
-            "Seconds the guest's store queries waited on the store (not counting the copy of the answer into the guest)",
-            |s| s.influx.query_nanos.load(Ordering::Relaxed),
-        ),
-        (
-            "wattedge_guest_influx_write_seconds_total",
-            "Seconds the guest's store writes took until the store or the outbox held the points",
-            |s| s.influx.write_nanos.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, nanos) in seconds {
+    for (name, help, nanos) in STORE_NANOS {
         counter_family(&mut out, name, help, guests, |s| (nanos(s) as f64 / 1e9).to_string());
     }
     let name = "wattedge_guest_http_failures_total";
