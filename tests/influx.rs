@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use influxd::Influxd;
 use support::*;
-use wattedge::store::{FieldValue, Point, Query, Row, Selector, StoreError, TimeSeriesStore};
+use wattedge::store::{FieldValue, Query, Selector, StoreError, TimeSeriesStore};
 
 const DB: &str = "energy";
 const T0: i64 = 1_700_000_000_123_456_789;
@@ -26,35 +26,6 @@ fn influx_section(influxd: &Influxd) -> String {
         "[influx]\nbackend = \"v1\"\nurl = \"{}\"\ndatabase = \"{DB}\"\nflush_interval = \"100ms\"\nretry_max_delay = \"1s\"\n\n",
         influxd.url()
     )
-}
-
-fn point(measurement: &str, tags: &[(&str, &str)], fields: Vec<(&str, FieldValue)>, time: i64) -> Point {
-    Point {
-        measurement: measurement.into(),
-        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        time,
-    }
-}
-
-fn as_row(p: &Point) -> Row {
-    Row { time: p.time, tags: p.tags.clone(), fields: p.fields.clone() }
-}
-
-/// The value of an unlabelled metric in Prometheus text.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
-}
-
-/// Waits until the host's outbox is empty.
-async fn drained(store: &dyn TimeSeriesStore, timeout: Duration) {
-    wait_for(timeout, "the outbox to drain", || async {
-        (metric(&store.metrics(), "wattedge_outbox_points") == 0.0).then_some(())
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

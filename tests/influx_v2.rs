@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use influx2_server::{Influx2Server, ORG};
 use support::*;
-use wattedge::store::{FieldValue, Point, Query, Row, Selector, StoreError, TimeSeriesStore};
+use wattedge::store::{FieldValue, Point, Query, Row, Selector, StoreError};
 
 const BUCKET: &str = "energy";
 const TOKEN: &str = "tok-v2+/=";
@@ -31,33 +31,6 @@ async fn host_for(server: &Influx2Server, token: &str) -> (Setup, wattedge::Runn
     wattedge::secrets::SecretStore::open(&secrets_dir).unwrap().set("influx.token", token, None, true).unwrap();
     let host = wattedge::start(setup.config()).await.unwrap_or_else(|e| panic!("start: {e}"));
     (setup, host)
-}
-
-fn point(measurement: &str, tags: &[(&str, &str)], fields: Vec<(&str, FieldValue)>, time: i64) -> Point {
-    Point {
-        measurement: measurement.into(),
-        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-        fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        time,
-    }
-}
-
-fn as_row(p: &Point) -> Row {
-    Row { time: p.time, tags: p.tags.clone(), fields: p.fields.clone() }
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
-}
-
-async fn drained(store: &dyn TimeSeriesStore) {
-    wait_for(Duration::from_secs(20), "the outbox to drain", || async {
-        (metric(&store.metrics(), "wattedge_outbox_points") == 0.0).then_some(())
-    })
-    .await;
 }
 
 fn query(measurement: &str, select: Selector, tags: &[(&str, &str)]) -> Query {
@@ -95,7 +68,7 @@ async fn points_round_trip_with_exact_types_tags_and_nanoseconds() {
         point("other", &[("site", "a, b=c")], vec![("w", FieldValue::Float(9.0))], T0),
     ];
     assert_eq!(host.store().write(points.clone()).await.unwrap(), 7);
-    drained(host.store().as_ref()).await;
+    drained(host.store().as_ref(), Duration::from_secs(20)).await;
     assert_eq!(metric(&host.store().metrics(), "wattedge_outbox_dropped_total"), 0.0);
     let stored = server.values();
     let key = |f: &str| ("meter".to_string(), points[0].tags.clone(), f.to_string(), T0);
@@ -142,7 +115,7 @@ async fn hostile_names_and_values_cannot_inject_into_flux() {
         point(hostile_measurement, &[("k", "v")], vec![("w", FieldValue::Float(3.0))], T0 + 2),
     ];
     host.store().write(points.clone()).await.unwrap();
-    drained(host.store().as_ref()).await;
+    drained(host.store().as_ref(), Duration::from_secs(20)).await;
     let by_tag = host.store().query(query("meter", Selector::All, &[("site", hostile_tag)])).await.unwrap();
     assert_eq!(by_tag, vec![as_row(&points[0])], "the hostile value is one literal tag value");
     let by_name = host.store().query(query(hostile_measurement, Selector::All, &[])).await.unwrap();
@@ -175,7 +148,7 @@ async fn a_refused_token_is_retried_and_reported_not_dropped() {
     assert!(matches!(&err, StoreError::Unavailable(m) if m.contains("HTTP 401")), "{err}");
 
     server.set_token(TOKEN); // the operator fixes the token on the server
-    drained(store.as_ref()).await;
+    drained(store.as_ref(), Duration::from_secs(20)).await;
     let rows = store.query(query("meter", Selector::All, &[])).await.unwrap();
     assert_eq!(rows, points.iter().map(as_row).collect::<Vec<_>>(), "every point delivered exactly once");
     let metrics = store.metrics();

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wattedge::config::Config;
-use wattedge::store::{Query, Row};
+use wattedge::store::{FieldValue, Point, Query, Row, TimeSeriesStore};
 
 /// The test probe component built by host/build.rs.
 pub fn probe() -> String {
@@ -146,4 +146,35 @@ pub fn default_config_text() -> String {
 /// A free loopback port (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A point from borrowed parts.
+pub fn point(measurement: &str, tags: &[(&str, &str)], fields: Vec<(&str, FieldValue)>, time: i64) -> Point {
+    Point {
+        measurement: measurement.into(),
+        tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        time,
+    }
+}
+
+/// The row a query returns for `p`.
+pub fn as_row(p: &Point) -> Row {
+    Row { time: p.time, tags: p.tags.clone(), fields: p.fields.clone() }
+}
+
+/// The value of an unlabelled metric in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing in:\n{text}"))
+}
+
+/// Waits until a remote backend's outbox is empty.
+pub async fn drained(store: &dyn TimeSeriesStore, timeout: Duration) {
+    wait_for(timeout, "the outbox to drain", || async {
+        (metric(&store.metrics(), "wattedge_outbox_points") == 0.0).then_some(())
+    })
+    .await;
 }
