@@ -312,6 +312,13 @@ async fn limits(env: &Env) {
     let metrics = env.metrics().await;
     assert!(metrics.contains("wattedge_guest_http_failures_total{guest=\"probe\",kind=\"timeout\"} 2"), "{metrics}");
     assert!(metrics.contains("wattedge_guest_http_failures_total{guest=\"probe\",kind=\"oversize\"} 1"), "{metrics}");
+    let sample = |name: &str| -> f64 {
+        let line = metrics.lines().find_map(|l| l.strip_prefix(&format!("{name}{{guest=\"probe\"}} ")));
+        line.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no {name}: {metrics}"))
+    };
+    let (waited, ran) = (sample("wattedge_guest_http_seconds_total"), sample("wattedge_guest_run_seconds_total"));
+    assert!(waited >= 1.8, "the two timeouts alone waited 1.5 + 0.3 s: {waited}");
+    assert!(waited <= ran, "waiting on upstream is part of the runs' {ran} s: {waited}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,8 +269,9 @@ const COUNTERS: [MetricFamily; 8] = [
     }),
 ];
 
-/// Time spent in the store per guest, read in nanoseconds, shown in seconds.
-const STORE_NANOS: [MetricFamily; 2] = [
+/// Time spent waiting on the store and on upstream HTTP per guest, read in
+/// nanoseconds, shown in seconds.
+const WAITED_NANOS: [MetricFamily; 3] = [
     (
         "wattedge_guest_influx_query_seconds_total",
         "Seconds the guest's store queries waited on the store (not counting the copy of the answer into the guest)",
@@ -281,6 +282,11 @@ const STORE_NANOS: [MetricFamily; 2] = [
         "Seconds the guest's store writes took until the store or the outbox held the points",
         |s| s.influx.write_nanos.load(Ordering::Relaxed),
     ),
+    (
+        "wattedge_guest_http_seconds_total",
+        "Seconds the guest's outbound HTTP requests took until their response or error",
+        |s| s.http.nanos.load(Ordering::Relaxed),
+    ),
 ];
 
 /// Prometheus lines for store and HTTP activity per guest.
@@ -289,7 +295,7 @@ pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>], backend: &st
     for (name, help, count) in COUNTERS {
         counter_family(&mut out, name, help, guests, |s| count(s).to_string());
     }
-    for (name, help, nanos) in STORE_NANOS {
+    for (name, help, nanos) in WAITED_NANOS {
         counter_family(&mut out, name, help, guests, |s| (nanos(s) as f64 / 1e9).to_string());
     }
     let name = "wattedge_guest_http_failures_total";

@@ -19,6 +19,10 @@ pub struct HttpMetrics {
     pub bytes_out: AtomicU64,
     /// Response body bytes received (before scrubbing).
     pub bytes_in: AtomicU64,
+    /// Nanoseconds from a request handed to the host until its response
+    /// (head and buffered body) or its error was ready for the guest: how
+    /// much of a run is waiting on upstream.
+    pub nanos: AtomicU64,
     by_kind: [AtomicU64; ERROR_KINDS.len() + 1],
 }
 

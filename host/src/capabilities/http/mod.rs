@@ -94,9 +94,13 @@ impl WasiHttpHooks for HttpGate {
         // Rules apply to the next request only, whatever becomes of it.
         let rules = std::mem::take(&mut *self.armed.lock().expect("capture lock"));
         Box::new(async move {
-            config.shared.http.requests.fetch_add(1, Ordering::Relaxed);
-            let response = config.handle(request, options, rules).await?;
-            Ok((response, Box::new(async { Ok(()) }) as IoFuture))
+            let metrics = &config.shared.http;
+            metrics.requests.fetch_add(1, Ordering::Relaxed);
+            let began = std::time::Instant::now();
+            let response = config.handle(request, options, rules).await;
+            let nanos = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            metrics.nanos.fetch_add(nanos, Ordering::Relaxed);
+            Ok((response?, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
 }
