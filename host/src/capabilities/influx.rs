@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use super::add_elapsed;
 use crate::bindings::influx::{self as wit, InfluxError};
 use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
 use crate::config::Grants;
@@ -148,12 +149,6 @@ impl wit::Host for super::GuestCtx {
             }
         }
     }
-}
-
-/// Adds the time since `began` to `total` (nanoseconds).
-fn add_elapsed(total: &AtomicU64, began: Instant) {
-    let nanos = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    total.fetch_add(nanos, Ordering::Relaxed);
 }
 
 /// The latest point of each measurement in `points` (for the status page).

@@ -115,6 +115,13 @@ impl WasiHttpView for GuestCtx {
 
 impl crate::bindings::types::Host for GuestCtx {}
 
+/// Adds the time since `began` to `total` (nanoseconds): how long a guest
+/// waited on the store or on upstream, for `/metrics`.
+fn add_elapsed(total: &std::sync::atomic::AtomicU64, began: std::time::Instant) {
+    let nanos = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    total.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// A linker with the WASI subset ([`wasi`]), wasi:http and every wattedge capability.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<GuestCtx>> {
     let mut linker = Linker::new(engine);

@@ -98,8 +98,7 @@ impl WasiHttpHooks for HttpGate {
             metrics.requests.fetch_add(1, Ordering::Relaxed);
             let began = std::time::Instant::now();
             let response = config.handle(request, options, rules).await;
-            let nanos = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            metrics.nanos.fetch_add(nanos, Ordering::Relaxed);
+            super::add_elapsed(&metrics.nanos, began);
             Ok((response?, Box::new(async { Ok(()) }) as IoFuture))
         })
     }
