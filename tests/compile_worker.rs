@@ -1,7 +1,8 @@
 //! The artifact cache compiling in a child process (`wattedge compile-worker`,
 //! the real binary): the artifact lands in the cache and maps into the host's
 //! engine, a worker's failure comes back as the compiler's own message, and a
-//! worker that cannot be started falls back to compiling in-process.
+//! worker that cannot be started, or a cache that cannot be written, falls
+//! back to compiling in-process.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -100,4 +101,41 @@ fn a_worker_that_cannot_start_falls_back_to_compiling_in_process() {
     let (wasm, digest) = builtin("correlator");
     cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
     assert!(cache.path_for(&engine, digest).exists(), "compiled here and cached all the same");
+}
+
+#[test]
+fn a_cache_that_cannot_be_written_still_gives_a_running_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine::build(EngineLimits::native()).unwrap();
+    let linker = wattedge::capabilities::linker(&engine).unwrap();
+    let (wasm, digest) = builtin("correlator");
+    // The worker compiles, then cannot put the artifact where a directory
+    // stands (as with a full disk, it exits with EXIT_CANNOT_WRITE).
+    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(worker());
+    let blocked = cache.path_for(&engine, digest);
+    std::fs::create_dir_all(&blocked).unwrap();
+    let component = cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).expect("compiled in-process");
+    linker.instantiate_pre(&component).expect("a usable component");
+    assert!(blocked.is_dir(), "nothing was cached in its place");
+    // The cache directory itself cannot be created: a file has its name.
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let cache = ArtifactCache::new(file.join("cache")).compiling_in(worker());
+    let component = cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).expect("compiled in-process");
+    linker.instantiate_pre(&component).expect("a usable component");
+}
+
+#[test]
+fn the_worker_exits_with_its_cannot_write_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("in-the-way");
+    std::fs::create_dir(&out).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_wattedge"))
+        .args(["compile-worker", "--builtin", "correlator", "--out"])
+        .arg(&out)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(i32::from(wattedge::compile_process::EXIT_CANNOT_WRITE)));
 }

@@ -75,7 +75,7 @@ impl ArtifactCache {
                 Err(WorkerError::Failed(error)) => {
                     return Err(ComponentError::Compile { source_name: source_name.into(), error });
                 }
-                Err(e @ WorkerError::Spawn { .. }) => {
+                Err(e @ (WorkerError::Spawn { .. } | WorkerError::CannotWrite(_))) => {
                     tracing::warn!(component = source_name, error = %e, "compiling in the host process instead");
                 }
             }
@@ -92,7 +92,7 @@ impl ArtifactCache {
         path: &Path,
     ) -> Result<(), WorkerError> {
         std::fs::create_dir_all(&self.dir)
-            .map_err(|e| WorkerError::Failed(format!("{}: cannot create the cache: {e}", self.dir.display())))?;
+            .map_err(|e| WorkerError::CannotWrite(format!("{}: cannot create the cache: {e}", self.dir.display())))?;
         // Same digest, same bytes: the worker compiles its own embedded copy.
         let input = match source_name.strip_prefix("builtin:") {
             Some(name) if crate::builtin::digest(name) == Some(digest) => WorkerInput::Builtin(name),

@@ -138,9 +138,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(not(target_arch = "arm"))]
         Command::Compile { target, out } => compile(&cli.config, &target, &out),
         #[cfg(not(target_arch = "arm"))]
-        Command::CompileWorker { out, builtin } => crate::compile_process::serve(&out, builtin.as_deref())
-            .map(|()| ExitCode::SUCCESS)
-            .map_err(anyhow::Error::msg),
+        Command::CompileWorker { out, builtin } => match crate::compile_process::serve(&out, builtin.as_deref()) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(e.exit_code()))
+            }
+        },
     }
 }
 

@@ -20,6 +20,11 @@ use std::process::{Command, Stdio};
 /// The hidden subcommand that compiles one component.
 pub const WORKER_COMMAND: &str = "compile-worker";
 
+/// The worker's exit status when it could not write the artifact (a full
+/// disk, a read-only state dir). The host then compiles in-process and runs
+/// the guest uncached, as it does when it cannot cache its own compile.
+pub const EXIT_CANNOT_WRITE: u8 = 3;
+
 /// Where `.wasm` components are compiled.
 #[derive(Debug, Clone, Default)]
 pub enum CompileIn {
@@ -37,9 +42,35 @@ pub enum WorkerError {
     /// upgrade); the caller can compile in-process instead.
     #[error("cannot start the compiler process {exe}: {error}")]
     Spawn { exe: String, error: std::io::Error },
+    /// The artifact could not be written to the cache (by the child, or
+    /// the cache directory not by anyone); the caller can compile
+    /// in-process and run the guest uncached.
+    #[error("cannot write to the artifact cache: {0}")]
+    CannotWrite(String),
     /// The child ran and failed: its message, or how it died.
     #[error("{0}")]
     Failed(String),
+}
+
+/// Why the worker's side failed; the CLI exits with [`ServeError::exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Reading or compiling the component failed.
+    #[error("{0}")]
+    Compile(String),
+    /// The artifact could not be written.
+    #[error("{0}")]
+    Write(String),
+}
+
+impl ServeError {
+    /// The worker's exit status for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ServeError::Compile(_) => 1,
+            ServeError::Write(_) => EXIT_CANNOT_WRITE,
+        }
+    }
 }
 
 /// What the worker compiles.
@@ -79,7 +110,11 @@ pub fn compile_in_child(exe: &Path, input: WorkerInput<'_>, out: &Path) -> Resul
     if output.status.success() {
         return Ok(());
     }
-    Err(WorkerError::Failed(failure_message(&output, sent.err())))
+    let message = failure_message(&output, sent.err());
+    if output.status.code() == Some(i32::from(EXIT_CANNOT_WRITE)) {
+        return Err(WorkerError::CannotWrite(message));
+    }
+    Err(WorkerError::Failed(message))
 }
 
 /// What the worker said on stderr, or how it died.
@@ -101,19 +136,23 @@ fn failure_message(output: &std::process::Output, send_error: Option<std::io::Er
 /// The worker's side: compile built-in guest `builtin`, or else standard
 /// input, into an artifact at `out`.
 #[cfg(not(target_arch = "arm"))]
-pub fn serve(out: &Path, builtin: Option<&str>) -> Result<(), String> {
+pub fn serve(out: &Path, builtin: Option<&str>) -> Result<(), ServeError> {
     use std::io::Read;
     exit_with_parent();
     let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input).map_err(|e| format!("reading the component from stdin: {e}"))?;
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| ServeError::Compile(format!("reading the component from stdin: {e}")))?;
     let wasm = match builtin {
-        Some(name) => crate::builtin::component(name).ok_or_else(|| format!("no built-in guest named {name:?}"))?,
+        Some(name) => crate::builtin::component(name)
+            .ok_or_else(|| ServeError::Compile(format!("no built-in guest named {name:?}")))?,
         None => &input[..],
     };
     let artifact = crate::engine::native_compiler()
         .and_then(|compiler| compiler.precompile_component(wasm))
-        .map_err(|e| format!("{e:#}"))?;
-    crate::secrets::write_atomic(out, &artifact).map_err(|e| format!("{}: cannot write artifact: {e}", out.display()))
+        .map_err(|e| ServeError::Compile(format!("{e:#}")))?;
+    crate::secrets::write_atomic(out, &artifact)
+        .map_err(|e| ServeError::Write(format!("{}: cannot write artifact: {e}", out.display())))
 }
 
 /// A worker whose host died has no one to compile for.
