@@ -100,7 +100,7 @@ impl wit::Host for super::GuestCtx {
         let began = Instant::now();
         let latest: Vec<Point> = latest_per_measurement(&points);
         let written = match self.influx.store.outbox_sink() {
-            Some(sink) => write_to_outbox(&sink, &points).await,
+            Some(sink) => write_to_outbox(&sink, points).await,
             None => write_to_store(self.influx.store.as_ref(), points).await,
         };
         add_elapsed(&metrics.write_nanos, began);
@@ -164,14 +164,16 @@ fn latest_per_measurement(points: &[WitPoint]) -> Vec<Point> {
 }
 
 /// Writes a guest's points into a remote backend's outbox, encoded as line
-/// protocol straight from the WIT values: no [`Point`] (two maps and copies
-/// of every string) is built for them. Checks and errors are those of the
-/// store's own `write`: unsigned fields first (when the database has none),
-/// then each point as the line-protocol encoder checks it.
-async fn write_to_outbox(sink: &OutboxSink, points: &[WitPoint]) -> Result<u32, StoreError> {
+/// protocol straight from the WIT values, keys sorted in place: no [`Point`]
+/// (two maps and copies of every string) is built for them. Checks and
+/// errors are those of the store's own `write`: unsigned fields first (when
+/// the database has none), then each point as the line-protocol encoder
+/// checks it.
+async fn write_to_outbox(sink: &OutboxSink, mut points: Vec<WitPoint>) -> Result<u32, StoreError> {
     if points.is_empty() {
         return Ok(0);
     }
+    points.iter_mut().for_each(sort_keys);
     let count = u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
     for (i, p) in points.iter().enumerate() {
         if let Some(name) = unsigned_field(p)
@@ -206,9 +208,9 @@ fn ascending<T>(pairs: &[(String, T)]) -> bool {
     pairs.windows(2).all(|w| w[0].0 < w[1].0)
 }
 
-/// Appends `p` as one line. Keys out of order or repeated go through a
-/// [`Point`], which sorts them (the last of a repeated key wins), so the
-/// line is the one the [`Point`] path writes.
+/// Appends `p` (keys sorted) as one line. A repeated key goes through a
+/// [`Point`], whose maps keep its last value, so the line is the one the
+/// [`Point`] path writes.
 fn encode_wit(p: &WitPoint, out: &mut String) -> Result<(), String> {
     if !ascending(&p.tags) || !ascending(&p.fields) {
         let point = point_from_wit(p.clone());
@@ -350,5 +352,20 @@ mod tests {
         assert!(!ascending(&sorted.fields), "a repeated key is not strictly ascending: the Point path takes it");
         assert_eq!(point_from_wit(sorted).fields["w"], FieldValue::Float(2.0));
         assert_eq!(point_from_wit(p).fields["w"], FieldValue::Float(2.0));
+    }
+
+    #[test]
+    fn a_point_sorted_in_place_encodes_the_line_its_point_would() {
+        let unsorted = wit_point(&[("entity_id", "switch.a"), ("domain", "switch")], &[("w", 1.0), ("before", 2.0)]);
+        let repeated = wit_point(&[], &[("w", 1.0), ("a", 0.0), ("w", 2.0)]);
+        for p in [unsorted, repeated] {
+            let mut expected = String::new();
+            line_protocol::encode_point(&point_from_wit(p.clone()), &mut expected).unwrap();
+            let mut sorted = p;
+            sort_keys(&mut sorted);
+            let mut line = String::new();
+            encode_wit(&sorted, &mut line).unwrap();
+            assert_eq!(line, expected);
+        }
     }
 }
