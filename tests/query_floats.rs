@@ -20,6 +20,10 @@ use wattedge::store::{FieldValue, FloatSeries, Point, Query, Selector, TimeSerie
 const T0: i64 = 1_700_000_000_000_000_000;
 const S: i64 = 1_000_000_000;
 
+/// The embedded store without retention: the rows here are from 2023, and
+/// the default 90-day retention purges at start-up, racing the test's write.
+const EMBEDDED_FOREVER: &str = "[influx]\nbackend = \"embedded\"\nretention = \"forever\"\n";
+
 fn point(site: &str, fields: Vec<(&str, FieldValue)>, time: i64) -> Point {
     Point {
         measurement: "meter".into(),
@@ -107,7 +111,7 @@ async fn assert_known_answers(store: &dyn TimeSeriesStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_answers_exactly_like_query() {
-    let (_setup, host) = start("").await;
+    let (_setup, host) = start(EMBEDDED_FOREVER).await;
     assert_eq!(host.store().kind(), "embedded");
     let mut pts = points();
     // Unsigned values exist only in the embedded store (InfluxDB 1.x has none).
@@ -122,7 +126,7 @@ async fn embedded_store_answers_exactly_like_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_store_known_answers() {
-    let (_setup, host) = start("").await;
+    let (_setup, host) = start(EMBEDDED_FOREVER).await;
     host.store().write(points()).await.unwrap();
     assert_known_answers(host.store().as_ref()).await;
     host.shutdown().await;
