@@ -48,6 +48,9 @@ pub struct EmbeddedStore {
     db: Database,
     path: PathBuf,
     retention: Option<Duration>,
+    /// Points written already older than the retention (see
+    /// [`EmbeddedStore::points_beyond_retention`]).
+    beyond_retention: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -74,7 +77,7 @@ impl EmbeddedStore {
                 path.display()
             ))
         })?;
-        let store = Self { db, path: path.to_path_buf(), retention };
+        let store = Self { db, path: path.to_path_buf(), retention, beyond_retention: Default::default() };
         // Create the tables up front so read transactions never see them missing.
         let txn = store.db.begin_write().map_err(store.err("begin write"))?;
         {
@@ -203,8 +206,7 @@ impl EmbeddedStore {
         let Some(retention) = self.retention else {
             return Ok(0);
         };
-        let retention_ns = i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX);
-        let cutoff = now.saturating_sub(retention_ns);
+        let cutoff = retention_cutoff(retention, now);
         let txn = self.db.begin_write().map_err(self.err("begin purge"))?;
         let mut deleted = 0u64;
         {
@@ -244,6 +246,15 @@ impl EmbeddedStore {
         Ok(deleted)
     }
 
+    /// How many points were written already older than the retention, so
+    /// that the next purge (within the hour) removes them: a backfill
+    /// reaching further back than `influx.retention`. They are accepted, as
+    /// InfluxDB's partial write keeps the rest of a batch; this count and a
+    /// warning make their loss visible.
+    pub fn points_beyond_retention(&self) -> u64 {
+        self.beyond_retention.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The number of stored points (distinct identities) across all measurements.
     pub fn point_count(&self) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().map_err(self.err("begin read"))?;
@@ -261,6 +272,11 @@ impl EmbeddedStore {
 }
 
 // ---- key encoding ----------------------------------------------------------
+
+/// The oldest time a point may have `now` under `retention`.
+fn retention_cutoff(retention: Duration, now: Timestamp) -> Timestamp {
+    now.saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX))
+}
 
 fn measurement_prefix(m: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + m.len() + 8);

@@ -253,6 +253,15 @@ impl TimeSeriesStore for EmbeddedBackend {
     fn kind(&self) -> &'static str {
         "embedded"
     }
+
+    fn metrics(&self) -> String {
+        let name = "wattedge_store_points_beyond_retention_total";
+        format!(
+            "# HELP {name} Points written already older than the embedded store's retention (purged within the hour).\n\
+             # TYPE {name} counter\n{name} {}\n",
+            self.inner.points_beyond_retention()
+        )
+    }
 }
 
 async fn blocking<T: Send + 'static>(

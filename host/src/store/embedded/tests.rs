@@ -393,3 +393,29 @@ fn write_sorted_rejects_invalid_points_like_write() {
     }
     assert_eq!(s.point_count().unwrap(), 0, "a batch with an invalid point writes nothing");
 }
+
+#[test]
+fn points_already_beyond_the_retention_are_written_and_counted() {
+    const HOUR: i64 = 3_600_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let now = crate::store::now_ns();
+    let s = EmbeddedStore::open(&dir.path().join("r.redb"), Some(Duration::from_secs(3600))).unwrap();
+    let batch = [point("a", &[], &[("v", f(1.0))], now), point("a", &[], &[("v", f(2.0))], now - 2 * HOUR)];
+    assert_eq!(s.write(&batch).unwrap(), 2, "accepted, like the rest of an InfluxDB partial write");
+    assert_eq!(s.points_beyond_retention(), 1);
+    assert_eq!(s.purge_expired(crate::store::now_ns()).unwrap(), 1, "the next purge removes it");
+    let forever = EmbeddedStore::open(&dir.path().join("f.redb"), None).unwrap();
+    forever.write(&batch).unwrap();
+    assert_eq!(forever.points_beyond_retention(), 0, "without retention nothing is purged");
+}
+
+#[tokio::test]
+async fn the_backend_reports_points_beyond_the_retention_in_its_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend =
+        crate::store::EmbeddedBackend::open(&dir.path().join("m.redb"), Some(Duration::from_secs(60))).unwrap();
+    let old = point("a", &[], &[("v", f(1.0))], crate::store::now_ns() - 3_600_000_000_000);
+    crate::store::TimeSeriesStore::write(&backend, vec![old]).await.unwrap();
+    let text = crate::store::TimeSeriesStore::metrics(&backend);
+    assert!(text.contains("\nwattedge_store_points_beyond_retention_total 1\n"), "{text}");
+}

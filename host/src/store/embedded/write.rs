@@ -8,8 +8,8 @@
 
 use std::collections::BTreeMap;
 
-use super::{EmbeddedStore, MEASUREMENTS, POINTS, decode_fields, put_bytes, put_field};
-use crate::store::{FieldValue, Point, SortedPoint, StoreError, Timestamp};
+use super::{EmbeddedStore, MEASUREMENTS, POINTS, decode_fields, put_bytes, put_field, retention_cutoff};
+use crate::store::{FieldValue, Point, SortedPoint, StoreError, Timestamp, now_ns};
 
 /// What the write path reads of a point. Tag and field keys come in
 /// ascending order, each key once.
@@ -84,7 +84,25 @@ impl EmbeddedStore {
             }
         }
         txn.commit().map_err(self.err("commit write"))?;
+        self.count_beyond_retention(points);
         Ok(count)
+    }
+
+    /// Counts and warns about points of a committed batch that the next
+    /// purge will remove.
+    fn count_beyond_retention<P: StoredPoint>(&self, points: &[P]) {
+        let Some(retention) = self.retention else { return };
+        let cutoff = retention_cutoff(retention, now_ns());
+        let old = points.iter().filter(|p| p.time() < cutoff).count() as u64;
+        if old > 0 {
+            self.beyond_retention.fetch_add(old, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                points = old,
+                retention = %humantime::format_duration(retention),
+                "points older than the embedded store's retention were written and will be purged within the hour; \
+                 raise influx.retention, or set it to \"forever\", to keep them"
+            );
+        }
     }
 }
 
