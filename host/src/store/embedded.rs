@@ -271,12 +271,12 @@ impl EmbeddedStore {
     }
 }
 
-// ---- key encoding ----------------------------------------------------------
-
 /// The oldest time a point may have `now` under `retention`.
 fn retention_cutoff(retention: Duration, now: Timestamp) -> Timestamp {
     now.saturating_sub(i64::try_from(retention.as_nanos()).unwrap_or(i64::MAX))
 }
+
+// ---- key encoding ----------------------------------------------------------
 
 fn measurement_prefix(m: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(4 + m.len() + 8);
@@ -287,8 +287,14 @@ fn measurement_prefix(m: &str) -> Vec<u8> {
 /// The first key of `m` at time `t` (any series sorts after it).
 fn time_key(m: &str, t: Timestamp) -> Vec<u8> {
     let mut out = measurement_prefix(m);
-    out.extend_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
+    put_time(&mut out, t);
     out
+}
+
+/// Appends `t` with its sign bit flipped, big-endian, so that byte order is
+/// numeric order.
+fn put_time(out: &mut Vec<u8>, t: Timestamp) {
+    out.extend_from_slice(&((t as u64) ^ (1 << 63)).to_be_bytes());
 }
 
 /// A key greater than every key of `m` and no key of another measurement
@@ -304,7 +310,7 @@ fn measurement_successor(m: &str) -> Vec<u8> {
 
 fn decode_key_suffix(b: &[u8]) -> Result<(Timestamp, BTreeMap<String, String>), String> {
     let mut r = Reader(b);
-    let time = (u64::from_be_bytes(r.array()?) ^ (1 << 63)) as i64;
+    let time = r.time()?;
     let mut tags = BTreeMap::new();
     while !r.0.is_empty() {
         let k = r.string()?;
@@ -390,6 +396,11 @@ fn decode_fields(b: &[u8]) -> Result<BTreeMap<String, FieldValue>, String> {
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
+    /// A time written by [`put_time`].
+    fn time(&mut self) -> Result<Timestamp, String> {
+        Ok((u64::from_be_bytes(self.array()?) ^ (1 << 63)) as i64)
+    }
+
     fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
         let (head, rest) = self
             .0

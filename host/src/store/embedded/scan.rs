@@ -33,7 +33,7 @@ pub(super) fn float_row(
     field: &[u8],
 ) -> Result<FloatRow, String> {
     let mut key = Reader(suffix);
-    let time = (u64::from_be_bytes(key.array()?) ^ (1 << 63)) as i64;
+    let time = key.time()?;
     if !tags.is_empty() && !tags_match(key, tags)? {
         return Ok(FloatRow::Skipped);
     }

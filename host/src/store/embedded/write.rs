@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{EmbeddedStore, MEASUREMENTS, POINTS, decode_fields, put_bytes, put_field, retention_cutoff};
+use super::{EmbeddedStore, MEASUREMENTS, POINTS, decode_fields, put_bytes, put_field, put_time, retention_cutoff};
 use crate::store::{FieldValue, Point, SortedPoint, StoreError, Timestamp, now_ns};
 
 /// What the write path reads of a point. Tag and field keys come in
@@ -110,7 +110,7 @@ impl EmbeddedStore {
 fn put_point_key(out: &mut Vec<u8>, p: &impl StoredPoint) {
     out.clear();
     put_bytes(out, p.measurement().as_bytes());
-    out.extend_from_slice(&((p.time() as u64) ^ (1 << 63)).to_be_bytes());
+    put_time(out, p.time());
     for (k, v) in p.tag_pairs() {
         put_bytes(out, k.as_bytes());
         put_bytes(out, v.as_bytes());
