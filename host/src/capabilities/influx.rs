@@ -91,7 +91,7 @@ impl InfluxCap {
 }
 
 impl wit::Host for super::GuestCtx {
-    async fn write(&mut self, points: Vec<WitPoint>) -> Result<u32, InfluxError> {
+    async fn write(&mut self, mut points: Vec<WitPoint>) -> Result<u32, InfluxError> {
         let metrics = &self.shared.influx;
         if let Err(e) = self.influx.check_write(&points) {
             metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
@@ -99,8 +99,10 @@ impl wit::Host for super::GuestCtx {
         }
         let began = Instant::now();
         let latest: Vec<Point> = latest_per_measurement(&points);
+        // Both paths take keys in order: sorted here, once, in place.
+        points.iter_mut().for_each(sort_keys);
         let written = match self.influx.store.outbox_sink() {
-            Some(sink) => write_to_outbox(&sink, points).await,
+            Some(sink) => write_to_outbox(&sink, &points).await,
             None => write_to_store(self.influx.store.as_ref(), points).await,
         };
         add_elapsed(&metrics.write_nanos, began);
@@ -163,17 +165,15 @@ fn latest_per_measurement(points: &[WitPoint]) -> Vec<Point> {
     latest.into_values().map(|p| point_from_wit(p.clone())).collect()
 }
 
-/// Writes a guest's points into a remote backend's outbox, encoded as line
-/// protocol straight from the WIT values, keys sorted in place: no [`Point`]
-/// (two maps and copies of every string) is built for them. Checks and
-/// errors are those of the store's own `write`: unsigned fields first (when
-/// the database has none), then each point as the line-protocol encoder
-/// checks it.
-async fn write_to_outbox(sink: &OutboxSink, mut points: Vec<WitPoint>) -> Result<u32, StoreError> {
+/// Writes a guest's points (keys sorted) into a remote backend's outbox,
+/// encoded as line protocol straight from the WIT values: no [`Point`] (two
+/// maps and copies of every string) is built for them. Checks and errors are
+/// those of the store's own `write`: unsigned fields first (when the
+/// database has none), then each point as the line-protocol encoder checks it.
+async fn write_to_outbox(sink: &OutboxSink, points: &[WitPoint]) -> Result<u32, StoreError> {
     if points.is_empty() {
         return Ok(0);
     }
-    points.iter_mut().for_each(sort_keys);
     let count = u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
     for (i, p) in points.iter().enumerate() {
         if let Some(name) = unsigned_field(p)
@@ -189,12 +189,11 @@ async fn write_to_outbox(sink: &OutboxSink, mut points: Vec<WitPoint>) -> Result
     outbox::append_record(&sink.outbox, record, count).await
 }
 
-/// Writes a guest's points into a store that takes them directly (the
-/// embedded one): keys sorted in place, then handed over as
-/// [`SortedPoint`]s, strings moved; a point with a repeated key goes
-/// through a [`Point`] (two maps), which resolves it.
-async fn write_to_store(store: &dyn TimeSeriesStore, mut points: Vec<WitPoint>) -> Result<u32, StoreError> {
-    points.iter_mut().for_each(sort_keys);
+/// Writes a guest's points (keys sorted) into a store that takes them
+/// directly (the embedded one), handed over as [`SortedPoint`]s, strings
+/// moved; a point with a repeated key goes through a [`Point`] (two maps),
+/// which resolves it.
+async fn write_to_store(store: &dyn TimeSeriesStore, points: Vec<WitPoint>) -> Result<u32, StoreError> {
     if points.iter().all(|p| ascending(&p.tags) && ascending(&p.fields)) {
         store.write_sorted(points.into_iter().map(sorted_from_wit).collect()).await
     } else {
