@@ -49,7 +49,7 @@ struct Board {
     /// Runner and its arguments (empty for the native binary), then the binary.
     command: Vec<String>,
     /// The board profile guests are precompiled for; `None` runs `builtin:` guests.
-    profile: Option<wattedge::precompile::Profile>,
+    profile: Option<wattedge::board::Profile>,
 }
 
 impl Board {
@@ -61,7 +61,7 @@ impl Board {
             (None, None) => Board { command: vec![env!("CARGO_BIN_EXE_wattedge").into()], profile: None },
             (Some(bin), Some(name)) => {
                 assert!(Path::new(&bin).is_file(), "WATTEDGE_BOARD_BIN={bin} is not a file; cross-build it first");
-                let profile = wattedge::precompile::profile(&name).unwrap_or_else(|e| panic!("{e}"));
+                let profile = wattedge::board::profile(&name).unwrap_or_else(|e| panic!("{e}"));
                 let mut command: Vec<String> =
                     qemu_runner(&profile.rust_target).iter().map(|s| s.to_string()).collect();
                 command.push(bin);
@@ -127,11 +127,13 @@ impl Upstreams {
     }
 }
 
-/// `[host]` and `[influx]`: admin on `admin`, everything under `dir`.
-fn host_section(up: &Upstreams, admin: SocketAddr) -> String {
+/// `[host]` and `[influx]`: admin on `admin`, everything under `dir`; with a
+/// board profile, the host runs with its engine settings (as on the board).
+fn host_section(up: &Upstreams, admin: SocketAddr, profile: Option<&wattedge::board::Profile>) -> String {
+    let board = profile.map(|p| format!("board = \"{}\"\n", p.name)).unwrap_or_default();
     format!(
         r#"[host]
-admin_listen = "{admin}"
+{board}admin_listen = "{admin}"
 state_dir = "{state}"
 extra_ca = "{ca}"
 resolve = {{ "{WATTTIME_HOST}" = "127.0.0.1", "{TOKEN_HOST}" = "127.0.0.1", "{DATA_HOST}" = "127.0.0.1" }}
@@ -196,7 +198,7 @@ influx_write = ["event_energy_correlation"]
 }
 
 /// Writes the config and the secrets file (0600, via the host's own store).
-fn write_config(up: &Upstreams, admin: SocketAddr, components: &[String]) -> PathBuf {
+fn write_config(up: &Upstreams, admin: SocketAddr, board: &Board, components: &[String]) -> PathBuf {
     let store_path = up.dir.path().join("state").join("secrets.toml");
     let store = wattedge::secrets::SecretStore::open(&store_path).expect("secrets file");
     let secrets = [
@@ -209,7 +211,8 @@ fn write_config(up: &Upstreams, admin: SocketAddr, components: &[String]) -> Pat
         store.set(name, value, None, true).expect("set secret");
     }
     let path = up.dir.path().join("wattedge.toml");
-    std::fs::write(&path, host_section(up, admin) + &guest_sections(up, components)).expect("write config");
+    std::fs::write(&path, host_section(up, admin, board.profile.as_ref()) + &guest_sections(up, components))
+        .expect("write config");
     path
 }
 
@@ -423,7 +426,7 @@ fn three_guests_end_to_end_then_sigterm() {
     let up = runtime.block_on(Upstreams::start());
     let components = board.components(up.dir.path());
     let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
-    let config = write_config(&up, admin, &components);
+    let config = write_config(&up, admin, &board, &components);
     let event_time = seed_correlator_inputs(&up.influxd);
     let mut child = Wattedge::spawn(&board, &config, admin);
     let outcome =

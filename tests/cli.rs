@@ -102,6 +102,57 @@ fn check_accepts_the_default_config_and_a_good_one() {
 }
 
 #[test]
+fn a_board_sets_the_engine_that_check_and_compile_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("board.toml");
+    std::fs::write(&path, GOOD.replace("[host]\n", "[host]\nboard = \"armv7\"\n")).unwrap();
+    // `check` compiles the guest for this machine with armv7's settings.
+    let out = wattedge(&["check", "--config", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("engine: 16 MiB reserved per guest memory, 64 KiB guard (board armv7)"), "{stdout}");
+    // `compile` without --target compiles for the config's board.
+    let artifacts = dir.path().join("artifacts");
+    let out = wattedge(&["compile", "--config", path.to_str().unwrap(), "--out", artifacts.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let artifact = std::fs::read(artifacts.join("correlator.armv7.cwasm")).expect("artifact for the config's board");
+    assert!(wasmtime::Engine::detect_precompiled(&artifact).is_some());
+    // With neither, it says what to name.
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, GOOD).unwrap();
+    let out = wattedge(&["compile", "--config", plain.to_str().unwrap(), "--out", artifacts.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--target PROFILE") && stderr.contains("pi-zero-2w"), "{stderr}");
+}
+
+#[test]
+fn an_artifact_built_with_other_engine_settings_than_the_board_s_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let native = wattedge::engine::build(wattedge::engine::EngineLimits::native()).unwrap();
+    let wasm = wattedge::builtin::component("correlator").unwrap();
+    std::fs::write(dir.path().join("correlator.cwasm"), native.precompile_component(wasm).unwrap()).unwrap();
+    let config = GOOD.replace("builtin:correlator", "correlator.cwasm");
+    std::fs::write(dir.path().join("plain.toml"), &config).unwrap();
+    let out = wattedge(&["check", "--config", dir.path().join("plain.toml").to_str().unwrap()]);
+    assert!(out.status.success(), "loads without a board: {}", String::from_utf8_lossy(&out.stderr));
+    // armv7's profile reserves 16 MiB per memory; the artifact was built for 64 MiB.
+    std::fs::write(dir.path().join("bad.toml"), config.replace("[host]\n", "[host]\nboard = \"armv7\"\n")).unwrap();
+    let out = wattedge(&["check", "--config", dir.path().join("bad.toml").to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_one_line_error(
+        out.status.code().unwrap_or(-1),
+        &stderr,
+        &["memory reservation", "--target PROFILE", "board"],
+    );
+}
+
+#[test]
+fn check_rejects_an_unknown_board() {
+    let (code, stderr) = check(&GOOD.replace("[host]\n", "[host]\nboard = \"pi6\"\n"));
+    assert_one_line_error(code, &stderr, &["host.board", "\"pi6\"", "pi5"]);
+}
+
+#[test]
 fn check_rejects_an_unknown_key() {
     let (code, stderr) = check(&format!("{GOOD}memory = \"16MiB\"\n"));
     assert_one_line_error(code, &stderr, &["bad.toml:7", "memory", "remove or rename"]);

@@ -36,7 +36,7 @@ fn a_worker_compiles_a_builtin_guest_into_the_cache_and_the_host_maps_it() {
     let engine = engine::build(EngineLimits::native()).unwrap();
     let marker = dir.path().join("worker-ran");
     let spy = script_worker(dir.path(), &format!("echo \"$@\" > '{}'\nexec \"$REAL\" \"$@\"", marker.display()));
-    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(spy);
+    let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(spy);
     let (wasm, digest) = builtin("correlator");
     let component = cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
     let linker = wattedge::capabilities::linker(&engine).unwrap();
@@ -55,10 +55,33 @@ fn a_worker_compiles_a_builtin_guest_into_the_cache_and_the_host_maps_it() {
 }
 
 #[test]
+fn a_board_profile_s_engine_settings_reach_the_worker_and_the_in_process_compiler() {
+    // armv7 reserves 16 MiB per guest memory, this machine 64 MiB: an
+    // artifact compiled with this machine's settings would not map.
+    let limits = wattedge::board::profile("armv7").unwrap().limits;
+    assert_ne!(limits, EngineLimits::native());
+    let engine = engine::build(limits).unwrap();
+    let native = engine::build(EngineLimits::native()).unwrap();
+    let linker = wattedge::capabilities::linker(&engine).unwrap();
+    let (wasm, digest) = builtin("correlator");
+    for compile_in in [worker(), CompileIn::ThisProcess] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().join("cache"), limits).compiling_in(compile_in.clone());
+        let component = cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
+        linker.instantiate_pre(&component).expect("the artifact type-checks");
+        let path = cache.path_for(&engine, digest);
+        // SAFETY: written by the cache a moment ago; wasmtime checks its settings.
+        let refused = unsafe { wasmtime::component::Component::deserialize_file(&native, &path) };
+        assert!(refused.is_err(), "{compile_in:?}: the artifact carries the board's settings, not this machine's");
+    }
+}
+
+#[test]
 fn a_worker_killed_by_the_kernel_is_reported_as_such() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine::build(EngineLimits::native()).unwrap();
-    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(script_worker(dir.path(), "kill -9 $$"));
+    let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native())
+        .compiling_in(script_worker(dir.path(), "kill -9 $$"));
     let (wasm, digest) = builtin("correlator");
     let err = cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).expect_err("refused");
     assert!(err.to_string().contains("killed (SIGKILL: out of memory?"), "{err}");
@@ -68,7 +91,7 @@ fn a_worker_killed_by_the_kernel_is_reported_as_such() {
 fn a_worker_compiles_bytes_sent_on_its_stdin() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine::build(EngineLimits::native()).unwrap();
-    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(worker());
+    let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(worker());
     let (wasm, _) = builtin("watttime");
     // Not named as a built-in: the bytes themselves go to the worker.
     let digest = wattedge::component::sha256_hex(wasm);
@@ -80,7 +103,7 @@ fn a_worker_compiles_bytes_sent_on_its_stdin() {
 fn a_worker_reports_the_compiler_error_and_caches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine::build(EngineLimits::native()).unwrap();
-    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(worker());
+    let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(worker());
     // A valid header with a truncated body.
     let broken = b"\0asm\x0d\0\x01\0\x01\x05\x00";
     let digest = wattedge::component::sha256_hex(broken);
@@ -97,7 +120,7 @@ fn a_worker_that_cannot_start_falls_back_to_compiling_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let engine = engine::build(EngineLimits::native()).unwrap();
     let missing = CompileIn::ChildProcess(dir.path().join("no-such-wattedge"));
-    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(missing);
+    let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(missing);
     let (wasm, digest) = builtin("correlator");
     cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
     assert!(cache.path_for(&engine, digest).exists(), "compiled here and cached all the same");
@@ -111,7 +134,7 @@ fn a_cache_that_cannot_be_written_still_gives_a_running_guest() {
     let (wasm, digest) = builtin("correlator");
     // The worker compiles, then cannot put the artifact where a directory
     // stands (as with a full disk, it exits with EXIT_CANNOT_WRITE).
-    let cache = ArtifactCache::new(dir.path().join("cache")).compiling_in(worker());
+    let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(worker());
     let blocked = cache.path_for(&engine, digest);
     std::fs::create_dir_all(&blocked).unwrap();
     let component = cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).expect("compiled in-process");
@@ -120,7 +143,7 @@ fn a_cache_that_cannot_be_written_still_gives_a_running_guest() {
     // The cache directory itself cannot be created: a file has its name.
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, "").unwrap();
-    let cache = ArtifactCache::new(file.join("cache")).compiling_in(worker());
+    let cache = ArtifactCache::new(file.join("cache"), EngineLimits::native()).compiling_in(worker());
     let component = cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).expect("compiled in-process");
     linker.instantiate_pre(&component).expect("a usable component");
 }
@@ -133,6 +156,7 @@ fn the_worker_exits_with_its_cannot_write_status() {
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_wattedge"))
         .args(["compile-worker", "--builtin", "correlator", "--out"])
         .arg(&out)
+        .args(EngineLimits::native().worker_args())
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()

@@ -19,6 +19,7 @@ use wasmtime::component::Component;
 
 use crate::compile_process::{self, CompileIn, WorkerError, WorkerInput};
 use crate::component::ComponentError;
+use crate::engine::EngineLimits;
 
 /// Most artifacts kept; the least recently written are removed beyond it.
 const MAX_ENTRIES: usize = 16;
@@ -28,13 +29,16 @@ const MAX_ENTRIES: usize = 16;
 pub struct ArtifactCache {
     dir: PathBuf,
     compile_in: CompileIn,
+    /// The settings of the engine the artifacts are for, which a worker
+    /// process must compile with.
+    limits: EngineLimits,
 }
 
 impl ArtifactCache {
-    /// A cache in `dir` (created on first write) whose misses are compiled
-    /// in-process.
-    pub fn new(dir: PathBuf) -> ArtifactCache {
-        ArtifactCache { dir, compile_in: CompileIn::ThisProcess }
+    /// A cache in `dir` (created on first write) of artifacts for an engine
+    /// built with `limits`, whose misses are compiled in-process.
+    pub fn new(dir: PathBuf, limits: EngineLimits) -> ArtifactCache {
+        ArtifactCache { dir, compile_in: CompileIn::ThisProcess, limits }
     }
 
     /// This cache, compiling its misses where `compile_in` says.
@@ -98,7 +102,7 @@ impl ArtifactCache {
             Some(name) if crate::builtin::digest(name) == Some(digest) => WorkerInput::Builtin(name),
             _ => WorkerInput::Bytes(wasm),
         };
-        compile_process::compile_in_child(exe, input, path)?;
+        compile_process::compile_in_child(exe, input, self.limits, path)?;
         self.prune();
         Ok(())
     }
@@ -112,7 +116,7 @@ impl ArtifactCache {
         wasm: &[u8],
         path: &Path,
     ) -> Result<Component, ComponentError> {
-        let artifact = crate::component::precompile(source_name, wasm)?;
+        let artifact = crate::component::precompile(engine, source_name, wasm)?;
         let stored = self.store(path, &artifact);
         let mapped = match stored {
             Ok(()) => map(engine, path).ok(),

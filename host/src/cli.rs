@@ -63,9 +63,10 @@ pub enum Command {
     /// the board loads them without compiling.
     #[cfg(not(target_arch = "arm"))]
     Compile {
-        /// Board profile: pi-zero-2w, pi3, pi4, pi5 or armv7.
+        /// Board profile: pi-zero-2w, pi3, pi4, pi5 or armv7 (default: the
+        /// config's `[host] board`).
         #[arg(long)]
-        target: String,
+        target: Option<String>,
         /// Where to write `GUEST.PROFILE.cwasm` files.
         #[arg(long, default_value = "artifacts")]
         out: PathBuf,
@@ -80,6 +81,12 @@ pub enum Command {
         /// Compile this built-in guest instead of stdin.
         #[arg(long)]
         builtin: Option<String>,
+        /// The host engine's memory reservation, in bytes.
+        #[arg(long)]
+        memory_reservation: u64,
+        /// The host engine's memory guard, in bytes.
+        #[arg(long)]
+        memory_guard: u64,
     },
 }
 
@@ -136,15 +143,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Swap { guest, file } => runtime.block_on(client::swap(&cli.config, &guest, &file)),
         Command::Rollback { guest } => runtime.block_on(client::rollback(&cli.config, &guest)),
         #[cfg(not(target_arch = "arm"))]
-        Command::Compile { target, out } => compile(&cli.config, &target, &out),
+        Command::Compile { target, out } => compile(&cli.config, target.as_deref(), &out),
         #[cfg(not(target_arch = "arm"))]
-        Command::CompileWorker { out, builtin } => match crate::compile_process::serve(&out, builtin.as_deref()) {
-            Ok(()) => Ok(ExitCode::SUCCESS),
-            Err(e) => {
-                eprintln!("error: {e}");
-                Ok(ExitCode::from(e.exit_code()))
-            }
-        },
+        Command::CompileWorker { out, builtin, memory_reservation, memory_guard } => {
+            let limits = crate::engine::EngineLimits::from_worker_args(memory_reservation, memory_guard);
+            compile_worker(&out, builtin.as_deref(), limits)
+        }
+    }
+}
+
+/// The hidden `compile-worker` command (see [`crate::compile_process`]).
+#[cfg(not(target_arch = "arm"))]
+fn compile_worker(out: &Path, builtin: Option<&str>, limits: crate::engine::EngineLimits) -> anyhow::Result<ExitCode> {
+    match crate::compile_process::serve(out, builtin, limits) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(e.exit_code()))
+        }
     }
 }
 
@@ -190,7 +206,8 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let engine = crate::engine::build(crate::engine::EngineLimits::native()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let limits = config.host.engine_limits();
+    let engine = crate::engine::build(limits).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let linker = Arc::new(crate::capabilities::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     for guest in &config.guests {
         let loaded = crate::component::load_source(engine.clone(), linker.clone(), guest.component.clone(), None).await;
@@ -202,7 +219,22 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     }
     let names: Vec<&str> = config.guests.iter().map(|g| g.name.as_str()).collect();
     println!("{}: ok ({} guests: {})", config.path.display(), names.len(), names.join(", "));
+    println!("engine: {}", describe_engine(&config));
     Ok(ExitCode::SUCCESS)
+}
+
+/// The engine settings `check` reports, and where they come from.
+fn describe_engine(config: &Config) -> String {
+    let limits = config.host.engine_limits();
+    let origin = match &config.host.board {
+        Some(board) => format!("board {}", board.name),
+        None => "no board set: this machine's defaults".to_string(),
+    };
+    format!(
+        "{} MiB reserved per guest memory, {} KiB guard ({origin})",
+        limits.memory_reservation >> 20,
+        limits.memory_guard >> 10
+    )
 }
 
 fn open_secrets(config_path: &Path) -> anyhow::Result<(Config, SecretStore)> {
@@ -256,12 +288,19 @@ fn collect_names(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
 }
 
 #[cfg(not(target_arch = "arm"))]
-fn compile(config_path: &Path, target: &str, out: &Path) -> anyhow::Result<ExitCode> {
+fn compile(config_path: &Path, target: Option<&str>, out: &Path) -> anyhow::Result<ExitCode> {
     let config = match load_config(config_path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
-    let profile = crate::precompile::profile(target)?;
+    let profile = match (target, &config.host.board) {
+        (Some(name), _) => crate::board::profile(name)?,
+        (None, Some(board)) => board.clone(),
+        (None, None) => anyhow::bail!(
+            "name the board to compile for: --target PROFILE (profiles: {}), or set `board` in [host]",
+            crate::board::profile_names()
+        ),
+    };
     let guests: Vec<_> = config.guests.iter().map(|g| (g.name.clone(), g.component.clone())).collect();
     let started = std::time::Instant::now();
     let artifacts = crate::precompile::compile(&profile, &guests, out, |step| match step {
@@ -284,10 +323,12 @@ fn compile(config_path: &Path, target: &str, out: &Path) -> anyhow::Result<ExitC
         }
     })?;
     println!(
-        "{} artifacts for {} in {:.1} s; on the board set each guest's `component` to its .cwasm file",
+        "{} artifacts for {} in {:.1} s; in the board's config set each guest's `component` to its \
+         .cwasm file, and `board = \"{}\"` in [host]",
         artifacts.len(),
         profile.name,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        profile.name
     );
     Ok(ExitCode::SUCCESS)
 }

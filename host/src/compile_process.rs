@@ -8,14 +8,16 @@
 //! what a restart costs: the artifact mapped from the cache. A compile that
 //! runs out of memory also kills only the child.
 //!
-//! The child is this same binary, so its engine settings are the host's; it
-//! reads the component from standard input and writes the artifact
-//! atomically (mode 0600) to the cache path it is given. Nothing else
-//! crosses: no config, no secrets, no guest data.
+//! The child is this same binary, given the host's engine settings on its
+//! command line; it reads the component from standard input and writes the
+//! artifact atomically (mode 0600) to the cache path it is given. Nothing
+//! else crosses: no config, no secrets, no guest data.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+use crate::engine::EngineLimits;
 
 /// The hidden subcommand that compiles one component.
 pub const WORKER_COMMAND: &str = "compile-worker";
@@ -83,10 +85,16 @@ pub enum WorkerInput<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Compiles `input` by running `exe compile-worker --out OUT` and waits for it.
-pub fn compile_in_child(exe: &Path, input: WorkerInput<'_>, out: &Path) -> Result<(), WorkerError> {
+/// Compiles `input` for an engine with `limits` by running
+/// `exe compile-worker --out OUT ...` and waits for it.
+pub fn compile_in_child(
+    exe: &Path,
+    input: WorkerInput<'_>,
+    limits: EngineLimits,
+    out: &Path,
+) -> Result<(), WorkerError> {
     let mut command = Command::new(exe);
-    command.arg(WORKER_COMMAND).arg("--out").arg(out);
+    command.arg(WORKER_COMMAND).arg("--out").arg(out).args(limits.worker_args());
     let wasm: &[u8] = match input {
         WorkerInput::Builtin(name) => {
             command.args(["--builtin", name]);
@@ -134,9 +142,9 @@ fn failure_message(output: &std::process::Output, send_error: Option<std::io::Er
 }
 
 /// The worker's side: compile built-in guest `builtin`, or else standard
-/// input, into an artifact at `out`.
+/// input, into an artifact for an engine with `limits` at `out`.
 #[cfg(not(target_arch = "arm"))]
-pub fn serve(out: &Path, builtin: Option<&str>) -> Result<(), ServeError> {
+pub fn serve(out: &Path, builtin: Option<&str>, limits: EngineLimits) -> Result<(), ServeError> {
     use std::io::Read;
     exit_with_parent();
     let mut input = Vec::new();
@@ -148,7 +156,7 @@ pub fn serve(out: &Path, builtin: Option<&str>) -> Result<(), ServeError> {
             .ok_or_else(|| ServeError::Compile(format!("no built-in guest named {name:?}")))?,
         None => &input[..],
     };
-    let artifact = crate::engine::native_compiler()
+    let artifact = crate::engine::build(limits)
         .and_then(|compiler| compiler.precompile_component(wasm))
         .map_err(|e| ServeError::Compile(format!("{e:#}")))?;
     crate::secrets::write_atomic(out, &artifact)

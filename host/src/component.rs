@@ -126,24 +126,27 @@ fn deserialize(
     };
     result.map_err(|e| ComponentError::Compile {
         source_name: source_name.into(),
-        error: format!("{e:#}; rebuild the artifact with `wattedge compile` for this board"),
+        error: format!(
+            "{e:#}; rebuild the artifact with `wattedge compile --target PROFILE` for this board, \
+             and set the same `board = \"PROFILE\"` in [host]"
+        ),
     })
 }
 
 /// Compiles a `.wasm` component with Cranelift (see [`precompile`]).
 #[cfg(not(target_arch = "arm"))]
 fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component, ComponentError> {
-    let artifact = precompile(source_name, bytes)?;
+    let artifact = precompile(engine, source_name, bytes)?;
     // SAFETY: compiled a moment ago by an engine with this engine's settings.
     unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| ComponentError::compile(source_name, e))
 }
 
-/// Compiles a `.wasm` component into an artifact for this machine, with a
-/// throwaway compiler engine ([`crate::engine::native_compiler`]) so that
+/// Compiles a `.wasm` component into an artifact for `engine`, with a
+/// throwaway compiler engine ([`crate::engine::compiler_like`]) so that
 /// Cranelift's working memory is freed afterwards.
 #[cfg(not(target_arch = "arm"))]
-pub(crate) fn precompile(source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
-    crate::engine::native_compiler()
+pub(crate) fn precompile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
+    crate::engine::compiler_like(engine)
         .and_then(|compiler| compiler.precompile_component(bytes))
         .map_err(|e| ComponentError::compile(source_name, e))
 }
@@ -155,7 +158,7 @@ fn compile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Component, Compone
 }
 
 #[cfg(target_arch = "arm")]
-pub(crate) fn precompile(source_name: &str, _: &[u8]) -> Result<Vec<u8>, ComponentError> {
+pub(crate) fn precompile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Vec<u8>, ComponentError> {
     Err(no_compiler(source_name))
 }
 

@@ -5,6 +5,7 @@
 //! line where it can be found) and what to do, because on a headless Pi the
 //! error message is all the help a user gets.
 
+mod component;
 mod http_host;
 mod influx;
 mod locate;
@@ -17,15 +18,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::board::Profile;
+use crate::engine::EngineLimits;
 pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig};
 pub use influx::OutboxConfig;
 pub use units::{Schedule, parse_duration, parse_size};
 
 /// The default admin address: loopback only, so nothing is exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
-/// The default per-guest linear-memory limit.
+/// The default per-guest linear-memory limit (without a `board`).
 pub const DEFAULT_MEMORY_LIMIT: u64 = 16 << 20;
-/// The default wall-clock limit of one run.
+/// The default wall-clock limit of one run (without a `board`).
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Points older than this are purged from the embedded store by default.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -60,6 +63,16 @@ pub struct HostConfig {
     pub secrets_file: PathBuf,
     /// Outbound HTTP settings shared by every guest.
     pub http: HttpHostConfig,
+    /// The board profile (`board = "pi4"`): the engine settings the
+    /// board's precompiled artifacts were built with, and guest limits.
+    pub board: Option<Profile>,
+}
+
+impl HostConfig {
+    /// The engine's memory settings: the board profile's, or this machine's defaults.
+    pub fn engine_limits(&self) -> EngineLimits {
+        self.board.as_ref().map_or_else(EngineLimits::native, |board| board.limits)
+    }
 }
 
 /// `[influx]`: the time-series backend guests write to.
@@ -155,6 +168,7 @@ struct RawConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHost {
+    board: Option<String>,
     admin_listen: Option<String>,
     state_dir: Option<PathBuf>,
     secrets_file: Option<PathBuf>,
@@ -260,7 +274,7 @@ impl Checker<'_> {
         let influx = self.influx(raw.influx)?;
         let mut guests = Vec::new();
         for (name, guest) in raw.guests {
-            guests.push(self.guest(&name, guest)?);
+            guests.push(self.guest(&name, guest, host.board.as_ref())?);
         }
         // Keep the order in which guests appear in the file.
         guests.sort_by_key(|g| locate::line_of(self.source, &["guests", &g.name, ""]).unwrap_or(0));
@@ -281,7 +295,13 @@ impl Checker<'_> {
             Some(p) => self.resolve(&p),
             None => state_dir.join("secrets.toml"),
         };
-        Ok(HostConfig { admin_listen, state_dir, secrets_file, http })
+        let board = match raw.board.as_deref() {
+            None => None,
+            Some(name) => Some(
+                crate::board::profile(name).map_err(|e| self.error(&["host", "board"], format!("host.board: {e}")))?,
+            ),
+        };
+        Ok(HostConfig { admin_listen, state_dir, secrets_file, http, board })
     }
 
     fn influx(&self, raw: Option<RawInflux>) -> Result<InfluxConfig, ConfigError> {
@@ -320,7 +340,7 @@ impl Checker<'_> {
         }
     }
 
-    fn guest(&self, name: &str, raw: RawGuest) -> Result<GuestConfig, ConfigError> {
+    fn guest(&self, name: &str, raw: RawGuest, board: Option<&Profile>) -> Result<GuestConfig, ConfigError> {
         let at = |key: &'static str| [String::from("guests"), name.to_string(), key.to_string()];
         let err = |key: &'static str, msg: String| {
             let path = at(key);
@@ -340,13 +360,13 @@ impl Checker<'_> {
             err("schedule", format!("guests.{name}.schedule = {schedule_text:?}: {e}; use \"every 15m\" or a 5-field cron expression like \"*/15 * * * *\""))
         })?;
         let memory_limit = match raw.memory_limit.as_deref() {
-            None => DEFAULT_MEMORY_LIMIT,
+            None => board.map_or(DEFAULT_MEMORY_LIMIT, |b| b.default_memory_limit),
             Some(t) => parse_size(t).map_err(|e| {
                 err("memory_limit", format!("guests.{name}.memory_limit = {t:?}: {e}; use e.g. \"16MiB\""))
             })?,
         };
         let run_timeout = match raw.run_timeout.as_deref() {
-            None => DEFAULT_RUN_TIMEOUT,
+            None => board.map_or(DEFAULT_RUN_TIMEOUT, |b| b.default_run_timeout),
             Some(t) => parse_duration(t)
                 .map_err(|e| err("run_timeout", format!("guests.{name}.run_timeout = {t:?}: {e}; use e.g. \"60s\"")))?,
         };
@@ -380,56 +400,6 @@ impl Checker<'_> {
             grants: raw.grants,
             restart,
         })
-    }
-
-    fn missing_component(&self, name: &str) -> ConfigError {
-        let grants_only = self.source.contains(&format!("[guests.{name}.grants]"));
-        let message = if grants_only {
-            format!(
-                "[guests.{name}.grants] grants access to a guest that does not exist: there is no guests.{name}.component; fix the guest name or add `component = \"...\"` under [guests.{name}]"
-            )
-        } else {
-            format!(
-                "guests.{name} has no `component`; add e.g. component = \"builtin:{name}\" or a path to a .wasm file"
-            )
-        };
-        self.error(&["guests", name, ""], message)
-    }
-
-    fn component(&self, name: &str, text: &str) -> Result<ComponentSource, ConfigError> {
-        if let Some(builtin) = text.strip_prefix(BUILTIN_PREFIX) {
-            if !crate::builtin::NAMES.contains(&builtin) {
-                return Err(self.error(
-                    &["guests", name, "component"],
-                    format!(
-                        "guests.{name}.component = {text:?}: no built-in guest named {builtin:?}; built-ins are {}",
-                        crate::builtin::NAMES.iter().map(|n| format!("builtin:{n}")).collect::<Vec<_>>().join(", ")
-                    ),
-                ));
-            }
-            if !crate::builtin::EMBEDDED {
-                return Err(self.error(
-                    &["guests", name, "component"],
-                    format!(
-                        "guests.{name}.component = {text:?}: this wattedge is a board build without built-in \
-                         guests; on your build machine run `wattedge compile --target <profile>` and set \
-                         component to the .cwasm file it writes"
-                    ),
-                ));
-            }
-            return Ok(ComponentSource::Builtin(builtin.to_string()));
-        }
-        let path = self.resolve(Path::new(text));
-        if !path.is_file() {
-            return Err(self.error(
-                &["guests", name, "component"],
-                format!(
-                    "guests.{name}.component: file {} does not exist; build the component or fix the path (relative paths are relative to the config file)",
-                    path.display()
-                ),
-            ));
-        }
-        Ok(ComponentSource::File(path))
     }
 
     fn check_grants(&self, name: &str, grants: &Grants) -> Result<(), ConfigError> {

@@ -16,7 +16,7 @@ use wasmtime::{Config, Engine};
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Memory settings of the engine.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineLimits {
     /// Virtual address space reserved per linear memory.
     pub memory_reservation: u64,
@@ -27,19 +27,31 @@ pub struct EngineLimits {
 }
 
 impl EngineLimits {
-    /// The settings for a target with `pointer_bits`-bit addresses. They are
-    /// fixed per pointer width, never derived from the config, because a
-    /// precompiled artifact only loads into an engine with the same settings.
-    /// A memory that grows past its reservation is moved, so the per-guest
-    /// `memory_limit` (enforced by the store limiter) may exceed it.
-    pub fn for_pointer_width(pointer_bits: u32) -> EngineLimits {
-        let reservation = if pointer_bits >= 64 { 64 << 20 } else { 16 << 20 };
+    /// The settings of a host with no `board` in its config: 64 MiB of
+    /// address space per memory on 64-bit machines, 16 MiB on 32-bit ones,
+    /// with 64 KiB guards. The shipped board profiles use the same values
+    /// for their pointer width. A memory that grows past its reservation is
+    /// moved, so the per-guest `memory_limit` (enforced by the store
+    /// limiter) may exceed it.
+    pub fn native() -> EngineLimits {
+        let reservation = if usize::BITS >= 64 { 64 << 20 } else { 16 << 20 };
         EngineLimits { memory_reservation: reservation, memory_guard: 64 << 10, max_wasm_stack: 512 << 10 }
     }
 
-    /// The settings of the machine this host runs on.
-    pub fn native() -> EngineLimits {
-        EngineLimits::for_pointer_width(usize::BITS)
+    /// These limits as `compile-worker` arguments, which the
+    /// worker reads back with [`EngineLimits::from_worker_args`].
+    pub fn worker_args(&self) -> [String; 4] {
+        [
+            "--memory-reservation".into(),
+            self.memory_reservation.to_string(),
+            "--memory-guard".into(),
+            self.memory_guard.to_string(),
+        ]
+    }
+
+    /// The limits a worker was started with.
+    pub fn from_worker_args(memory_reservation: u64, memory_guard: u64) -> EngineLimits {
+        EngineLimits { memory_reservation, memory_guard, ..EngineLimits::native() }
     }
 }
 
@@ -48,15 +60,14 @@ pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
     Engine::new(&config(limits))
 }
 
-/// A short-lived engine with this machine's settings, for compiling only.
+/// A short-lived engine with `engine`'s settings, for compiling only.
 /// Cranelift keeps its compilation contexts (megabytes, once it has compiled
 /// a large guest) for as long as its engine lives. Compiling with a
 /// throwaway engine hands that memory back when it is dropped, so the
 /// long-lived engine that runs the guests never holds a compiler's working
-/// set. Its artifacts load into [`build`]'s engine: the settings are fixed
-/// per pointer width (see [`EngineLimits::for_pointer_width`]).
-pub fn native_compiler() -> wasmtime::Result<Engine> {
-    build(EngineLimits::native())
+/// set. Its artifacts load into `engine`, whose config it copies.
+pub fn compiler_like(engine: &Engine) -> wasmtime::Result<Engine> {
+    Engine::new(engine.config())
 }
 
 /// Builds an engine that compiles for another target (`aarch64-unknown-linux-gnu`,

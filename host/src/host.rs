@@ -10,7 +10,7 @@ use crate::artifact_cache::ArtifactCache;
 use crate::capabilities::{self, HostServices};
 use crate::compile_process::CompileIn;
 use crate::config::{Config, InfluxConfig};
-use crate::engine::{self, EngineLimits, EpochTicker};
+use crate::engine::{self, EpochTicker};
 use crate::secrets::SecretStore;
 use crate::store::{EmbeddedBackend, TimeSeriesStore};
 use crate::supervisor::{Runtime, Supervisor};
@@ -102,14 +102,15 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
         http: Arc::new(http),
     };
     let store = services.store.clone();
-    let engine = engine::build(EngineLimits::native()).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    let limits = config.host.engine_limits();
+    let engine = engine::build(limits).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let runtime = Arc::new(Runtime {
         ticker: EpochTicker::start(engine.clone()),
         engine,
         linker: Arc::new(linker),
         services,
-        cache: Some(ArtifactCache::new(config.host.state_dir.join("cache")).compiling_in(options.compile_in)),
+        cache: Some(ArtifactCache::new(config.host.state_dir.join("cache"), limits).compiling_in(options.compile_in)),
     });
     let listener =
         tokio::net::TcpListener::bind(listen).await.map_err(|error| HostError::Listen { addr: listen, error })?;

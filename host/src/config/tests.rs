@@ -30,6 +30,30 @@ fn minimal_config_gets_defaults() {
 }
 
 #[test]
+fn a_board_gives_its_engine_settings_and_default_guest_limits() {
+    let source = MINIMAL.replace("[host]\n", "[host]\nboard = \"pi5\"\n");
+    let config = parse(&source).unwrap();
+    let pi5 = crate::board::profile("pi5").unwrap();
+    assert_eq!(config.host.engine_limits(), pi5.limits);
+    assert_eq!(config.guests[0].memory_limit, 32 << 20, "pi5's default, not {DEFAULT_MEMORY_LIMIT}");
+    let armv7 = parse(&MINIMAL.replace("[host]\n", "[host]\nboard = \"armv7\"\n")).unwrap();
+    assert_eq!(armv7.host.engine_limits().memory_reservation, 16 << 20);
+    assert_eq!(armv7.guests[0].run_timeout, Duration::from_secs(120), "armv7's default");
+    // A guest's own limits win over the board's.
+    let own = parse(&format!("{source}memory_limit = \"8MiB\"\nrun_timeout = \"5s\"\n")).unwrap();
+    assert_eq!((own.guests[0].memory_limit, own.guests[0].run_timeout), (8 << 20, Duration::from_secs(5)));
+    assert_eq!(parse(MINIMAL).unwrap().host.engine_limits(), EngineLimits::native(), "no board: this machine's");
+}
+
+#[test]
+fn an_unknown_board_names_the_key_and_the_profiles() {
+    let err = parse(&MINIMAL.replace("[host]\n", "[host]\nboard = \"pi9\"\n")).unwrap_err();
+    assert_eq!(err.line, Some(3), "{err}");
+    assert!(err.message.starts_with("host.board: no board profile named \"pi9\""), "{}", err.message);
+    assert!(err.message.contains("pi-zero-2w, pi3, pi4, pi5, armv7"), "{}", err.message);
+}
+
+#[test]
 fn unknown_key_names_file_line_and_key() {
     let source = "[host]\nstate_dir = \"/tmp/x\"\nadmin_port = 9100\n";
     let err = parse(source).unwrap_err();
