@@ -2,8 +2,9 @@
 //!
 //! Every cycle it reads recent state changes (`home_assistant_events`) and
 //! smart-meter power (`smart_meter`) from the time-series store, takes the
-//! reading nearest to `event - offset` and to `event + offset` (each within
-//! `padding`), and writes an `event_energy_correlation` point for each step
+//! reading before the event nearest to `event - offset` and the one at or
+//! after it nearest to `event + offset` (each within `padding`), and writes
+//! an `event_energy_correlation` point for each step
 //! of at least `min_delta_w`. It replaces the Python "energy-correlator".
 //!
 //! Cost per run is bounded: exactly one events query and at most one power

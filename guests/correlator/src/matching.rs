@@ -13,9 +13,9 @@ pub struct Reading {
 /// The power step around one event.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Step {
-    /// Power at `event - offset`, in W.
+    /// Power at `event - offset` (from a reading before the event), in W.
     pub before_w: f64,
-    /// Power at `event + offset`, in W.
+    /// Power at `event + offset` (from a reading at or after the event), in W.
     pub after_w: f64,
     /// `after - before`, in W.
     pub delta_w: f64,
@@ -91,8 +91,12 @@ pub fn evaluate(
 ) -> Outcome {
     let before_target = event_time.saturating_sub(offset);
     let after_target = event_time.saturating_add(offset);
-    let (Some(before), Some(after)) =
-        (nearest(readings, before_target, padding), nearest(readings, after_target, padding))
+    // A reading taken after the switch cannot say what the power was before
+    // it, nor one taken before say what it became: each side looks only on
+    // its own side of the event (a reading at the event's instant counts as
+    // after), so the two are never the same reading.
+    let (earlier, later) = readings.split_at(readings.partition_point(|r| r.time < event_time));
+    let (Some(before), Some(after)) = (nearest(earlier, before_target, padding), nearest(later, after_target, padding))
     else {
         return Outcome::Pending;
     };
@@ -122,6 +126,20 @@ mod tests {
 
     fn eval(readings: &[Reading], event: i64, min: f64) -> Outcome {
         evaluate(readings, event, 5 * S, 30 * S, min, event + 3600 * S)
+    }
+
+    #[test]
+    fn each_side_reads_only_its_own_side_of_the_event() {
+        // Sparse readings: the one 2 s after the switch is nearest to both
+        // event - 5 s and event + 5 s, but it cannot be the "before" power.
+        let e = at((19, 30, 0));
+        let readings = [r(e - 20 * S, 100.0), r(e + 2 * S, 2000.0), r(e + 32 * S, 2000.0)];
+        assert_eq!(eval(&readings, e, 10.0), Outcome::Correlated(step(100.0, 2000.0)));
+        // With nothing before the event within padding, it waits (and is
+        // never judged as a step of 0 from one reading used twice).
+        assert_eq!(eval(&readings[1..], e, 10.0), Outcome::Pending);
+        // A reading at the event's instant is the "after" one.
+        assert_eq!(eval(&[r(e - 3 * S, 50.0), r(e, 80.0)], e, 10.0), Outcome::Correlated(step(50.0, 80.0)));
     }
 
     #[test]
