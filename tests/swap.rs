@@ -188,6 +188,22 @@ async fn repeated_failures_back_off_and_a_success_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_guest_s_own_wake_ups_wait_out_the_backoff() {
+    let body = probe_guest("eager", "every 1h", "mode = \"wake-error\", wake_after_ms = \"0\"")
+        .replace("[guests.eager.grants]", "restart_backoff = \"1s\"\n\n[guests.eager.grants]");
+    let (_setup, host) = start(&body).await;
+    let addr = host.admin_addr();
+    wait_runs(addr, "eager", 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let snap = snapshot(addr, "eager").await;
+    // Backoff 1 s, 2 s, 4 s after the first failure: runs at about 0, 1 and 3 s.
+    let runs = snap["runs"].as_u64().unwrap();
+    assert!((2..=4).contains(&runs), "a wake-up asked for before failing waits for the backoff; {runs} runs: {snap}");
+    assert_eq!(snap["last_run"]["outcome"], "error", "{snap}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_traps_at_its_limit_and_a_slow_init_blocks_nobody() {
     let body = probe_guest("bomb", "every 1h", "mode = \"alloc\"")
         .replace("[guests.bomb.grants]", "memory_limit = \"24MiB\"\n\n[guests.bomb.grants]")

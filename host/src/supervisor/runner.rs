@@ -158,8 +158,11 @@ impl GuestTask {
 
     /// Waits for the earliest of schedule, wake-up, invoke, swap or shutdown.
     async fn next_trigger(&mut self) -> Next {
-        let wake = self.handle.shared.wake.peek().map(from_ns);
-        let scheduled = self.backoff_until.map_or(self.next_scheduled, |b| b.max(self.next_scheduled));
+        // After failed runs, a guest's own wake-up waits out the backoff too:
+        // a guest that asks to run again and then fails must not loop.
+        let backed_off = |at: SystemTime| self.backoff_until.map_or(at, |b| b.max(at));
+        let wake = self.handle.shared.wake.peek().map(from_ns).map(backed_off);
+        let scheduled = backed_off(self.next_scheduled);
         let (at, is_wake) = match wake {
             Some(w) if w < scheduled => (w, true),
             _ => (scheduled, false),

@@ -13,6 +13,7 @@
 //! | `slow-init` | `init` sleeps `init_sleep_ms` (default 3000), then runs like `write` |
 //! | `health` | reports `health` = `ok`, `standby:TEXT` or `degraded:TEXT` |
 //! | `wake` | on a scheduled/invoked run asks for a wake-up `wake_after_ms` later; writes a point tagged `trigger=scheduled|invoked|wake` |
+//! | `wake-error` | asks for a wake-up `wake_after_ms` later on every run, then returns an error |
 //! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
 //! | `http` | one wasi:http request from `url`, `method`, `h.NAME`, `body`, `capture`...; writes a `probe_http` point with what it received (see [`http`]) |
 //!
@@ -51,6 +52,8 @@ pub enum Mode {
     Health,
     /// Ask for a wake-up and write.
     Wake,
+    /// Ask for a wake-up on every run, then fail.
+    WakeError,
     /// Report whether a secret is set.
     Secret,
     /// Make one HTTP request and report what came back.
@@ -73,6 +76,7 @@ impl Mode {
             "slow-init" => Self::SlowInit,
             "health" => Self::Health,
             "wake" => Self::Wake,
+            "wake-error" => Self::WakeError,
             "secret" => Self::Secret,
             "http" => Self::Http,
             "calls" => Self::Calls,
@@ -82,7 +86,7 @@ impl Mode {
                     "mode",
                     format!(
                         "{other:?} is unknown; use write, trap, error, loop, alloc, \
-                         slow-init, health, wake, secret, http, calls or writes"
+                         slow-init, health, wake, wake-error, secret, http, calls or writes"
                     ),
                 ));
             }
@@ -176,6 +180,12 @@ fn next_run() -> Result<i64, GuestError> {
 }
 
 /// The `write` behaviour: one point at the end of the run.
+/// Asks the host for a wake-up `wake_after_ms` from now.
+fn wake_later(plan: &Plan) {
+    let delay = i64::try_from(plan.wake_after_ms).unwrap_or(0);
+    schedule::wake_at(clock::now_ns().saturating_add(delay.saturating_mul(clock::NANOS_PER_MS)));
+}
+
 fn write_point(plan: &Plan, trigger: Option<&Trigger>) -> Result<Summary, GuestError> {
     let started_ns = clock::now_ns();
     let started_ms = started_ns / clock::NANOS_PER_MS;
@@ -299,10 +309,13 @@ impl Guest for Probe {
             }
             Mode::Wake => {
                 if !matches!(trigger, Trigger::Wake(_)) {
-                    let delay = i64::try_from(plan.wake_after_ms).unwrap_or(0);
-                    schedule::wake_at(clock::now_ns().saturating_add(delay.saturating_mul(clock::NANOS_PER_MS)));
+                    wake_later(&plan);
                 }
                 write_point(&plan, Some(&trigger))
+            }
+            Mode::WakeError => {
+                wake_later(&plan);
+                Err(GuestError::Internal("probe error after asking for a wake-up".into()))
             }
             Mode::Secret => {
                 let set = wattedge_guest::secrets::is_set(&plan.secret_name);
