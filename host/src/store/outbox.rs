@@ -37,7 +37,7 @@ mod sink;
 pub use segment::RecordBuf;
 pub use sink::{OutboxSink, append_points, append_record};
 
-use recover::{first_accepted, initial_state};
+use recover::{first_accepted, initial_state, lock_dir};
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -134,7 +134,14 @@ pub struct Outbox {
     /// Held while fsyncing; see the group commit in [`Outbox::append`].
     sync: Mutex<()>,
     synced: AtomicU64,
+    /// The last append covered by an fsync that failed. Linux reports a
+    /// writeback error to one fsync only, so a later one succeeding proves
+    /// nothing about these records: their writers are refused.
+    sync_failed: AtomicU64,
     counters: OutboxCounters,
+    /// Test hook: this many fsyncs fail.
+    #[cfg(test)]
+    fail_syncs: std::sync::atomic::AtomicU32,
     /// Wakes the forwarder after an append.
     notify: tokio::sync::Notify,
     _lock: File,
@@ -147,17 +154,28 @@ fn io_err(what: impl std::fmt::Display, e: std::io::Error) -> StoreError {
 impl Outbox {
     /// Opens (or creates) the outbox in `dir`, recovering from a torn tail.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox, StoreError> {
+        let created = !dir.exists();
         std::fs::create_dir_all(dir).map_err(|e| io_err(format_args!("cannot create {}", dir.display()), e))?;
         let lock = lock_dir(dir)?;
         let counters = OutboxCounters::default();
         let state = initial_state(dir, &counters)?;
+        // The first segment's (and a new directory's) entries are durable
+        // before any append is acknowledged; rotations sync their own.
+        let synced_dir = segment::sync_dir(dir).and_then(|()| match dir.parent() {
+            Some(parent) if created => segment::sync_dir(parent),
+            _ => Ok(()),
+        });
+        synced_dir.map_err(|e| io_err(format_args!("cannot fsync {}", dir.display()), e))?;
         let outbox = Outbox {
             dir: dir.to_path_buf(),
             max_bytes,
             state: Mutex::new(state),
             sync: Mutex::new(()),
             synced: AtomicU64::new(0),
+            sync_failed: AtomicU64::new(0),
             counters,
+            #[cfg(test)]
+            fail_syncs: Default::default(),
             notify: tokio::sync::Notify::new(),
             _lock: lock,
         };
@@ -238,21 +256,32 @@ impl Outbox {
         Ok(state.appended)
     }
 
-    /// Starts a new active segment; the old one is made durable first.
+    /// Starts a new active segment; the old one is made durable first. The
+    /// file and the segment list change together, so a failure part way
+    /// never leaves appends going to one file and counted against another.
+    /// A head acknowledged to its end while it was active (which `ack` may
+    /// not delete) goes now: reads would otherwise stop at its end and
+    /// never reach the new segment.
     fn rotate(&self, state: &mut State) -> Result<(), StoreError> {
-        state.active.sync_data().map_err(|e| io_err("cannot fsync a segment", e))?;
+        self.sync_file(&state.active, state.appended).map_err(|e| io_err("cannot fsync a segment", e))?;
         self.synced.fetch_max(state.appended, Ordering::AcqRel);
         let id = state.segments.back().map_or(1, |s| s.id + 1);
-        state.active = Arc::new(create_or_append(&self.dir, id)?);
-        segment::sync_dir(&self.dir).map_err(|e| io_err("cannot fsync the outbox directory", e))?;
+        let file = create_or_append(&self.dir, id)?;
+        state.active = Arc::new(file);
         state.segments.push_back(Segment { id, len: 0, points: 0 });
-        Ok(())
+        segment::sync_dir(&self.dir).map_err(|e| io_err("cannot fsync the outbox directory", e))?;
+        self.release_acked(state)
     }
 
     /// Group commit: makes every append up to `seq` durable, sharing the
     /// fsync with whoever else is waiting.
     fn sync_to(&self, seq: u64) -> Result<(), StoreError> {
         let _guard = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        if self.sync_failed.load(Ordering::Acquire) >= seq {
+            return Err(StoreError::Unavailable(
+                "outbox: an fsync covering this write failed (disk error?); it was not accepted".into(),
+            ));
+        }
         if self.synced.load(Ordering::Acquire) >= seq {
             return Ok(());
         }
@@ -260,10 +289,24 @@ impl Outbox {
             let state = self.lock();
             (state.active.clone(), state.appended)
         };
-        file.sync_data().map_err(|e| io_err("cannot fsync the outbox", e))?;
+        self.sync_file(&file, target).map_err(|e| io_err("cannot fsync the outbox", e))?;
         self.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.synced.fetch_max(target, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// fsyncs `file`, whose appends run up to `target`; a failure is
+    /// remembered for every one of them (see `sync_failed`).
+    fn sync_file(&self, file: &File, target: u64) -> std::io::Result<()> {
+        #[cfg(test)]
+        let injected = self.fail_syncs.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        #[cfg(not(test))]
+        let injected = false;
+        let result = if injected { Err(std::io::Error::other("injected fsync failure")) } else { file.sync_data() };
+        if result.is_err() {
+            self.sync_failed.fetch_max(target, Ordering::AcqRel);
+        }
+        result
     }
 
     /// Reads the next records (at least one, then up to `max_points` points)
@@ -420,23 +463,6 @@ fn depth_of(state: &State) -> Depth {
         bytes: bytes - state.cursor.offset.min(bytes),
         oldest_accepted: state.oldest_accepted,
     }
-}
-
-fn lock_dir(dir: &Path) -> Result<File, StoreError> {
-    let path = dir.join("lock");
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| io_err(format_args!("cannot open {}", path.display()), e))?;
-    file.try_lock().map_err(|_| {
-        StoreError::Unavailable(format!(
-            "outbox {} is in use by another wattedge process; stop it or give this one another host.state_dir",
-            dir.display()
-        ))
-    })?;
-    Ok(file)
 }
 
 fn create_or_append(dir: &Path, id: u64) -> Result<File, StoreError> {

@@ -76,3 +76,21 @@ fn read_ack(dir: &Path) -> Option<(Cursor, u64)> {
     let (segment, offset, points) = (parts.next()??, parts.next()??, parts.next()??);
     Some((Cursor { segment, offset }, points))
 }
+
+/// Opens and locks `dir/lock`: one process per outbox.
+pub(super) fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| io_err(format_args!("cannot open {}", path.display()), e))?;
+    file.try_lock().map_err(|_| {
+        StoreError::Unavailable(format!(
+            "outbox {} is in use by another wattedge process; stop it or give this one another host.state_dir",
+            dir.display()
+        ))
+    })?;
+    Ok(file)
+}

@@ -120,6 +120,40 @@ fn full_outbox_refuses_new_writes_and_keeps_old_ones() {
 }
 
 #[test]
+fn a_segment_acknowledged_to_its_end_never_hides_the_next_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 64 << 20).unwrap();
+    // The forwarder catches up while segment 1 is still the active one...
+    ob.append(&vec![b'x'; 3 << 20], 1).unwrap();
+    let batch = ob.read_batch(10).unwrap().expect("the first record");
+    ob.ack(&batch).unwrap();
+    // ...and the next write rotates: its record is in segment 2.
+    let next = vec![b'y'; 2 << 20];
+    ob.append(&next, 1).unwrap();
+    assert_eq!(ob.depth().points, 1);
+    let batch = ob.read_batch(10).unwrap().expect("the record after the rotation is read");
+    assert_eq!(batch.lines, next);
+    assert_eq!(segment::list(dir.path()).unwrap(), vec![2], "the acknowledged segment is gone");
+}
+
+#[test]
+fn a_failed_fsync_refuses_every_write_it_covered() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 20).unwrap();
+    let record = segment::encode(now_ns(), 1, &lines(1, "a"));
+    // Two writers appended; the first one's fsync covers both and fails.
+    let first = ob.append_locked(&mut ob.lock(), &record, 1).unwrap();
+    let second = ob.append_locked(&mut ob.lock(), &record, 1).unwrap();
+    ob.fail_syncs.store(1, Ordering::Relaxed);
+    assert!(ob.sync_to(first).is_err());
+    // The second fsync would succeed (Linux reports the error once): the
+    // second writer must not be told its record is durable.
+    let err = ob.sync_to(second).expect_err("covered by the failed fsync");
+    assert!(err.to_string().contains("fsync"), "{err}");
+    ob.append(&lines(1, "later"), 1).expect("later writes are fsynced anew");
+}
+
+#[test]
 fn segments_rotate_and_acknowledged_ones_are_deleted() {
     let dir = tempfile::tempdir().unwrap();
     let ob = Outbox::open(dir.path(), 64 << 20).unwrap();
