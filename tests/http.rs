@@ -321,6 +321,37 @@ async fn limits(env: &Env) {
     assert!(waited <= ran, "waiting on upstream is part of the runs' {ran} s: {waited}");
 }
 
+/// An echoing server can neither carry a secret into another one (through
+/// capture) nor hand it to the guest compressed, where scrubbing cannot see it.
+async fn echoes(env: &Env) {
+    let args = [
+        ("url", env.url("upstream.test", "/echo-capture")),
+        ("h.x-api-key", "${secret:api.key}".into()),
+        ("capture", "/headers/x-api-key=other.key".into()),
+    ];
+    let seen = env.request("echo-capture", &args.each_ref().map(|(k, v)| (*k, v.as_str()))).await;
+    assert_eq!(seen.status, 200, "{seen:?}");
+    let seen =
+        env.request("other", &[("url", &env.url("other.test", "/other")), ("h.x-k", "${secret:other.key}")]).await;
+    assert_eq!(seen.status, 200, "{seen:?}");
+    let sent = env.server.received_at("/other").pop().expect("received");
+    assert_eq!(sent.header("x-k"), Some(OTHER), "other.key did not take api.key's value from the echo");
+    let gzip = [("h.accept-encoding", "gzip"), ("h.authorization", "Bearer ${secret:api.key}")];
+    let seen = env
+        .request("gzip-asked", &[&[("url", env.url("upstream.test", "/echo-gz").as_str())][..], &gzip].concat())
+        .await;
+    let sent = env.server.received_at("/echo-gz").pop().expect("received");
+    assert_eq!(sent.header("accept-encoding"), Some("identity"), "the upstream is asked for a plain body");
+    assert_eq!(seen.json()["headers"]["authorization"], "Bearer [redacted]", "scrubbed: {seen:?}");
+    let seen =
+        env.request("gzip-anyway", &[&[("url", env.url("upstream.test", "/gzip").as_str())][..], &gzip].concat()).await;
+    assert_eq!(seen.status, 0, "{seen:?}");
+    assert!(seen.error.contains("gzip-encoded"), "a compressed body is refused: {seen:?}");
+    let metrics = env.metrics().await;
+    assert!(metrics.contains("wattedge_guest_http_failures_total{guest=\"probe\",kind=\"encoding\"} 1"), "{metrics}");
+    assert!(metrics.contains("wattedge_guest_http_failures_total{guest=\"probe\",kind=\"capture\"} 1"), "{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowed_denied_private_and_redirect() {
     let env = Env::start().await;
@@ -332,6 +363,7 @@ async fn secrets_are_sealed_in_where_granted() {
     let env = Env::start().await;
     substitution(&env).await;
     refused_secret(&env).await;
+    echoes(&env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,6 +388,7 @@ async fn the_guest_never_sees_a_secret() {
     refused_secret(&env).await;
     capture(&env).await;
     limits(&env).await;
+    echoes(&env).await;
     let mut seen = String::new();
     for row in support::rows(env.host(), "probe_http").await {
         seen.push_str(&format!("{:?}\n", row.fields));

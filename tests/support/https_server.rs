@@ -184,13 +184,32 @@ async fn answer(req: hyper::Request<Bytes>, log: Arc<Mutex<Vec<Received>>>) -> h
             if path == "/slow" {
                 tokio::time::sleep(Duration::from_secs(3)).await;
             }
-            let mut response = json_reply(200, "application/json", echo(&received));
+            // Like real servers, compress when asked; `/gzip` always does.
+            let asked = parts.headers.get("accept-encoding").and_then(|v| v.to_str().ok()).unwrap_or_default();
+            let mut response = if asked.contains("gzip") || path == "/gzip" {
+                gzip_json_reply(echo(&received))
+            } else {
+                json_reply(200, "application/json", echo(&received))
+            };
             if let Some(auth) = parts.headers.get("authorization") {
                 response.headers_mut().insert("x-echo-authorization", auth.clone());
             }
             response
         }
     }
+}
+
+/// A JSON answer compressed with gzip (`content-encoding: gzip`).
+fn gzip_json_reply(value: Value) -> hyper::Response<Full<Bytes>> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(value.to_string().as_bytes()).unwrap();
+    hyper::Response::builder()
+        .status(200)
+        .header("content-type", "application/json")
+        .header("content-encoding", "gzip")
+        .body(Full::new(Bytes::from(encoder.finish().unwrap())))
+        .unwrap()
 }
 
 fn echo(r: &Received) -> Value {

@@ -45,10 +45,13 @@ pub fn take_fields(body: &[u8], rules: &[CaptureRule]) -> Result<(Vec<u8>, Vec<T
     Ok((out, taken))
 }
 
+/// Shorter secret values are not looked for: they would match ordinary text.
+pub const MIN_SCRUB_LEN: usize = 4;
+
 /// The values to scrub, longest first (so a value containing another is
 /// replaced whole), without short or duplicate entries.
 pub fn scrub_list(mut values: Vec<String>) -> Vec<String> {
-    values.retain(|v| v.len() >= 4);
+    values.retain(|v| v.len() >= MIN_SCRUB_LEN);
     values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     values.dedup();
     values

@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The kinds of failure counted separately (the `kind` label).
-pub const ERROR_KINDS: [&str; 7] = ["dns", "connect", "tls", "timeout", "oversize", "protocol", "secret"];
+pub const ERROR_KINDS: [&str; 8] = ["dns", "connect", "tls", "timeout", "oversize", "protocol", "secret", "encoding"];
 const CAPTURE: usize = ERROR_KINDS.len();
 
 /// Per-guest HTTP counters; they survive store re-creation and swaps.

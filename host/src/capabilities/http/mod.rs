@@ -128,6 +128,14 @@ impl GateConfig {
         })?;
         self.metrics().bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
         tracing::debug!(guest = %self.guest, destination = %dest, status = head.status.as_u16(), "outbound HTTP");
+        if let Some(encoding) = head.headers.get(http::header::CONTENT_ENCODING).filter(|e| *e != "identity") {
+            // Secrets cannot be scrubbed from (or captured in) a compressed body.
+            let encoding = encoding.to_str().unwrap_or("otherwise");
+            let error = format!("the response is {encoding}-encoded although only identity was accepted");
+            self.metrics().error("encoding");
+            tracing::warn!(guest = %self.guest, destination = %dest, %error, "outbound HTTP response refused");
+            return Err(HttpError::InternalError(Some(format!("wattedge refused the response from {dest}: {error}"))));
+        }
         Ok(self.deliver(head, body, &rules, inserted))
     }
 
@@ -203,12 +211,16 @@ impl GateConfig {
         Ok((body, subst.inserted))
     }
 
+    /// Whether secret `name` may be sent to (or captured from) `dest`.
+    fn granted_for(&self, name: &str, dest: &Destination) -> bool {
+        self.secret_grants.get(name).is_some_and(|hosts| {
+            hosts.iter().any(|g| g.allows(dest) && (dest.scheme == "https" || g.scheme.as_deref() == Some("http")))
+        })
+    }
+
     /// The value of secret `name` if it is granted for `dest` and usable.
     fn secret_for(&self, name: &str, dest: &Destination) -> Result<String, egress::EgressError> {
-        let granted = self.secret_grants.get(name).is_some_and(|hosts| {
-            hosts.iter().any(|g| g.allows(dest) && (dest.scheme == "https" || g.scheme.as_deref() == Some("http")))
-        });
-        if !granted {
+        if !self.granted_for(name, dest) {
             return Err(egress::EgressError::NotGranted { name: name.into(), destination: dest.to_string() });
         }
         match self.secrets.value(name) {
@@ -251,7 +263,7 @@ impl GateConfig {
     ) -> http::Response<WasiBody> {
         let mut body = body.to_vec();
         if !rules.is_empty() && head.status.is_success() {
-            body = self.capture(body, rules);
+            body = self.capture(body, rules, &inserted);
         }
         let mut values = self.secrets.all_values();
         values.extend(values.clone().iter().map(|v| egress::encode(v, egress::Encoding::Json)));
@@ -267,10 +279,20 @@ impl GateConfig {
         http::Response::from_parts(head, body)
     }
 
-    fn capture(&self, body: Vec<u8>, rules: &[CaptureRule]) -> Vec<u8> {
+    /// Stores the fields `rules` take from `body` into secrets, but never a
+    /// value that holds a secret already: what this request carried, echoed
+    /// back, or any stored secret other than the target's own. Otherwise a
+    /// guest could have an echoing server copy a secret into one granted
+    /// for another host.
+    fn capture(&self, body: Vec<u8>, rules: &[CaptureRule], inserted: &[String]) -> Vec<u8> {
         match capture::take_fields(&body, rules) {
             Ok((rewritten, taken)) => {
                 for t in taken {
+                    if self.holds_another_secret(&t.rule.secret, &t.value, inserted) {
+                        self.metrics().error("capture");
+                        tracing::warn!(guest = %self.guest, secret = %t.rule.secret, "capture refused: the value holds another secret");
+                        continue;
+                    }
                     if let Err(e) = self.secrets.set(&t.rule.secret, &t.value, t.rule.ttl, t.rule.persist) {
                         self.metrics().error("capture");
                         tracing::error!(guest = %self.guest, secret = %t.rule.secret, error = %e, "storing a captured secret failed");
@@ -285,10 +307,21 @@ impl GateConfig {
             }
         }
     }
+
+    /// Whether `value`, about to be captured into `target`, contains a
+    /// string inserted into this request or a stored secret's value (unless
+    /// it is `target`'s own: a server may hand back the same token).
+    fn holds_another_secret(&self, target: &str, value: &str, inserted: &[String]) -> bool {
+        if self.secrets.value(target).as_deref() == Some(value) {
+            return false;
+        }
+        let mut known = inserted.iter().cloned().chain(self.secrets.all_values());
+        known.any(|secret| secret.len() >= capture::MIN_SCRUB_LEN && value.contains(secret.as_str()))
+    }
 }
 
-/// Overwrites `Host` from the checked destination and fixes the framing
-/// for the (possibly rewritten) buffered body.
+/// Overwrites `Host` from the checked destination, asks for an unencoded
+/// response and fixes the framing for the (possibly rewritten) buffered body.
 fn prepare_headers(headers: &mut http::HeaderMap, dest: &Destination, body_len: usize) {
     headers.remove(http::header::HOST);
     if let Ok(host) = http::HeaderValue::from_str(&dest.authority()) {
@@ -296,6 +329,8 @@ fn prepare_headers(headers: &mut http::HeaderMap, dest: &Destination, body_len: 
     }
     headers.remove(http::header::TRANSFER_ENCODING);
     headers.remove(http::header::CONTENT_LENGTH);
+    // Only plain bodies come back: secrets cannot be scrubbed from compressed ones.
+    headers.insert(http::header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
     if body_len > 0 {
         headers.insert(http::header::CONTENT_LENGTH, body_len.into());
     }
