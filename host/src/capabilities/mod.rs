@@ -64,10 +64,8 @@ impl GuestCtx {
     /// A fresh context for `guest`, with its grants and limits applied.
     pub fn new(guest: &GuestConfig, services: &HostServices, shared: Arc<GuestShared>) -> GuestCtx {
         let name: Arc<str> = guest.name.as_str().into();
-        let wasi = WasiCtx::builder()
-            .stdout(log::GuestStdio::new(name.clone(), false))
-            .stderr(log::GuestStdio::new(name.clone(), true))
-            .build();
+        let log = log::LogCap::new(name.clone(), services.secrets.clone());
+        let wasi = WasiCtx::builder().stdout(log.stdio(false)).stderr(log.stdio(true)).build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(guest.memory_limit).unwrap_or(usize::MAX))
             .table_elements(100_000)
@@ -89,7 +87,7 @@ impl GuestCtx {
             influx: influx::InfluxCap::new(name.clone(), &guest.grants, services.store.clone()),
             secrets,
             state: state::StateCap::new(name.clone(), services.state.clone()),
-            log: log::LogCap::new(name, services.secrets.clone()),
+            log,
             shared,
             deadline: None,
         }
