@@ -319,6 +319,13 @@ async fn limits(env: &Env) {
     let (waited, ran) = (sample("wattedge_guest_http_seconds_total"), sample("wattedge_guest_run_seconds_total"));
     assert!(waited >= 1.8, "the two timeouts alone waited 1.5 + 0.3 s: {waited}");
     assert!(waited <= ran, "waiting on upstream is part of the runs' {ran} s: {waited}");
+    // Twelve requests at once: the host runs a few at a time, all succeed.
+    let seen = env.request("parallel", &[("url", &env.url("upstream.test", "/hold")), ("parallel", "12")]).await;
+    assert_eq!(seen.status, 200, "{seen:?}");
+    assert_eq!(env.server.received_at("/hold").len(), 12);
+    let most = env.server.most_held();
+    let cap = wattedge::capabilities::http::MAX_REQUESTS_IN_FLIGHT;
+    assert!(most > 1 && most <= cap, "at most {cap} of a guest's requests in flight: {most}");
 }
 
 /// An echoing server can neither carry a secret into another one (through

@@ -6,6 +6,8 @@
 //! |---|---|
 //! | `/token` | `{"token": TOKEN, "refresh_token": REFRESH, "expires_in": 1800}` |
 //! | `/slow` | waits 3 s, then echoes |
+//! | `/hold` | waits 300 ms, then echoes; [`HttpsServer::most_held`] is the most `/hold` requests open at once |
+//! | `/gzip` | echoes gzip-compressed (as any echo does when `accept-encoding` asks for gzip) |
 //! | `/big` | 256 KiB of `x` |
 //! | `/redirect` | 302 to `https://elsewhere.test/` |
 //! | anything else | echo: `{"method", "path", "headers": {name: value}, "body"}`, and the request's `Authorization` in `x-echo-authorization` |
@@ -15,6 +17,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,16 +54,30 @@ pub struct HttpsServer {
     /// PEM of the CA that signed the server's certificate.
     pub ca_pem: String,
     received: Arc<Mutex<Vec<Received>>>,
+    held: Arc<Held>,
     _serving: Serving,
+}
+
+/// `/hold` requests open now, and the most at once.
+#[derive(Default)]
+struct Held {
+    now: AtomicUsize,
+    most: AtomicUsize,
 }
 
 impl HttpsServer {
     /// Starts on 127.0.0.1 with a certificate for `names` (DNS names or IPs).
     pub async fn start(names: &[&str]) -> HttpsServer {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let log = received.clone();
-        let (addr, ca_pem, serving) = serve_tls(names, move |req| answer(req, log.clone())).await;
-        HttpsServer { addr, ca_pem, received, _serving: serving }
+        let held = Arc::new(Held::default());
+        let (log, counts) = (received.clone(), held.clone());
+        let (addr, ca_pem, serving) = serve_tls(names, move |req| answer(req, log.clone(), counts.clone())).await;
+        HttpsServer { addr, ca_pem, received, held, _serving: serving }
+    }
+
+    /// The most `/hold` requests that were open at once.
+    pub fn most_held(&self) -> usize {
+        self.held.most.load(Ordering::SeqCst)
     }
 
     /// Writes the CA to `dir/ca.pem` and returns the path.
@@ -160,7 +177,11 @@ pub fn certificates(names: &[&str]) -> (String, Vec<CertificateDer<'static>>, Pr
     (ca.pem(), vec![leaf.der().clone()], key)
 }
 
-async fn answer(req: hyper::Request<Bytes>, log: Arc<Mutex<Vec<Received>>>) -> hyper::Response<Full<Bytes>> {
+async fn answer(
+    req: hyper::Request<Bytes>,
+    log: Arc<Mutex<Vec<Received>>>,
+    held: Arc<Held>,
+) -> hyper::Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let received = Received {
         method: parts.method.to_string(),
@@ -183,6 +204,12 @@ async fn answer(req: hyper::Request<Bytes>, log: Arc<Mutex<Vec<Received>>>) -> h
         _ => {
             if path == "/slow" {
                 tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            if path == "/hold" {
+                let now = held.now.fetch_add(1, Ordering::SeqCst) + 1;
+                held.most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                held.now.fetch_sub(1, Ordering::SeqCst);
             }
             // Like real servers, compress when asked; `/gzip` always does.
             let asked = parts.headers.get("accept-encoding").and_then(|v| v.to_str().ok()).unwrap_or_default();

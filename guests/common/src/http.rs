@@ -96,20 +96,34 @@ pub fn request(_request: &Request) -> Result<Response, HttpError> {
     Err(HttpError::Unsupported)
 }
 
+/// Sends every request at once and then reads each response (native builds
+/// cannot reach the host).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn request_all(requests: &[Request]) -> Vec<Result<Response, HttpError>> {
+    requests.iter().map(|_| Err(HttpError::Unsupported)).collect()
+}
+
 /// Arms the request's capture rules, sends it and reads the whole response.
 #[cfg(target_arch = "wasm32")]
 pub fn request(request: &Request) -> Result<Response, HttpError> {
-    wasi::arm(&request.captures)?;
-    let outgoing = wasi::build(request)?;
-    let response = wasi::send(outgoing, request)?;
-    wasi::read(response)
+    let pending = wasi::start(request)?;
+    wasi::read(wasi::wait(pending)?)
+}
+
+/// Sends every request at once (each with its capture rules), then reads
+/// each response in order. The host runs a few of a guest's requests at a
+/// time; the rest wait for a slot, which a response frees once it is read.
+#[cfg(target_arch = "wasm32")]
+pub fn request_all(requests: &[Request]) -> Vec<Result<Response, HttpError>> {
+    let started: Vec<_> = requests.iter().map(wasi::start).collect();
+    started.into_iter().map(|pending| wasi::read(wasi::wait(pending?)?)).collect()
 }
 
 #[cfg(target_arch = "wasm32")]
 mod wasi {
     use wasip2::http::outgoing_handler;
     use wasip2::http::types::{
-        Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+        Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
     };
 
     use super::{CaptureRule, HttpError, Request, Response, split_url};
@@ -139,8 +153,11 @@ mod wasi {
         Ok(outgoing)
     }
 
-    /// Hands the request to the host, writes the body and waits for the head.
-    pub fn send(outgoing: OutgoingRequest, request: &Request) -> Result<IncomingResponse, HttpError> {
+    /// Arms the request's capture rules, hands it to the host and writes its
+    /// body; the response is then awaited with [`wait`].
+    pub fn start(request: &Request) -> Result<FutureIncomingResponse, HttpError> {
+        arm(&request.captures)?;
+        let outgoing = build(request)?;
         let transport = |e: String| HttpError::Transport(e);
         let options = request.first_byte_timeout.map(|timeout| {
             let options = RequestOptions::new();
@@ -156,6 +173,12 @@ mod wasi {
             }
         }
         OutgoingBody::finish(body, None).map_err(|e| transport(format!("{e:?}")))?;
+        Ok(future)
+    }
+
+    /// Waits for the head of a started request's response.
+    pub fn wait(future: FutureIncomingResponse) -> Result<IncomingResponse, HttpError> {
+        let transport = |e: String| HttpError::Transport(e);
         future.subscribe().block();
         future
             .get()

@@ -42,6 +42,8 @@ pub struct GuestShared {
     pub wake: schedule::WakeSlot,
     pub influx: influx::InfluxMetrics,
     pub http: http::HttpMetrics,
+    /// Bounds the guest's requests in flight (and the bodies the host buffers for them).
+    pub http_slots: http::RequestSlots,
 }
 
 /// The data of one guest's wasmtime store.

@@ -4,7 +4,9 @@
 //! Keys: `url`, `method` (default GET), `h.NAME = VALUE` (a request header),
 //! `body`, `capture` (`POINTER=SECRET,...`, armed for this request),
 //! `capture_ttl` (seconds), `capture_persist` (`true`), `timeout_ms`
-//! (wasi:http first-byte timeout), `label` (tag of the reported point).
+//! (wasi:http first-byte timeout), `label` (tag of the reported point),
+//! `parallel` (send that many copies at once; the first failure, or else the
+//! first response, is reported).
 //! The guest writes a `probe_http` point (tag `label`; fields `status`, 0 on
 //! error, `headers`, `body` and `error`) and logs the same.
 
@@ -36,6 +38,7 @@ pub struct HttpPlan {
     pub capture_persist: bool,
     pub timeout_ms: Option<u64>,
     pub label: String,
+    pub parallel: u64,
 }
 
 /// What the guest received.
@@ -80,6 +83,7 @@ pub fn plan(pairs: &[(String, String)]) -> Result<HttpPlan, GuestError> {
         capture_persist: last(pairs, "capture_persist") == Some("true"),
         timeout_ms: number("timeout_ms").transpose()?,
         label: last(pairs, "label").unwrap_or("request").to_string(),
+        parallel: number("parallel").transpose()?.unwrap_or(1).clamp(1, 64),
     })
 }
 
@@ -97,7 +101,10 @@ fn parse_captures(text: &str) -> Result<Vec<Capture>, GuestError> {
 /// Makes the request (arming the capture rules first) and reads the whole
 /// response; a failure is reported in `error` with status 0.
 pub fn perform(plan: &HttpPlan) -> Outcome {
-    match wasi_http::request(&plan.request()) {
+    let copies = vec![plan.request(); usize::try_from(plan.parallel).unwrap_or(1)];
+    let mut results = wasi_http::request_all(&copies);
+    let chosen = results.iter().position(Result::is_err).unwrap_or(0);
+    match results.swap_remove(chosen) {
         Ok(response) => Outcome {
             status: response.status,
             headers: response.headers.iter().map(|(name, value)| format!("{name}: {value}\n")).collect(),

@@ -37,6 +37,23 @@ use crate::capabilities::secrets::CaptureRule;
 use crate::config::Grants;
 use crate::secrets::SecretStore;
 
+/// Requests one guest may have in flight at once. The host buffers each
+/// request and response body (up to `http_max_body`) outside the guest's
+/// memory limit, so without a bound a guest could open hundreds of large
+/// uploads and push a 512 MiB board out of memory. A slot is held until the
+/// guest drops the response; further requests wait for one (and meanwhile
+/// the guest's body writes wait too).
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 4;
+
+/// A guest's request slots (see [`MAX_REQUESTS_IN_FLIGHT`]).
+pub struct RequestSlots(Arc<tokio::sync::Semaphore>);
+
+impl Default for RequestSlots {
+    fn default() -> Self {
+        RequestSlots(Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)))
+    }
+}
+
 /// What a guest's gate knows; immutable for the life of its store.
 struct GateConfig {
     guest: Arc<str>,
@@ -112,6 +129,8 @@ impl GateConfig {
         rules: Vec<CaptureRule>,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let (dest, private_ok) = self.route(request.uri())?;
+        let slot =
+            self.shared.http_slots.0.clone().acquire_owned().await.map_err(|_| HttpError::InternalError(None))?;
         let (mut parts, body) = request.into_parts();
         let body = self.buffer_request(body).await?;
         let (body, inserted) = self.seal(&mut parts, body, &dest)?;
@@ -136,7 +155,7 @@ impl GateConfig {
             tracing::warn!(guest = %self.guest, destination = %dest, %error, "outbound HTTP response refused");
             return Err(HttpError::InternalError(Some(format!("wattedge refused the response from {dest}: {error}"))));
         }
-        Ok(self.deliver(head, body, &rules, inserted))
+        Ok(self.deliver(head, body, &rules, inserted, slot))
     }
 
     /// The addresses to dial, resolved by the host and checked against the
@@ -260,6 +279,7 @@ impl GateConfig {
         body: Bytes,
         rules: &[CaptureRule],
         inserted: Vec<String>,
+        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> http::Response<WasiBody> {
         let mut body = body.to_vec();
         if !rules.is_empty() && head.status.is_success() {
@@ -275,7 +295,13 @@ impl GateConfig {
         capture::scrub_headers(&mut head.headers, &values);
         head.headers.remove(http::header::TRANSFER_ENCODING);
         head.headers.insert(http::header::CONTENT_LENGTH, body.len().into());
-        let body = Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
+        // The body owns the request's slot: it is free once the guest drops the response.
+        let body = Full::new(Bytes::from(body))
+            .map_err(move |never| {
+                let _slot = &slot;
+                match never {}
+            })
+            .boxed_unsync();
         http::Response::from_parts(head, body)
     }
 
