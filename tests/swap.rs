@@ -82,11 +82,36 @@ async fn swap_installs_a_new_version_and_rollback_restores_it() {
     let snap = wait_runs(addr, "job", 2, Duration::from_secs(10)).await;
     let last = snap["recent_runs"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["version"], sha256(&new_bytes), "the next run uses the new version");
+    // The same version uploaded again keeps the version a rollback restores.
+    let (status, reply) = swap(&setup, addr, "job", &new_bytes).await;
+    assert_eq!((status, reply["installed"].as_bool()), (200, Some(true)), "{reply}");
+    assert_eq!(snapshot(addr, "job").await["previous_version"], old.as_str());
     let (status, reply) = setup.post(addr, "/guests/job/rollback", "").await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(snapshot(addr, "job").await["version"], old.as_str());
     let runs: Vec<i64> = rows(&host, "probe").await.iter().map(|r| int(&r.fields["run"])).collect();
     assert_eq!(runs, [1, 2], "state survives the swap");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_while_a_swap_waits_for_a_run_withdraws_the_swap() {
+    let (setup, host) = start(&probe_guest("job", "every 1h", "mode = \"write\"")).await;
+    let addr = host.admin_addr();
+    let old = wait_runs(addr, "job", 1, Duration::from_secs(10)).await["version"].as_str().unwrap().to_string();
+    // A run that outlasts the swap's 2 s wait for installation.
+    let (status, _) = setup.post(addr, "/guests/job/invoke", r#"{"sleep_ms":"4000"}"#).await;
+    assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, reply) = swap(&setup, addr, "job", &probe_variant("b")).await;
+    assert_eq!((status, reply["installed"].as_bool()), (200, Some(false)), "waits for the run: {reply}");
+    let (status, reply) = setup.post(addr, "/guests/job/rollback", "").await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["version"], old.as_str(), "the running version stays: {reply}");
+    let snap = wait_runs(addr, "job", 2, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let snap = if snap["version"] == old.as_str() { snapshot(addr, "job").await } else { snap };
+    assert_eq!(snap["version"], old.as_str(), "the withdrawn swap is never installed: {snap}");
     host.shutdown().await;
 }
 

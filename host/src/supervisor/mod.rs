@@ -154,6 +154,14 @@ impl AdminBackend for Supervisor {
         let name = name.to_string();
         Box::pin(async move {
             let guest = self.guest(&name).ok_or_else(|| self.not_found(&name))?.clone();
+            if let Some(pending) = guest.swap.withdraw() {
+                // The swap to undo is still waiting for a run to finish:
+                // withdrawing it is the rollback, and the running version stays.
+                let version = guest.record.lock().expect("record lock").version.clone().unwrap_or_default();
+                tracing::info!(guest = %name, withdrawn = %pending.loaded.version, "pending swap withdrawn by rollback");
+                let done = swap::SwapDone { guest: name, version, installed: true };
+                return Ok(serde_json::to_value(done).unwrap_or_default());
+            }
             let previous = guest.previous.lock().expect("previous lock").clone();
             let loaded =
                 previous.ok_or_else(|| AdminError::Conflict(swap::SwapError::NoPrevious(name.clone()).to_string()))?;

@@ -142,10 +142,18 @@ impl GuestTask {
         let version = loaded.version.clone();
         let old = self.component.replace(loaded);
         tracing::info!(guest = %self.handle.config.name, %version, "component swapped");
-        *self.handle.previous.lock().expect("previous lock") = old.clone();
+        // The same version again (a re-upload, a touched file, a second
+        // rollback) keeps what a rollback would restore.
+        let same = old.as_ref().is_some_and(|c| c.version == version);
+        let mut previous = self.handle.previous.lock().expect("previous lock");
+        if !same {
+            *previous = old;
+        }
+        let previous_version = previous.as_ref().map(|c| c.version.clone());
+        drop(previous);
         self.live = Some(live);
         self.record(|r| {
-            r.previous_version = old.map(|c| c.version);
+            r.previous_version = previous_version;
             r.version = Some(version);
             r.swapped_at = Some(SystemTime::now());
             r.initialized = true;

@@ -53,6 +53,11 @@ impl SwapSlot {
         self.notify.notify_one();
     }
 
+    /// Takes back an offer the task has not installed yet.
+    pub fn withdraw(&self) -> Option<Prepared> {
+        self.slot.lock().expect("swap lock").take()
+    }
+
     /// Waits for the next offer (cancel-safe: taking happens in one poll).
     pub async fn next(&self) -> Prepared {
         loop {
