@@ -105,54 +105,83 @@ fn config(limits: EngineLimits) -> Config {
 const GUEST_OPT_LEVEL: wasmtime::OptLevel = wasmtime::OptLevel::None;
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] while at least one guest
-/// call is in flight, and sleeps on a condition variable otherwise.
+/// call is in flight, and sleeps on a condition variable otherwise. The
+/// thread ends when the last clone of the ticker is dropped.
 ///
 /// It is an OS thread, not a tokio task: a guest spinning on a worker thread
 /// must not be able to starve the very timer that interrupts it.
 #[derive(Clone)]
 pub struct EpochTicker {
-    active: Arc<(Mutex<usize>, Condvar)>,
+    ticking: Arc<Ticking>,
+    _stop: Arc<StopOnDrop>,
+}
+
+/// Guest calls in flight, and whether the ticker is gone.
+#[derive(Default)]
+struct Ticking {
+    running: Mutex<usize>,
+    wake: Condvar,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+/// Wakes the thread to end when the last [`EpochTicker`] is dropped.
+struct StopOnDrop(Arc<Ticking>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _running = self.0.running.lock().unwrap_or_else(|e| e.into_inner());
+        self.0.stopped.store(true, std::sync::atomic::Ordering::Release);
+        self.0.wake.notify_all();
+    }
 }
 
 impl EpochTicker {
     /// Starts the ticker thread for `engine`.
     pub fn start(engine: Engine) -> EpochTicker {
-        let ticker = EpochTicker { active: Arc::default() };
-        let active = Arc::downgrade(&ticker.active);
+        let ticking = Arc::new(Ticking::default());
+        let weak = Arc::downgrade(&ticking);
         std::thread::Builder::new()
             .name("wattedge-epoch".into())
             .spawn(move || {
-                while let Some(active) = active.upgrade() {
-                    let (count, wake) = &*active;
-                    let guard = count.lock().expect("epoch lock");
-                    let guard = wake.wait_while(guard, |n| *n == 0).expect("epoch lock");
-                    drop(guard);
-                    drop(active);
+                while let Some(ticking) = weak.upgrade() {
+                    if !ticking.wait_for_a_call() {
+                        return;
+                    }
+                    drop(ticking);
                     std::thread::sleep(EPOCH_TICK);
                     engine.increment_epoch();
                 }
             })
             .expect("spawn the epoch thread");
-        ticker
+        EpochTicker { _stop: Arc::new(StopOnDrop(ticking.clone())), ticking }
     }
 
     /// Marks a guest call as running until the guard is dropped.
     pub fn running(&self) -> RunningGuard {
-        let (count, wake) = &*self.active;
-        *count.lock().expect("epoch lock") += 1;
-        wake.notify_one();
-        RunningGuard { active: self.active.clone() }
+        *self.ticking.running.lock().expect("epoch lock") += 1;
+        self.ticking.wake.notify_one();
+        RunningGuard { ticking: self.ticking.clone() }
+    }
+}
+
+impl Ticking {
+    /// Blocks until a guest call runs (true) or the ticker is dropped (false).
+    fn wait_for_a_call(&self) -> bool {
+        let stopped = || self.stopped.load(std::sync::atomic::Ordering::Acquire);
+        let running = self.running.lock().expect("epoch lock");
+        let running = self.wake.wait_while(running, |n| *n == 0 && !stopped()).expect("epoch lock");
+        *running > 0 && !stopped()
     }
 }
 
 /// Keeps the epoch ticking while alive.
 pub struct RunningGuard {
-    active: Arc<(Mutex<usize>, Condvar)>,
+    ticking: Arc<Ticking>,
 }
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        *self.active.0.lock().expect("epoch lock") -= 1;
+        *self.ticking.running.lock().expect("epoch lock") -= 1;
     }
 }
 
@@ -167,4 +196,25 @@ pub fn install_deadline<T: Send + 'static>(store: &mut wasmtime::Store<T>, deadl
         })
     });
     store.set_epoch_deadline(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ticker_thread_ends_with_the_last_ticker() {
+        let ticker = EpochTicker::start(build(EngineLimits::native()).unwrap());
+        let ticking = Arc::downgrade(&ticker.ticking);
+        let clone = ticker.clone();
+        drop(clone.running());
+        drop(ticker);
+        assert!(ticking.upgrade().is_some(), "a clone keeps it running");
+        drop(clone);
+        let gave_up = Instant::now() + Duration::from_secs(2);
+        while ticking.upgrade().is_some() {
+            assert!(Instant::now() < gave_up, "the thread still holds the ticker");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
