@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::bindings::state::{self as wit, StateError};
 
@@ -46,28 +46,29 @@ impl StateStore {
     pub fn entries(&self, guest: &str) -> Result<Vec<(String, usize)>, String> {
         let txn = self.db.begin_read().map_err(|e| e.to_string())?;
         let table = txn.open_table(TABLE).map_err(|e| e.to_string())?;
-        let range = table.range((guest, "")..).map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        for item in range {
-            let (k, v) = item.map_err(|e| e.to_string())?;
-            let (g, key) = k.value();
-            if g != guest {
-                break;
-            }
-            out.push((key.to_string(), key.len() + v.value().len()));
-        }
-        Ok(out)
+        entries_in(&table, guest)
     }
 
     /// Stores or (with `None`) deletes `key`, checking the guest's limits.
+    /// The total is counted in the write transaction itself (redb has one
+    /// writer at a time), so two concurrent puts cannot both squeeze in.
     pub fn put(&self, guest: &str, key: &str, value: Option<&[u8]>) -> Result<(), StateError> {
         if let Some(value) = value {
-            check_limits(self, guest, key, value)?;
+            check_sizes(key, value)?;
         }
         let io = |e: String| StateError::Io(e);
         let txn = self.db.begin_write().map_err(|e| io(e.to_string()))?;
         {
             let mut table = txn.open_table(TABLE).map_err(|e| io(e.to_string()))?;
+            if let Some(value) = value {
+                let others: usize =
+                    entries_in(&table, guest).map_err(io)?.into_iter().filter(|(k, _)| k != key).map(|(_, n)| n).sum();
+                if others + key.len() + value.len() > MAX_TOTAL {
+                    return Err(StateError::TooLarge(format!(
+                        "a guest's state is limited to {MAX_TOTAL} bytes in all"
+                    )));
+                }
+            }
             match value {
                 Some(v) => table.insert((guest, key), v).map(drop),
                 None => table.remove((guest, key)).map(drop),
@@ -78,7 +79,25 @@ impl StateStore {
     }
 }
 
-fn check_limits(store: &StateStore, guest: &str, key: &str, value: &[u8]) -> Result<(), StateError> {
+/// Every (key, size) of `guest` in `table`.
+fn entries_in(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    guest: &str,
+) -> Result<Vec<(String, usize)>, String> {
+    let range = table.range((guest, "")..).map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for item in range {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let (g, key) = k.value();
+        if g != guest {
+            break;
+        }
+        out.push((key.to_string(), key.len() + v.value().len()));
+    }
+    Ok(out)
+}
+
+fn check_sizes(key: &str, value: &[u8]) -> Result<(), StateError> {
     if key.is_empty() || key.len() > MAX_KEY {
         return Err(StateError::TooLarge(format!("state keys must be 1-{MAX_KEY} bytes")));
     }
@@ -87,11 +106,6 @@ fn check_limits(store: &StateStore, guest: &str, key: &str, value: &[u8]) -> Res
             "state values are limited to {MAX_VALUE} bytes, got {}",
             value.len()
         )));
-    }
-    let others: usize =
-        store.entries(guest).map_err(StateError::Io)?.into_iter().filter(|(k, _)| k != key).map(|(_, size)| size).sum();
-    if others + key.len() + value.len() > MAX_TOTAL {
-        return Err(StateError::TooLarge(format!("a guest's state is limited to {MAX_TOTAL} bytes in all")));
     }
     Ok(())
 }
@@ -129,5 +143,29 @@ impl wit::Host for super::GuestCtx {
 
     fn keys(&mut self) -> Vec<String> {
         self.state.store.entries(&self.state.guest).map(|e| e.into_iter().map(|(k, _)| k).collect()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_on_keys_values_and_a_guest_s_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("state.redb")).unwrap();
+        let big = vec![7u8; MAX_VALUE];
+        assert!(matches!(store.put("g", "", Some(b"x")), Err(StateError::TooLarge(_))));
+        assert!(matches!(store.put("g", "k", Some(&vec![0; MAX_VALUE + 1])), Err(StateError::TooLarge(_))));
+        let fits = MAX_TOTAL / (MAX_VALUE + 3);
+        for i in 0..fits {
+            store.put("g", &format!("k{i:02}"), Some(&big)).unwrap();
+        }
+        let err = store.put("g", "one-more", Some(&big)).expect_err("over the total");
+        assert!(matches!(&err, StateError::TooLarge(m) if m.contains("in all")), "{err:?}");
+        store.put("g", "k00", Some(&big)).expect("replacing a key counts its new size only");
+        store.put("other", "k", Some(&big)).expect("another guest has its own total");
+        store.put("g", "k00", None).unwrap();
+        store.put("g", "one-more", Some(&big)).expect("room again after a delete");
     }
 }
