@@ -13,6 +13,10 @@ use std::time::Duration;
 
 use crate::secrets::CaptureRule;
 
+/// What the host puts in place of a field it captured into a secret: a
+/// guest checks for it to know the capture happened.
+pub const CAPTURED: &str = "[wattedge:captured]";
+
 /// One request to send.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Request {

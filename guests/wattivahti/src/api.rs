@@ -15,8 +15,7 @@ pub const REFRESH_TOKEN: &str = "wattivahti.refresh_token";
 pub const ACCESS_TOKEN: &str = "wattivahti.access_token";
 /// Measurement the guest writes.
 pub const MEASUREMENT: &str = "electricity_consumption";
-/// What the host puts in place of a captured field.
-pub const CAPTURED: &str = "[wattedge:captured]";
+pub use wattedge_guest::http::CAPTURED;
 
 /// Percent-encodes a form or query value (RFC 3986 unreserved kept).
 pub fn encode(value: &str) -> String {

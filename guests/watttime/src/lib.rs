@@ -111,7 +111,7 @@ impl Run<'_> {
         };
         let response = self.send(&request, "login")?;
         match response.status {
-            200..=299 if secrets::is_set(TOKEN) => {
+            200..=299 if policy::token_captured(&response.body) => {
                 report::inc(counters::TOKEN_REFRESHES);
                 status::set_counter(counters::LAST_REFRESH, &CounterValue::Time(clock::now_ns()));
                 Ok(())
@@ -157,7 +157,7 @@ impl Run<'_> {
                 Verdict::RateLimited(seconds) => return Err(fail(self.rate_limited(seconds))),
                 verdict => {
                     let kind = policy::body_kind(&response.content_type, &response.body);
-                    let text = policy::failure_text(&verdict, response.status, kind, &self.settings.region);
+                    let text = policy::failure_text(&verdict, response.status, &kind, &self.settings.region);
                     return Err(fail(GuestError::Upstream(text)));
                 }
             }

@@ -8,6 +8,7 @@
 //! in guest state so the budget survives restarts.
 
 use serde::{Deserialize, Serialize};
+use wattedge_guest::http::CAPTURED;
 
 /// Tries of one scheduled run against 429 answers (the first one included).
 pub const MAX_RATE_LIMIT_TRIES: u32 = 3;
@@ -70,16 +71,29 @@ pub fn needs_login(has_login: bool, token_set: bool, token_expires_in: Option<u6
     has_login && (!token_set || token_expires_in.is_some_and(|s| s < RENEW_BEFORE_S))
 }
 
-/// A short text for a response body that is not the expected JSON.
-pub fn body_kind(content_type: &str, body: &str) -> &'static str {
+/// A short text for a response body that is not the expected JSON: the
+/// server's own `error` or `message` when it sent a JSON error.
+pub fn body_kind(content_type: &str, body: &str) -> String {
     let start = body.trim_start().get(..15).unwrap_or(body.trim_start()).to_ascii_lowercase();
     if content_type.contains("html") || start.starts_with("<!doctype html") || start.starts_with("<html") {
-        "an HTML error page"
-    } else if body.trim().is_empty() {
-        "an empty body"
-    } else {
-        "a non-JSON body"
+        return "an HTML error page".into();
     }
+    if body.trim().is_empty() {
+        return "an empty body".into();
+    }
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(body) else { return "a non-JSON body".into() };
+    let said = ["error", "message"].iter().find_map(|k| json.get(*k).and_then(serde_json::Value::as_str));
+    match said {
+        Some(text) => format!("error: {:?}", text.chars().take(120).collect::<String>()),
+        None => "a JSON body".into(),
+    }
+}
+
+/// Whether a login answer handed over a token: the host captured its
+/// `token` field (and the guest sees the placeholder in its place).
+pub fn token_captured(body: &str) -> bool {
+    let json = serde_json::from_str::<serde_json::Value>(body).ok();
+    json.as_ref().and_then(|v| v.get("token")).and_then(serde_json::Value::as_str) == Some(CAPTURED)
 }
 
 /// The status detail of a forecast answer that ends the run without a
@@ -188,11 +202,21 @@ mod tests {
     }
 
     #[test]
+    fn a_login_answer_without_a_captured_token_is_no_login() {
+        assert!(token_captured(r#"{"token":"[wattedge:captured]"}"#));
+        assert!(!token_captured("{}"), "a 200 without a token, whatever token is still stored");
+        assert!(!token_captured("<html>proxy</html>"));
+        assert!(!token_captured(r#"{"token":"raw"}"#), "not captured by the host");
+    }
+
+    #[test]
     fn body_kinds() {
         assert_eq!(body_kind("text/html", "<p>x</p>"), "an HTML error page");
         assert_eq!(body_kind("", "  <!DOCTYPE html><html>"), "an HTML error page");
         assert_eq!(body_kind("application/json", "{oops"), "a non-JSON body");
         assert_eq!(body_kind("", " "), "an empty body");
+        assert_eq!(body_kind("application/json", r#"{"error":"server error"}"#), r#"error: "server error""#);
+        assert_eq!(body_kind("application/json", r#"{"status":1}"#), "a JSON body");
     }
 
     #[test]
