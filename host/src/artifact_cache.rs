@@ -140,13 +140,15 @@ impl ArtifactCache {
         Ok(())
     }
 
-    /// Keeps the newest [`MAX_ENTRIES`] artifacts.
+    /// Keeps the newest [`MAX_ENTRIES`] artifacts, and removes temp files
+    /// an interrupted write left (older than an hour: not a write in progress).
     fn prune(&self) {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
         let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
             .filter_map(Result::ok)
-            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+            .filter(|(modified, path)| !remove_if_stale_temp(path, *modified))
+            .filter(|(_, path)| path.extension().is_some_and(|x| x == "cwasm"))
             .collect();
         files.sort();
         let excess = files.len().saturating_sub(MAX_ENTRIES);
@@ -154,6 +156,14 @@ impl ArtifactCache {
             let _ = std::fs::remove_file(path);
         }
     }
+}
+
+/// Removes `path` if it is a temp file of `write_atomic` (`.NAME.tmp-...`)
+/// last written over an hour ago; whether it did.
+fn remove_if_stale_temp(path: &Path, modified: std::time::SystemTime) -> bool {
+    let is_temp = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+    let stale = modified.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(3600));
+    is_temp && stale && std::fs::remove_file(path).is_ok()
 }
 
 /// Maps a cached artifact.
@@ -184,5 +194,26 @@ pub fn release_freed_memory() {
     // SAFETY: malloc_trim only walks glibc's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prune_removes_temp_files_an_interrupted_write_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().to_path_buf(), EngineLimits::native());
+        let stale = dir.path().join(".abc-1.cwasm.tmp-7-0");
+        let fresh = dir.path().join(".abc-2.cwasm.tmp-7-1");
+        for path in [&stale, &fresh] {
+            std::fs::write(path, b"half an artifact").unwrap();
+        }
+        let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+        std::fs::File::options().write(true).open(&stale).unwrap().set_modified(two_hours_ago).unwrap();
+        cache.prune();
+        assert!(!stale.exists(), "an old temp file is removed");
+        assert!(fresh.exists(), "a write in progress is left alone");
     }
 }

@@ -96,8 +96,10 @@ impl SecretStore {
             return Err(SecretsError::InvalidName(name.to_string()));
         }
         let _ = self.reload_if_changed();
+        // A TTL beyond what the clock can represent (a guest may pass any
+        // u64) means no expiry, never a panic with the lock held.
+        let expires_at = ttl.and_then(|t| SystemTime::now().checked_add(t));
         let mut inner = self.inner.lock().expect("secrets lock");
-        let expires_at = ttl.map(|t| SystemTime::now() + t);
         inner.entries.insert(name.to_string(), Entry { value: value.to_string(), expires_at, persisted: persist });
         if persist {
             self.persist(&mut inner)?;
@@ -257,13 +259,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::process::id(),
         WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    let written = write_new(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        // A full disk must not also fill up with half-written copies.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Creates `path` (0600) holding `bytes`, on disk.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    file.sync_all()
 }
 
 #[cfg(test)]

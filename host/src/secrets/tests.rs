@@ -74,3 +74,24 @@ fn ttl_expires_and_redaction_hides_values() {
     assert!(!store.is_usable("gone"));
     assert!(!dir.path().join("s.toml").exists(), "ephemeral values are never written");
 }
+
+#[test]
+fn a_ttl_past_the_clock_s_end_means_no_expiry_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SecretStore::open(&dir.path().join("secrets.toml")).unwrap();
+    store.set("t.token", "value-1", Some(Duration::from_secs(u64::MAX)), false).unwrap();
+    assert_eq!(store.value("t.token").as_deref(), Some("value-1"), "the store still works");
+    assert_eq!(store.expires_in("t.token"), None);
+}
+
+#[test]
+fn a_failed_atomic_write_leaves_no_temp_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // The rename fails: a directory is in the way.
+    let path = dir.path().join("in-the-way");
+    std::fs::create_dir(&path).unwrap();
+    std::fs::write(path.join("keep"), b"x").unwrap();
+    assert!(write_atomic(&path, b"artifact").is_err());
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["in-the-way"], "no .tmp- file left behind");
+}
