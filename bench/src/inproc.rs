@@ -272,7 +272,13 @@ pub(crate) async fn per_unit(
         full.extend(extra.iter().cloned());
         let base = timed_invoke(host, "probe", &empty).await?;
         let total = timed_invoke(host, "probe", &full).await?;
-        samples.push((total - base).max(0.0) / n as f64 * 1e6);
+        // Noise larger than the work itself measured nothing: say so rather
+        // than report 0 µs as a pass.
+        anyhow::ensure!(
+            total > base,
+            "{mode}: {n} units took no longer than none ({total:.4} s against {base:.4} s); raise n"
+        );
+        samples.push((total - base) / n as f64 * 1e6);
     }
     Ok(crate::report::median_spread(&mut samples))
 }

@@ -14,6 +14,7 @@ mod influx_server;
 mod inproc;
 mod process;
 mod report;
+mod sizes;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -78,6 +79,11 @@ fn profile() -> &'static str {
     if cfg!(debug_assertions) { "debug" } else { "release" }
 }
 
+/// Cargo's target directory: `CARGO_TARGET_DIR`, or `target/` in the workspace.
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"))
+}
+
 /// Builds the `wattedge` binary in this harness's profile; returns its path.
 fn build_host(root: &Path) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -89,7 +95,7 @@ fn build_host(root: &Path) -> anyhow::Result<PathBuf> {
     if !command.status().context("running cargo build")?.success() {
         bail!("building the wattedge binary failed");
     }
-    Ok(root.join("target").join(profile()).join("wattedge"))
+    Ok(target_dir(root).join(profile()).join("wattedge"))
 }
 
 /// `--only GROUP`: the in-process figure group to run alone (for profiling one figure).
@@ -109,8 +115,8 @@ async fn measure_only(plan: &Plan, group: &str) -> Vec<Figure> {
     result.unwrap_or_else(|e| vec![Figure::missing(group, "—", &format!("failed: {e:#}"))])
 }
 
-async fn measure(plan: &Plan, binary: &Path, root: &Path) -> Vec<Figure> {
-    let mut figures = process::sizes(root, profile());
+async fn measure(plan: &Plan, binary: &Path, root: &Path, build_boards: bool) -> Vec<Figure> {
+    let mut figures = sizes::sizes(root, profile(), build_boards);
     let mut steps: Vec<(&str, anyhow::Result<Vec<Figure>>)> = vec![
         ("idle", process::idle(binary, plan.idle)),
         ("cold start", process::cold_start(binary, plan.cold_starts).map(|f| vec![f])),
@@ -141,12 +147,13 @@ async fn main() -> anyhow::Result<()> {
     let plan = Plan::from_args();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
     let only = only_group();
+    let no_build = std::env::args().any(|a| a == "--no-build");
     let binary = if only.is_some() {
         PathBuf::new()
-    } else if std::env::args().any(|a| a == "--no-build") {
+    } else if no_build {
         // CI: reuse the binary the test run built (same features; a `-p wattedge`
         // build would resolve features differently and rebuild wasmtime).
-        let path = root.join("target").join(profile()).join("wattedge");
+        let path = target_dir(&root).join(profile()).join("wattedge");
         anyhow::ensure!(path.exists(), "--no-build: {} does not exist; build the workspace first", path.display());
         path
     } else {
@@ -154,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let figures = match &only {
         Some(group) => measure_only(&plan, group).await,
-        None => measure(&plan, &binary, &root).await,
+        None => measure(&plan, &binary, &root, !plan.quick && !no_build).await,
     };
     let mode =
         if plan.quick { "quick mode (proves the harness works; figures are not comparable)" } else { "full run" };
