@@ -158,7 +158,7 @@ async fn invoke_passes_args_and_errors_are_degraded() {
     assert!(failing["detail"].as_str().unwrap().contains("probe error"));
     let (status, reply) = setup.post(addr, "/guests/nobody/invoke", "{}").await;
     assert_eq!(status, 404);
-    assert!(reply["error"].as_str().unwrap().contains("known guests: writer, failing"), "{reply}");
+    assert_eq!(reply["error"], "no guest named 'nobody'; known guests: writer, failing", "{reply}");
     host.shutdown().await;
 }
 

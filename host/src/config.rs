@@ -404,26 +404,32 @@ impl Checker<'_> {
 
     fn check_grants(&self, name: &str, grants: &Grants) -> Result<(), ConfigError> {
         use crate::capabilities::http::grants::HostGrant;
+        // The line of the grant's own key, else of the grants table.
+        let err = |key: &str, message: String| {
+            let line = locate::line_of(self.source, &["guests", name, "grants", key])
+                .or_else(|| locate::line_of(self.source, &["guests", name, "grants"]));
+            ConfigError { file: self.path.to_path_buf(), line, message }
+        };
         let entries = grants.http.iter().map(|h| ("http", h));
         for (key, entry) in entries.chain(grants.secrets.values().flatten().map(|h| ("secrets", h))) {
-            HostGrant::parse(entry)
-                .map_err(|e| self.error(&["guests", name, "grants"], format!("guests.{name}.grants.{key}: {e}")))?;
+            HostGrant::parse(entry).map_err(|e| err(key, format!("guests.{name}.grants.{key}: {e}")))?;
         }
         for (secret, hosts) in &grants.secrets {
             if secret.is_empty() || hosts.is_empty() {
-                return Err(self.error(
-                    &["guests", name, "grants"],
+                return Err(err(
+                    "secrets",
                     format!(
                         "guests.{name}.grants.secrets.{secret:?} must name at least one host the secret may be sent to"
                     ),
                 ));
             }
         }
-        for measurement in grants.influx_write.iter().chain(&grants.influx_read) {
+        let measurements = grants.influx_write.iter().map(|m| ("influx_write", m));
+        for (key, measurement) in measurements.chain(grants.influx_read.iter().map(|m| ("influx_read", m))) {
             if measurement.is_empty() || measurement.contains('\n') {
-                return Err(self.error(
-                    &["guests", name, "grants"],
-                    format!("guests.{name}.grants: measurement {measurement:?} is not a valid name"),
+                return Err(err(
+                    key,
+                    format!("guests.{name}.grants.{key}: measurement {measurement:?} is not a valid name"),
                 ));
             }
         }

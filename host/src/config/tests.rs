@@ -54,6 +54,30 @@ fn an_unknown_board_names_the_key_and_the_profiles() {
 }
 
 #[test]
+fn durations_of_ages_are_refused_not_left_to_overflow_the_clock() {
+    for (key, value) in [("run_timeout", "300000000000y"), ("schedule", "every 300000000000y")] {
+        let source =
+            format!("{MINIMAL}{key} = \"{value}\"\n").replace("schedule = \"every 60s\"\nschedule", "schedule");
+        let err = parse(&source).unwrap_err();
+        assert!(err.message.contains(&format!("guests.correlator.{key}")), "{}", err.message);
+        assert!(err.message.contains("100 years"), "{}", err.message);
+    }
+}
+
+#[test]
+fn a_bad_grant_names_the_line_of_its_key() {
+    let source = format!("{MINIMAL}\n[guests.correlator.grants]\ninflux_read = [\"a\"]\nhttp = [\"ftp://x\"]\n");
+    let err = parse(&source).unwrap_err();
+    assert_eq!(err.line, Some(11), "{err}");
+    assert!(err.message.starts_with("guests.correlator.grants.http:"), "{}", err.message);
+    let inline =
+        MINIMAL.replace("schedule = \"every 60s\"", "schedule = \"every 60s\"\ngrants = { influx_write = [\"\"] }");
+    let err = parse(&inline).unwrap_err();
+    assert_eq!(err.line, Some(8), "inline grants: the grants line: {err}");
+    assert!(err.message.contains("grants.influx_write"), "{}", err.message);
+}
+
+#[test]
 fn unknown_key_names_file_line_and_key() {
     let source = "[host]\nstate_dir = \"/tmp/x\"\nadmin_port = 9100\n";
     let err = parse(source).unwrap_err();

@@ -54,9 +54,17 @@ impl std::fmt::Display for Schedule {
     }
 }
 
-/// Parses `90s`, `15m`, `1h 30m`, `90d`.
+/// The longest duration a config may name: timers and deadlines are added
+/// to the clock, which a duration of ages would overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Parses `90s`, `15m`, `1h 30m`, `90d` (at most [`MAX_DURATION`]).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("{e} in duration {text:?}"))
+    let duration = humantime::parse_duration(text.trim()).map_err(|e| format!("{e} in duration {text:?}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!("{text:?} is longer than 100 years"));
+    }
+    Ok(duration)
 }
 
 /// Parses `16MiB`, `512KiB`, `1GiB`, `1048576` (bytes); SI units (`16MB`) too.
