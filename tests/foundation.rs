@@ -139,6 +139,22 @@ async fn status_moves_from_standby_to_ok_when_the_secret_is_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_admin_token_takes_effect_without_a_restart() {
+    let (setup, host) = start(&probe_guest("writer", "every 1h", "mode = \"write\"")).await;
+    let addr = host.admin_addr();
+    let old = setup.admin_token();
+    // As `wattedge secrets set admin.token` does: another store on the same file.
+    let cli = wattedge::secrets::SecretStore::open(&setup.secrets_file()).unwrap();
+    // Another length: the store sees a change by mtime and size, and the mtime may not have ticked yet.
+    cli.set("admin.token", &"n".repeat(old.len() + 1), None, true).unwrap();
+    let (status, _) = http(addr, "POST", "/guests/writer/invoke", "{}", Some(&old)).await;
+    assert_eq!(status, 401, "the old token stops working");
+    let (status, reply) = setup.post(addr, "/guests/writer/invoke", "{}").await;
+    assert_eq!(status, 202, "the new one works at once: {reply}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invoke_passes_args_and_errors_are_degraded() {
     let body =
         probe_guest("writer", "every 1h", "mode = \"write\"") + &probe_guest("failing", "every 1h", "mode = \"error\"");

@@ -93,7 +93,8 @@ pub async fn start(config: Config) -> Result<RunningHost, HostError> {
 pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningHost, HostError> {
     let secrets = Arc::new(SecretStore::open(&config.host.secrets_file)?);
     let listen = config.host.admin_listen;
-    let admin_token = admin_token(&secrets, listen)?;
+    ensure_admin_token(&secrets, listen)?;
+    let admin_secrets = secrets.clone();
     let http = capabilities::http::HttpSettings::new(&config.host.http).map_err(HostError::Http)?;
     let services = HostServices {
         store: open_store(&config, &secrets)?,
@@ -119,8 +120,8 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, shutdown.child_token()));
     let stop = shutdown.clone();
     let backend: Arc<dyn crate::admin::AdminBackend> = supervisor.clone();
-    let admin_task =
-        tokio::spawn(crate::admin::serve(listener, backend, Some(admin_token), async move { stop.cancelled().await }));
+    let token = Some(crate::admin::AdminToken::Secret(admin_secrets));
+    let admin_task = tokio::spawn(crate::admin::serve(listener, backend, token, async move { stop.cancelled().await }));
     tracing::info!(admin = %admin_addr, guests = config.guests.len(), "wattedge started");
     Ok(RunningHost { admin_addr, supervisor, store, shutdown, admin_task })
 }
@@ -176,13 +177,15 @@ fn open_state(config: &Config) -> Result<Arc<capabilities::state::StateStore>, H
         .map_err(|message| HostError::State { path: path.display().to_string(), message })
 }
 
-/// The bearer token mutating admin endpoints require. On a loopback address
-/// a missing token is generated and stored (so `wattedge invoke` and `swap`,
-/// which read the secrets file, just work); a host reachable from the
-/// network refuses to start until the user sets one.
-fn admin_token(secrets: &SecretStore, listen: SocketAddr) -> Result<String, HostError> {
-    if let Some(token) = secrets.value(ADMIN_TOKEN_SECRET).filter(|t| !crate::secrets::is_placeholder(t)) {
-        return Ok(token);
+/// Makes sure the admin API has a bearer token for mutating endpoints: the
+/// `admin.token` secret, or on a loopback address a generated one saved as
+/// that secret (so `wattedge invoke` and `swap`, which read the secrets
+/// file, just work); a host reachable from the network refuses to start
+/// until the user sets one. The API reads the secret at each request, so
+/// setting a new one takes effect at once.
+fn ensure_admin_token(secrets: &SecretStore, listen: SocketAddr) -> Result<(), HostError> {
+    if secrets.value(ADMIN_TOKEN_SECRET).is_some_and(|t| !crate::secrets::is_placeholder(&t)) {
+        return Ok(());
     }
     if !listen.ip().is_loopback() {
         return Err(HostError::ExposedWithoutToken(listen));
@@ -191,7 +194,7 @@ fn admin_token(secrets: &SecretStore, listen: SocketAddr) -> Result<String, Host
         random_token().map_err(|e| HostError::Engine(format!("cannot read /dev/urandom for the admin token: {e}")))?;
     secrets.set(ADMIN_TOKEN_SECRET, &token, None, true)?;
     tracing::info!(file = %secrets.path().display(), "generated an admin token (secret admin.token) for the admin API");
-    Ok(token)
+    Ok(())
 }
 
 fn random_token() -> std::io::Result<String> {

@@ -229,6 +229,30 @@ impl AdminError {
     }
 }
 
+/// The token mutating requests must carry.
+#[derive(Clone)]
+pub enum AdminToken {
+    /// A fixed token (tests, embedders).
+    Fixed(String),
+    /// The `admin.token` secret, read at each request (the store re-reads its
+    /// file when it changes), so `wattedge secrets set admin.token` takes
+    /// effect at once and the old token stops working. Unset or a
+    /// placeholder refuses every mutating request.
+    Secret(Arc<crate::secrets::SecretStore>),
+}
+
+impl AdminToken {
+    /// The token required now, if any is usable.
+    pub fn current(&self) -> Option<String> {
+        match self {
+            AdminToken::Fixed(token) => Some(token.clone()),
+            AdminToken::Secret(store) => {
+                store.value(crate::host::ADMIN_TOKEN_SECRET).filter(|t| !crate::secrets::is_placeholder(t))
+            }
+        }
+    }
+}
+
 /// Serves the admin API on `listener` until `shutdown` resolves.
 ///
 /// After `shutdown`, the listener is closed at once, idle keep-alive connections
@@ -238,7 +262,7 @@ impl AdminError {
 pub async fn serve(
     listener: TcpListener,
     backend: Arc<dyn AdminBackend>,
-    admin_token: Option<String>,
+    admin_token: Option<AdminToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared { backend, token: admin_token });

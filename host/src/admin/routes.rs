@@ -20,7 +20,7 @@ pub(super) type Resp = Response<Full<Bytes>>;
 /// State shared by every connection of one server.
 pub(super) struct Shared {
     pub(super) backend: Arc<dyn AdminBackend>,
-    pub(super) token: Option<String>,
+    pub(super) token: Option<super::AdminToken>,
 }
 
 /// Every endpoint; each has exactly one allowed method.
@@ -107,7 +107,7 @@ async fn accept_body(shared: &Shared, route: &Route, req: Request<Incoming>) -> 
     if route.method() != Method::POST {
         return Ok(Bytes::new());
     }
-    authorize(shared.token.as_deref(), req.headers()).map_err(|err| failure(shared, err))?;
+    authorize(shared.token.as_ref(), req.headers()).map_err(|err| failure(shared, err))?;
     let limit = route.body_limit();
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok());
     if declared.and_then(|v| v.parse::<u64>().ok()).is_some_and(|len| len > limit as u64) {
@@ -194,10 +194,11 @@ fn parse_args(body: &[u8]) -> Result<Vec<(String, String)>, AdminError> {
 }
 
 /// Checks `Authorization: Bearer <token>` when a token is configured.
-fn authorize(expected: Option<&str>, headers: &HeaderMap) -> Result<(), AdminError> {
-    let Some(expected) = expected else {
+fn authorize(token: Option<&super::AdminToken>, headers: &HeaderMap) -> Result<(), AdminError> {
+    let Some(token) = token else {
         return Ok(());
     };
+    let expected = token.current().ok_or(AdminError::Unauthorized)?;
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

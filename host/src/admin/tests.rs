@@ -114,7 +114,7 @@ async fn start(token: Option<&str>) -> Server {
     let stop = async move {
         let _ = rx.await;
     };
-    let task = tokio::spawn(serve(listener, backend.clone(), token.map(String::from), stop));
+    let task = tokio::spawn(serve(listener, backend.clone(), token.map(|t| AdminToken::Fixed(t.into())), stop));
     Server { addr, backend, stop: Some(tx), task }
 }
 
