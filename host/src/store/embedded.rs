@@ -62,6 +62,12 @@ impl std::fmt::Debug for EmbeddedStore {
     }
 }
 
+/// redb's page cache. Its default (1 GiB) keeps every page a scan reads
+/// until it is full, so a store that grows past the RAM of a 512 MiB board
+/// would end in an out-of-memory kill; pages beyond this are read from the
+/// OS page cache again (the correlator's cycle reads a few MiB).
+pub const CACHE_BYTES: usize = 16 << 20;
+
 impl EmbeddedStore {
     /// Opens (creating the parent directory and the file if needed) the store
     /// at `path`. Takes an exclusive lock on the file for the life of the store.
@@ -71,7 +77,7 @@ impl EmbeddedStore {
                 StoreError::Unavailable(format!("creating directory {} for embedded store: {e}", parent.display()))
             })?;
         }
-        let db = Database::create(path).map_err(|e| {
+        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| {
             StoreError::Unavailable(format!(
                 "opening embedded store {}: {e} (the file is locked exclusively while open)",
                 path.display()

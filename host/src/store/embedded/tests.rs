@@ -419,3 +419,24 @@ async fn the_backend_reports_points_beyond_the_retention_in_its_metrics() {
     let text = crate::store::TimeSeriesStore::metrics(&backend);
     assert!(text.contains("\nwattedge_store_points_beyond_retention_total 1\n"), "{text}");
 }
+
+#[test]
+fn the_page_cache_stays_bounded_when_a_scan_reads_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    // About 3 × CACHE_BYTES of points, written in batches, then read in full.
+    let text = FieldValue::Text("x".repeat(1000));
+    let per_batch = 2000;
+    let batches = 3 * CACHE_BYTES / (per_batch * 1000);
+    for b in 0..batches {
+        let pts: Vec<Point> = (0..per_batch)
+            .map(|i| point("big", &[("k", "v")], &[("t", text.clone())], (b * per_batch + i) as i64))
+            .collect();
+        s.write(&pts).unwrap();
+    }
+    assert_eq!(s.query_floats(&all("big"), "t").unwrap().times.len(), 0, "text is not a float");
+    assert_eq!(s.query(&all("big")).unwrap().len(), batches * per_batch);
+    let stats = s.db.cache_stats();
+    assert!(stats.used_bytes() <= CACHE_BYTES + (1 << 20), "cache holds {} bytes", stats.used_bytes());
+    assert!(stats.evictions() > 0, "a scan larger than the cache evicts pages");
+}
