@@ -243,3 +243,28 @@ async fn compiled_guests_are_cached_and_a_corrupt_cache_entry_is_recompiled() {
     assert_eq!(std::fs::read(&artifact).unwrap().len(), original.len(), "the entry was rewritten");
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_may_return_at_most_its_cap_of_rows() {
+    let (setup, host) = start(&probe_guest("reader", "every 1h", "mode = \"query\", measurement = \"probe\"")).await;
+    let addr = host.admin_addr();
+    let cap = wattedge::capabilities::influx::MAX_QUERY_ROWS as i64;
+    let now = wattedge::store::now_ns();
+    let seed = |from: i64, to: i64| -> Vec<wattedge::store::Point> {
+        (from..to).map(|i| point("probe", &[], vec![("v", FieldValue::Integer(i))], now - i * 1_000_000)).collect()
+    };
+    for chunk in seed(0, cap).chunks(25_000) {
+        host.store().write(chunk.to_vec()).await.unwrap();
+    }
+    let (status, _) = setup.post(addr, "/guests/reader/invoke", "{}").await;
+    assert_eq!(status, 202);
+    let snap = wait_runs(addr, "reader", 2, Duration::from_secs(30)).await;
+    assert_eq!(snap["counters"]["rows"], cap, "exactly the cap is fine: {}", snap["detail"]);
+    host.store().write(seed(cap, cap + 1)).await.unwrap();
+    setup.post(addr, "/guests/reader/invoke", "{}").await;
+    let snap = wait_runs(addr, "reader", 3, Duration::from_secs(30)).await;
+    assert_eq!(snap["last_run"]["outcome"], "error", "{snap}");
+    let detail = snap["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains(&format!("more than {cap} rows")) && detail.contains("narrow"), "{detail}");
+    host.shutdown().await;
+}

@@ -7,6 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::add_elapsed;
+
+/// Most rows one `query` hands a guest. The host builds the whole answer
+/// before copying it into the guest, outside the guest's memory limit, at
+/// several hundred bytes a row: this keeps it to tens of MiB on a board.
+pub const MAX_QUERY_ROWS: u32 = 100_000;
+/// Most readings one `query-floats` hands a guest (16 bytes each).
+pub const MAX_QUERY_FLOATS: u32 = 1_000_000;
 use crate::bindings::influx::{self as wit, InfluxError};
 use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
 use crate::config::Grants;
@@ -126,9 +133,9 @@ impl wit::Host for super::GuestCtx {
         let metrics = &self.shared.influx;
         self.influx.check_read(&q.measurement, metrics)?;
         let began = Instant::now();
-        let answer = self.influx.store.query(query_from_wit(q)).await;
+        let answer = self.influx.store.query(capped(query_from_wit(q), MAX_QUERY_ROWS)).await;
         add_elapsed(&metrics.query_nanos, began);
-        match answer {
+        match answer.and_then(|rows| within(rows.len(), MAX_QUERY_ROWS).map(|()| rows)) {
             Ok(rows) => Ok(rows.into_iter().map(row_to_wit).collect()),
             Err(e) => {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -141,9 +148,9 @@ impl wit::Host for super::GuestCtx {
         let metrics = &self.shared.influx;
         self.influx.check_read(&q.measurement, metrics)?;
         let began = Instant::now();
-        let answer = self.influx.store.query_floats(query_from_wit(q), field).await;
+        let answer = self.influx.store.query_floats(capped(query_from_wit(q), MAX_QUERY_FLOATS), field).await;
         add_elapsed(&metrics.query_nanos, began);
-        match answer {
+        match answer.and_then(|series| within(series.times.len(), MAX_QUERY_FLOATS).map(|()| series)) {
             Ok(series) => Ok(wit::FloatSeries { times: series.times, values: series.values }),
             Err(e) => {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
@@ -294,6 +301,24 @@ fn field_to_wit(v: FieldValue) -> WitField {
         FieldValue::Boolean(b) => WitField::Boolean(b),
         FieldValue::Text(s) => WitField::Text(s),
     }
+}
+
+/// `q` asking for at most one row more than `max` (to tell "exactly max"
+/// from "more"), or fewer when the guest's own limit is lower.
+fn capped(mut q: Query, max: u32) -> Query {
+    q.limit = Some(q.limit.map_or(max + 1, |limit| limit.min(max + 1)));
+    q
+}
+
+/// An error when an answer of `rows` rows went past `max`.
+fn within(rows: usize, max: u32) -> Result<(), StoreError> {
+    if rows > max as usize {
+        return Err(StoreError::Invalid(format!(
+            "the query matches more than {max} rows, more than a guest may take at once; narrow its time range, \
+             or set a limit and query the rest in pages"
+        )));
+    }
+    Ok(())
 }
 
 fn query_from_wit(q: wit::SeriesQuery) -> Query {

@@ -13,6 +13,7 @@
 //! | `slow-init` | `init` sleeps `init_sleep_ms` (default 3000), then runs like `write` |
 //! | `health` | reports `health` = `ok`, `standby:TEXT` or `degraded:TEXT` |
 //! | `wake` | on a scheduled/invoked run asks for a wake-up `wake_after_ms` later; writes a point tagged `trigger=scheduled|invoked|wake` |
+//! | `query` | queries every row of `measurement` (no limit); counter `rows`, or the store's error |
 //! | `wake-error` | asks for a wake-up `wake_after_ms` later on every run, then returns an error |
 //! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
 //! | `http` | one wasi:http request from `url`, `method`, `h.NAME`, `body`, `capture`...; writes a `probe_http` point with what it received (see [`http`]) |
@@ -54,6 +55,8 @@ pub enum Mode {
     Wake,
     /// Ask for a wake-up on every run, then fail.
     WakeError,
+    /// Query every row of the measurement.
+    Query,
     /// Report whether a secret is set.
     Secret,
     /// Make one HTTP request and report what came back.
@@ -77,6 +80,7 @@ impl Mode {
             "health" => Self::Health,
             "wake" => Self::Wake,
             "wake-error" => Self::WakeError,
+            "query" => Self::Query,
             "secret" => Self::Secret,
             "http" => Self::Http,
             "calls" => Self::Calls,
@@ -86,7 +90,7 @@ impl Mode {
                     "mode",
                     format!(
                         "{other:?} is unknown; use write, trap, error, loop, alloc, \
-                         slow-init, health, wake, wake-error, secret, http, calls or writes"
+                         slow-init, health, wake, wake-error, query, secret, http, calls or writes"
                     ),
                 ));
             }
@@ -316,6 +320,21 @@ impl Guest for Probe {
             Mode::WakeError => {
                 wake_later(&plan);
                 Err(GuestError::Internal("probe error after asking for a wake-up".into()))
+            }
+            Mode::Query => {
+                let q = wattedge_guest::InfluxQuery {
+                    measurement: plan.measurement.clone(),
+                    fields: Vec::new(),
+                    tags: Vec::new(),
+                    start: None,
+                    end: None,
+                    select: influx::Selector::All,
+                    descending: false,
+                    limit: None,
+                };
+                let rows = influx::query(&q).map_err(|e| GuestError::Store(wattedge_guest::influx_error_text(&e)))?;
+                report::set_count("rows", rows.len() as u64);
+                Ok(Summary { points_written: 0, detail: Some(format!("{} rows", rows.len())) })
             }
             Mode::Secret => {
                 let set = wattedge_guest::secrets::is_set(&plan.secret_name);

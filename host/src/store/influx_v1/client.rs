@@ -15,6 +15,9 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 /// Idle connections kept for reuse.
+/// The largest answer read from InfluxDB (query results are capped in rows
+/// too, see `capabilities::influx`): a board cannot hold an unbounded one.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 const POOL: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,11 +97,10 @@ impl Client {
         };
         let response = sender.send_request(request).await.map_err(|e| format!("{}: {e}", self.describe()))?;
         let status = response.status().as_u16();
-        let body = response
-            .into_body()
+        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
             .collect()
             .await
-            .map_err(|e| format!("{}: reading the answer: {e}", self.describe()))?;
+            .map_err(|e| format!("{}: reading the answer (at most {MAX_ANSWER_BYTES} bytes): {e}", self.describe()))?;
         if !sender.is_closed() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < POOL {
