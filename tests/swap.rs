@@ -283,3 +283,26 @@ async fn soak_fifty_swaps_in_a_minute_lose_no_run_and_no_point() {
         assert!(recent.iter().any(|r| r["version"] == h.as_str()), "both versions served runs");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_resources_a_guest_may_hold_are_bounded() {
+    let (setup, host) = start(&probe_guest("holder", "every 1h", "mode = \"fields\"")).await;
+    let addr = host.admin_addr();
+    let first = wait_runs(addr, "holder", 1, Duration::from_secs(10)).await;
+    assert_eq!(first["last_run"]["outcome"], "ok", "100 header sets are fine: {first}");
+    // A thousand: past the resource limit, the run traps; the host is unharmed.
+    setup.post(addr, "/guests/holder/invoke", r#"{"n":"1000","bytes":"1024"}"#).await;
+    let many = wait_runs(addr, "holder", 2, Duration::from_secs(10)).await;
+    assert_eq!(many["last_run"]["outcome"], "trap", "{many}");
+    assert!(many["last_run"]["detail"].as_str().unwrap().contains("resource table"), "the cause is named: {many}");
+    // One header set larger than the limit fails too.
+    let big = format!(r#"{{"n":"1","bytes":"{}"}}"#, wattedge::capabilities::MAX_HEADER_BYTES + 1);
+    setup.post(addr, "/guests/holder/invoke", &big).await;
+    let big = wait_runs(addr, "holder", 3, Duration::from_secs(10)).await;
+    assert_eq!(big["last_run"]["outcome"], "trap", "{big}");
+    assert!(big["last_run"]["detail"].as_str().unwrap().contains("exceeds limit"), "the cause is named: {big}");
+    setup.post(addr, "/guests/holder/invoke", "{}").await;
+    let again = wait_runs(addr, "holder", 4, Duration::from_secs(10)).await;
+    assert_eq!(again["last_run"]["outcome"], "ok", "{again}");
+    host.shutdown().await;
+}

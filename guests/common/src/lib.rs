@@ -42,6 +42,9 @@ use std::sync::Mutex;
 pub use bindings::wattedge::runtime::{influx, log, schedule, secrets, state, status, types};
 pub use bindings::{Guest, export_guest};
 pub use types::{FieldValue, GuestError, Point, Summary, Timestamp, Trigger};
+/// The plain WASI bindings, for what the helpers here do not cover.
+#[cfg(target_arch = "wasm32")]
+pub use wasip2;
 
 /// The structured influx query record (WIT `influx.series-query`). Guests use
 /// this alias so a rename in the WIT touches one line.

@@ -35,6 +35,14 @@ pub struct HostServices {
     pub http: Arc<http::HttpSettings>,
 }
 
+/// Most host resources (streams, pollables, wasi:http requests, header
+/// sets, ...) a guest may hold at once; wasmtime's default is a million.
+/// Resources live in host memory, outside the guest's memory limit.
+pub const MAX_RESOURCES: usize = 512;
+/// Largest wasi:http header set (wasmtime's default is 128 KiB). With
+/// [`MAX_RESOURCES`] it bounds what header sets can take at 16 MiB.
+pub const MAX_HEADER_BYTES: usize = 32 << 10;
+
 /// Per-guest host state that survives store re-creation and hot swaps.
 #[derive(Default)]
 pub struct GuestShared {
@@ -80,11 +88,15 @@ impl GuestCtx {
             settings: services.http.clone(),
             armed: secrets.armed.clone(),
         };
+        let mut http_ctx = WasiHttpCtx::new();
+        http_ctx.set_field_size_limit(MAX_HEADER_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         GuestCtx {
             wasi,
-            http_ctx: WasiHttpCtx::new(),
+            http_ctx,
             http: http::HttpGate::new(name.clone(), &guest.grants, shared.clone(), gate_parts),
-            table: ResourceTable::new(),
+            table,
             limits,
             influx: influx::InfluxCap::new(name.clone(), &guest.grants, services.store.clone()),
             secrets,

@@ -32,6 +32,11 @@ pub async fn start(runtime: &Runtime, handle: &GuestHandle, loaded: &LoadedCompo
     let ctx = GuestCtx::new(config, &runtime.services, handle.shared.clone());
     let mut store = Store::new(&runtime.engine, ctx);
     store.limiter(|ctx| ctx.limiter());
+    // What one call may copy from the guest into the host (a write's points,
+    // a query's strings): no more than the guest's own memory could hold,
+    // however much the guest's lists share (wasmtime's default is 128 MiB).
+    store.set_hostcall_fuel(usize::try_from(config.memory_limit).unwrap_or(usize::MAX));
+    store.set_max_component_handles(crate::capabilities::MAX_RESOURCES * 2);
     install_deadline(&mut store, |ctx: &GuestCtx| ctx.deadline);
     store.data_mut().deadline = Some(Instant::now() + config.run_timeout);
     let _running = runtime.ticker.running();
@@ -69,11 +74,13 @@ pub fn describe_trap(error: &wasmtime::Error) -> String {
         Some(wasmtime::Trap::UnreachableCodeReached) => "the guest panicked or hit unreachable code".into(),
         Some(trap) => trap.to_string(),
         None => {
+            // The cause, not the wasm backtrace wrapped around it.
+            let cause = error.root_cause().to_string();
             let text = format!("{error:#}");
             if text.contains("grow") || text.contains("memory") && text.contains("limit") {
-                format!("memory_limit exceeded: {}", text.lines().next().unwrap_or(""))
+                format!("memory_limit exceeded: {}", cause.lines().next().unwrap_or(""))
             } else {
-                text.lines().next().unwrap_or("unknown trap").to_string()
+                cause.lines().next().unwrap_or("unknown trap").to_string()
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Measurement modes for the benchmark harness: `calls` makes `n` no-op
 //! host calls (`schedule.cancel-wake`), `writes` writes `n` points in calls
 //! of `batch` points. The host times the whole run; the harness subtracts a
-//! run with `n = 0`, so per-run overhead cancels out.
+//! run with `n = 0`, so per-run overhead cancels out. And `fields`, which
+//! holds `n` wasi:http header sets of `bytes` each (the host's resource
+//! limits for guests).
 
 use wattedge_guest::{FieldValue, GuestError, Point, Summary, clock, influx, schedule};
 
@@ -42,4 +44,25 @@ pub fn writes(pairs: &[(String, String)]) -> Result<Summary, GuestError> {
         i += size;
     }
     Ok(Summary { points_written: written, detail: Some(format!("{n} points in batches of {batch}")) })
+}
+
+/// Creates and holds `n` wasi:http `fields` of one `bytes`-long header each.
+#[cfg(target_arch = "wasm32")]
+pub fn fields(pairs: &[(String, String)]) -> Result<Summary, GuestError> {
+    use wattedge_guest::wasip2::http::types::Fields;
+    let n = number(pairs, "n", 100)?;
+    let value = vec![b'x'; usize::try_from(number(pairs, "bytes", 1024)?).unwrap_or(1024)];
+    let mut held = Vec::new();
+    for i in 0..n {
+        let fields = Fields::new();
+        fields.append("x-fill", &value).map_err(|e| GuestError::Internal(format!("header set {i}: {e:?}")))?;
+        held.push(fields);
+    }
+    Ok(Summary { points_written: 0, detail: Some(format!("{} header sets held", held.len())) })
+}
+
+/// Native builds (unit tests) have no wasi:http.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn fields(_pairs: &[(String, String)]) -> Result<Summary, GuestError> {
+    Err(GuestError::Internal("fields needs wasi:http".into()))
 }

@@ -13,6 +13,7 @@
 //! | `slow-init` | `init` sleeps `init_sleep_ms` (default 3000), then runs like `write` |
 //! | `health` | reports `health` = `ok`, `standby:TEXT` or `degraded:TEXT` |
 //! | `wake` | on a scheduled/invoked run asks for a wake-up `wake_after_ms` later; writes a point tagged `trigger=scheduled|invoked|wake` |
+//! | `fields` | holds `n` wasi:http header sets of `bytes` each (tests the host's resource limits) |
 //! | `query` | queries every row of `measurement` (no limit); counter `rows`, or the store's error |
 //! | `wake-error` | asks for a wake-up `wake_after_ms` later on every run, then returns an error |
 //! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
@@ -57,6 +58,8 @@ pub enum Mode {
     WakeError,
     /// Query every row of the measurement.
     Query,
+    /// Hold `n` wasi:http header sets.
+    Fields,
     /// Report whether a secret is set.
     Secret,
     /// Make one HTTP request and report what came back.
@@ -81,6 +84,7 @@ impl Mode {
             "wake" => Self::Wake,
             "wake-error" => Self::WakeError,
             "query" => Self::Query,
+            "fields" => Self::Fields,
             "secret" => Self::Secret,
             "http" => Self::Http,
             "calls" => Self::Calls,
@@ -90,7 +94,7 @@ impl Mode {
                     "mode",
                     format!(
                         "{other:?} is unknown; use write, trap, error, loop, alloc, \
-                         slow-init, health, wake, wake-error, query, secret, http, calls or writes"
+                         slow-init, health, wake, wake-error, query, fields, secret, http, calls or writes"
                     ),
                 ));
             }
@@ -296,12 +300,16 @@ impl Guest for Probe {
                 }
                 http_run(&pairs)
             }
-            Mode::Calls | Mode::Writes => {
+            Mode::Calls | Mode::Writes | Mode::Fields => {
                 let mut pairs = RAW.get()?;
                 if let Trigger::Invoked(args) = &trigger {
                     pairs.extend(args.iter().cloned());
                 }
-                if plan.mode == Mode::Calls { bench::calls(&pairs) } else { bench::writes(&pairs) }
+                match plan.mode {
+                    Mode::Calls => bench::calls(&pairs),
+                    Mode::Writes => bench::writes(&pairs),
+                    _ => bench::fields(&pairs),
+                }
             }
             Mode::Trap => unreachable!("probe mode trap"),
             Mode::Error => Err(GuestError::Internal("probe error".into())),
