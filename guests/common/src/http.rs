@@ -114,13 +114,31 @@ pub fn request(request: &Request) -> Result<Response, HttpError> {
     wasi::read(wasi::wait(pending)?)
 }
 
-/// Sends every request at once (each with its capture rules), then reads
-/// each response in order. The host runs a few of a guest's requests at a
-/// time; the rest wait for a slot, which a response frees once it is read.
+/// Sends every request at once (each with its capture rules) and reads the
+/// responses as they arrive; the results are in request order. The host
+/// runs a few of a guest's requests at a time and the rest wait for a slot,
+/// which a response frees once it is read: reading them in the order they
+/// complete (never waiting on one still queued behind unread ones) is what
+/// keeps that from stalling.
 #[cfg(target_arch = "wasm32")]
 pub fn request_all(requests: &[Request]) -> Vec<Result<Response, HttpError>> {
-    let started: Vec<_> = requests.iter().map(wasi::start).collect();
-    started.into_iter().map(|pending| wasi::read(wasi::wait(pending?)?)).collect()
+    let mut results: Vec<Option<Result<Response, HttpError>>> = requests.iter().map(|_| None).collect();
+    let mut pending = Vec::new();
+    for (index, request) in requests.iter().enumerate() {
+        match wasi::start(request) {
+            Ok(future) => pending.push((index, future)),
+            Err(e) => results[index] = Some(Err(e)),
+        }
+    }
+    while !pending.is_empty() {
+        let mut ready = wasi::ready(pending.iter().map(|(_, future)| future));
+        ready.sort_unstable_by(|a, b| b.cmp(a));
+        for at in ready {
+            let (index, future) = pending.swap_remove(at);
+            results[index] = Some(wasi::wait(future).and_then(wasi::read));
+        }
+    }
+    results.into_iter().map(|r| r.unwrap_or(Err(HttpError::Transport("not sent".into())))).collect()
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -178,6 +196,14 @@ mod wasi {
         }
         OutgoingBody::finish(body, None).map_err(|e| transport(format!("{e:?}")))?;
         Ok(future)
+    }
+
+    /// Blocks until at least one of `futures` has its response head; returns
+    /// the positions of those that have.
+    pub fn ready<'a>(futures: impl Iterator<Item = &'a FutureIncomingResponse>) -> Vec<usize> {
+        let pollables: Vec<_> = futures.map(FutureIncomingResponse::subscribe).collect();
+        let refs: Vec<_> = pollables.iter().collect();
+        wasip2::io::poll::poll(&refs).into_iter().map(|i| i as usize).collect()
     }
 
     /// Waits for the head of a started request's response.

@@ -42,7 +42,10 @@ use crate::secrets::SecretStore;
 /// memory limit, so without a bound a guest could open hundreds of large
 /// uploads and push a 512 MiB board out of memory. A slot is held until the
 /// guest drops the response; further requests wait for one (and meanwhile
-/// the guest's body writes wait too).
+/// the guest's body writes wait too). A guest that then waits on a queued
+/// request while holding every slot in unread responses stalls until its
+/// run timeout: read responses as they complete (wattedge-guest's
+/// `request_all` does).
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 4;
 
 /// A guest's request slots (see [`MAX_REQUESTS_IN_FLIGHT`]).
