@@ -67,11 +67,14 @@ impl RunningHost {
     }
 
     /// Stops accepting triggers, lets guest tasks finish their current call
-    /// (bounded by the runtime's deadlines) and closes the admin server.
+    /// (bounded by the runtime's deadlines), closes the admin server and
+    /// stops the store's forwarder; once this returns, a new host can open
+    /// the same state dir.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_millis(1500), self.supervisor.join()).await;
         let _ = self.admin_task.await;
+        self.store.close().await;
     }
 }
 

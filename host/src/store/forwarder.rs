@@ -109,16 +109,16 @@ pub fn spawn(
     sink: Arc<dyn Sink>,
     settings: ForwardSettings,
     cancel: CancellationToken,
-) -> Arc<ForwarderStats> {
+) -> (Arc<ForwarderStats>, tokio::task::JoinHandle<()>) {
     let stats = Arc::new(ForwarderStats::default());
     let forwarder = Forwarder { outbox, sink, settings, stats: stats.clone() };
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         tokio::select! {
             _ = forwarder.run() => {}
             _ = cancel.cancelled() => {}
         }
     });
-    stats
+    (stats, task)
 }
 
 /// A batch read from the outbox with its gzip-compressed body.

@@ -175,6 +175,10 @@ impl TimeSeriesStore for InfluxV1Backend {
         "influxdb-v1"
     }
 
+    fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.forwarded.stop())
+    }
+
     fn outbox_sink(&self) -> Option<OutboxSink> {
         Some(self.sink())
     }

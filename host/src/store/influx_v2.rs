@@ -119,6 +119,10 @@ impl TimeSeriesStore for InfluxV2Backend {
         "influxdb-v2"
     }
 
+    fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(self.forwarded.stop())
+    }
+
     /// Guests' points go straight into the outbox, as for v1; InfluxDB 2.x
     /// stores unsigned integers, so nothing is refused for them.
     fn outbox_sink(&self) -> Option<OutboxSink> {

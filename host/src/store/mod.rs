@@ -185,6 +185,12 @@ pub trait TimeSeriesStore: Send + Sync + 'static {
     fn metrics(&self) -> String {
         String::new()
     }
+    /// Stops the store's background work (a remote backend's forwarder)
+    /// and waits for it, so that once the store is dropped its files are
+    /// free at once; what is still queued stays on disk for the next start.
+    fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
+    }
     /// The outbox of a remote backend, so that the `influx` capability can
     /// encode a guest's points straight into an outbox record instead of
     /// building [`Point`]s first (that conversion used to cost more than the

@@ -28,6 +28,7 @@ pub(super) struct Forwarded {
     outbox: Arc<Outbox>,
     stats: Arc<ForwarderStats>,
     stop: CancellationToken,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Forwarded {
@@ -45,8 +46,18 @@ impl Forwarded {
             tracing::info!(points = waiting, "outbox holds points from before the restart; forwarding them");
         }
         let stop = CancellationToken::new();
-        let stats = forwarder::spawn(outbox.clone(), sink, settings, stop.clone());
-        Ok(Forwarded { outbox, stats, stop })
+        let (stats, task) = forwarder::spawn(outbox.clone(), sink, settings, stop.clone());
+        Ok(Forwarded { outbox, stats, stop, task: std::sync::Mutex::new(Some(task)) })
+    }
+
+    /// Stops the forwarder and waits until it has let go of the outbox (its
+    /// lock file too), so a host started next in this process can open it.
+    pub(super) async fn stop(&self) {
+        self.stop.cancel();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     pub(super) fn outbox(&self) -> &Arc<Outbox> {

@@ -49,7 +49,7 @@ async fn retries_then_splits_a_refused_batch_and_drops_only_the_bad_write() {
         retry_max_delay: Duration::from_millis(200),
     };
     let cancel = CancellationToken::new();
-    let stats = spawn(outbox.clone(), sink.clone(), settings, cancel.clone());
+    let (stats, _task) = spawn(outbox.clone(), sink.clone(), settings, cancel.clone());
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while outbox.depth().points > 0 {
         assert!(std::time::Instant::now() < deadline, "the outbox did not drain");
