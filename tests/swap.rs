@@ -229,6 +229,19 @@ async fn a_failing_guest_s_own_wake_ups_wait_out_the_backoff() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_asking_to_run_again_at_once_runs_at_most_once_a_second() {
+    let (_setup, host) = start(&probe_guest("eager", "every 1h", "mode = \"wake-ok\", wake_after_ms = \"0\"")).await;
+    let addr = host.admin_addr();
+    wait_runs(addr, "eager", 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let snap = snapshot(addr, "eager").await;
+    let runs = snap["runs"].as_u64().unwrap();
+    assert!((2..=5).contains(&runs), "a wake-up comes at least 1 s after the run; {runs} runs: {snap}");
+    assert_eq!(snap["last_run"]["outcome"], "ok", "{snap}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_bomb_traps_at_its_limit_and_a_slow_init_blocks_nobody() {
     let body = probe_guest("bomb", "every 1h", "mode = \"alloc\"")
         .replace("[guests.bomb.grants]", "memory_limit = \"24MiB\"\n\n[guests.bomb.grants]")

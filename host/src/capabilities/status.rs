@@ -78,7 +78,9 @@ impl StatusBoard {
     }
 }
 
-fn clip(mut text: String) -> String {
+/// `text` cut to at most 2 KiB (on a character boundary): guest text the
+/// host keeps or logs.
+pub(crate) fn clip(mut text: String) -> String {
     if text.len() > MAX_TEXT {
         let mut end = MAX_TEXT;
         while !text.is_char_boundary(end) {

@@ -56,15 +56,15 @@ pub async fn start(runtime: &Runtime, handle: &GuestHandle, loaded: &LoadedCompo
     Ok(Live { store, guest, version: loaded.version.clone() })
 }
 
-/// One line describing a guest's own error.
+/// One line describing a guest's own error (at most 2 KiB of its text).
 pub fn describe_guest_error(e: &GuestError) -> String {
-    match e {
+    crate::capabilities::status::clip(match e {
         GuestError::Config(m) => format!("configuration: {m}"),
         GuestError::Credentials(m) => format!("credentials: {m}"),
         GuestError::Upstream(m) => format!("upstream: {m}"),
         GuestError::Store(m) => format!("store: {m}"),
         GuestError::Internal(m) => m.clone(),
-    }
+    })
 }
 
 /// A one-line description of a trap, naming the cause people can act on.
@@ -83,5 +83,17 @@ pub fn describe_trap(error: &wasmtime::Error) -> String {
                 cause.lines().next().unwrap_or("unknown trap").to_string()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guest_s_error_text_is_kept_to_2_kib() {
+        let long = GuestError::Upstream("é".repeat(5000));
+        let text = describe_guest_error(&long);
+        assert!(text.len() <= 2048 && text.starts_with("upstream: é"), "{} bytes", text.len());
     }
 }

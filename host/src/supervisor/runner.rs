@@ -32,7 +32,13 @@ pub struct GuestTask {
     next_scheduled: SystemTime,
     /// No scheduled run before this (restart backoff after failures).
     backoff_until: Option<SystemTime>,
+    /// No wake-up before this: [`MIN_WAKE_GAP`] after the last run.
+    wake_not_before: Option<SystemTime>,
 }
+
+/// The least time between a run and a wake-up it asked for: a guest that
+/// asks to run again at once on every run must not spin the host.
+const MIN_WAKE_GAP: Duration = Duration::from_secs(1);
 
 enum Next {
     Run(Trigger, String),
@@ -58,6 +64,7 @@ impl GuestTask {
             live: None,
             next_scheduled,
             backoff_until: None,
+            wake_not_before: None,
         }
     }
 
@@ -169,7 +176,8 @@ impl GuestTask {
         // After failed runs, a guest's own wake-up waits out the backoff too:
         // a guest that asks to run again and then fails must not loop.
         let backed_off = |at: SystemTime| self.backoff_until.map_or(at, |b| b.max(at));
-        let wake = self.handle.shared.wake.peek().map(from_ns).map(backed_off);
+        let gap = |at: SystemTime| self.wake_not_before.map_or(at, |n| n.max(at));
+        let wake = self.handle.shared.wake.peek().map(from_ns).map(gap).map(backed_off);
         let scheduled = backed_off(self.next_scheduled);
         let (at, is_wake) = match wake {
             Some(w) if w < scheduled => (w, true),
@@ -218,7 +226,8 @@ impl GuestTask {
             let call = live.guest.call_run(&mut live.store, &trigger);
             match tokio::time::timeout(config.run_timeout + TIMEOUT_GRACE, call).await {
                 Ok(Ok(Ok(summary))) => {
-                    tracing::info!(guest = %config.name, trigger = %label, points = summary.points_written, detail = ?summary.detail, "run ok");
+                    let detail = summary.detail.map(crate::capabilities::status::clip);
+                    tracing::info!(guest = %config.name, trigger = %label, points = summary.points_written, detail = ?detail, "run ok");
                     Outcome::Ok
                 }
                 Ok(Ok(Err(e))) => Outcome::Error(describe_guest_error(&e)),
@@ -239,6 +248,7 @@ impl GuestTask {
             tracing::warn!(guest = %self.handle.config.name, trigger = %label, outcome = ?outcome, "run failed");
         }
         self.apply_backoff(&outcome, finished);
+        self.wake_not_before = Some(finished + MIN_WAKE_GAP);
         self.record(|r| r.finish(FinishedRun { started, finished, trigger: label, outcome, version }));
     }
 

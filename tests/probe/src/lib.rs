@@ -14,6 +14,7 @@
 //! | `health` | reports `health` = `ok`, `standby:TEXT` or `degraded:TEXT` |
 //! | `wake` | on a scheduled/invoked run asks for a wake-up `wake_after_ms` later; writes a point tagged `trigger=scheduled|invoked|wake` |
 //! | `fields` | holds `n` wasi:http header sets of `bytes` each (tests the host's resource limits) |
+//! | `wake-ok` | asks for a wake-up `wake_after_ms` later on every run, and succeeds |
 //! | `query` | queries every row of `measurement` (no limit); counter `rows`, or the store's error |
 //! | `wake-error` | asks for a wake-up `wake_after_ms` later on every run, then returns an error |
 //! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
@@ -56,6 +57,8 @@ pub enum Mode {
     Wake,
     /// Ask for a wake-up on every run, then fail.
     WakeError,
+    /// Ask for a wake-up on every run, and succeed.
+    WakeOk,
     /// Query every row of the measurement.
     Query,
     /// Hold `n` wasi:http header sets.
@@ -84,6 +87,7 @@ impl Mode {
             "wake" => Self::Wake,
             "wake-error" => Self::WakeError,
             "query" => Self::Query,
+            "wake-ok" => Self::WakeOk,
             "fields" => Self::Fields,
             "secret" => Self::Secret,
             "http" => Self::Http,
@@ -94,7 +98,7 @@ impl Mode {
                     "mode",
                     format!(
                         "{other:?} is unknown; use write, trap, error, loop, alloc, \
-                         slow-init, health, wake, wake-error, query, fields, secret, http, calls or writes"
+                         slow-init, health, wake, wake-error, wake-ok, query, fields, secret, http, calls or writes"
                     ),
                 ));
             }
@@ -328,6 +332,10 @@ impl Guest for Probe {
             Mode::WakeError => {
                 wake_later(&plan);
                 Err(GuestError::Internal("probe error after asking for a wake-up".into()))
+            }
+            Mode::WakeOk => {
+                wake_later(&plan);
+                Ok(Summary { points_written: 0, detail: Some("asked for a wake-up".into()) })
             }
             Mode::Query => {
                 let q = wattedge_guest::InfluxQuery {
