@@ -212,33 +212,35 @@ async fn repeated_failures_back_off_and_a_success_recovers() {
     host.shutdown().await;
 }
 
+/// The snapshot of guest `eager` (in `body`) and its run count, `watch`
+/// after its first run.
+async fn eager_after(body: &str, watch: Duration) -> (Value, u64) {
+    let (_setup, host) = start(body).await;
+    let addr = host.admin_addr();
+    wait_runs(addr, "eager", 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(watch).await;
+    let snap = snapshot(addr, "eager").await;
+    host.shutdown().await;
+    let runs = snap["runs"].as_u64().unwrap();
+    (snap, runs)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_guest_s_own_wake_ups_wait_out_the_backoff() {
     let body = probe_guest("eager", "every 1h", "mode = \"wake-error\", wake_after_ms = \"0\"")
         .replace("[guests.eager.grants]", "restart_backoff = \"1s\"\n\n[guests.eager.grants]");
-    let (_setup, host) = start(&body).await;
-    let addr = host.admin_addr();
-    wait_runs(addr, "eager", 1, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let snap = snapshot(addr, "eager").await;
+    let (snap, runs) = eager_after(&body, Duration::from_secs(4)).await;
     // Backoff 1 s, 2 s, 4 s after the first failure: runs at about 0, 1 and 3 s.
-    let runs = snap["runs"].as_u64().unwrap();
     assert!((2..=4).contains(&runs), "a wake-up asked for before failing waits for the backoff; {runs} runs: {snap}");
     assert_eq!(snap["last_run"]["outcome"], "error", "{snap}");
-    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_asking_to_run_again_at_once_runs_at_most_once_a_second() {
-    let (_setup, host) = start(&probe_guest("eager", "every 1h", "mode = \"wake-ok\", wake_after_ms = \"0\"")).await;
-    let addr = host.admin_addr();
-    wait_runs(addr, "eager", 1, Duration::from_secs(10)).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let snap = snapshot(addr, "eager").await;
-    let runs = snap["runs"].as_u64().unwrap();
+    let body = probe_guest("eager", "every 1h", "mode = \"wake-ok\", wake_after_ms = \"0\"");
+    let (snap, runs) = eager_after(&body, Duration::from_secs(3)).await;
     assert!((2..=5).contains(&runs), "a wake-up comes at least 1 s after the run; {runs} runs: {snap}");
     assert_eq!(snap["last_run"]["outcome"], "ok", "{snap}");
-    host.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
