@@ -161,7 +161,7 @@ impl ArtifactCache {
 /// Removes `path` if it is a temp file of `write_atomic` (`.NAME.tmp-...`)
 /// last written over an hour ago; whether it did.
 fn remove_if_stale_temp(path: &Path, modified: std::time::SystemTime) -> bool {
-    let is_temp = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.contains(".tmp-"));
+    let is_temp = crate::secrets::is_atomic_temp(path);
     let stale = modified.elapsed().is_ok_and(|age| age > std::time::Duration::from_secs(3600));
     is_temp && stale && std::fs::remove_file(path).is_ok()
 }

@@ -219,13 +219,12 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     }
     let names: Vec<&str> = config.guests.iter().map(|g| g.name.as_str()).collect();
     println!("{}: ok ({} guests: {})", config.path.display(), names.len(), names.join(", "));
-    println!("engine: {}", describe_engine(&config));
+    println!("engine: {}", describe_engine(&config, limits));
     Ok(ExitCode::SUCCESS)
 }
 
 /// The engine settings `check` reports, and where they come from.
-fn describe_engine(config: &Config) -> String {
-    let limits = config.host.engine_limits();
+fn describe_engine(config: &Config, limits: crate::engine::EngineLimits) -> String {
     let origin = match &config.host.board {
         Some(board) => format!("board {}", board.name),
         None => "no board set: this machine's defaults".to_string(),

@@ -18,6 +18,11 @@ use crate::supervisor::{Runtime, Supervisor};
 /// Secret that holds the admin API's bearer token.
 pub const ADMIN_TOKEN_SECRET: &str = "admin.token";
 
+/// The admin token in `secrets`, when one is set and not a placeholder.
+pub fn admin_token(secrets: &SecretStore) -> Option<String> {
+    secrets.value(ADMIN_TOKEN_SECRET).filter(|t| !crate::secrets::is_placeholder(t))
+}
+
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -187,7 +192,7 @@ fn open_state(config: &Config) -> Result<Arc<capabilities::state::StateStore>, H
 /// until the user sets one. The API reads the secret at each request, so
 /// setting a new one takes effect at once.
 fn ensure_admin_token(secrets: &SecretStore, listen: SocketAddr) -> Result<(), HostError> {
-    if secrets.value(ADMIN_TOKEN_SECRET).is_some_and(|t| !crate::secrets::is_placeholder(&t)) {
+    if admin_token(secrets).is_some() {
         return Ok(());
     }
     if !listen.ip().is_loopback() {

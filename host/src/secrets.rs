@@ -246,6 +246,15 @@ fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// What names [`write_atomic`]'s temp files (`.NAME.tmp-PID-N`).
+const TEMP_MARK: &str = ".tmp-";
+
+/// Whether `path` is a temp file of [`write_atomic`] (left behind by a
+/// process that died mid-write, or being written now).
+pub fn is_atomic_temp(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.contains(TEMP_MARK))
+}
+
 /// Writes `bytes` to `path` atomically with mode 0600: temp file in the same
 /// directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -254,7 +263,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     // Unique per process and call: two threads may write the same path.
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
+        ".{}{TEMP_MARK}{}-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("secrets"),
         std::process::id(),
         WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)

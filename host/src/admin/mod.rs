@@ -246,9 +246,7 @@ impl AdminToken {
     pub fn current(&self) -> Option<String> {
         match self {
             AdminToken::Fixed(token) => Some(token.clone()),
-            AdminToken::Secret(store) => {
-                store.value(crate::host::ADMIN_TOKEN_SECRET).filter(|t| !crate::secrets::is_placeholder(t))
-            }
+            AdminToken::Secret(store) => crate::host::admin_token(store),
         }
     }
 }

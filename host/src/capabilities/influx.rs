@@ -7,6 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::add_elapsed;
+use crate::bindings::influx::{self as wit, InfluxError};
+use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
+use crate::config::Grants;
+use crate::store::line_protocol::{self, FieldRef};
+use crate::store::outbox::{self, OutboxSink, RecordBuf};
+use crate::store::{FieldValue, Point, Query, Row, Selector, SortedPoint, StoreError, TimeSeriesStore};
 
 /// Most rows one `query` hands a guest. The host builds the whole answer
 /// before copying it into the guest, outside the guest's memory limit, at
@@ -14,12 +20,6 @@ use super::add_elapsed;
 pub const MAX_QUERY_ROWS: u32 = 100_000;
 /// Most readings one `query-floats` hands a guest (16 bytes each).
 pub const MAX_QUERY_FLOATS: u32 = 1_000_000;
-use crate::bindings::influx::{self as wit, InfluxError};
-use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
-use crate::config::Grants;
-use crate::store::line_protocol::{self, FieldRef};
-use crate::store::outbox::{self, OutboxSink, RecordBuf};
-use crate::store::{FieldValue, Point, Query, Row, Selector, SortedPoint, StoreError, TimeSeriesStore};
 
 /// Per-guest store counters, shown in `/metrics`.
 #[derive(Default)]

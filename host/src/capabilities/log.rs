@@ -90,14 +90,7 @@ impl Budget {
 }
 
 fn clip(message: &str) -> &str {
-    if message.len() <= MAX_LINE {
-        return message;
-    }
-    let mut end = MAX_LINE;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    &message[..end]
+    super::cut(message, MAX_LINE)
 }
 
 /// `text` on one line: newlines and other control characters (but tabs)

@@ -134,6 +134,16 @@ fn add_elapsed(total: &std::sync::atomic::AtomicU64, began: std::time::Instant) 
     total.fetch_add(nanos, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// `text` cut to at most `max` bytes, on a character boundary: guest text
+/// the host logs or keeps.
+fn cut(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A linker with the WASI subset ([`wasi`]), wasi:http and every wattedge capability.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<GuestCtx>> {
     let mut linker = Linker::new(engine);

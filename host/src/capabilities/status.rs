@@ -81,13 +81,8 @@ impl StatusBoard {
 /// `text` cut to at most 2 KiB (on a character boundary): guest text the
 /// host keeps or logs.
 pub(crate) fn clip(mut text: String) -> String {
-    if text.len() > MAX_TEXT {
-        let mut end = MAX_TEXT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    let kept = super::cut(&text, MAX_TEXT).len();
+    text.truncate(kept);
     text
 }
 

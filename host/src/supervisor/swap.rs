@@ -53,7 +53,8 @@ impl SwapSlot {
         self.notify.notify_one();
     }
 
-    /// Takes back an offer the task has not installed yet.
+    /// Takes the waiting offer, if any: the task installing it, or a
+    /// rollback taking it back before the task did.
     pub fn withdraw(&self) -> Option<Prepared> {
         self.slot.lock().expect("swap lock").take()
     }
@@ -61,7 +62,7 @@ impl SwapSlot {
     /// Waits for the next offer (cancel-safe: taking happens in one poll).
     pub async fn next(&self) -> Prepared {
         loop {
-            if let Some(prepared) = self.slot.lock().expect("swap lock").take() {
+            if let Some(prepared) = self.withdraw() {
                 return prepared;
             }
             self.notify.notified().await;
