@@ -5,7 +5,8 @@
 //! `cargo run -p wattedge-bench -- --quick` (what CI runs) only proves the
 //! harness works: fewer repetitions, smaller inputs, a debug build.
 //! `--only correlator` (or `swap`, `calls`) runs one in-process figure
-//! group alone, without building the host binary (report: `report-GROUP.md`).
+//! group alone, without building the host binary; `--only cold` builds it
+//! and times the two cold starts alone (report: `report-GROUP.md`).
 //! Timings are medians of repeated runs with their spread; the machine is
 //! shared and noisy, so compare figures measured in the same run.
 
@@ -104,13 +105,18 @@ fn only_group() -> Option<String> {
     args.iter().position(|a| a == "--only").map(|i| args.get(i + 1).cloned().unwrap_or_default())
 }
 
-/// Runs one in-process figure group; needs no host binary.
-async fn measure_only(plan: &Plan, group: &str) -> Vec<Figure> {
+/// The one group `--only` runs that needs the host binary.
+const COLD_GROUP: &str = "cold";
+
+/// Runs one figure group; only [`COLD_GROUP`] uses `binary`.
+async fn measure_only(plan: &Plan, group: &str, binary: &Path) -> Vec<Figure> {
     let result = match group {
         "correlator" => inproc::correlator(plan.events, plan.readings, plan.repeats).await,
         "swap" => inproc::swap_latency(plan.swaps).await,
         "calls" => inproc::guest_calls(plan.calls, plan.points, plan.repeats).await,
-        other => Err(anyhow::anyhow!("--only {other:?}: unknown group; use correlator, swap or calls")),
+        COLD_GROUP => process::cold_start(binary, plan.cold_starts)
+            .and_then(|wasm| Ok(vec![wasm, process::cold_start_precompiled(binary, plan.cold_starts)?])),
+        other => Err(anyhow::anyhow!("--only {other:?}: unknown group; use correlator, swap, calls or cold")),
     };
     result.unwrap_or_else(|e| vec![Figure::missing(group, "—", &format!("failed: {e:#}"))])
 }
@@ -148,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize()?;
     let only = only_group();
     let no_build = std::env::args().any(|a| a == "--no-build");
-    let binary = if only.is_some() {
+    let binary = if only.as_deref().is_some_and(|g| g != COLD_GROUP) {
         PathBuf::new()
     } else if no_build {
         // CI: reuse the binary the test run built (same features; a `-p wattedge`
@@ -160,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
         build_host(&root)?
     };
     let figures = match &only {
-        Some(group) => measure_only(&plan, group).await,
+        Some(group) => measure_only(&plan, group, &binary).await,
         None => measure(&plan, &binary, &root, !plan.quick && !no_build).await,
     };
     let mode =
