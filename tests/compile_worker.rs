@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use wattedge::artifact_cache::ArtifactCache;
 use wattedge::compile_process::CompileIn;
 use wattedge::component::ComponentError;
-use wattedge::engine::{self, EngineLimits};
+use wattedge::engine::{self, CompileMode, EngineLimits};
 
 fn worker() -> CompileIn {
     CompileIn::ChildProcess(PathBuf::from(env!("CARGO_BIN_EXE_wattedge")))
@@ -48,6 +48,7 @@ fn a_worker_compiles_a_builtin_guest_into_the_cache_and_the_host_maps_it() {
     assert_eq!(wasmtime::Engine::detect_precompiled(&cached), Some(wasmtime::Precompiled::Component));
     let argv = std::fs::read_to_string(&marker).expect("the worker process did the compile");
     assert!(argv.contains("compile-worker") && argv.contains("--builtin correlator"), "{argv}");
+    assert!(argv.contains("--compile quick"), "a cache compiles quick unless told otherwise: {argv}");
     // A second start finds it in the cache and starts no worker.
     std::fs::remove_file(&marker).unwrap();
     cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
@@ -74,6 +75,26 @@ fn a_board_profile_s_engine_settings_reach_the_worker_and_the_in_process_compile
         let refused = unsafe { wasmtime::component::Component::deserialize_file(&native, &path) };
         assert!(refused.is_err(), "{compile_in:?}: the artifact carries the board's settings, not this machine's");
     }
+}
+
+#[test]
+fn a_guest_s_compile_mode_reaches_the_worker_and_the_in_process_compiler() {
+    let engine = engine::build(EngineLimits::native()).unwrap();
+    let (wasm, digest) = builtin("correlator");
+    let mut artifacts = Vec::new();
+    for compile_in in [worker(), CompileIn::ThisProcess] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(compile_in);
+        let [quick, optimized] = [CompileMode::Quick, CompileMode::Optimized].map(|mode| {
+            let cache = cache.for_mode(mode);
+            cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
+            (cache.path_for(&engine, digest), std::fs::read(cache.path_for(&engine, digest)).unwrap())
+        });
+        assert_ne!(quick.0, optimized.0, "each mode has its own cache entry");
+        assert_ne!(quick.1, optimized.1, "the two register allocators give different code");
+        artifacts.push((quick.1, optimized.1));
+    }
+    assert!(artifacts[0] == artifacts[1], "the worker compiles what the in-process compiler does, mode for mode");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use wasmtime::component::Component;
 
 use crate::compile_process::{self, CompileIn, WorkerError, WorkerInput};
 use crate::component::ComponentError;
-use crate::engine::EngineLimits;
+use crate::engine::{CompileMode, EngineLimits};
 
 /// Most artifacts kept; the least recently written are removed beyond it.
 const MAX_ENTRIES: usize = 16;
@@ -32,13 +32,20 @@ pub struct ArtifactCache {
     /// The settings of the engine the artifacts are for, which a worker
     /// process must compile with.
     limits: EngineLimits,
+    /// How hard the compiler works on misses (part of the key).
+    mode: CompileMode,
 }
 
 impl ArtifactCache {
     /// A cache in `dir` (created on first write) of artifacts for an engine
     /// built with `limits`, whose misses are compiled in-process.
     pub fn new(dir: PathBuf, limits: EngineLimits) -> ArtifactCache {
-        ArtifactCache { dir, compile_in: CompileIn::ThisProcess, limits }
+        ArtifactCache { dir, compile_in: CompileIn::ThisProcess, limits, mode: CompileMode::default() }
+    }
+
+    /// This cache, for a guest compiled in `mode`.
+    pub fn for_mode(&self, mode: CompileMode) -> ArtifactCache {
+        ArtifactCache { mode, ..self.clone() }
     }
 
     /// This cache, compiling its misses where `compile_in` says.
@@ -46,10 +53,11 @@ impl ArtifactCache {
         ArtifactCache { compile_in, ..self }
     }
 
-    /// Where the artifact for the component with sha256 `digest` (hex) lives for `engine`.
+    /// Where the artifact for the component with sha256 `digest` (hex)
+    /// lives for `engine`, compiled in this cache's mode.
     pub fn path_for(&self, engine: &Engine, digest: &str) -> PathBuf {
         let short = digest.get(..32).unwrap_or(digest);
-        self.dir.join(format!("{short}-{:016x}.cwasm", engine_hash(engine)))
+        self.dir.join(format!("{short}-{:016x}-{}.cwasm", engine_hash(engine), self.mode.as_str()))
     }
 
     /// The cached component with sha256 `digest`, or compile `wasm`, store the
@@ -102,7 +110,7 @@ impl ArtifactCache {
             Some(name) if crate::builtin::digest(name) == Some(digest) => WorkerInput::Builtin(name),
             _ => WorkerInput::Bytes(wasm),
         };
-        compile_process::compile_in_child(exe, input, self.limits, path)?;
+        compile_process::compile_in_child(exe, input, self.limits, self.mode, path)?;
         self.prune();
         Ok(())
     }
@@ -116,7 +124,7 @@ impl ArtifactCache {
         wasm: &[u8],
         path: &Path,
     ) -> Result<Component, ComponentError> {
-        let artifact = crate::component::precompile(engine, source_name, wasm)?;
+        let artifact = crate::component::precompile(engine, source_name, wasm, self.mode)?;
         let stored = self.store(path, &artifact);
         let mapped = match stored {
             Ok(()) => map(engine, path).ok(),

@@ -87,6 +87,9 @@ pub enum Command {
         /// The host engine's memory guard, in bytes.
         #[arg(long)]
         memory_guard: u64,
+        /// `quick` or `optimized` (the guest's `compile` setting).
+        #[arg(long, default_value = "quick")]
+        compile: crate::engine::CompileMode,
     },
 }
 
@@ -145,17 +148,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(not(target_arch = "arm"))]
         Command::Compile { target, out } => compile(&cli.config, target.as_deref(), &out),
         #[cfg(not(target_arch = "arm"))]
-        Command::CompileWorker { out, builtin, memory_reservation, memory_guard } => {
+        Command::CompileWorker { out, builtin, memory_reservation, memory_guard, compile } => {
             let limits = crate::engine::EngineLimits::from_worker_args(memory_reservation, memory_guard);
-            compile_worker(&out, builtin.as_deref(), limits)
+            compile_worker(&out, builtin.as_deref(), limits, compile)
         }
     }
 }
 
 /// The hidden `compile-worker` command (see [`crate::compile_process`]).
 #[cfg(not(target_arch = "arm"))]
-fn compile_worker(out: &Path, builtin: Option<&str>, limits: crate::engine::EngineLimits) -> anyhow::Result<ExitCode> {
-    match crate::compile_process::serve(out, builtin, limits) {
+fn compile_worker(
+    out: &Path,
+    builtin: Option<&str>,
+    limits: crate::engine::EngineLimits,
+    mode: crate::engine::CompileMode,
+) -> anyhow::Result<ExitCode> {
+    match crate::compile_process::serve(out, builtin, limits, mode) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("error: {e}");

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::engine::EngineLimits;
+use crate::engine::{CompileMode, EngineLimits};
 
 /// The hidden subcommand that compiles one component.
 pub const WORKER_COMMAND: &str = "compile-worker";
@@ -85,16 +85,17 @@ pub enum WorkerInput<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Compiles `input` for an engine with `limits` by running
+/// Compiles `input` in `mode` for an engine with `limits` by running
 /// `exe compile-worker --out OUT ...` and waits for it.
 pub fn compile_in_child(
     exe: &Path,
     input: WorkerInput<'_>,
     limits: EngineLimits,
+    mode: CompileMode,
     out: &Path,
 ) -> Result<(), WorkerError> {
     let mut command = Command::new(exe);
-    command.arg(WORKER_COMMAND).arg("--out").arg(out).args(limits.worker_args());
+    command.arg(WORKER_COMMAND).arg("--out").arg(out).args(limits.worker_args()).args(["--compile", mode.as_str()]);
     let wasm: &[u8] = match input {
         WorkerInput::Builtin(name) => {
             command.args(["--builtin", name]);
@@ -142,9 +143,9 @@ fn failure_message(output: &std::process::Output, send_error: Option<std::io::Er
 }
 
 /// The worker's side: compile built-in guest `builtin`, or else standard
-/// input, into an artifact for an engine with `limits` at `out`.
+/// input, in `mode` into an artifact for an engine with `limits` at `out`.
 #[cfg(not(target_arch = "arm"))]
-pub fn serve(out: &Path, builtin: Option<&str>, limits: EngineLimits) -> Result<(), ServeError> {
+pub fn serve(out: &Path, builtin: Option<&str>, limits: EngineLimits, mode: CompileMode) -> Result<(), ServeError> {
     use std::io::Read;
     exit_with_parent();
     let mut input = Vec::new();
@@ -156,7 +157,7 @@ pub fn serve(out: &Path, builtin: Option<&str>, limits: EngineLimits) -> Result<
             .ok_or_else(|| ServeError::Compile(format!("no built-in guest named {name:?}")))?,
         None => &input[..],
     };
-    let artifact = crate::engine::build(limits)
+    let artifact = crate::engine::build_compiler(limits, mode)
         .and_then(|compiler| compiler.precompile_component(wasm))
         .map_err(|e| ServeError::Compile(format!("{e:#}")))?;
     crate::secrets::write_atomic(out, &artifact)

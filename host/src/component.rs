@@ -91,6 +91,7 @@ pub fn load_cached(
     let component = if bytes.starts_with(b"\0asm") {
         match cache {
             Some(cache) => cache.get_or_compile(engine, source_name, version, bytes)?,
+            // Uncached compiles only type-check (`check`, tests): quick will do.
             None => compile(engine, source_name, bytes)?,
         }
     } else if Engine::detect_precompiled(bytes).is_some() {
@@ -136,7 +137,7 @@ fn deserialize(
 /// Compiles a `.wasm` component with Cranelift (see [`precompile`]).
 #[cfg(not(target_arch = "arm"))]
 fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component, ComponentError> {
-    let artifact = precompile(engine, source_name, bytes)?;
+    let artifact = precompile(engine, source_name, bytes, crate::engine::CompileMode::Quick)?;
     // SAFETY: compiled a moment ago by an engine with this engine's settings.
     unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| ComponentError::compile(source_name, e))
 }
@@ -145,8 +146,13 @@ fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component
 /// throwaway compiler engine ([`crate::engine::compiler_like`]) so that
 /// Cranelift's working memory is freed afterwards.
 #[cfg(not(target_arch = "arm"))]
-pub(crate) fn precompile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Vec<u8>, ComponentError> {
-    crate::engine::compiler_like(engine)
+pub(crate) fn precompile(
+    engine: &Engine,
+    source_name: &str,
+    bytes: &[u8],
+    mode: crate::engine::CompileMode,
+) -> Result<Vec<u8>, ComponentError> {
+    crate::engine::compiler_like(engine, mode)
         .and_then(|compiler| compiler.precompile_component(bytes))
         .map_err(|e| ComponentError::compile(source_name, e))
 }
@@ -158,7 +164,12 @@ fn compile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Component, Compone
 }
 
 #[cfg(target_arch = "arm")]
-pub(crate) fn precompile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Vec<u8>, ComponentError> {
+pub(crate) fn precompile(
+    _: &Engine,
+    source_name: &str,
+    _: &[u8],
+    _: crate::engine::CompileMode,
+) -> Result<Vec<u8>, ComponentError> {
     Err(no_compiler(source_name))
 }
 

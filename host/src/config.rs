@@ -109,6 +109,8 @@ pub struct GuestConfig {
     pub config: Vec<(String, String)>,
     pub grants: Grants,
     pub restart: RestartPolicy,
+    /// How the host compiles the guest from `.wasm` (`compile`).
+    pub compile: crate::engine::CompileMode,
 }
 
 /// What happens after failed runs: scheduled runs back off exponentially,
@@ -208,6 +210,7 @@ struct RawGuest {
     restart_backoff: Option<String>,
     max_backoff: Option<String>,
     degraded_after: Option<u64>,
+    compile: Option<String>,
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -388,6 +391,10 @@ impl Checker<'_> {
                 .map_err(|e| err("max_backoff", format!("guests.{name}.max_backoff = {t:?}: {e}; use e.g. \"5m\"")))?;
         }
         restart.degraded_after = raw.degraded_after.unwrap_or(restart.degraded_after).max(1);
+        let compile = match raw.compile.as_deref() {
+            None => crate::engine::CompileMode::default(),
+            Some(m) => m.parse().map_err(|e| err("compile", format!("guests.{name}.compile: {e}")))?,
+        };
         self.check_grants(name, &raw.grants)?;
         Ok(GuestConfig {
             name: name.to_string(),
@@ -399,6 +406,7 @@ impl Checker<'_> {
             config,
             grants: raw.grants,
             restart,
+            compile,
         })
     }
 

@@ -60,14 +60,75 @@ pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
     Engine::new(&config(limits))
 }
 
+/// How much work Cranelift puts into a guest's code when the host compiles
+/// it from `.wasm` (`[guests.NAME] compile`). Both kinds of artifact load
+/// into the same engine; only the code inside differs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CompileMode {
+    /// Cranelift's single-pass register allocator: a first start compiles
+    /// the three shipped guests in about 35 % less time (README "Compiling
+    /// guests"), and their code runs slower. Right for guests that wait on
+    /// HTTP and the store.
+    #[default]
+    Quick,
+    /// The backtracking register allocator: slower to compile, faster code,
+    /// for CPU-bound guests like the correlator. `wattedge compile` always
+    /// compiles this way, since a board never pays for it.
+    Optimized,
+}
+
+impl CompileMode {
+    /// The word the config and the `compile-worker` command use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompileMode::Quick => "quick",
+            CompileMode::Optimized => "optimized",
+        }
+    }
+
+    /// Sets the register allocator this mode stands for.
+    #[cfg(not(target_arch = "arm"))]
+    fn apply(self, config: &mut Config) {
+        config.cranelift_regalloc_algorithm(match self {
+            CompileMode::Quick => wasmtime::RegallocAlgorithm::SinglePass,
+            CompileMode::Optimized => wasmtime::RegallocAlgorithm::Backtracking,
+        });
+    }
+}
+
+impl std::str::FromStr for CompileMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "quick" => Ok(CompileMode::Quick),
+            "optimized" => Ok(CompileMode::Optimized),
+            other => Err(format!("{other:?} is not a compile mode; use \"quick\" or \"optimized\"")),
+        }
+    }
+}
+
+/// A compiler for artifacts that load into an engine built with `limits`,
+/// compiling in `mode` (the `compile-worker` process's engine).
+#[cfg(not(target_arch = "arm"))]
+pub fn build_compiler(limits: EngineLimits, mode: CompileMode) -> wasmtime::Result<Engine> {
+    let mut config = config(limits);
+    mode.apply(&mut config);
+    Engine::new(&config)
+}
+
 /// A short-lived engine with `engine`'s settings, for compiling only.
 /// Cranelift keeps its compilation contexts (megabytes, once it has compiled
 /// a large guest) for as long as its engine lives. Compiling with a
 /// throwaway engine hands that memory back when it is dropped, so the
 /// long-lived engine that runs the guests never holds a compiler's working
-/// set. Its artifacts load into `engine`, whose config it copies.
-pub fn compiler_like(engine: &Engine) -> wasmtime::Result<Engine> {
-    Engine::new(engine.config())
+/// set. Its artifacts load into `engine`, whose config it copies; `mode`
+/// changes only how hard Cranelift works.
+#[cfg(not(target_arch = "arm"))]
+pub fn compiler_like(engine: &Engine, mode: CompileMode) -> wasmtime::Result<Engine> {
+    let mut config = engine.config().clone();
+    mode.apply(&mut config);
+    Engine::new(&config)
 }
 
 /// Builds an engine that compiles for another target (`aarch64-unknown-linux-gnu`,
@@ -77,6 +138,8 @@ pub fn compiler_like(engine: &Engine) -> wasmtime::Result<Engine> {
 pub fn build_for_target(target: &str, limits: EngineLimits) -> wasmtime::Result<Engine> {
     let mut config = config(limits);
     config.target(target)?;
+    #[cfg(not(target_arch = "arm"))]
+    CompileMode::Optimized.apply(&mut config);
     Engine::new(&config)
 }
 

@@ -39,6 +39,13 @@ pub struct Runtime {
     pub cache: Option<crate::artifact_cache::ArtifactCache>,
 }
 
+impl Runtime {
+    /// The artifact cache as `guest` compiles through it (its `compile` mode).
+    pub fn cache_for(&self, guest: &GuestConfig) -> Option<crate::artifact_cache::ArtifactCache> {
+        self.cache.as_ref().map(|cache| cache.for_mode(guest.compile))
+    }
+}
+
 /// The host's view of one guest.
 pub struct GuestHandle {
     pub config: GuestConfig,

@@ -106,7 +106,7 @@ impl GuestTask {
                 rt.engine.clone(),
                 rt.linker.clone(),
                 self.handle.config.component.clone(),
-                rt.cache.clone(),
+                rt.cache_for(&self.handle.config),
             )
             .await
             {

@@ -86,7 +86,7 @@ pub async fn prepare_bytes(
     name: String,
     bytes: Vec<u8>,
 ) -> Result<Prepared, SwapError> {
-    let (engine, linker, cache) = (runtime.engine.clone(), runtime.linker.clone(), runtime.cache.clone());
+    let (engine, linker, cache) = (runtime.engine.clone(), runtime.linker.clone(), runtime.cache_for(&handle.config));
     // Through the artifact cache: a `.wasm` is compiled where the host
     // compiles (a worker process for the binary), and swapping back to a
     // version seen before is a cache hit.
