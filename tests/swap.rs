@@ -263,6 +263,19 @@ async fn a_memory_bomb_traps_at_its_limit_and_a_slow_init_blocks_nobody() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_outgrowing_the_reservation_reaches_its_limit_without_copying_at_every_grow() {
+    // 512 MiB is past the 64 MiB reservation: each 1 MiB grow used to move
+    // and copy the whole memory (67 s to reach the limit); now it moves once.
+    let body = probe_guest("bomb", "every 1h", "mode = \"alloc\"")
+        .replace("[guests.bomb.grants]", "memory_limit = \"512MiB\"\n\n[guests.bomb.grants]");
+    let (_setup, host) = start(&body).await;
+    let bomb = wait_runs(host.admin_addr(), "bomb", 1, Duration::from_secs(30)).await;
+    assert_eq!(bomb["last_run"]["outcome"], "trap", "{bomb}");
+    assert!(bomb["detail"].as_str().unwrap().contains("memory_limit"), "{bomb}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_fifty_swaps_in_a_minute_lose_no_run_and_no_point() {
     let (setup, host) = start(&probe_guest("soak", "every 1s", "mode = \"write\"")).await;
     let addr = host.admin_addr();
