@@ -89,7 +89,7 @@ async fn correlator_cycle(seeded: &Path, events: usize, readings: usize) -> anyh
     std::fs::copy(seeded, dir.path().join("state/embedded.redb")).context("copying the seeded store")?;
     let lookback_h = readings / 3600 + 2;
     let body = format!(
-        "[guests.correlator]\ncomponent = \"builtin:correlator\"\nschedule = \"every 1h\"\nmemory_limit = \"512MiB\"\nrun_timeout = \"300s\"\ncompile = \"optimized\"\nconfig = {{ lookback = \"{lookback_h}h\", max_events_per_cycle = {events} }}\n\n[guests.correlator.grants]\ninflux_read = [\"home_assistant_events\", \"smart_meter\"]\ninflux_write = [\"event_energy_correlation\"]\n"
+        "[guests.correlator]\ncomponent = \"builtin:correlator\"\nschedule = \"every 1h\"\nmemory_limit = \"512MiB\"\nrun_timeout = \"300s\"\nconfig = {{ lookback = \"{lookback_h}h\", max_events_per_cycle = {events} }}\n\n[guests.correlator.grants]\ninflux_read = [\"home_assistant_events\", \"smart_meter\"]\ninflux_write = [\"event_energy_correlation\"]\n"
     );
     let host = start(dir.path(), &body).await?;
     let guest = host.supervisor().guest("correlator").context("correlator configured")?.clone();

@@ -85,16 +85,16 @@ pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
 /// into the same engine; only the code inside differs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum CompileMode {
-    /// Cranelift's single-pass register allocator: a first start compiles
-    /// the three shipped guests in about 35 % less time (README "Compiling
-    /// guests"), and their code runs slower. Right for guests that wait on
-    /// HTTP and the store.
+    /// Cranelift's backtracking register allocator: the faster and smaller
+    /// code, which every run and the idle host's memory benefit from.
+    /// `wattedge compile` always compiles this way.
     #[default]
-    Quick,
-    /// The backtracking register allocator: slower to compile, faster code,
-    /// for CPU-bound guests like the correlator. `wattedge compile` always
-    /// compiles this way, since a board never pays for it.
     Optimized,
+    /// The single-pass register allocator: a first compile takes about
+    /// 40 % less CPU, but the code is half as large again (more resident
+    /// memory) and slower (README "Compiling guests"). For a first start
+    /// or a swap that must be quick, at a cost every later run pays.
+    Quick,
 }
 
 impl CompileMode {

@@ -27,13 +27,13 @@ fn minimal_config_gets_defaults() {
     assert_eq!(guest.memory_limit, DEFAULT_MEMORY_LIMIT);
     assert_eq!(guest.run_timeout, DEFAULT_RUN_TIMEOUT);
     assert!(guest.grants.http.is_empty(), "grants default to nothing");
-    assert_eq!(guest.compile, crate::engine::CompileMode::Quick);
+    assert_eq!(guest.compile, crate::engine::CompileMode::Optimized);
 }
 
 #[test]
 fn a_compile_mode_is_read_and_a_wrong_one_is_named_with_its_line() {
-    let optimized = parse(&format!("{MINIMAL}compile = \"optimized\"\n")).unwrap();
-    assert_eq!(optimized.guests[0].compile, crate::engine::CompileMode::Optimized);
+    let quick = parse(&format!("{MINIMAL}compile = \"quick\"\n")).unwrap();
+    assert_eq!(quick.guests[0].compile, crate::engine::CompileMode::Quick);
     let err = parse(&format!("{MINIMAL}compile = \"fast\"\n")).unwrap_err();
     assert_eq!(err.line, Some(8), "{err}");
     assert!(err.message.contains("quick") && err.message.contains("optimized"), "{}", err.message);
@@ -184,6 +184,4 @@ fn the_shipped_default_config_is_valid() {
     let config = Config::load(&path).unwrap();
     let names: Vec<_> = config.guests.iter().map(|g| g.name.as_str()).collect();
     assert_eq!(names, ["watttime", "wattivahti", "correlator"]);
-    let modes: Vec<_> = config.guests.iter().map(|g| g.compile.as_str()).collect();
-    assert_eq!(modes, ["quick", "quick", "optimized"], "only the CPU-bound guest pays for the optimizing compile");
 }
