@@ -28,8 +28,9 @@ fn main() {
         emit_digests(&dir);
         return;
     }
-    let target_dir =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target")).join("guests");
+    // A relative CARGO_TARGET_DIR is taken from the workspace root, where the
+    // nested cargo runs: this script itself runs in `host/`.
+    let target_dir = root.join(std::env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into())).join("guests");
     build_guests(&root, &target_dir);
     let out = target_dir.join("wasm32-wasip2").join("release");
     println!("cargo:rustc-env=WATTEDGE_GUEST_DIR={}", out.display());
