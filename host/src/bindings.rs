@@ -9,6 +9,8 @@ wasmtime::component::bindgen!({
         "wattedge:runtime/influx.write": async,
         "wattedge:runtime/influx.query": async,
         "wattedge:runtime/influx.query-floats": async,
+        "wattedge:runtime/influx.query-table": async,
+        "wattedge:runtime/influx.write-table": async,
     },
     exports: { default: async },
 });

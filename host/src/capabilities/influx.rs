@@ -14,6 +14,8 @@ use crate::store::line_protocol::{self, FieldRef};
 use crate::store::outbox::{self, OutboxSink, RecordBuf};
 use crate::store::{FieldValue, Point, Query, Row, Selector, SortedPoint, StoreError, TimeSeriesStore};
 
+mod table;
+
 /// Most rows one `query` hands a guest. The host builds the whole answer
 /// before copying it into the guest, outside the guest's memory limit, at
 /// several hundred bytes a row: this keeps it to tens of MiB on a board.
@@ -58,24 +60,25 @@ impl InfluxCap {
         }
     }
 
-    fn check_write(&self, points: &[WitPoint]) -> Result<(), InfluxError> {
+    /// Checks the measurements of a write against the write grants.
+    fn check_write<'m>(&self, measurements: impl Iterator<Item = &'m str>) -> Result<(), InfluxError> {
         // Points of one write mostly share a measurement: hash it once.
         let mut granted: Option<&str> = None;
-        let mut denied = points.iter().filter(|p| {
-            if granted == Some(p.measurement.as_str()) {
+        let mut denied = measurements.filter(|&m| {
+            if granted == Some(m) {
                 return false;
             }
-            let ok = self.write_grants.contains(&p.measurement);
-            granted = ok.then_some(p.measurement.as_str()).or(granted);
+            let ok = self.write_grants.contains(m);
+            granted = ok.then_some(m).or(granted);
             !ok
         });
         match denied.next() {
             None => Ok(()),
-            Some(p) => {
-                tracing::warn!(guest = %self.guest, measurement = %p.measurement, "influx write denied: measurement not granted");
+            Some(m) => {
+                tracing::warn!(guest = %self.guest, measurement = %m, "influx write denied: measurement not granted");
                 Err(InfluxError::Denied(format!(
-                    "measurement {:?} is not in grants.influx_write of guest {}",
-                    p.measurement, self.guest
+                    "measurement {m:?} is not in grants.influx_write of guest {}",
+                    self.guest
                 )))
             }
         }
@@ -100,7 +103,8 @@ impl InfluxCap {
 impl wit::Host for super::GuestCtx {
     async fn write(&mut self, mut points: Vec<WitPoint>) -> Result<u32, InfluxError> {
         let metrics = &self.shared.influx;
-        if let Err(e) = self.influx.check_write(&points) {
+        let granted = self.influx.check_write(points.iter().map(|p| p.measurement.as_str()));
+        if let Err(e) = granted {
             metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
             return Err(e);
         }
@@ -113,20 +117,23 @@ impl wit::Host for super::GuestCtx {
             None => write_to_store(self.influx.store.as_ref(), points).await,
         };
         add_elapsed(&metrics.write_nanos, began);
-        match written {
-            Ok(n) => {
-                metrics.points_written.fetch_add(u64::from(n), Ordering::Relaxed);
-                let mut map = metrics.latest.lock().expect("latest lock");
-                for p in latest {
-                    map.insert(p.measurement.clone(), p);
-                }
-                Ok(n)
-            }
-            Err(e) => {
-                metrics.errors.fetch_add(1, Ordering::Relaxed);
-                Err(store_error(e))
-            }
+        record_write(metrics, written.map(|n| (n, latest)))
+    }
+
+    async fn write_table(&mut self, measurement: String, rows: wit::Table) -> Result<u32, InfluxError> {
+        let metrics = &self.shared.influx;
+        if let Err(e) = self.influx.check_write(std::iter::once(measurement.as_str())) {
+            metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
         }
+        let began = Instant::now();
+        let written = self.influx.write_table(measurement, rows).await;
+        add_elapsed(&metrics.write_nanos, began);
+        record_write(metrics, written.map(|(n, latest)| (n, latest.into_iter().collect())))
+    }
+
+    async fn query_table(&mut self, q: wit::SeriesQuery) -> Result<wit::Table, InfluxError> {
+        self.influx.query_table(q, &self.shared.influx).await
     }
 
     async fn query(&mut self, q: wit::SeriesQuery) -> Result<Vec<wit::Row>, InfluxError> {
@@ -156,6 +163,25 @@ impl wit::Host for super::GuestCtx {
                 metrics.errors.fetch_add(1, Ordering::Relaxed);
                 Err(store_error(e))
             }
+        }
+    }
+}
+
+/// Counts a finished write (`Ok` holds the points written and the latest
+/// point of each measurement, for the status page) and maps its error.
+fn record_write(metrics: &InfluxMetrics, written: Result<(u32, Vec<Point>), StoreError>) -> Result<u32, InfluxError> {
+    match written {
+        Ok((n, latest)) => {
+            metrics.points_written.fetch_add(u64::from(n), Ordering::Relaxed);
+            let mut map = metrics.latest.lock().expect("latest lock");
+            for p in latest {
+                map.insert(p.measurement.clone(), p);
+            }
+            Ok(n)
+        }
+        Err(e) => {
+            metrics.errors.fetch_add(1, Ordering::Relaxed);
+            Err(store_error(e))
         }
     }
 }

@@ -38,6 +38,8 @@ use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
+use super::line_protocol::FieldRef;
+use super::table::{Table, TableBuilder, TableView};
 use super::{FieldValue, FloatSeries, Point, Query, Row, Selector, SortedPoint, StoreError, Timestamp};
 
 const POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("points");
@@ -154,6 +156,21 @@ impl EmbeddedStore {
             }
         })?;
         Ok(series)
+    }
+
+    /// The rows [`query`](Self::query) returns for `q`, as a [`Table`],
+    /// decoded in place: a string is copied only the first time it occurs.
+    pub fn query_table(&self, q: &Query) -> Result<Table, StoreError> {
+        let mut table = TableBuilder::default();
+        self.scan(q, |suffix, value| scan::table_row(suffix, value, q, &mut table).map_err(|e| self.corrupt(e)))?;
+        Ok(table.finish())
+    }
+
+    /// Writes each row of a checked table as a point of its measurement, as
+    /// [`write`](Self::write) would, without building the points.
+    pub fn write_table(&self, rows: &TableView<'_>) -> Result<u32, StoreError> {
+        let rows: Vec<_> = rows.rows().collect();
+        self.write_batch(&rows)
     }
 
     /// Walks the stored rows of `q`'s measurement and time range in the
@@ -343,31 +360,31 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 #[cfg(test)]
 fn encode_fields(fields: &BTreeMap<String, FieldValue>) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 * fields.len());
-    fields.iter().for_each(|(k, v)| put_field(&mut out, k, v));
+    fields.iter().for_each(|(k, v)| put_field(&mut out, k, FieldRef::from(v)));
     out
 }
 
 /// Appends the encoding of field `k` with value `v` to `out`.
-fn put_field(out: &mut Vec<u8>, k: &str, v: &FieldValue) {
+fn put_field(out: &mut Vec<u8>, k: &str, v: FieldRef<'_>) {
     put_bytes(out, k.as_bytes());
     match v {
-        FieldValue::Float(f) => {
+        FieldRef::Float(f) => {
             out.push(T_FLOAT);
             out.extend_from_slice(&f.to_bits().to_le_bytes());
         }
-        FieldValue::Integer(i) => {
+        FieldRef::Integer(i) => {
             out.push(T_INT);
             out.extend_from_slice(&i.to_le_bytes());
         }
-        FieldValue::Unsigned(u) => {
+        FieldRef::Unsigned(u) => {
             out.push(T_UINT);
             out.extend_from_slice(&u.to_le_bytes());
         }
-        FieldValue::Boolean(b) => {
+        FieldRef::Boolean(b) => {
             out.push(T_BOOL);
-            out.push(u8::from(*b));
+            out.push(u8::from(b));
         }
-        FieldValue::Text(s) => {
+        FieldRef::Text(s) => {
             out.push(T_TEXT);
             put_bytes(out, s.as_bytes());
         }
@@ -425,6 +442,11 @@ impl<'a> Reader<'a> {
         let (s, rest) = self.0.split_at(len);
         self.0 = rest;
         Ok(s)
+    }
+
+    /// A length-prefixed UTF-8 string, borrowed.
+    fn str(&mut self) -> Result<&'a str, String> {
+        std::str::from_utf8(self.bytes()?).map_err(|e| format!("invalid UTF-8: {e}"))
     }
 
     fn string(&mut self) -> Result<String, String> {

@@ -16,8 +16,11 @@ pub mod influxql;
 pub mod line_protocol;
 pub mod outbox;
 mod remote;
+pub mod table;
 
 use std::collections::BTreeMap;
+
+use table::{Table, TableBuilder};
 
 /// Nanoseconds since the Unix epoch.
 pub type Timestamp = i64;
@@ -178,6 +181,24 @@ pub trait TimeSeriesStore: Send + Sync + 'static {
             Ok(FloatSeries::from_rows(&rows, &field))
         })
     }
+    /// The rows `query` returns, as a [`Table`]. The default builds it from
+    /// `query`'s rows; the embedded store decodes into it directly.
+    fn query_table(&self, query: Query) -> StoreFuture<'_, Table> {
+        Box::pin(async move {
+            let mut table = TableBuilder::default();
+            self.query(query).await?.iter().for_each(|row| table.push_row(row));
+            Ok(table.finish())
+        })
+    }
+    /// Writes each row of `rows` as a point of `measurement`. The default
+    /// builds [`Point`]s; the embedded store writes the rows as they are.
+    /// (A remote backend's outbox is written by the `influx` capability.)
+    fn write_table(&self, measurement: String, rows: Table) -> StoreFuture<'_, u32> {
+        Box::pin(async move {
+            let points = rows.to_points(&measurement).map_err(StoreError::Invalid)?;
+            self.write(points).await
+        })
+    }
     /// A short name for logs and the status page (`embedded`, `influxdb-v1`).
     fn kind(&self) -> &'static str;
     /// Prometheus lines about the backend (outbox depth, forwarding), for
@@ -254,6 +275,22 @@ impl TimeSeriesStore for EmbeddedBackend {
     fn query_floats(&self, query: Query, field: String) -> StoreFuture<'_, FloatSeries> {
         let inner = self.inner.clone();
         Box::pin(async move { blocking(move || inner.query_floats(&query, &field)).await })
+    }
+
+    fn query_table(&self, query: Query) -> StoreFuture<'_, Table> {
+        let inner = self.inner.clone();
+        Box::pin(async move { blocking(move || inner.query_table(&query)).await })
+    }
+
+    fn write_table(&self, measurement: String, rows: Table) -> StoreFuture<'_, u32> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            blocking(move || {
+                let view = rows.view(&measurement).map_err(StoreError::Invalid)?;
+                inner.write_table(&view)
+            })
+            .await
+        })
     }
 
     fn kind(&self) -> &'static str {

@@ -1,5 +1,6 @@
 //! Allocation-free decoding of stored rows for
-//! [`EmbeddedStore::query_floats`](super::EmbeddedStore::query_floats).
+//! [`EmbeddedStore::query_floats`](super::EmbeddedStore::query_floats) and
+//! [`EmbeddedStore::query_table`](super::EmbeddedStore::query_table).
 //!
 //! A `query` row costs a map of tags and a map of fields (a string per key
 //! and per text value); a reader that wants one number per row pays for all
@@ -10,7 +11,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{Reader, T_BOOL, T_FLOAT, T_INT, T_TEXT, T_UINT, Timestamp};
+use super::{Query, Reader, T_BOOL, T_FLOAT, T_INT, T_TEXT, T_UINT, Timestamp};
+use crate::store::line_protocol::FieldRef;
+use crate::store::table::TableBuilder;
 
 /// What one stored row contributes to a float series.
 #[derive(Debug, PartialEq)]
@@ -74,4 +77,60 @@ fn tags_match(key: Reader<'_>, filters: &BTreeMap<String, String>) -> Result<boo
         }
     }
     Ok(true)
+}
+
+/// Appends the row with key `suffix` and encoded fields `value` to `table`
+/// when `query` would return it (its tag filters match and, when `q.fields`
+/// names fields, it has one of them, which are all it keeps); says whether
+/// it did. Strings are borrowed from the encoding until the table interns
+/// them.
+pub(super) fn table_row(suffix: &[u8], value: &[u8], q: &Query, table: &mut TableBuilder) -> Result<bool, String> {
+    let mut key = Reader(suffix);
+    let time = key.time()?;
+    if !q.tags.is_empty() && !tags_match(key, &q.tags)? {
+        return Ok(false);
+    }
+    let wanted = |name: &str| q.fields.is_empty() || q.fields.iter().any(|f| f == name);
+    let fields = decode_all(Reader(value), field_entry)?;
+    if !fields.iter().any(|(name, _)| wanted(name)) {
+        return Ok(false);
+    }
+    let tags = decode_all(key, tag_entry)?;
+    table.push(time, tags, fields.into_iter().filter(|(name, _)| wanted(name)));
+    Ok(true)
+}
+
+/// Every entry `next` reads from `r`, in order. The few entries of a row
+/// live in a small vector on the stack.
+fn decode_all<'a, T>(
+    mut r: Reader<'a>,
+    next: fn(&mut Reader<'a>) -> Result<T, String>,
+) -> Result<smallvec::SmallVec<[T; 8]>, String> {
+    let mut out = smallvec::SmallVec::new();
+    while !r.0.is_empty() {
+        out.push(next(&mut r)?);
+    }
+    Ok(out)
+}
+
+fn tag_entry<'a>(r: &mut Reader<'a>) -> Result<(&'a str, &'a str), String> {
+    Ok((r.str()?, r.str()?))
+}
+
+fn field_entry<'a>(r: &mut Reader<'a>) -> Result<(&'a str, FieldRef<'a>), String> {
+    let name = r.str()?;
+    let [kind] = r.array()?;
+    let value = match kind {
+        T_FLOAT => FieldRef::Float(f64::from_bits(u64::from_le_bytes(r.array()?))),
+        T_INT => FieldRef::Integer(i64::from_le_bytes(r.array()?)),
+        T_UINT => FieldRef::Unsigned(u64::from_le_bytes(r.array()?)),
+        T_BOOL => match r.array()? {
+            [0] => FieldRef::Boolean(false),
+            [1] => FieldRef::Boolean(true),
+            [x] => return Err(format!("bad boolean byte {x} in field {name:?}")),
+        },
+        T_TEXT => FieldRef::Text(r.str()?),
+        other => return Err(format!("unknown field type {other} in field {name:?}")),
+    };
+    Ok((name, value))
 }

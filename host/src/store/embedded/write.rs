@@ -9,6 +9,8 @@
 use std::collections::BTreeMap;
 
 use super::{EmbeddedStore, MEASUREMENTS, POINTS, decode_fields, put_bytes, put_field, put_time, retention_cutoff};
+use crate::store::line_protocol::FieldRef;
+use crate::store::table::TableRow;
 use crate::store::{FieldValue, Point, SortedPoint, StoreError, Timestamp, now_ns};
 
 /// What the write path reads of a point. Tag and field keys come in
@@ -17,7 +19,7 @@ pub(super) trait StoredPoint {
     fn measurement(&self) -> &str;
     fn time(&self) -> Timestamp;
     fn tag_pairs(&self) -> impl Iterator<Item = (&str, &str)>;
-    fn field_pairs(&self) -> impl Iterator<Item = (&str, &FieldValue)>;
+    fn field_pairs(&self) -> impl Iterator<Item = (&str, FieldRef<'_>)>;
 }
 
 /// `Point` (maps) and `SortedPoint` (sorted vectors) iterate alike.
@@ -33,14 +35,30 @@ macro_rules! stored_point {
             fn tag_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
                 self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))
             }
-            fn field_pairs(&self) -> impl Iterator<Item = (&str, &FieldValue)> {
-                self.fields.iter().map(|(k, v)| (k.as_str(), v))
+            fn field_pairs(&self) -> impl Iterator<Item = (&str, FieldRef<'_>)> {
+                self.fields.iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)))
             }
         }
     )*};
 }
 
 stored_point!(Point, SortedPoint);
+
+/// A table's row reads its columns in key order (see [`TableRow`]).
+impl StoredPoint for TableRow<'_> {
+    fn measurement(&self) -> &str {
+        TableRow::measurement(self)
+    }
+    fn time(&self) -> Timestamp {
+        TableRow::time(self)
+    }
+    fn tag_pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.tags()
+    }
+    fn field_pairs(&self) -> impl Iterator<Item = (&str, FieldRef<'_>)> {
+        self.fields()
+    }
+}
 
 impl EmbeddedStore {
     /// Validates the whole batch, then writes it in one transaction with one
@@ -72,9 +90,9 @@ impl EmbeddedStore {
                     .map(|old| decode_fields(old.value()));
                 if let Some(old) = replaced {
                     let mut fields: BTreeMap<String, FieldValue> = old.map_err(|e| self.corrupt(e))?;
-                    fields.extend(p.field_pairs().map(|(k, v)| (k.to_owned(), v.clone())));
+                    fields.extend(p.field_pairs().map(|(k, v)| (k.to_owned(), v.into_value())));
                     value.clear();
-                    fields.iter().for_each(|(k, v)| put_field(&mut value, k, v));
+                    fields.iter().for_each(|(k, v)| put_field(&mut value, k, FieldRef::from(v)));
                     table.insert(key.as_slice(), value.as_slice()).map_err(self.err("merge point"))?;
                 }
                 if recorded != Some(p.measurement()) {
@@ -132,7 +150,7 @@ fn validate(p: &impl StoredPoint) -> Result<(), String> {
         if k.is_empty() {
             return Err("empty field key".into());
         }
-        if let FieldValue::Float(f) = v
+        if let FieldRef::Float(f) = v
             && !f.is_finite()
         {
             return Err(format!("field {k:?} is {f}, which InfluxDB cannot store"));

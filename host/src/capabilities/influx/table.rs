@@ -1,0 +1,125 @@
+//! `query-table` and `write-table`: the `influx` capability for rows as
+//! columns (see `store::table`). Grants, limits, metrics and errors are
+//! those of `query` and `write`; only the shape differs.
+
+use crate::bindings::influx::{self as wit, InfluxError};
+use crate::store::line_protocol;
+use crate::store::outbox::{self, OutboxSink, RecordBuf};
+use crate::store::table::{Cell, FieldColumn, Table, TableView, TagColumn};
+use crate::store::{Point, StoreError};
+
+use super::{InfluxCap, InfluxMetrics, MAX_QUERY_ROWS, capped, query_from_wit, store_error, within};
+
+impl InfluxCap {
+    /// The rows of `q` as a table, at most [`MAX_QUERY_ROWS`] of them.
+    pub(super) async fn query_table(
+        &self,
+        q: wit::SeriesQuery,
+        metrics: &InfluxMetrics,
+    ) -> Result<wit::Table, InfluxError> {
+        self.check_read(&q.measurement, metrics)?;
+        let began = std::time::Instant::now();
+        let answer = self.store.query_table(capped(query_from_wit(q), MAX_QUERY_ROWS)).await;
+        super::add_elapsed(&metrics.query_nanos, began);
+        match answer.and_then(|table| within(table.len(), MAX_QUERY_ROWS).map(|()| table)) {
+            Ok(table) => Ok(table_to_wit(table)),
+            Err(e) => {
+                metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(store_error(e))
+            }
+        }
+    }
+
+    /// Writes the table's rows as points of `measurement`; returns how many,
+    /// and the latest of them (for the status page).
+    pub(super) async fn write_table(
+        &self,
+        measurement: String,
+        rows: wit::Table,
+    ) -> Result<(u32, Option<Point>), StoreError> {
+        let table = table_from_wit(rows);
+        let view = table.view(&measurement).map_err(StoreError::Invalid)?;
+        let latest = view.rows().max_by_key(|r| r.time()).map(|r| r.to_point());
+        let written = match self.store.outbox_sink() {
+            Some(sink) => write_to_outbox(&sink, &view).await?,
+            None => {
+                drop(view);
+                self.store.write_table(measurement, table).await?
+            }
+        };
+        Ok((written, latest))
+    }
+}
+
+/// Encodes the rows as line protocol into one outbox record, with the
+/// checks and messages of a `write` of the same points.
+async fn write_to_outbox(sink: &OutboxSink, view: &TableView<'_>) -> Result<u32, StoreError> {
+    let count =
+        u32::try_from(view.rows().len()).map_err(|_| StoreError::Invalid("too many rows in one write".into()))?;
+    if count == 0 {
+        return Ok(0);
+    }
+    for (i, row) in view.rows().enumerate() {
+        let unsigned = row.fields().find(|(_, v)| matches!(v, line_protocol::FieldRef::Unsigned(_)));
+        if let Some((name, _)) = unsigned
+            && let Some(refused) = sink.refuse_unsigned(i, name)
+        {
+            return Err(refused);
+        }
+    }
+    let mut record = RecordBuf::with_capacity(64 * count as usize);
+    for (i, row) in view.rows().enumerate() {
+        line_protocol::encode_parts(view.measurement(), row.tags(), row.fields(), row.time(), record.lines())
+            .map_err(|m| StoreError::Invalid(format!("point {i}: {m}")))?;
+    }
+    outbox::append_record(&sink.outbox, record, count).await
+}
+
+fn table_from_wit(t: wit::Table) -> Table {
+    Table {
+        times: t.times,
+        strings: t.strings,
+        tags: t.tags.into_iter().map(|c| TagColumn { key: c.key, values: c.values }).collect(),
+        fields: t
+            .fields
+            .into_iter()
+            .map(|c| FieldColumn { key: c.key, values: c.values.into_iter().map(|v| v.map(cell_from_wit)).collect() })
+            .collect(),
+    }
+}
+
+fn table_to_wit(t: Table) -> wit::Table {
+    wit::Table {
+        times: t.times,
+        strings: t.strings,
+        tags: t.tags.into_iter().map(|c| wit::TagColumn { key: c.key, values: c.values }).collect(),
+        fields: t
+            .fields
+            .into_iter()
+            .map(|c| wit::FieldColumn {
+                key: c.key,
+                values: c.values.into_iter().map(|v| v.map(cell_to_wit)).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn cell_from_wit(c: wit::Cell) -> Cell {
+    match c {
+        wit::Cell::Float(f) => Cell::Float(f),
+        wit::Cell::Integer(i) => Cell::Integer(i),
+        wit::Cell::Unsigned(u) => Cell::Unsigned(u),
+        wit::Cell::Boolean(b) => Cell::Boolean(b),
+        wit::Cell::Text(i) => Cell::Text(i),
+    }
+}
+
+fn cell_to_wit(c: Cell) -> wit::Cell {
+    match c {
+        Cell::Float(f) => wit::Cell::Float(f),
+        Cell::Integer(i) => wit::Cell::Integer(i),
+        Cell::Unsigned(u) => wit::Cell::Unsigned(u),
+        Cell::Boolean(b) => wit::Cell::Boolean(b),
+        Cell::Text(i) => wit::Cell::Text(i),
+    }
+}
