@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod report;
+pub mod table;
 
 /// The generated bindings for world `guest` of `wattedge:runtime@0.1.0`.
 #[allow(missing_docs, clippy::all)]

@@ -8,8 +8,10 @@
 //! of at least `min_delta_w`. It replaces the Python "energy-correlator".
 //!
 //! Cost per run is bounded: exactly one events query and at most one power
-//! query (covering all events at once, through `query-floats`, which hands
-//! over the readings as two flat columns), then one batched write.
+//! query (covering all events at once), then one batched write. All three
+//! move columns, not rows: the events and the correlations as tables
+//! (`query-table`, `write-table`: each distinct entity id or state crosses
+//! the component boundary once), the readings through `query-floats`.
 //!
 //! Exactly-once: handled events (written, or judged below the threshold) are
 //! remembered in guest `state` ([`processed`]); events whose readings are not
@@ -22,10 +24,10 @@ pub mod matching;
 pub mod processed;
 pub mod settings;
 
-use wattedge_guest::influx::{self, Selector};
+use wattedge_guest::influx::{self, Cell, Selector, Table};
+use wattedge_guest::table::TableBuilder;
 use wattedge_guest::{
-    FieldValue, Guest, GuestError, InfluxQuery, Point, Slot, Summary, Trigger, clock, influx_error_text, report, state,
-    state_error_text,
+    Guest, GuestError, InfluxQuery, Slot, Summary, Trigger, clock, influx_error_text, report, state, state_error_text,
 };
 
 use matching::{Outcome, Reading, Step};
@@ -52,29 +54,21 @@ pub mod counters {
     pub const WRITE_SUCCESS_RATE: &str = "write_success_rate_pct";
 }
 
-/// The output point for `event` with `step`.
-pub fn correlation_point(measurement: &str, event: &Event, step: &Step) -> Point {
-    let tags = [
-        ("entity_id", &event.entity_id),
-        ("domain", &event.domain),
-        ("state", &event.state),
-        ("previous_state", &event.previous_state),
-    ]
-    .into_iter()
-    .filter(|(_, v)| !v.is_empty())
-    .map(|(k, v)| (k.to_string(), v.clone()))
-    .collect();
-    Point {
-        measurement: measurement.to_string(),
-        tags,
-        fields: vec![
-            ("power_before_w".into(), FieldValue::Float(step.before_w)),
-            ("power_after_w".into(), FieldValue::Float(step.after_w)),
-            ("power_delta_w".into(), FieldValue::Float(step.delta_w)),
-            ("power_delta_pct".into(), FieldValue::Float(step.delta_pct)),
-        ],
-        time: event.time,
-    }
+/// Tags of an output point (an empty value is left out).
+pub const OUTPUT_TAGS: [&str; 4] = ["entity_id", "domain", "state", "previous_state"];
+/// Fields of an output point.
+pub const OUTPUT_FIELDS: [&str; 4] = ["power_before_w", "power_after_w", "power_delta_w", "power_delta_pct"];
+
+/// An empty table of output points.
+pub fn correlation_table() -> TableBuilder {
+    TableBuilder::new(&OUTPUT_TAGS, &OUTPUT_FIELDS)
+}
+
+/// Appends the output point for `event` with `step`.
+pub fn push_correlation(table: &mut TableBuilder, event: &Event<'_>, step: &Step) {
+    let tags = [&event.entity_id, &event.domain, &event.state, &event.previous_state].map(|v| Some(v.as_ref()));
+    let fields = [step.before_w, step.after_w, step.delta_w, step.delta_pct].map(|w| Some(Cell::Float(w)));
+    table.push(event.time, &tags, &fields);
 }
 
 /// Records a failure: counts it, reports `degraded`, returns the error.
@@ -92,8 +86,8 @@ fn fail(error: GuestError) -> GuestError {
     error
 }
 
-fn query(q: &InfluxQuery) -> Result<Vec<influx::Row>, GuestError> {
-    influx::query(q)
+fn query_table(q: &InfluxQuery) -> Result<Table, GuestError> {
+    influx::query_table(q)
         .map_err(|e| fail(GuestError::Store(format!("querying {}: {}", q.measurement, influx_error_text(&e)))))
 }
 
@@ -132,7 +126,8 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
     // "now" lags a previous one (a late scheduled trigger) still sees them.
     let cutoff = window_start.saturating_sub(s.lookback.max(60 * clock::NANOS_PER_SEC));
     let mut done = state::get(processed::STATE_KEY).map(|b| Processed::decode(&b)).unwrap_or_default();
-    let events = new_events(s, window_start, now, &done)?;
+    let table = query_events(s, window_start, now)?;
+    let events = new_events(&table, s, &done);
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         save(&mut done, cutoff, i64::MAX)?;
         report::set_count(counters::PENDING, 0);
@@ -141,7 +136,7 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
         return Ok(Summary { points_written: 0, detail: Some("no new events".into()) });
     };
     let readings = readings_around(s, first, last)?;
-    let verdicts = judge(s, &events, &readings, now, &mut done);
+    let verdicts = judge(&events, &readings, (s, now), &mut done);
     let found = verdicts.points.len() as u64;
     let written = write_points(s, &verdicts, &mut done, cutoff)?;
     for event in &verdicts.correlated {
@@ -165,11 +160,10 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
     })
 }
 
-/// The events of `[window_start, now)` not yet handled, oldest first, one
-/// per entity and time (at most `max_events_per_cycle` rows are read, the
-/// newest).
-fn new_events(s: &Settings, window_start: i64, now: i64, done: &Processed) -> Result<Vec<Event>, GuestError> {
-    let rows = query(&InfluxQuery {
+/// The event rows of `[window_start, now)`: at most
+/// `max_events_per_cycle`, the newest.
+fn query_events(s: &Settings, window_start: i64, now: i64) -> Result<Table, GuestError> {
+    query_table(&InfluxQuery {
         measurement: s.events_measurement.clone(),
         fields: vec![s.state_field.clone(), s.previous_state_field.clone()],
         tags: Vec::new(),
@@ -178,17 +172,24 @@ fn new_events(s: &Settings, window_start: i64, now: i64, done: &Processed) -> Re
         select: Selector::All,
         descending: true,
         limit: Some(s.max_events_per_cycle),
-    })?;
-    let mut events: Vec<Event> =
-        rows.iter().filter_map(|r| event_from_row(r, s)).filter(|e| !done.contains(&e.entity_id, e.time)).collect();
+    })
+}
+
+/// The events in `table` not yet handled, oldest first, one per entity and
+/// time.
+fn new_events<'t>(table: &'t Table, s: &Settings, done: &Processed) -> Vec<Event<'t>> {
+    let mut events: Vec<Event> = (0..table.times.len())
+        .filter_map(|row| event_from_row(table, row, s))
+        .filter(|e| !done.contains(&e.entity_id, e.time))
+        .collect();
     events.sort_by(|a, b| (a.time, &a.entity_id).cmp(&(b.time, &b.entity_id)));
     events.dedup_by(|a, b| a.time == b.time && a.entity_id == b.entity_id);
-    Ok(events)
+    events
 }
 
 /// The power readings that can match events from `first` to `last` (one
 /// query for all of them), sorted by time.
-fn readings_around(s: &Settings, first: &Event, last: &Event) -> Result<Vec<Reading>, GuestError> {
+fn readings_around(s: &Settings, first: &Event<'_>, last: &Event<'_>) -> Result<Vec<Reading>, GuestError> {
     let reach = s.offset.saturating_add(s.padding);
     let power = query_floats(
         &InfluxQuery {
@@ -209,10 +210,10 @@ fn readings_around(s: &Settings, first: &Event, last: &Event) -> Result<Vec<Read
 }
 
 /// What one cycle decided about its events.
-struct Verdicts<'e> {
+struct Verdicts<'e, 't> {
     /// A point for each correlated event, and those events.
-    points: Vec<Point>,
-    correlated: Vec<&'e Event>,
+    points: TableBuilder,
+    correlated: Vec<&'e Event<'t>>,
     /// Events below `min_delta_w` (already marked handled).
     judged: u64,
     /// Events whose readings are not in yet.
@@ -221,8 +222,13 @@ struct Verdicts<'e> {
 
 /// Evaluates every event; those below the threshold are marked handled at
 /// once, correlated ones only once their points are written.
-fn judge<'e>(s: &Settings, events: &'e [Event], readings: &[Reading], now: i64, done: &mut Processed) -> Verdicts<'e> {
-    let mut v = Verdicts { points: Vec::new(), correlated: Vec::new(), judged: 0, pending: 0 };
+fn judge<'e, 't>(
+    events: &'e [Event<'t>],
+    readings: &[Reading],
+    (s, now): (&Settings, i64),
+    done: &mut Processed,
+) -> Verdicts<'e, 't> {
+    let mut v = Verdicts { points: correlation_table(), correlated: Vec::new(), judged: 0, pending: 0 };
     for event in events {
         match matching::evaluate(readings, event.time, s.offset, s.padding, s.min_delta_w, now) {
             Outcome::Pending => v.pending += 1,
@@ -231,7 +237,7 @@ fn judge<'e>(s: &Settings, events: &'e [Event], readings: &[Reading], now: i64, 
                 v.judged += 1;
             }
             Outcome::Correlated(step) => {
-                v.points.push(correlation_point(&s.output_measurement, event, &step));
+                push_correlation(&mut v.points, event, &step);
                 v.correlated.push(event);
             }
         }
@@ -242,11 +248,11 @@ fn judge<'e>(s: &Settings, events: &'e [Event], readings: &[Reading], now: i64, 
 /// Writes the verdicts' points in one batch. On failure the below-threshold
 /// verdicts are still counted and saved, and the correlated events stay
 /// pending (retried next cycle).
-fn write_points(s: &Settings, v: &Verdicts<'_>, done: &mut Processed, cutoff: i64) -> Result<u32, GuestError> {
+fn write_points(s: &Settings, v: &Verdicts<'_, '_>, done: &mut Processed, cutoff: i64) -> Result<u32, GuestError> {
     if v.points.is_empty() {
         return Ok(0);
     }
-    influx::write(&v.points).or_else(|e| {
+    influx::write_table(&s.output_measurement, v.points.table()).or_else(|e| {
         report::inc_by(counters::EVENTS, v.judged);
         report::inc_by(counters::FOUND, v.points.len() as u64);
         let unwritten_from = v.correlated.iter().map(|e| e.time).min().unwrap_or(i64::MAX);
@@ -286,12 +292,15 @@ mod tests {
             entity_id: "switch.kettle".into(),
             domain: "switch".into(),
             state: "on".into(),
-            previous_state: String::new(),
+            previous_state: "".into(),
         };
-        let p = correlation_point("event_energy_correlation", &event, &matching::step(2450.0, 2510.0));
-        assert_eq!(p.time, 42);
-        assert_eq!(p.tags.len(), 3, "empty previous_state is not a tag");
-        assert_eq!(p.fields[2], ("power_delta_w".into(), FieldValue::Float(60.0)));
-        assert_eq!(p.fields[3], ("power_delta_pct".into(), FieldValue::Float(2.449)));
+        let mut table = correlation_table();
+        push_correlation(&mut table, &event, &matching::step(2450.0, 2510.0));
+        let t = table.finish();
+        assert_eq!(t.times, [42]);
+        assert_eq!(t.lookup(0, "entity_id").as_deref(), Some("switch.kettle"));
+        assert_eq!(t.lookup(0, "previous_state"), None, "empty previous_state is not a tag");
+        assert_eq!(t.field("power_delta_w").map(|c| c.values.clone()), Some(vec![Some(Cell::Float(60.0))]));
+        assert_eq!(t.field("power_delta_pct").map(|c| c.values.clone()), Some(vec![Some(Cell::Float(2.449))]));
     }
 }

@@ -1,8 +1,10 @@
 //! The correlator's config and the mapping from query rows to its inputs.
 
+use std::borrow::Cow;
 use wattedge_guest::config::{Config, config_error};
-use wattedge_guest::influx::{FloatSeries, Row};
-use wattedge_guest::{GuestError, field_as_text};
+
+use wattedge_guest::GuestError;
+use wattedge_guest::influx::{FloatSeries, Table};
 
 use crate::matching::Reading;
 
@@ -124,46 +126,47 @@ impl Settings {
     }
 }
 
-/// A Home Assistant state change.
+/// A Home Assistant state change, its strings borrowed from the events
+/// table where they are stored once.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Event {
+pub struct Event<'t> {
     /// Point time (ns).
     pub time: i64,
     /// Entity id, e.g. `switch.kettle`.
-    pub entity_id: String,
+    pub entity_id: Cow<'t, str>,
     /// Domain, e.g. `switch`.
-    pub domain: String,
+    pub domain: Cow<'t, str>,
     /// New state.
-    pub state: String,
+    pub state: Cow<'t, str>,
     /// Previous state.
-    pub previous_state: String,
+    pub previous_state: Cow<'t, str>,
 }
 
-fn lookup(row: &Row, key: &str) -> Option<String> {
-    row.tags
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, v)| v.clone())
-        .or_else(|| row.fields.iter().find(|(k, _)| k == key).map(|(_, v)| field_as_text(v)))
-}
-
-/// The event in `row` when it has an entity id and its domain is wanted.
-/// The domain comes from the domain tag, else from the entity id's prefix.
-pub fn event_from_row(row: &Row, s: &Settings) -> Option<Event> {
-    let entity_id = lookup(row, &s.entity_tag).filter(|e| !e.is_empty())?;
-    let domain = lookup(row, &s.domain_tag)
-        .filter(|d| !d.is_empty())
-        .or_else(|| entity_id.split_once('.').map(|(d, _)| d.to_string()))?;
-    if !s.domains.contains(&domain) {
+/// The event in row `row` of `table` when it has an entity id and its
+/// domain is wanted. Each name is looked up as a tag, then as a field; the
+/// domain comes from the domain tag, else from the entity id's prefix.
+pub fn event_from_row<'t>(table: &'t Table, row: usize, s: &Settings) -> Option<Event<'t>> {
+    let entity_id = table.lookup(row, &s.entity_tag).filter(|e| !e.is_empty())?;
+    let domain = table.lookup(row, &s.domain_tag).filter(|d| !d.is_empty()).or_else(|| domain_of(&entity_id))?;
+    if !s.domains.iter().any(|d| *d == domain) {
         return None;
     }
     Some(Event {
-        time: row.time,
-        state: lookup(row, &s.state_field).unwrap_or_default(),
-        previous_state: lookup(row, &s.previous_state_field).unwrap_or_default(),
+        time: table.times[row],
+        state: table.lookup(row, &s.state_field).unwrap_or_default(),
+        previous_state: table.lookup(row, &s.previous_state_field).unwrap_or_default(),
         entity_id,
         domain,
     })
+}
+
+/// The domain prefix of an entity id (`switch` of `switch.kettle`),
+/// borrowed from the table when the id is.
+fn domain_of<'t>(entity_id: &Cow<'t, str>) -> Option<Cow<'t, str>> {
+    match entity_id {
+        Cow::Borrowed(id) => id.split_once('.').map(|(d, _)| Cow::Borrowed(d)),
+        Cow::Owned(id) => id.split_once('.').map(|(d, _)| Cow::Owned(d.to_string())),
+    }
 }
 
 /// The power readings in a `query-floats` answer (the host has already
@@ -176,18 +179,22 @@ pub fn readings_from_series(series: &FloatSeries) -> Vec<Reading> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wattedge_guest::FieldValue;
+    use wattedge_guest::influx::Cell;
+    use wattedge_guest::table::TableBuilder;
 
     fn settings(pairs: &[(&str, &str)]) -> Result<Settings, GuestError> {
         Settings::from_config(&Config::new(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
     }
 
-    fn row(tags: &[(&str, &str)], fields: Vec<(&str, FieldValue)>) -> Row {
-        Row {
-            time: 7,
-            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            fields: fields.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-        }
+    /// A table of one row with these tags and text fields.
+    fn row(tags: &[(&str, &str)], fields: &[(&str, &str)]) -> Table {
+        let tag_keys: Vec<&str> = tags.iter().map(|(k, _)| *k).collect();
+        let field_keys: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+        let mut b = TableBuilder::new(&tag_keys, &field_keys);
+        let texts: Vec<Option<Cell>> = fields.iter().map(|(_, v)| Some(Cell::Text(b.text(v)))).collect();
+        let tag_values: Vec<Option<&str>> = tags.iter().map(|(_, v)| Some(*v)).collect();
+        b.push(7, &tag_values, &texts);
+        b.finish()
     }
 
     #[test]
@@ -221,17 +228,19 @@ mod tests {
     #[test]
     fn rows_to_events_and_readings() {
         let s = settings(&[]).expect("valid");
-        let r = row(
+        let t = row(
             &[("entity_id", "switch.kettle"), ("domain", "switch")],
-            vec![("state_value", FieldValue::Text("on".into())), ("previous_state", FieldValue::Text("off".into()))],
+            &[("state_value", "on"), ("previous_state", "off")],
         );
-        let e = event_from_row(&r, &s).expect("event");
-        assert_eq!((e.state.as_str(), e.previous_state.as_str()), ("on", "off"));
-        let no_domain_tag = row(&[("entity_id", "light.hall")], vec![]);
-        assert_eq!(event_from_row(&no_domain_tag, &s).map(|e| e.domain), Some("light".into()));
-        let sensor = row(&[("entity_id", "sensor.t"), ("domain", "sensor")], vec![]);
-        assert_eq!(event_from_row(&sensor, &s), None);
-        assert_eq!(event_from_row(&row(&[], vec![]), &s), None);
+        let e = event_from_row(&t, 0, &s).expect("event");
+        assert_eq!((&*e.state, &*e.previous_state, e.time), ("on", "off", 7));
+        let no_domain_tag = row(&[("entity_id", "light.hall")], &[]);
+        assert_eq!(event_from_row(&no_domain_tag, 0, &s).map(|e| e.domain), Some("light".into()));
+        let entity_in_a_field = row(&[], &[("entity_id", "fan.attic")]);
+        assert_eq!(event_from_row(&entity_in_a_field, 0, &s).map(|e| e.domain), Some("fan".into()));
+        let sensor = row(&[("entity_id", "sensor.t"), ("domain", "sensor")], &[]);
+        assert_eq!(event_from_row(&sensor, 0, &s), None);
+        assert_eq!(event_from_row(&row(&[], &[]), 0, &s), None);
     }
 
     #[test]
