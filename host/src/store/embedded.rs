@@ -395,21 +395,8 @@ fn decode_fields(b: &[u8]) -> Result<BTreeMap<String, FieldValue>, String> {
     let mut r = Reader(b);
     let mut fields = BTreeMap::new();
     while !r.0.is_empty() {
-        let k = r.string()?;
-        let [tag] = r.array()?;
-        let v = match tag {
-            T_FLOAT => FieldValue::Float(f64::from_bits(u64::from_le_bytes(r.array()?))),
-            T_INT => FieldValue::Integer(i64::from_le_bytes(r.array()?)),
-            T_UINT => FieldValue::Unsigned(u64::from_le_bytes(r.array()?)),
-            T_BOOL => match r.array()? {
-                [0] => FieldValue::Boolean(false),
-                [1] => FieldValue::Boolean(true),
-                [x] => return Err(format!("bad boolean byte {x} in field {k:?}")),
-            },
-            T_TEXT => FieldValue::Text(r.string()?),
-            other => return Err(format!("unknown field type {other} in field {k:?}")),
-        };
-        fields.insert(k, v);
+        let (k, v) = scan::field_entry(&mut r)?;
+        fields.insert(k.to_owned(), v.into_value());
     }
     Ok(fields)
 }

@@ -117,7 +117,8 @@ fn tag_entry<'a>(r: &mut Reader<'a>) -> Result<(&'a str, &'a str), String> {
     Ok((r.str()?, r.str()?))
 }
 
-fn field_entry<'a>(r: &mut Reader<'a>) -> Result<(&'a str, FieldRef<'a>), String> {
+/// One encoded field, its name and text borrowed.
+pub(super) fn field_entry<'a>(r: &mut Reader<'a>) -> Result<(&'a str, FieldRef<'a>), String> {
     let name = r.str()?;
     let [kind] = r.array()?;
     let value = match kind {
