@@ -161,6 +161,12 @@ async fn main() -> anyhow::Result<()> {
         // build would resolve features differently and rebuild wasmtime).
         let path = target_dir(&root).join(profile()).join("wattedge");
         anyhow::ensure!(path.exists(), "--no-build: {} does not exist; build the workspace first", path.display());
+        anyhow::ensure!(
+            !sizes::is_stale(&root, &path, &["guests"]),
+            "--no-build: {} is older than the sources it is built from (host, wit, guests); \
+             build it (cargo build --release -p wattedge) or run without --no-build",
+            path.display()
+        );
         path
     } else {
         build_host(&root)?

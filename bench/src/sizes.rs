@@ -40,14 +40,14 @@ pub fn sizes(root: &Path, profile: &str, build_boards: bool) -> Vec<Figure> {
             figures.push(Figure::missing(&name, &bound, &why));
             continue;
         }
-        let figure = match (std::fs::metadata(&binary), newest_source(root)) {
-            (Err(_), _) => Figure::missing(&name, &bound, &format!("not built: cargo board --target {triple}")),
-            (Ok(meta), Some(sources)) if meta.modified().is_ok_and(|built| built < sources) => Figure::missing(
+        let figure = match std::fs::metadata(&binary) {
+            Err(_) => Figure::missing(&name, &bound, &format!("not built: cargo board --target {triple}")),
+            Ok(_) if is_stale(root, &binary, &[]) => Figure::missing(
                 &name,
                 &bound,
                 &format!("stale: built before the last source change; cargo board --target {triple}"),
             ),
-            (Ok(meta), _) => Figure::bounded(
+            Ok(meta) => Figure::bounded(
                 &name,
                 meta.len() as f64 / 1048576.0,
                 "MiB",
@@ -80,10 +80,13 @@ fn build_board(root: &Path, triple: &str, linker: &str, package: &str) -> Result
     }
 }
 
-/// When the newest file a board binary is built from last changed.
-fn newest_source(root: &Path) -> Option<SystemTime> {
-    let roots = ["host/src", "host/Cargo.toml", "wit", "targets", "Cargo.toml", "Cargo.lock"];
-    roots.iter().filter_map(|r| newest_in(&root.join(r))).max()
+/// Whether `binary` is older than a file it is built from: the host's
+/// sources, and `extra` (the built-in guests, for a binary that embeds them).
+pub fn is_stale(root: &Path, binary: &Path, extra: &[&str]) -> bool {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified());
+    let sources = ["host/src", "host/Cargo.toml", "wit", "targets", "Cargo.toml", "Cargo.lock"];
+    let newest = sources.iter().chain(extra).filter_map(|r| newest_in(&root.join(r))).max();
+    matches!((built, newest), (Ok(built), Some(newest)) if built < newest)
 }
 
 fn newest_in(path: &Path) -> Option<SystemTime> {
