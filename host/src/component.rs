@@ -190,7 +190,7 @@ pub async fn load_source(
     source: ComponentSource,
     cache: Option<ArtifactCache>,
 ) -> Result<LoadedComponent, ComponentError> {
-    tokio::task::spawn_blocking(move || {
+    crate::blocking::spawn_blocking(move || {
         let (name, bytes) = read_source(&source)?;
         // A built-in guest's digest comes from build.rs: with a warm cache its
         // bytes are never read, so they are never paged in.

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod artifact_cache;
 pub mod bindings;
+pub mod blocking;
 pub mod board;
 pub mod builtin;
 pub mod capabilities;

@@ -160,7 +160,7 @@ impl Forwarder {
     /// compresses it, both on a blocking thread.
     async fn read(&self, previous: Option<After>) -> Option<Prepared> {
         let (outbox, max) = (self.outbox.clone(), self.settings.batch_points);
-        let read = tokio::task::spawn_blocking(move || {
+        let read = super::blocking(move || {
             let batch = match previous {
                 None => outbox.read_batch(max)?,
                 Some(after) => outbox.read_batch_after(after, max)?,
@@ -168,14 +168,10 @@ impl Forwarder {
             Ok::<_, StoreError>(batch.map(|batch| Prepared { body: gzip(&batch.lines), batch }))
         });
         match read.await {
-            Ok(Ok(prepared)) => prepared,
-            Ok(Err(e)) => {
+            Ok(prepared) => prepared,
+            Err(e) => {
                 tracing::error!(error = %e, "outbox read failed; retrying in 1 s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                None
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "outbox read task failed");
                 None
             }
         }
@@ -227,12 +223,8 @@ impl Forwarder {
             _ = tokio::time::sleep(COMPACT_AFTER) => {}
         }
         let outbox = self.outbox.clone();
-        match tokio::task::spawn_blocking(move || outbox.compact()).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "outbox: cannot reclaim the acknowledged segment; will try when next idle")
-            }
-            Err(e) => tracing::error!(error = %e, "outbox compaction task failed"),
+        if let Err(e) = super::blocking(move || outbox.compact()).await {
+            tracing::warn!(error = %e, "outbox: cannot reclaim the acknowledged segment; will try when next idle")
         }
         self.outbox.appended().await;
     }
@@ -300,10 +292,8 @@ impl Forwarder {
 
     async fn ack(&self, batch: Batch) {
         let outbox = self.outbox.clone();
-        match tokio::task::spawn_blocking(move || outbox.ack(&batch)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "outbox: cannot release a delivered batch; it may be sent again"),
-            Err(e) => tracing::error!(error = %e, "outbox ack task failed"),
+        if let Err(e) = super::blocking(move || outbox.ack(&batch)).await {
+            tracing::error!(error = %e, "outbox: cannot release a delivered batch; it may be sent again")
         }
     }
 }

@@ -239,10 +239,10 @@ impl EmbeddedBackend {
                     every.tick().await;
                     let Some(store) = store.upgrade() else { break };
                     let now = now_ns();
-                    match tokio::task::spawn_blocking(move || store.purge_expired(now)).await {
-                        Ok(Ok(n)) if n > 0 => tracing::info!(purged = n, "embedded store retention"),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "embedded store retention failed"),
-                        _ => {}
+                    match blocking(move || store.purge_expired(now)).await {
+                        Ok(n) if n > 0 => tracing::info!(purged = n, "embedded store retention"),
+                        Err(e) => tracing::warn!(error = %e, "embedded store retention failed"),
+                        Ok(_) => {}
                     }
                 }
             });
@@ -307,10 +307,11 @@ impl TimeSeriesStore for EmbeddedBackend {
     }
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs a store operation on the blocking pool (see [`crate::blocking`]).
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
+    crate::blocking::spawn_blocking(f).await.map_err(|e| StoreError::Unavailable(format!("store task failed: {e}")))?
 }
 
 /// Now, in nanoseconds since the epoch.

@@ -118,11 +118,19 @@ fn check_column(kind: &str, key: &str, len: usize, rows: usize) -> Result<(), St
     Ok(())
 }
 
-/// Column indexes sorted by key; an error names a repeated key.
+/// Column indexes sorted by key; an error names a repeated key. Tables
+/// have a handful of columns: an insertion sort, which also keeps the
+/// board binary free of another instance of the standard library's sort.
 fn key_order<'k>(kind: &str, keys: impl Iterator<Item = &'k str>) -> Result<Vec<usize>, String> {
     let keys: Vec<&str> = keys.collect();
     let mut order: Vec<usize> = (0..keys.len()).collect();
-    order.sort_by_key(|&i| keys[i]);
+    for i in 1..order.len() {
+        let mut j = i;
+        while j > 0 && keys[order[j - 1]] > keys[order[j]] {
+            order.swap(j - 1, j);
+            j -= 1;
+        }
+    }
     if let Some(w) = order.windows(2).find(|w| keys[w[0]] == keys[w[1]]) {
         return Err(format!("{kind} key {:?} has two columns", keys[w[0]]));
     }

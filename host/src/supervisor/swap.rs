@@ -94,7 +94,7 @@ pub async fn prepare_bytes(
         let version = component::sha256_hex(&bytes);
         component::load_cached(&engine, &linker, &name, &bytes, &version, cache.as_ref(), None)
     };
-    let loaded = tokio::task::spawn_blocking(load)
+    let loaded = crate::blocking::spawn_blocking(load)
         .await
         .map_err(|e| SwapError::Init(format!("compilation task failed: {e}")))??;
     prepare_loaded(runtime, handle, loaded).await

@@ -51,8 +51,6 @@ pub async fn append_points(outbox: &Arc<Outbox>, points: &[Point]) -> Result<u32
 /// `points` once the record is durable.
 pub async fn append_record(outbox: &Arc<Outbox>, record: RecordBuf, points: u32) -> Result<u32, StoreError> {
     let outbox = outbox.clone();
-    tokio::task::spawn_blocking(move || outbox.append_buf(record, points))
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("outbox task failed: {e}")))??;
+    crate::store::blocking(move || outbox.append_buf(record, points)).await?;
     Ok(points)
 }
