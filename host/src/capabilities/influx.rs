@@ -60,8 +60,13 @@ impl InfluxCap {
         }
     }
 
-    /// Checks the measurements of a write against the write grants.
-    fn check_write<'m>(&self, measurements: impl Iterator<Item = &'m str>) -> Result<(), InfluxError> {
+    /// Checks the measurements of a write against the write grants and
+    /// counts a refused write (`write` and `write-table` alike).
+    fn check_write<'m>(
+        &self,
+        measurements: impl Iterator<Item = &'m str>,
+        metrics: &InfluxMetrics,
+    ) -> Result<(), InfluxError> {
         // Points of one write mostly share a measurement: hash it once.
         let mut granted: Option<&str> = None;
         let mut denied = measurements.filter(|&m| {
@@ -75,6 +80,7 @@ impl InfluxCap {
         match denied.next() {
             None => Ok(()),
             Some(m) => {
+                metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(guest = %self.guest, measurement = %m, "influx write denied: measurement not granted");
                 Err(InfluxError::Denied(format!(
                     "measurement {m:?} is not in grants.influx_write of guest {}",
@@ -85,7 +91,8 @@ impl InfluxCap {
     }
 
     /// Checks a query of `measurement` against the read grants and counts it
-    /// (`query` and `query-floats` alike) as a query or a denied query.
+    /// (`query`, `query-table` and `query-floats` alike) as a query or a
+    /// denied query.
     fn check_read(&self, measurement: &str, metrics: &InfluxMetrics) -> Result<(), InfluxError> {
         if !self.read_grants.contains(measurement) {
             metrics.queries_denied.fetch_add(1, Ordering::Relaxed);
@@ -103,11 +110,7 @@ impl InfluxCap {
 impl wit::Host for super::GuestCtx {
     async fn write(&mut self, mut points: Vec<WitPoint>) -> Result<u32, InfluxError> {
         let metrics = &self.shared.influx;
-        let granted = self.influx.check_write(points.iter().map(|p| p.measurement.as_str()));
-        if let Err(e) = granted {
-            metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
+        self.influx.check_write(points.iter().map(|p| p.measurement.as_str()), metrics)?;
         let began = Instant::now();
         let latest: Vec<Point> = latest_per_measurement(&points);
         // Both paths take keys in order: sorted here, once, in place.
@@ -122,10 +125,7 @@ impl wit::Host for super::GuestCtx {
 
     async fn write_table(&mut self, measurement: String, rows: wit::Table) -> Result<u32, InfluxError> {
         let metrics = &self.shared.influx;
-        if let Err(e) = self.influx.check_write(std::iter::once(measurement.as_str())) {
-            metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
+        self.influx.check_write(std::iter::once(measurement.as_str()), metrics)?;
         let began = Instant::now();
         let written = self.influx.write_table(measurement, rows).await;
         add_elapsed(&metrics.write_nanos, began);
@@ -141,14 +141,8 @@ impl wit::Host for super::GuestCtx {
         self.influx.check_read(&q.measurement, metrics)?;
         let began = Instant::now();
         let answer = self.influx.store.query(capped(query_from_wit(q), MAX_QUERY_ROWS)).await;
-        add_elapsed(&metrics.query_nanos, began);
-        match answer.and_then(|rows| within(rows.len(), MAX_QUERY_ROWS).map(|()| rows)) {
-            Ok(rows) => Ok(rows.into_iter().map(row_to_wit).collect()),
-            Err(e) => {
-                metrics.errors.fetch_add(1, Ordering::Relaxed);
-                Err(store_error(e))
-            }
-        }
+        let rows = finish_query(metrics, began, answer, Vec::len, MAX_QUERY_ROWS)?;
+        Ok(rows.into_iter().map(row_to_wit).collect())
     }
 
     async fn query_floats(&mut self, q: wit::SeriesQuery, field: String) -> Result<wit::FloatSeries, InfluxError> {
@@ -156,15 +150,26 @@ impl wit::Host for super::GuestCtx {
         self.influx.check_read(&q.measurement, metrics)?;
         let began = Instant::now();
         let answer = self.influx.store.query_floats(capped(query_from_wit(q), MAX_QUERY_FLOATS), field).await;
-        add_elapsed(&metrics.query_nanos, began);
-        match answer.and_then(|series| within(series.times.len(), MAX_QUERY_FLOATS).map(|()| series)) {
-            Ok(series) => Ok(wit::FloatSeries { times: series.times, values: series.values }),
-            Err(e) => {
-                metrics.errors.fetch_add(1, Ordering::Relaxed);
-                Err(store_error(e))
-            }
-        }
+        let series = finish_query(metrics, began, answer, |s| s.times.len(), MAX_QUERY_FLOATS)?;
+        Ok(wit::FloatSeries { times: series.times, values: series.values })
     }
+}
+
+/// Ends a query that began at `began`: counts its time and, when the store
+/// failed or the answer holds more than `max` rows (as `rows` counts them),
+/// its error.
+fn finish_query<T>(
+    metrics: &InfluxMetrics,
+    began: Instant,
+    answer: Result<T, StoreError>,
+    rows: impl Fn(&T) -> usize,
+    max: u32,
+) -> Result<T, InfluxError> {
+    add_elapsed(&metrics.query_nanos, began);
+    answer.and_then(|a| within(rows(&a), max).map(|()| a)).map_err(|e| {
+        metrics.errors.fetch_add(1, Ordering::Relaxed);
+        store_error(e)
+    })
 }
 
 /// Counts a finished write (`Ok` holds the points written and the latest

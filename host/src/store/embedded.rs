@@ -437,8 +437,7 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self) -> Result<String, String> {
-        let bytes = self.bytes()?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| format!("invalid UTF-8: {e}"))
+        self.str().map(str::to_owned)
     }
 }
 

@@ -8,7 +8,7 @@ use crate::store::outbox::{self, OutboxSink, RecordBuf};
 use crate::store::table::{Cell, FieldColumn, Table, TableView, TagColumn};
 use crate::store::{Point, StoreError};
 
-use super::{InfluxCap, InfluxMetrics, MAX_QUERY_ROWS, capped, query_from_wit, store_error, within};
+use super::{InfluxCap, InfluxMetrics, MAX_QUERY_ROWS, capped, finish_query, query_from_wit};
 
 impl InfluxCap {
     /// The rows of `q` as a table, at most [`MAX_QUERY_ROWS`] of them.
@@ -20,14 +20,8 @@ impl InfluxCap {
         self.check_read(&q.measurement, metrics)?;
         let began = std::time::Instant::now();
         let answer = self.store.query_table(capped(query_from_wit(q), MAX_QUERY_ROWS)).await;
-        super::add_elapsed(&metrics.query_nanos, began);
-        match answer.and_then(|table| within(table.len(), MAX_QUERY_ROWS).map(|()| table)) {
-            Ok(table) => Ok(table_to_wit(table)),
-            Err(e) => {
-                metrics.errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(store_error(e))
-            }
-        }
+        let table = finish_query(metrics, began, answer, Table::len, MAX_QUERY_ROWS)?;
+        Ok(table_to_wit(table))
     }
 
     /// Writes the table's rows as points of `measurement`; returns how many,
