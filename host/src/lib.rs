@@ -22,6 +22,7 @@ pub mod engine;
 pub mod host;
 #[cfg(not(target_arch = "arm"))]
 pub mod precompile;
+pub mod redb_file;
 pub mod secrets;
 pub mod store;
 pub mod supervisor;

@@ -29,9 +29,7 @@ impl StateStore {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         // Guests hold at most 1 MiB each: a small cache (redb's default is 1 GiB).
-        let db = redb::Builder::new()
-            .set_cache_size(4 << 20)
-            .create(path)
+        let db = crate::redb_file::open(path, 4 << 20)
             .map_err(|e| format!("{}: cannot open state file: {e}", path.display()))?;
         let txn = db.begin_write().map_err(|e| e.to_string())?;
         txn.open_table(TABLE).map_err(|e| e.to_string())?;

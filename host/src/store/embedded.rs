@@ -79,7 +79,7 @@ impl EmbeddedStore {
                 StoreError::Unavailable(format!("creating directory {} for embedded store: {e}", parent.display()))
             })?;
         }
-        let db = redb::Builder::new().set_cache_size(CACHE_BYTES).create(path).map_err(|e| {
+        let db = crate::redb_file::open(path, CACHE_BYTES).map_err(|e| {
             StoreError::Unavailable(format!(
                 "opening embedded store {}: {e} (the file is locked exclusively while open)",
                 path.display()
