@@ -172,7 +172,13 @@ fn config(limits: EngineLimits) -> Config {
         .memory_guard_size(limits.memory_guard)
         .memory_reservation_for_growth(limits.memory_growth)
         .max_wasm_stack(limits.max_wasm_stack)
-        .async_stack_size(limits.max_wasm_stack + (256 << 10));
+        .async_stack_size(limits.max_wasm_stack + (256 << 10))
+        // No `.eh_frame` for guest code: wasmtime walks guest frames by frame
+        // pointer, and a host panic never unwinds through them (wasmtime
+        // catches it at the host call). The table only served native
+        // unwinders, and was 4 % of each artifact, 5-10 % of its compile,
+        // and a registration walk over every function at each load.
+        .native_unwind_info(false);
     #[cfg(not(target_arch = "arm"))]
     config.cranelift_opt_level(GUEST_OPT_LEVEL);
     config
