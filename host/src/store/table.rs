@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::line_protocol::FieldRef;
-use super::{FieldValue, Point, Row, Timestamp};
+use super::{Point, Row, Timestamp};
 
 /// One cell: a field value whose text is an index into [`Table::strings`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -238,16 +238,6 @@ impl TableBuilder {
         self.push(row.time, tags, fields);
     }
 
-    /// The number of rows so far.
-    pub fn len(&self) -> usize {
-        self.table.times.len()
-    }
-
-    /// Whether no row was pushed.
-    pub fn is_empty(&self) -> bool {
-        self.table.times.is_empty()
-    }
-
     pub fn finish(self) -> Table {
         self.table
     }
@@ -318,19 +308,6 @@ fn column_for<'c, C: Keyed>(
     let column = &mut columns[at];
     debug_assert_eq!(column.len(), row, "one value per row");
     column
-}
-
-impl FieldRef<'_> {
-    /// The owned value.
-    pub fn into_value(self) -> FieldValue {
-        match self {
-            FieldRef::Float(f) => FieldValue::Float(f),
-            FieldRef::Integer(i) => FieldValue::Integer(i),
-            FieldRef::Unsigned(u) => FieldValue::Unsigned(u),
-            FieldRef::Boolean(b) => FieldValue::Boolean(b),
-            FieldRef::Text(s) => FieldValue::Text(s.to_owned()),
-        }
-    }
 }
 
 #[cfg(test)]

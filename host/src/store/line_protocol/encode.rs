@@ -38,6 +38,19 @@ impl<'a> From<&'a FieldValue> for FieldRef<'a> {
     }
 }
 
+impl FieldRef<'_> {
+    /// The owned value.
+    pub fn into_value(self) -> FieldValue {
+        match self {
+            FieldRef::Float(f) => FieldValue::Float(f),
+            FieldRef::Integer(i) => FieldValue::Integer(i),
+            FieldRef::Unsigned(u) => FieldValue::Unsigned(u),
+            FieldRef::Boolean(b) => FieldValue::Boolean(b),
+            FieldRef::Text(s) => FieldValue::Text(s.to_owned()),
+        }
+    }
+}
+
 /// Appends one point, given as parts, as one `\n`-terminated line to `out`.
 ///
 /// Tags and fields must come in strictly ascending key order (as a

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::{Query, Selector};
+use crate::store::{FieldValue, Query, Selector};
 
 fn point(tags: &[(&str, &str)], fields: &[(&str, FieldValue)], time: i64) -> Point {
     Point {
