@@ -1,4 +1,7 @@
+use std::collections::BTreeMap;
+
 use super::*;
+use crate::store::FieldValue;
 
 fn point(m: &str, tags: &[(&str, &str)], fields: &[(&str, FieldValue)], time: i64) -> Point {
     Point {
@@ -274,12 +277,28 @@ fn invalid_points_rejected_with_clear_messages() {
 }
 
 #[test]
-fn corrupt_value_is_reported_not_panicking() {
-    assert!(decode_fields(&[0, 0, 0, 5, b'a']).is_err());
-    assert!(decode_fields(&[0, 0, 0, 1, b'a', 9]).is_err());
-    assert!(decode_key_suffix(&[1, 2, 3]).is_err());
-    let fields: BTreeMap<String, FieldValue> = [("k".to_string(), FieldValue::Text("v".into()))].into();
-    assert_eq!(decode_fields(&encode_fields(&fields)).unwrap(), fields);
+fn a_corrupt_block_is_reported_naming_the_file_not_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.redb");
+    let s = EmbeddedStore::open(&path, None).unwrap();
+    s.write(&[point("m", &[("h", "a")], &[("x", f(1.0))], 5)]).unwrap();
+    {
+        let txn = s.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(BLOCKS).unwrap();
+            let key = table.iter().unwrap().next().unwrap().unwrap().0.value().to_vec();
+            table.insert(key.as_slice(), &[1u8, 0, 0, 0, 9][..]).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    for err in [
+        s.query(&all("m")).unwrap_err(),
+        s.query_floats(&all("m"), "x").unwrap_err(),
+        s.write(&[point("m", &[("h", "a")], &[("x", f(2.0))], 6)]).map(|_| ()).unwrap_err(),
+    ] {
+        let text = err.to_string();
+        assert!(text.contains("c.redb") && text.contains("corrupt"), "{text}");
+    }
 }
 
 #[test]
@@ -309,17 +328,6 @@ fn query_floats_returns_the_numeric_values_query_returns() {
     let last_b = Query { select: Selector::Last, ..q(&[("host", "b")]) };
     assert_eq!(s.query_floats(&last_b, "w").unwrap(), FloatSeries::default(), "the last row's w is text");
     assert!(s.query_floats(&all(""), "w").is_err(), "an empty measurement is refused like in `query`");
-}
-
-#[test]
-fn corrupt_row_is_reported_by_the_float_scan() {
-    let no_tags = BTreeMap::new();
-    assert!(scan::float_row(&[1, 2, 3], &[], &no_tags, b"w").is_err(), "short key");
-    let key = [0u8; 8];
-    assert!(scan::float_row(&key, &[0, 0, 0, 1, b'w', T_FLOAT, 1], &no_tags, b"w").is_err(), "short float");
-    assert!(scan::float_row(&key, &[0, 0, 0, 1, b'w', 9], &no_tags, b"w").is_err(), "unknown type");
-    let tagged = [("h".to_string(), "a".to_string())].into();
-    assert!(scan::float_row(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9], &[], &tagged, b"w").is_err(), "short tag");
 }
 
 fn sorted(p: &Point) -> SortedPoint {
@@ -440,3 +448,5 @@ fn the_page_cache_stays_bounded_when_a_scan_reads_more() {
     assert!(stats.used_bytes() <= CACHE_BYTES + (1 << 20), "cache holds {} bytes", stats.used_bytes());
     assert!(stats.evictions() > 0, "a scan larger than the cache evicts pages");
 }
+
+mod blocks;

@@ -1,5 +1,7 @@
 //! The embedded store's write path: validation and one transaction per batch,
-//! for [`Point`]s and for [`SortedPoint`]s alike.
+//! for [`Point`]s and for [`SortedPoint`]s alike. A batch is sorted by
+//! series and time; each series' points are merged into the blocks their
+//! times fall in, and only those blocks are rewritten.
 //!
 //! Both kinds are read through [`StoredPoint`], so a guest's points (which the
 //! `influx` capability turns into [`SortedPoint`]s by moving their strings)
@@ -7,11 +9,16 @@
 //! checked, keyed, encoded and merged by the same code.
 
 use std::collections::BTreeMap;
+use std::ops::{Bound, Range};
 
-use super::{EmbeddedStore, MEASUREMENTS, POINTS, decode_fields, put_bytes, put_field, put_time, retention_cutoff};
+use redb::{ReadableTable, WriteTransaction};
+
+use super::block::{Block, BlockWriter, Layout};
+use super::keys::{block_key, key_time, put_series_prefix};
+use super::{BLOCKS, EmbeddedStore, MEASUREMENTS, retention_cutoff};
 use crate::store::line_protocol::FieldRef;
 use crate::store::table::TableRow;
-use crate::store::{FieldValue, Point, SortedPoint, StoreError, Timestamp, now_ns};
+use crate::store::{Point, SortedPoint, StoreError, Timestamp, now_ns};
 
 /// What the write path reads of a point. Tag and field keys come in
 /// ascending order, each key once.
@@ -61,10 +68,7 @@ impl StoredPoint for TableRow<'_> {
 }
 
 impl EmbeddedStore {
-    /// Validates the whole batch, then writes it in one transaction with one
-    /// key and one value buffer, inserting each point once (merging only when
-    /// the insert replaced a stored point) and recording each run of points of
-    /// one measurement once.
+    /// Validates the whole batch, then writes it in one transaction.
     pub(super) fn write_batch<P: StoredPoint>(&self, points: &[P]) -> Result<u32, StoreError> {
         for (i, p) in points.iter().enumerate() {
             validate(p).map_err(|m| StoreError::Invalid(format!("point {i}: {m}")))?;
@@ -75,35 +79,31 @@ impl EmbeddedStore {
             return Ok(0);
         }
         let txn = self.db.begin_write().map_err(self.err("begin write"))?;
-        {
-            let mut table = txn.open_table(POINTS).map_err(self.err("open points"))?;
-            let mut measurements = txn.open_table(MEASUREMENTS).map_err(self.err("open measurements"))?;
-            let (mut key, mut value) = (Vec::with_capacity(128), Vec::with_capacity(128));
-            let mut recorded: Option<&str> = None;
-            for p in points {
-                put_point_key(&mut key, p);
-                value.clear();
-                p.field_pairs().for_each(|(k, v)| put_field(&mut value, k, v));
-                let replaced = table
-                    .insert(key.as_slice(), value.as_slice())
-                    .map_err(self.err("insert point"))?
-                    .map(|old| decode_fields(old.value()));
-                if let Some(old) = replaced {
-                    let mut fields: BTreeMap<String, FieldValue> = old.map_err(|e| self.corrupt(e))?;
-                    fields.extend(p.field_pairs().map(|(k, v)| (k.to_owned(), v.into_value())));
-                    value.clear();
-                    fields.iter().for_each(|(k, v)| put_field(&mut value, k, FieldRef::from(v)));
-                    table.insert(key.as_slice(), value.as_slice()).map_err(self.err("merge point"))?;
-                }
-                if recorded != Some(p.measurement()) {
-                    measurements.insert(p.measurement(), ()).map_err(self.err("record measurement"))?;
-                    recorded = Some(p.measurement());
-                }
-            }
-        }
+        self.write_in(&txn, points)?;
         txn.commit().map_err(self.err("commit write"))?;
         self.count_beyond_retention(points);
         Ok(count)
+    }
+
+    /// Writes validated `points` in `txn`: grouped by series, and each
+    /// group merged into the blocks its times fall in. Records each
+    /// measurement written once.
+    pub(super) fn write_in<P: StoredPoint>(&self, txn: &WriteTransaction, points: &[P]) -> Result<(), StoreError> {
+        let mut table = txn.open_table(BLOCKS).map_err(self.err("open blocks"))?;
+        let mut measurements = txn.open_table(MEASUREMENTS).map_err(self.err("open measurements"))?;
+        let batch = SeriesBatch::sort(points);
+        let mut recorded: Option<&str> = None;
+        for group in batch.groups() {
+            let measurement = group[0].1.measurement();
+            let prefix = &batch.prefixes[group[0].0.clone()];
+            let group: Vec<&P> = group.iter().map(|(_, p)| *p).collect();
+            SeriesWriter { store: self, table: &mut table, prefix }.write(&group)?;
+            if recorded != Some(measurement) {
+                measurements.insert(measurement, ()).map_err(self.err("record measurement"))?;
+                recorded = Some(measurement);
+            }
+        }
+        Ok(())
     }
 
     /// Counts and warns about points of a committed batch that the next
@@ -121,17 +121,6 @@ impl EmbeddedStore {
                  raise influx.retention, or set it to \"forever\", to keep them"
             );
         }
-    }
-}
-
-/// Replaces `out` with the key of `p` (see the layout in the parent module).
-fn put_point_key(out: &mut Vec<u8>, p: &impl StoredPoint) {
-    out.clear();
-    put_bytes(out, p.measurement().as_bytes());
-    put_time(out, p.time());
-    for (k, v) in p.tag_pairs() {
-        put_bytes(out, k.as_bytes());
-        put_bytes(out, v.as_bytes());
     }
 }
 
@@ -155,6 +144,168 @@ fn validate(p: &impl StoredPoint) -> Result<(), String> {
         {
             return Err(format!("field {k:?} is {f}, which InfluxDB cannot store"));
         }
+    }
+    Ok(())
+}
+
+/// A batch's points sorted by series, then time, then batch order (so that
+/// of two points with one identity, the later merges over the earlier).
+struct SeriesBatch<'p, P> {
+    /// Every distinct series prefix (see `keys`), back to back.
+    prefixes: Vec<u8>,
+    /// Each point with its series prefix's place in `prefixes`.
+    sorted: Vec<(Range<usize>, &'p P)>,
+}
+
+impl<'p, P: StoredPoint> SeriesBatch<'p, P> {
+    fn sort(points: &'p [P]) -> Self {
+        let (mut prefixes, mut key) = (Vec::new(), Vec::new());
+        let mut last: Option<Range<usize>> = None;
+        let mut sorted = Vec::with_capacity(points.len());
+        for p in points {
+            put_series_prefix(&mut key, p.measurement(), p.tag_pairs());
+            let place = match last.clone().filter(|r| prefixes[r.clone()] == key[..]) {
+                Some(same) => same,
+                None => {
+                    prefixes.extend_from_slice(&key);
+                    prefixes.len() - key.len()..prefixes.len()
+                }
+            };
+            last = Some(place.clone());
+            sorted.push((place, p));
+        }
+        // A stable sort keeps batch order among equal (series, time).
+        sorted.sort_by(|(a, p), (b, q)| prefixes[a.clone()].cmp(&prefixes[b.clone()]).then(p.time().cmp(&q.time())));
+        SeriesBatch { prefixes, sorted }
+    }
+
+    /// Runs of points of one series.
+    fn groups(&self) -> impl Iterator<Item = &[(Range<usize>, &'p P)]> {
+        self.sorted.chunk_by(|(a, _), (b, _)| self.prefixes[a.clone()] == self.prefixes[b.clone()])
+    }
+}
+
+/// Merges one series' new points into its blocks.
+struct SeriesWriter<'s, 't, 'txn> {
+    store: &'s EmbeddedStore,
+    table: &'t mut redb::Table<'txn, &'static [u8], &'static [u8]>,
+    prefix: &'s [u8],
+}
+
+/// A stored block a run of new points merges into: its key and bytes, and
+/// the first time of the block after it (where the run must end).
+struct Owner {
+    block: Option<(Vec<u8>, Vec<u8>)>,
+    next_first: Option<Timestamp>,
+}
+
+impl SeriesWriter<'_, '_, '_> {
+    /// Writes `points` (sorted by time, then batch order): each run of
+    /// them that falls into one stored block is merged with it.
+    fn write<P: StoredPoint>(&mut self, points: &[&P]) -> Result<(), StoreError> {
+        let mut at = 0;
+        while at < points.len() {
+            let owner = self.owner(points[at].time())?;
+            let run = points[at..].partition_point(|p| owner.next_first.is_none_or(|next| p.time() < next));
+            self.rewrite(owner.block, &points[at..at + run])?;
+            at += run;
+        }
+        Ok(())
+    }
+
+    /// The block a point at `t` belongs in: the last one starting at or
+    /// before `t`, else the series' first block (which the point will
+    /// then start), else none (a new series).
+    fn owner(&mut self, t: Timestamp) -> Result<Owner, StoreError> {
+        let (first, at, last) =
+            (block_key(self.prefix, Timestamp::MIN), block_key(self.prefix, t), block_key(self.prefix, Timestamp::MAX));
+        let err = self.store.err("find block");
+        let before = self.table.range::<&[u8]>(first.as_slice()..=at.as_slice()).map_err(&err)?.next_back();
+        let found = match before {
+            Some(entry) => Some(entry),
+            None => self.table.range::<&[u8]>(at.as_slice()..=last.as_slice()).map_err(&err)?.next(),
+        };
+        let Some((key, value)) = found.transpose().map_err(&err)? else {
+            return Ok(Owner { block: None, next_first: None });
+        };
+        let block = (key.value().to_vec(), value.value().to_vec());
+        let after = (Bound::Excluded(block.0.as_slice()), Bound::Included(last.as_slice()));
+        let next = self.table.range::<&[u8]>(after).map_err(&err)?.next().transpose().map_err(&err)?;
+        let next_first = match next {
+            Some((key, _)) => Some(key_time(key.value()).map_err(|e| self.store.corrupt(e))?),
+            None => None,
+        };
+        Ok(Owner { block: Some(block), next_first })
+    }
+
+    /// Replaces the block `owner` (if any) with blocks holding its rows
+    /// merged with `points`.
+    fn rewrite<P: StoredPoint>(&mut self, owner: Option<(Vec<u8>, Vec<u8>)>, points: &[&P]) -> Result<(), StoreError> {
+        let (key, bytes) = owner.unwrap_or_default();
+        let layout = match bytes.is_empty() {
+            true => None,
+            false => Some(Layout::parse(&bytes).map_err(|e| self.store.corrupt(e))?),
+        };
+        let stored = layout.as_ref().map(|layout| Block::new(&bytes, layout));
+        if !key.is_empty() {
+            self.table.remove(key.as_slice()).map_err(self.store.err("replace block"))?;
+        }
+        let (mut writer, mut buf) = (BlockWriter::default(), Vec::new());
+        for_each_merged_row(stored, points, |time, fields| {
+            if writer.is_full() {
+                self.flush(&mut writer, &mut buf)?;
+            }
+            writer.push(time, fields);
+            Ok(())
+        })?;
+        self.flush(&mut writer, &mut buf)
+    }
+
+    /// Stores the writer's rows as a block (if it has any).
+    fn flush(&mut self, writer: &mut BlockWriter, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        let Some(first) = writer.first_time() else { return Ok(()) };
+        writer.finish_into(buf);
+        let key = block_key(self.prefix, first);
+        self.table.insert(key.as_slice(), buf.as_slice()).map_err(self.store.err("insert block"))?;
+        Ok(())
+    }
+}
+
+/// The fields of one merged row, as the merge hands them to the writer.
+type RowFields<'r, 'f> = &'r mut dyn Iterator<Item = (&'f str, FieldRef<'f>)>;
+
+/// Calls `emit` with each row of `stored` and `points` merged, in time
+/// order. Rows at the same time merge into one: fields of later points
+/// replace same-named fields of earlier ones and of the stored row. Only
+/// such a merge builds a map; every other row is passed through.
+fn for_each_merged_row<'f, P: StoredPoint>(
+    stored: Option<Block<'f>>,
+    points: &[&'f P],
+    mut emit: impl FnMut(Timestamp, RowFields<'_, 'f>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let rows = stored.map_or(0, |b| b.rows());
+    let (mut row, mut at) = (0, 0);
+    while row < rows || at < points.len() {
+        let stored_time = stored.filter(|_| row < rows).map(|b| b.time(row));
+        let new_time = points.get(at).map(|p| p.time());
+        let time = match (stored_time, new_time) {
+            (Some(s), Some(n)) => s.min(n),
+            (s, n) => s.or(n).expect("a row is left"),
+        };
+        let from_store = stored.filter(|_| stored_time == Some(time));
+        let new = points[at..].iter().take_while(|p| p.time() == time).count();
+        match (from_store, new) {
+            (Some(block), 0) => emit(time, &mut block.fields(row))?,
+            (None, 1) => emit(time, &mut points[at].field_pairs())?,
+            _ => {
+                let mut fields: BTreeMap<&str, FieldRef<'_>> = BTreeMap::new();
+                from_store.into_iter().for_each(|block| fields.extend(block.fields(row)));
+                points[at..at + new].iter().for_each(|p| fields.extend(p.field_pairs()));
+                emit(time, &mut fields.into_iter())?;
+            }
+        }
+        row += usize::from(from_store.is_some());
+        at += new;
     }
     Ok(())
 }
