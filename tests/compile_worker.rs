@@ -184,3 +184,80 @@ fn the_worker_exits_with_its_cannot_write_status() {
         .unwrap();
     assert_eq!(status.code(), Some(i32::from(wattedge::compile_process::EXIT_CANNOT_WRITE)));
 }
+
+/// Starts a host from a config whose one guest is the probe `.wasm`, with
+/// `compile_in` compiling its misses and its state in `dir`.
+async fn start_probe_host(dir: &Path, compile_in: CompileIn) -> wattedge::RunningHost {
+    let text = format!(
+        "[host]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n[guests.job]\ncomponent = \"{}\"\nschedule = \"every 1h\"\nconfig = {{ mode = \"write\" }}\n\n[guests.job.grants]\ninflux_write = [\"probe\"]\n",
+        dir.join("state").display(),
+        wattedge::builtin::probe_path().display()
+    );
+    std::fs::write(dir.join("wattedge.toml"), text).unwrap();
+    let config = wattedge::config::Config::load(&dir.join("wattedge.toml")).unwrap();
+    wattedge::start_with(config, wattedge::HostOptions { compile_in }).await.unwrap()
+}
+
+/// Waits until the guest ran once on code that is not being replaced.
+async fn settled(host: &wattedge::RunningHost) -> wattedge::admin::GuestSnapshot {
+    let handle = host.supervisor().guest("job").unwrap().clone();
+    let began = std::time::Instant::now();
+    loop {
+        let snap = handle.snapshot();
+        if snap.runs >= 1 && !snap.lifecycle.optimizing {
+            return snap;
+        }
+        assert!(began.elapsed() < std::time::Duration::from_secs(60), "still optimizing after 60 s: {snap:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn cached_artifacts(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("state/cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_runs_quick_code_until_a_background_worker_s_optimized_code_replaces_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("workers.log");
+    let spy = script_worker(dir.path(), &format!("echo \"$@\" >> '{}'\nexec \"$REAL\" \"$@\"", log.display()));
+    let host = start_probe_host(dir.path(), spy.clone()).await;
+    let snap = settled(&host).await;
+    let first_version = snap.version.clone().expect("a version");
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.len(), 2, "a quick compile, then an optimized one: {calls:?}");
+    assert!(calls[0].contains("--compile quick") && !calls[0].contains("--background"), "{}", calls[0]);
+    assert!(calls[1].contains("--compile optimized") && calls[1].contains("--background"), "{}", calls[1]);
+    // The same version: no swap is recorded, nothing to roll back to.
+    assert_eq!(snap.lifecycle.previous_version, None);
+    assert_eq!(snap.lifecycle.swapped_at, None);
+    assert!(snap.initialized && snap.last_run.as_ref().is_some_and(|r| r.outcome == "ok"), "{snap:?}");
+    let artifacts = cached_artifacts(dir.path());
+    assert!(
+        artifacts.len() == 1 && artifacts[0].ends_with("-optimized.cwasm"),
+        "quick artifact removed: {artifacts:?}"
+    );
+    // It still runs: a manual run on the optimized code.
+    let handle = host.supervisor().guest("job").unwrap().clone();
+    use wattedge::admin::AdminBackend;
+    host.supervisor().invoke("job", Vec::new()).unwrap();
+    let began = std::time::Instant::now();
+    while handle.snapshot().runs < 2 {
+        assert!(began.elapsed() < std::time::Duration::from_secs(30), "the invoke did not run");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(handle.snapshot().last_run.unwrap().outcome, "ok");
+    host.shutdown().await;
+    // A restart maps the optimized artifact: no worker, nothing to replace.
+    let host = start_probe_host(dir.path(), spy).await;
+    let snap = settled(&host).await;
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 2, "no compile on restart");
+    assert_eq!(snap.version.as_deref(), Some(first_version.as_str()));
+    host.shutdown().await;
+}

@@ -3,10 +3,13 @@
 //! the compiled code from disk (fast, and file-backed rather than
 //! anonymous memory, which matters on a 512 MiB board).
 //!
-//! Entries are keyed by the component's sha256 and wasmtime's
-//! engine-compatibility hash, so a new host version or engine setting never
-//! loads a stale artifact (wasmtime checks again on load). A corrupt entry
-//! is recompiled and replaced. The directory lives in the host's private
+//! Entries are keyed by the component's sha256, wasmtime's
+//! engine-compatibility hash of the runtime engine (its tunables, such as
+//! the memory reservation, its wasm features and wasmtime's version) and the
+//! compile mode, so a changed engine setting or wasmtime never loads a stale
+//! artifact. The runtime engine has no compiler, so Cranelift's own flags
+//! are not in the hash: wasmtime checks them against the host on load, and
+//! an artifact it refuses, like a corrupt one, is recompiled and replaced. The directory lives in the host's private
 //! state dir: whoever can write there can already replace the host's data,
 //! which is why deserializing from it is acceptable.
 
@@ -17,7 +20,7 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::compile_process::{self, CompileIn, WorkerError, WorkerInput};
+use crate::compile_process::{self, CompileIn, Priority, WorkerError, WorkerInput};
 use crate::component::ComponentError;
 use crate::engine::{CompileMode, EngineLimits};
 
@@ -34,18 +37,57 @@ pub struct ArtifactCache {
     limits: EngineLimits,
     /// How hard the compiler works on misses (part of the key).
     mode: CompileMode,
+    /// Whether a miss in optimized mode is first compiled quick (see
+    /// [`ArtifactCache::starting_quick`]).
+    start_quick: bool,
+    /// The CPU priority of its worker processes.
+    priority: Priority,
+}
+
+/// A component from the cache.
+pub struct Cached {
+    pub component: Component,
+    /// Quick code standing in for the optimized code not compiled yet (see
+    /// [`ArtifactCache::starting_quick`]).
+    pub provisional: bool,
 }
 
 impl ArtifactCache {
     /// A cache in `dir` (created on first write) of artifacts for an engine
     /// built with `limits`, whose misses are compiled in-process.
     pub fn new(dir: PathBuf, limits: EngineLimits) -> ArtifactCache {
-        ArtifactCache { dir, compile_in: CompileIn::ThisProcess, limits, mode: CompileMode::default() }
+        ArtifactCache {
+            dir,
+            compile_in: CompileIn::ThisProcess,
+            limits,
+            mode: CompileMode::default(),
+            start_quick: false,
+            priority: Priority::Normal,
+        }
     }
 
     /// This cache, for a guest compiled in `mode`.
     pub fn for_mode(&self, mode: CompileMode) -> ArtifactCache {
         ArtifactCache { mode, ..self.clone() }
+    }
+
+    /// This cache, answering an optimized-mode miss that worker processes
+    /// would compile with quick code first ([`Cached::provisional`]): it
+    /// compiles in about half the time (README, "Compiling guests"), so a
+    /// first start is ready sooner. The caller then gets the optimized code
+    /// with [`ArtifactCache::in_background`] and replaces the quick code.
+    pub fn starting_quick(self) -> ArtifactCache {
+        ArtifactCache { start_quick: true, ..self }
+    }
+
+    /// This cache, compiling its misses at the lowest CPU priority.
+    pub fn in_background(self) -> ArtifactCache {
+        ArtifactCache { priority: Priority::Background, ..self }
+    }
+
+    /// Removes the quick artifact of `digest` that optimized code replaced.
+    pub fn remove_provisional(&self, engine: &Engine, digest: &str) {
+        let _ = std::fs::remove_file(self.for_mode(CompileMode::Quick).path_for(engine, digest));
     }
 
     /// This cache, compiling its misses where `compile_in` says.
@@ -58,6 +100,24 @@ impl ArtifactCache {
     pub fn path_for(&self, engine: &Engine, digest: &str) -> PathBuf {
         let short = digest.get(..32).unwrap_or(digest);
         self.dir.join(format!("{short}-{:016x}-{}.cwasm", engine_hash(engine), self.mode.as_str()))
+    }
+
+    /// [`get_or_compile`](Self::get_or_compile), or the quick code when
+    /// this cache starts quick and the optimized code is not cached yet.
+    pub fn load(
+        &self,
+        engine: &Engine,
+        source_name: &str,
+        digest: &str,
+        wasm: &[u8],
+    ) -> Result<Cached, ComponentError> {
+        let in_workers = matches!(self.compile_in, CompileIn::ChildProcess(_));
+        let provisional = self.start_quick
+            && in_workers
+            && self.mode == CompileMode::Optimized
+            && !self.path_for(engine, digest).exists();
+        let cache = if provisional { self.for_mode(CompileMode::Quick) } else { self.clone() };
+        Ok(Cached { component: cache.get_or_compile(engine, source_name, digest, wasm)?, provisional })
     }
 
     /// The cached component with sha256 `digest`, or compile `wasm`, store the
@@ -110,7 +170,7 @@ impl ArtifactCache {
             Some(name) if crate::builtin::digest(name) == Some(digest) => WorkerInput::Builtin(name),
             _ => WorkerInput::Bytes(wasm),
         };
-        compile_process::compile_in_child(exe, input, self.limits, self.mode, path)?;
+        compile_process::compile_in_child(exe, input, (self.limits, self.mode, self.priority), path)?;
         self.prune();
         Ok(())
     }

@@ -90,6 +90,10 @@ pub enum Command {
         /// `quick` or `optimized` (the guest's `compile` setting).
         #[arg(long, default_value = "quick")]
         compile: crate::engine::CompileMode,
+        /// Compile at the lowest CPU priority (a guest's optimized code
+        /// while it already runs on quick code).
+        #[arg(long)]
+        background: bool,
     },
 }
 
@@ -148,8 +152,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(not(target_arch = "arm"))]
         Command::Compile { target, out } => compile(&cli.config, target.as_deref(), &out),
         #[cfg(not(target_arch = "arm"))]
-        Command::CompileWorker { out, builtin, memory_reservation, memory_guard, compile } => {
+        Command::CompileWorker { out, builtin, memory_reservation, memory_guard, compile, background } => {
             let limits = crate::engine::EngineLimits::from_worker_args(memory_reservation, memory_guard);
+            if background {
+                crate::compile_process::lower_priority();
+            }
             compile_worker(&out, builtin.as_deref(), limits, compile)
         }
     }

@@ -85,17 +85,29 @@ pub enum WorkerInput<'a> {
     Bytes(&'a [u8]),
 }
 
+/// How a worker shares the CPU with the host and its guests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// Someone waits for the result (a guest's start, a swap).
+    Normal,
+    /// Nobody waits: the worker runs at the lowest priority (nice 19), so
+    /// that it only takes CPU time nothing else wants.
+    Background,
+}
+
 /// Compiles `input` in `mode` for an engine with `limits` by running
 /// `exe compile-worker --out OUT ...` and waits for it.
 pub fn compile_in_child(
     exe: &Path,
     input: WorkerInput<'_>,
-    limits: EngineLimits,
-    mode: CompileMode,
+    (limits, mode, priority): (EngineLimits, CompileMode, Priority),
     out: &Path,
 ) -> Result<(), WorkerError> {
     let mut command = Command::new(exe);
     command.arg(WORKER_COMMAND).arg("--out").arg(out).args(limits.worker_args()).args(["--compile", mode.as_str()]);
+    if priority == Priority::Background {
+        command.arg("--background");
+    }
     let wasm: &[u8] = match input {
         WorkerInput::Builtin(name) => {
             command.args(["--builtin", name]);
@@ -162,6 +174,17 @@ pub fn serve(out: &Path, builtin: Option<&str>, limits: EngineLimits, mode: Comp
         .map_err(|e| ServeError::Compile(format!("{e:#}")))?;
     crate::secrets::write_atomic(out, &artifact)
         .map_err(|e| ServeError::Write(format!("{}: cannot write artifact: {e}", out.display())))
+}
+
+/// Lowers this process's CPU priority to the lowest (nice 19); the
+/// compiler threads it starts afterwards inherit it.
+#[cfg(not(target_arch = "arm"))]
+pub fn lower_priority() {
+    // SAFETY: setpriority only changes the scheduling priority of this process.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+    if result != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "could not lower the compiler's priority");
+    }
 }
 
 /// A worker whose host died has no one to compile for.

@@ -47,6 +47,9 @@ pub struct LoadedComponent {
     pub version: String,
     /// Where it came from, for messages.
     pub source_name: String,
+    /// Quick code standing in until the optimized code is compiled (see
+    /// [`ArtifactCache::starting_quick`]).
+    pub provisional: bool,
 }
 
 /// The bytes of `source`: borrowed from the binary for a built-in guest.
@@ -88,9 +91,14 @@ pub fn load_cached(
     cache: Option<&ArtifactCache>,
     file: Option<&Path>,
 ) -> Result<LoadedComponent, ComponentError> {
+    let mut provisional = false;
     let component = if bytes.starts_with(b"\0asm") {
         match cache {
-            Some(cache) => cache.get_or_compile(engine, source_name, version, bytes)?,
+            Some(cache) => {
+                let cached = cache.load(engine, source_name, version, bytes)?;
+                provisional = cached.provisional;
+                cached.component
+            }
             // Uncached compiles only type-check (`check`, tests): quick will do.
             None => compile(engine, source_name, bytes)?,
         }
@@ -107,7 +115,7 @@ pub fn load_cached(
         .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
     let pre = GuestPre::new(instance_pre)
         .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
-    Ok(LoadedComponent { pre, version: version.to_string(), source_name: source_name.into() })
+    Ok(LoadedComponent { pre, version: version.to_string(), source_name: source_name.into(), provisional })
 }
 
 /// A precompiled artifact: mapped from `file` when there is one.

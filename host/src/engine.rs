@@ -75,9 +75,21 @@ impl EngineLimits {
     }
 }
 
-/// Builds the engine every guest shares on this machine.
+/// Builds an engine for this machine that can also compile (`check`,
+/// tests, the harness).
 pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
     Engine::new(&config(limits))
+}
+
+/// Builds the engine every guest of the running host shares: it loads
+/// compiled code only. Compiling happens in worker processes, or with a
+/// throwaway [`compiler_like`] engine, so this long-lived one never builds
+/// Cranelift's backend (its code and tables stay out of the host's memory).
+pub fn build_runtime(limits: EngineLimits) -> wasmtime::Result<Engine> {
+    let mut config = config(limits);
+    #[cfg(not(target_arch = "arm"))]
+    config.enable_compiler(false);
+    Engine::new(&config)
 }
 
 /// How much work Cranelift puts into a guest's code when the host compiles
@@ -147,6 +159,7 @@ pub fn build_compiler(limits: EngineLimits, mode: CompileMode) -> wasmtime::Resu
 #[cfg(not(target_arch = "arm"))]
 pub fn compiler_like(engine: &Engine, mode: CompileMode) -> wasmtime::Result<Engine> {
     let mut config = engine.config().clone();
+    config.enable_compiler(true).cranelift_opt_level(GUEST_OPT_LEVEL);
     mode.apply(&mut config);
     Engine::new(&config)
 }

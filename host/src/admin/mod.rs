@@ -123,6 +123,9 @@ pub struct Lifecycle {
     pub swapped_at: Option<String>,
     /// Why the last swap from a changed component file was refused.
     pub last_swap_error: Option<String>,
+    /// The guest runs quick code while its optimized code compiles in the
+    /// background (a first start from `.wasm`; see README "Compiling guests").
+    pub optimizing: bool,
     /// The most recent runs, oldest first (at most 32).
     pub recent_runs: Vec<RecentRun>,
 }

@@ -10,6 +10,7 @@ mod instance;
 mod record;
 mod runner;
 pub mod swap;
+mod tier_up;
 
 use std::sync::{Arc, Mutex};
 
@@ -54,6 +55,9 @@ pub struct GuestHandle {
     invoke_tx: mpsc::Sender<Vec<(String, String)>>,
     /// Where validated swaps wait for the guest's task.
     pub swap: swap::SwapSlot,
+    /// Where the optimized code of a guest started on quick code waits
+    /// for the guest's task (see `tier_up`).
+    pub tier_up: swap::SwapSlot,
     /// The component the last swap replaced, for rollback.
     pub previous: Mutex<Option<LoadedComponent>>,
 }
@@ -87,6 +91,7 @@ impl Supervisor {
                 record: Mutex::new(GuestRecord::default()),
                 invoke_tx,
                 swap: swap::SwapSlot::default(),
+                tier_up: swap::SwapSlot::default(),
                 previous: Mutex::new(None),
             });
             let task = runner::GuestTask::new(runtime.clone(), handle.clone(), invoke_rx, shutdown.child_token());

@@ -76,6 +76,8 @@ pub struct GuestRecord {
     pub swapped_at: Option<SystemTime>,
     /// Why the last swap from a changed component file was refused.
     pub last_swap_error: Option<String>,
+    /// The guest runs quick code while its optimized code compiles.
+    pub optimizing: bool,
     /// The latest runs: (started, outcome label, version), oldest first.
     pub recent: std::collections::VecDeque<(SystemTime, &'static str, String)>,
 }
@@ -181,6 +183,7 @@ impl GuestRecord {
                 previous_version: self.previous_version.clone(),
                 swapped_at: self.swapped_at.map(rfc3339),
                 last_swap_error: self.last_swap_error.clone(),
+                optimizing: self.optimizing,
                 recent_runs: self
                     .recent
                     .iter()

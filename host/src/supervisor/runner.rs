@@ -14,6 +14,7 @@ use super::record::FinishedRun;
 use super::swap::Prepared;
 use super::{GuestHandle, Outcome, Runtime};
 use crate::admin::GuestState;
+use crate::artifact_cache::ArtifactCache;
 use crate::bindings::types::Trigger;
 use crate::component::{self, LoadedComponent};
 
@@ -43,6 +44,7 @@ const MIN_WAKE_GAP: Duration = Duration::from_secs(1);
 enum Next {
     Run(Trigger, String),
     Swap(Box<Prepared>),
+    TierUp(Box<Prepared>),
     Stop,
 }
 
@@ -80,6 +82,7 @@ impl GuestTask {
             match self.next_trigger().await {
                 Next::Run(trigger, label) => self.run_once(trigger, label).await,
                 Next::Swap(prepared) => self.install(*prepared),
+                Next::TierUp(prepared) => self.install_tier_up(*prepared),
                 Next::Stop => return,
             }
         }
@@ -95,6 +98,10 @@ impl GuestTask {
                 self.install(prepared);
                 false
             }
+            prepared = self.handle.tier_up.next() => {
+                self.install_tier_up(prepared);
+                false
+            }
         }
     }
 
@@ -106,12 +113,15 @@ impl GuestTask {
                 rt.engine.clone(),
                 rt.linker.clone(),
                 self.handle.config.component.clone(),
-                rt.cache_for(&self.handle.config),
+                rt.cache_for(&self.handle.config).map(ArtifactCache::starting_quick),
             )
             .await
             {
                 Ok(loaded) => {
                     self.record(|r| r.version = Some(loaded.version.clone()));
+                    if loaded.provisional {
+                        self.start_tier_up(&loaded.version);
+                    }
                     self.component = Some(loaded);
                 }
                 Err(e) => {
@@ -143,10 +153,41 @@ impl GuestTask {
         }
     }
 
+    /// Compiles the optimized code of the quick code of `version` in the
+    /// background (see `tier_up`).
+    fn start_tier_up(&self, version: &str) {
+        self.record(|r| r.optimizing = true);
+        let (runtime, handle) = (self.runtime.clone(), self.handle.clone());
+        tokio::spawn(super::tier_up::run(runtime, handle, version.to_string(), self.shutdown.clone()));
+    }
+
+    /// Installs the optimized code of the version running on quick code
+    /// between runs: the same version, so no swap is recorded. Code for
+    /// another version (a swap came first) is dropped.
+    fn install_tier_up(&mut self, prepared: Prepared) {
+        let current = self.component.as_ref();
+        if !current.is_some_and(|c| c.provisional && c.version == prepared.loaded.version) {
+            return;
+        }
+        tracing::info!(guest = %self.handle.config.name, "now running optimized code");
+        self.component = Some(prepared.loaded);
+        self.live = Some(prepared.live);
+        self.record(|r| {
+            r.optimizing = false;
+            r.initialized = true;
+            r.blocked = None;
+        });
+        crate::artifact_cache::release_freed_memory();
+    }
+
     /// Installs a validated, initialised component between runs.
     fn install(&mut self, prepared: Prepared) {
         let Prepared { loaded, live, installed } = prepared;
         let version = loaded.version.clone();
+        if loaded.provisional {
+            // A rollback to a version that had not finished its tier-up.
+            self.start_tier_up(&version);
+        }
         let old = self.component.replace(loaded);
         tracing::info!(guest = %self.handle.config.name, %version, "component swapped");
         // The same version again (a re-upload, a touched file, a second
@@ -189,6 +230,7 @@ impl GuestTask {
             biased;
             _ = self.shutdown.cancelled() => Next::Stop,
             prepared = self.handle.swap.next() => Next::Swap(Box::new(prepared)),
+            prepared = self.handle.tier_up.next() => Next::TierUp(Box::new(prepared)),
             Some(args) = self.invokes.recv() => Next::Run(Trigger::Invoked(args), "invoked".into()),
             _ = tokio::time::sleep(delay) => {
                 if is_wake {
