@@ -16,9 +16,10 @@
 //! is the measurement, the series and the block's first time (see `keys`).
 //! The blocks of a series are ordered by time and do not overlap, so a
 //! time-range query reads a range of blocks per series, and a point's
-//! block is found with one lookup. Table `measurements` lists every
-//! measurement that has points, so retention can go measurement by
-//! measurement instead of scanning the whole file.
+//! block is found with one lookup. The measurements and the series of a
+//! measurement are found by seeking from one to the next, so no other
+//! table needs to be kept in step (one table type also keeps redb's
+//! generic code, and the armv7 binary, small).
 //!
 //! # Locking
 //! `redb::Database::create` takes an exclusive lock on the file: only one
@@ -43,7 +44,6 @@ use block::Block;
 use read::Series;
 
 const BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("blocks");
-const MEASUREMENTS: TableDefinition<&str, ()> = TableDefinition::new("measurements");
 
 /// A crash-safe, single-file time-series store (see the module docs).
 pub struct EmbeddedStore {
@@ -104,10 +104,7 @@ impl EmbeddedStore {
         let store = Self { db, path: path.to_path_buf(), retention, beyond_retention: Default::default() };
         // Create the tables up front so read transactions never see them missing.
         let txn = store.db.begin_write().map_err(store.err("begin write"))?;
-        {
-            txn.open_table(BLOCKS).map_err(store.err("open blocks table"))?;
-            txn.open_table(MEASUREMENTS).map_err(store.err("open measurements table"))?;
-        }
+        txn.open_table(BLOCKS).map_err(store.err("open blocks table"))?;
         txn.commit().map_err(store.err("commit table creation"))?;
         Ok(store)
     }

@@ -167,6 +167,8 @@ impl GuestTask {
     fn install_tier_up(&mut self, prepared: Prepared) {
         let current = self.component.as_ref();
         if !current.is_some_and(|c| c.provisional && c.version == prepared.loaded.version) {
+            let still_quick = current.is_some_and(|c| c.provisional);
+            self.record(|r| r.optimizing = still_quick);
             return;
         }
         tracing::info!(guest = %self.handle.config.name, "now running optimized code");
@@ -187,6 +189,8 @@ impl GuestTask {
         if loaded.provisional {
             // A rollback to a version that had not finished its tier-up.
             self.start_tier_up(&version);
+        } else {
+            self.record(|r| r.optimizing = false);
         }
         let old = self.component.replace(loaded);
         tracing::info!(guest = %self.handle.config.name, %version, "component swapped");

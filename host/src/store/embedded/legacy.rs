@@ -1,10 +1,12 @@
 //! The layout before blocks: one `redb` entry per point in table `points`
 //! (key `u32 BE len(m) ‖ m ‖ time ‖ series`, value the fields, each `u32 BE
-//! len ‖ name ‖ kind ‖ value`). A store written that way is moved into
-//! blocks when it is opened, a chunk of points per transaction: each chunk
-//! is deleted from `points` in the transaction that writes its blocks, so
-//! an interrupted move (a crash, a power cut) resumes where it stopped and
-//! never holds a point twice or loses one.
+//! len ‖ name ‖ kind ‖ value`), and the names of its measurements in table
+//! `measurements`. A store written that way is moved into blocks when it
+//! is opened, a chunk of points per transaction: each chunk is deleted
+//! from `points` in the transaction that writes its blocks, so an
+//! interrupted move (a crash, a power cut) resumes where it stopped and
+//! never holds a point twice or loses one. Both old tables are dropped in
+//! the last transaction.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +17,8 @@ use super::{EmbeddedStore, Point, StoreError};
 use crate::store::FieldValue;
 
 const POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("points");
+/// Only its name is used: the table is dropped, never read.
+const MEASUREMENTS: &str = "measurements";
 
 /// Points moved per transaction.
 const CHUNK: usize = 20_000;
@@ -39,6 +43,8 @@ impl EmbeddedStore {
             let points = self.take_legacy_chunk(&txn, chunk)?;
             if points.is_empty() {
                 txn.delete_table(POINTS).map_err(self.err("drop points table"))?;
+                let measurements = redb::TableDefinition::<&[u8], &[u8]>::new(MEASUREMENTS);
+                txn.delete_table(measurements).map_err(self.err("drop measurements table"))?;
                 txn.commit().map_err(self.err("commit migration"))?;
                 return Ok(moved);
             }
@@ -104,7 +110,7 @@ pub(super) mod tests {
         let txn = db.begin_write().unwrap();
         {
             let mut table = txn.open_table(POINTS).unwrap();
-            let mut measurements = txn.open_table(super::super::MEASUREMENTS).unwrap();
+            let mut measurements = txn.open_table(TableDefinition::<&str, ()>::new(MEASUREMENTS)).unwrap();
             for p in points {
                 let mut key = Vec::new();
                 put_bytes(&mut key, p.measurement.as_bytes());
@@ -171,6 +177,15 @@ pub(super) mod tests {
             }
         }
         assert_eq!(store.migrate_legacy_points().unwrap(), 0, "the old table is gone");
+        let tables: Vec<String> = store
+            .db
+            .begin_read()
+            .unwrap()
+            .list_tables()
+            .unwrap()
+            .map(|t| redb::TableHandle::name(&t).to_string())
+            .collect();
+        assert_eq!(tables, ["blocks"], "points and measurements are dropped");
         drop(store);
         let reopened = EmbeddedStore::open(&path, None).unwrap();
         assert_eq!(reopened.point_count().unwrap(), 26);

@@ -13,7 +13,7 @@ use std::ops::Bound;
 use redb::{AccessGuard, ReadableDatabase, ReadableTable};
 
 use super::block::{Block, Layout};
-use super::keys::{block_key, decode_series, measurement_prefix, measurement_successor, split_block_key};
+use super::keys::{Reader, block_key, decode_series, measurement_prefix, measurement_successor, split_block_key};
 use super::{BLOCKS, EmbeddedStore, Query, Selector, StoreError, Timestamp};
 
 /// A series: its tag set, and the prefix of its block keys.
@@ -43,6 +43,22 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> BlockTable for T {}
 pub(super) type Visit<'v> = dyn FnMut(&Series, Block<'_>, usize) -> Result<bool, StoreError> + 'v;
 
 impl EmbeddedStore {
+    /// Every measurement that has points, in key order: one seek each.
+    pub(super) fn measurements(&self, table: &impl BlockTable) -> Result<Vec<String>, StoreError> {
+        let mut lower = Bound::Unbounded;
+        let mut found = Vec::new();
+        loop {
+            let bounds = (lower.as_ref().map(Vec::as_slice), Bound::Unbounded);
+            let mut range = table.range::<&[u8]>(bounds).map_err(self.err("list measurements"))?;
+            let Some(entry) = range.next() else { break };
+            let (key, _) = entry.map_err(self.err("list measurements"))?;
+            let name = Reader(key.value()).str().map_err(|e| self.corrupt(e))?.to_owned();
+            lower = Bound::Included(measurement_successor(&name));
+            found.push(name);
+        }
+        Ok(found)
+    }
+
     /// Every series of measurement `m`, in key order: one seek per series.
     pub(super) fn series_of(&self, table: &impl BlockTable, m: &str) -> Result<Vec<Series>, StoreError> {
         let prefix_len = measurement_prefix(m).len();

@@ -6,7 +6,7 @@ use redb::ReadableTable;
 
 use super::block::{Block, BlockWriter, Layout, row_count};
 use super::keys::block_key;
-use super::{BLOCKS, EmbeddedStore, MEASUREMENTS, StoreError, Timestamp, retention_cutoff};
+use super::{BLOCKS, EmbeddedStore, StoreError, Timestamp, retention_cutoff};
 
 type BlocksTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
 
@@ -23,19 +23,9 @@ impl EmbeddedStore {
         let mut deleted = 0u64;
         {
             let mut table = txn.open_table(BLOCKS).map_err(self.err("open blocks"))?;
-            let mut measurements = txn.open_table(MEASUREMENTS).map_err(self.err("open measurements"))?;
-            let names: Vec<String> = measurements
-                .iter()
-                .map_err(self.err("list measurements"))?
-                .map(|e| e.map(|(k, _)| k.value().to_owned()))
-                .collect::<Result<_, _>>()
-                .map_err(self.err("list measurements"))?;
-            for name in names {
+            for name in self.measurements(&table)? {
                 for series in self.series_of(&table, &name)? {
                     deleted += self.purge_series(&mut table, &series.prefix, cutoff)?;
-                }
-                if self.series_of(&table, &name)?.is_empty() {
-                    measurements.remove(name.as_str()).map_err(self.err("forget measurement"))?;
                 }
             }
         }

@@ -15,7 +15,7 @@ use redb::{ReadableTable, WriteTransaction};
 
 use super::block::{Block, BlockWriter, Layout};
 use super::keys::{block_key, key_time, put_series_prefix};
-use super::{BLOCKS, EmbeddedStore, MEASUREMENTS, retention_cutoff};
+use super::{BLOCKS, EmbeddedStore, retention_cutoff};
 use crate::store::line_protocol::FieldRef;
 use crate::store::table::TableRow;
 use crate::store::{Point, SortedPoint, StoreError, Timestamp, now_ns};
@@ -86,22 +86,14 @@ impl EmbeddedStore {
     }
 
     /// Writes validated `points` in `txn`: grouped by series, and each
-    /// group merged into the blocks its times fall in. Records each
-    /// measurement written once.
+    /// group merged into the blocks its times fall in.
     pub(super) fn write_in<P: StoredPoint>(&self, txn: &WriteTransaction, points: &[P]) -> Result<(), StoreError> {
         let mut table = txn.open_table(BLOCKS).map_err(self.err("open blocks"))?;
-        let mut measurements = txn.open_table(MEASUREMENTS).map_err(self.err("open measurements"))?;
         let batch = SeriesBatch::sort(points);
-        let mut recorded: Option<&str> = None;
         for group in batch.groups() {
-            let measurement = group[0].1.measurement();
             let prefix = &batch.prefixes[group[0].0.clone()];
             let group: Vec<&P> = group.iter().map(|(_, p)| *p).collect();
             SeriesWriter { store: self, table: &mut table, prefix }.write(&group)?;
-            if recorded != Some(measurement) {
-                measurements.insert(measurement, ()).map_err(self.err("record measurement"))?;
-                recorded = Some(measurement);
-            }
         }
         Ok(())
     }
