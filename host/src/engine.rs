@@ -86,9 +86,13 @@ pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
 /// throwaway [`compiler_like`] engine, so this long-lived one never builds
 /// Cranelift's backend (its code and tables stay out of the host's memory).
 pub fn build_runtime(limits: EngineLimits) -> wasmtime::Result<Engine> {
-    let mut config = config(limits);
+    let config = config(limits);
     #[cfg(not(target_arch = "arm"))]
-    config.enable_compiler(false);
+    let config = {
+        let mut config = config;
+        config.enable_compiler(false);
+        config
+    };
     Engine::new(&config)
 }
 

@@ -156,6 +156,11 @@ impl GuestTask {
     /// Compiles the optimized code of the quick code of `version` in the
     /// background (see `tier_up`).
     fn start_tier_up(&self, version: &str) {
+        if cfg!(target_arch = "arm") {
+            // Builds without a compiler run precompiled code only; none of
+            // it is provisional (and this keeps tier-up out of the binary).
+            return;
+        }
         self.record(|r| r.optimizing = true);
         let (runtime, handle) = (self.runtime.clone(), self.handle.clone());
         tokio::spawn(super::tier_up::run(runtime, handle, version.to_string(), self.shutdown.clone()));

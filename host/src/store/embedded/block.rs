@@ -274,8 +274,8 @@ impl ColumnBuf {
     }
 }
 
-/// Builds blocks row by row; a column is added the first time its field
-/// (name and kind) appears.
+/// Builds blocks row by row; a column is added, in (name, kind) order, the
+/// first time its field (name and kind) appears.
 #[derive(Default)]
 pub(super) struct BlockWriter {
     times: Vec<Timestamp>,
@@ -292,21 +292,19 @@ impl BlockWriter {
         self.bytes += 8;
         for (name, value) in fields {
             let kind = kind_of(value);
-            let at = match self.columns.iter().position(|c| c.kind == kind && c.name == name) {
-                Some(at) => at,
-                None => {
-                    let column = ColumnBuf {
-                        name: name.to_owned(),
-                        kind,
-                        present: Vec::new(),
-                        slots: Vec::new(),
-                        text: Vec::new(),
-                        filled: 0,
-                    };
-                    self.columns.push(column);
-                    self.columns.len() - 1
-                }
-            };
+            // Columns are kept in (name, kind) order, the order they are stored in.
+            let at = self.columns.partition_point(|c| (c.name.as_str(), c.kind) < (name, kind));
+            if self.columns.get(at).is_none_or(|c| (c.name.as_str(), c.kind) != (name, kind)) {
+                let column = ColumnBuf {
+                    name: name.to_owned(),
+                    kind,
+                    present: Vec::new(),
+                    slots: Vec::new(),
+                    text: Vec::new(),
+                    filled: 0,
+                };
+                self.columns.insert(at, column);
+            }
             self.bytes += match value {
                 FieldRef::Text(s) => 4 + s.len(),
                 _ => 8,
@@ -335,7 +333,6 @@ impl BlockWriter {
         out.clear();
         out.extend_from_slice(&(rows as u32).to_le_bytes());
         self.times.iter().for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
-        self.columns.sort_by(|a, b| (&a.name, a.kind).cmp(&(&b.name, b.kind)));
         out.extend_from_slice(&(self.columns.len() as u16).to_le_bytes());
         for c in &mut self.columns {
             c.pad(rows);

@@ -8,12 +8,10 @@
 //! never holds a point twice or loses one. Both old tables are dropped in
 //! the last transaction.
 
-use std::collections::BTreeMap;
-
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, TableError};
 
 use super::keys::Reader;
-use super::{EmbeddedStore, Point, StoreError};
+use super::{EmbeddedStore, SortedPoint, StoreError};
 use crate::store::FieldValue;
 
 const POINTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("points");
@@ -56,32 +54,35 @@ impl EmbeddedStore {
     }
 
     /// Removes up to `chunk` points from the `points` table and returns them.
-    fn take_legacy_chunk(&self, txn: &redb::WriteTransaction, chunk: usize) -> Result<Vec<Point>, StoreError> {
+    fn take_legacy_chunk(&self, txn: &redb::WriteTransaction, chunk: usize) -> Result<Vec<SortedPoint>, StoreError> {
         let mut table = txn.open_table(POINTS).map_err(self.err("open points"))?;
-        let mut points = Vec::new();
-        let mut last = None;
+        let (mut points, mut keys) = (Vec::new(), Vec::new());
         for entry in table.iter().map_err(self.err("read points"))?.take(chunk) {
             let (key, value) = entry.map_err(self.err("read points"))?;
             points.push(decode_point(key.value(), value.value()).map_err(|e| self.corrupt(e))?);
-            last = Some(key.value().to_vec());
+            keys.push(key.value().to_vec());
         }
-        if let Some(last) = last {
-            table.retain_in::<&[u8], _>(..=last.as_slice(), |_, _| false).map_err(self.err("remove moved points"))?;
+        // One key at a time: the same redb code the block writes use, where a
+        // range removal would add its own copy to the binary.
+        for key in keys {
+            table.remove(key.as_slice()).map_err(self.err("remove moved points"))?;
         }
         Ok(points)
     }
 }
 
-fn decode_point(key: &[u8], value: &[u8]) -> Result<Point, String> {
+/// One stored point. It was written from maps, so its tags and fields come
+/// sorted: a point whose keys do not is corrupt.
+fn decode_point(key: &[u8], value: &[u8]) -> Result<SortedPoint, String> {
     let mut k = Reader(key);
     let measurement = k.str()?.to_owned();
     let time = k.time()?;
-    let mut tags = BTreeMap::new();
+    let mut tags = Vec::new();
     while !k.0.is_empty() {
-        tags.insert(k.str()?.to_owned(), k.str()?.to_owned());
+        tags.push((k.str()?.to_owned(), k.str()?.to_owned()));
     }
     let mut v = Reader(value);
-    let mut fields = BTreeMap::new();
+    let mut fields = Vec::new();
     while !v.0.is_empty() {
         let name = v.str()?.to_owned();
         let [kind] = v.array()?;
@@ -93,16 +94,20 @@ fn decode_point(key: &[u8], value: &[u8]) -> Result<Point, String> {
             4 => FieldValue::Text(v.str()?.to_owned()),
             other => return Err(format!("unknown field type {other} in field {name:?}")),
         };
-        fields.insert(name, value);
+        fields.push((name, value));
     }
-    Ok(Point { measurement, tags, fields, time })
+    let point = SortedPoint { measurement, tags, fields, time };
+    if !point.is_sorted() || point.fields.is_empty() {
+        return Err(format!("point of {:?} at {time} has unsorted or no keys", point.measurement));
+    }
+    Ok(point)
 }
 
 #[cfg(test)]
 pub(super) mod tests {
     use super::super::keys::{put_bytes, put_time};
     use super::*;
-    use crate::store::Query;
+    use crate::store::{Point, Query};
 
     /// Writes `points` into `path` in the per-point layout.
     pub fn write_legacy(path: &std::path::Path, points: &[Point]) {

@@ -3,7 +3,7 @@
 //! those cursors into the single walk a query asks for.
 //!
 //! Rows come out ordered by time, and rows at the same time by series (the
-//! order of their encoded tag sets), ascending or descending as a whole.
+//! order of their block keys), ascending or descending as a whole.
 //! Tag filters are decided once per series, not once per row, and a walk
 //! decodes blocks only as far as the query's limit takes it.
 
@@ -104,10 +104,9 @@ impl EmbeddedStore {
         };
         let txn = self.db.begin_read().map_err(self.err("begin read"))?;
         let table = txn.open_table(BLOCKS).map_err(self.err("open blocks"))?;
+        // In key order, which is the order of rows at the same time.
         let mut series = self.series_of(&table, &q.measurement)?;
         series.retain(|s| s.matches(&q.tags));
-        // Rows at the same time come in the order of their tag sets.
-        series.sort_by(|a, b| a.prefix.cmp(&b.prefix));
         let span = Span { start: q.start.unwrap_or(Timestamp::MIN), end: q.end, backward };
         let mut cursors = Vec::with_capacity(series.len());
         for (at, s) in series.iter().enumerate() {

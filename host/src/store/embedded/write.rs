@@ -8,8 +8,7 @@
 //! are stored without first building two maps per point, and both kinds are
 //! checked, keyed, encoded and merged by the same code.
 
-use std::collections::BTreeMap;
-use std::ops::{Bound, Range};
+use std::ops::Bound;
 
 use redb::{ReadableTable, WriteTransaction};
 
@@ -91,8 +90,8 @@ impl EmbeddedStore {
         let mut table = txn.open_table(BLOCKS).map_err(self.err("open blocks"))?;
         let batch = SeriesBatch::sort(points);
         for group in batch.groups() {
-            let prefix = &batch.prefixes[group[0].0.clone()];
-            let group: Vec<&P> = group.iter().map(|(_, p)| *p).collect();
+            let prefix = batch.prefix(&group[0]);
+            let group: Vec<&P> = group.iter().map(|e| &points[e.index as usize]).collect();
             SeriesWriter { store: self, table: &mut table, prefix }.write(&group)?;
         }
         Ok(())
@@ -142,38 +141,58 @@ fn validate(p: &impl StoredPoint) -> Result<(), String> {
 
 /// A batch's points sorted by series, then time, then batch order (so that
 /// of two points with one identity, the later merges over the earlier).
-struct SeriesBatch<'p, P> {
+struct SeriesBatch {
     /// Every distinct series prefix (see `keys`), back to back.
     prefixes: Vec<u8>,
-    /// Each point with its series prefix's place in `prefixes`.
-    sorted: Vec<(Range<usize>, &'p P)>,
+    /// Each point's series prefix (its place in `prefixes`), time and index
+    /// in the batch, sorted.
+    sorted: Vec<BatchEntry>,
 }
 
-impl<'p, P: StoredPoint> SeriesBatch<'p, P> {
-    fn sort(points: &'p [P]) -> Self {
+/// One point of a batch, as [`SeriesBatch`] sorts it: the type is the same
+/// for every kind of point, so the sort is compiled once, not per kind.
+#[derive(Clone, Copy)]
+struct BatchEntry {
+    prefix: (u32, u32),
+    time: Timestamp,
+    index: u32,
+}
+
+impl SeriesBatch {
+    fn sort<P: StoredPoint>(points: &[P]) -> Self {
         let (mut prefixes, mut key) = (Vec::new(), Vec::new());
-        let mut last: Option<Range<usize>> = None;
+        let mut last: Option<(u32, u32)> = None;
         let mut sorted = Vec::with_capacity(points.len());
-        for p in points {
+        for (index, p) in points.iter().enumerate() {
             put_series_prefix(&mut key, p.measurement(), p.tag_pairs());
-            let place = match last.clone().filter(|r| prefixes[r.clone()] == key[..]) {
+            let prefix = match last.filter(|&(start, end)| prefixes[start as usize..end as usize] == key[..]) {
                 Some(same) => same,
                 None => {
                     prefixes.extend_from_slice(&key);
-                    prefixes.len() - key.len()..prefixes.len()
+                    ((prefixes.len() - key.len()) as u32, prefixes.len() as u32)
                 }
             };
-            last = Some(place.clone());
-            sorted.push((place, p));
+            last = Some(prefix);
+            sorted.push(BatchEntry { prefix, time: p.time(), index: index as u32 });
         }
-        // A stable sort keeps batch order among equal (series, time).
-        sorted.sort_by(|(a, p), (b, q)| prefixes[a.clone()].cmp(&prefixes[b.clone()]).then(p.time().cmp(&q.time())));
-        SeriesBatch { prefixes, sorted }
+        let mut batch = SeriesBatch { prefixes, sorted };
+        batch.sort_entries();
+        batch
+    }
+
+    fn sort_entries(&mut self) {
+        let prefixes = &self.prefixes;
+        let key = |e: &BatchEntry| &prefixes[e.prefix.0 as usize..e.prefix.1 as usize];
+        self.sorted.sort_unstable_by(|a, b| key(a).cmp(key(b)).then(a.time.cmp(&b.time)).then(a.index.cmp(&b.index)));
+    }
+
+    fn prefix(&self, entry: &BatchEntry) -> &[u8] {
+        &self.prefixes[entry.prefix.0 as usize..entry.prefix.1 as usize]
     }
 
     /// Runs of points of one series.
-    fn groups(&self) -> impl Iterator<Item = &[(Range<usize>, &'p P)]> {
-        self.sorted.chunk_by(|(a, _), (b, _)| self.prefixes[a.clone()] == self.prefixes[b.clone()])
+    fn groups(&self) -> impl Iterator<Item = &[BatchEntry]> {
+        self.sorted.chunk_by(|a, b| self.prefix(a) == self.prefix(b))
     }
 }
 
@@ -263,6 +282,29 @@ impl SeriesWriter<'_, '_, '_> {
     }
 }
 
+/// Fields merged by name, ascending; a later value replaces an earlier one.
+#[derive(Default)]
+struct MergedFields<'f>(smallvec::SmallVec<[(&'f str, FieldRef<'f>); 8]>);
+
+impl<'f> MergedFields<'f> {
+    fn new() -> Self {
+        Self::default()
+    }
+
+    fn extend(&mut self, fields: impl Iterator<Item = (&'f str, FieldRef<'f>)>) {
+        for (name, value) in fields {
+            match self.0.binary_search_by(|(n, _)| n.cmp(&name)) {
+                Ok(at) => self.0[at].1 = value,
+                Err(at) => self.0.insert(at, (name, value)),
+            }
+        }
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = (&'f str, FieldRef<'f>)> {
+        self.0.into_iter()
+    }
+}
+
 /// The fields of one merged row, as the merge hands them to the writer.
 type RowFields<'r, 'f> = &'r mut dyn Iterator<Item = (&'f str, FieldRef<'f>)>;
 
@@ -290,7 +332,7 @@ fn for_each_merged_row<'f, P: StoredPoint>(
             (Some(block), 0) => emit(time, &mut block.fields(row))?,
             (None, 1) => emit(time, &mut points[at].field_pairs())?,
             _ => {
-                let mut fields: BTreeMap<&str, FieldRef<'_>> = BTreeMap::new();
+                let mut fields = MergedFields::new();
                 from_store.into_iter().for_each(|block| fields.extend(block.fields(row)));
                 points[at..at + new].iter().for_each(|p| fields.extend(p.field_pairs()));
                 emit(time, &mut fields.into_iter())?;
