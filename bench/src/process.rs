@@ -88,24 +88,23 @@ pub fn spawn_with(binary: &Path, prepare: &dyn Fn(&Path, &Path) -> anyhow::Resul
 
 /// Status code of `GET path`, or None when nothing answers yet.
 pub fn get_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-    let mut head = [0u8; 16];
-    stream.read_exact(&mut head).ok()?;
-    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+    get(addr, path)?.get(9..12)?.parse().ok()
 }
 
 /// The body of `GET path`, or None when nothing answers.
 fn get_body(addr: SocketAddr, path: &str) -> Option<String> {
+    Some(get(addr, path)?.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// The whole answer to `GET path`, or None when nothing answers.
+fn get(addr: SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).ok()?;
-    Some(text.split_once("\r\n\r\n")?.1.to_string())
+    Some(text)
 }
 
 /// Waits until no guest runs provisional quick code any more (a first
