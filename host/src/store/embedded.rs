@@ -160,7 +160,7 @@ impl EmbeddedStore {
         let mut series = FloatSeries::default();
         self.scan(q, &mut |_: &Series, block: Block<'_>, row| {
             let Some(value) =
-                (0..block.columns()).filter(|&c| block.column_name(c) == field).find_map(|c| block.value(c, row))
+                (0..block.columns()).filter(|&c| block.column_is(c, field)).find_map(|c| block.value(c, row))
             else {
                 return Ok(false);
             };

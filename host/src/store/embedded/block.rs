@@ -191,6 +191,12 @@ impl<'a> Block<'a> {
         std::str::from_utf8(&self.bytes[range]).unwrap_or_default()
     }
 
+    /// Whether `column` is named `name` (compared as bytes: no UTF-8
+    /// check per row on a scan's hot path).
+    pub fn column_is(&self, column: usize, name: &str) -> bool {
+        self.bytes[self.layout.columns[column].name.clone()] == *name.as_bytes()
+    }
+
     /// The value of `column` in `row`, if the row has one.
     pub fn value(&self, column: usize, row: usize) -> Option<FieldRef<'a>> {
         let c = &self.layout.columns[column];

@@ -43,16 +43,28 @@ impl<T: ReadableTable<&'static [u8], &'static [u8]>> BlockTable for T {}
 pub(super) type Visit<'v> = dyn FnMut(&Series, Block<'_>, usize) -> Result<bool, StoreError> + 'v;
 
 impl EmbeddedStore {
+    /// The first key within `bounds` (the last one when `last`), copied;
+    /// `what` names the lookup in an error.
+    pub(super) fn edge_key(
+        &self,
+        table: &impl BlockTable,
+        bounds: (Bound<&[u8]>, Bound<&[u8]>),
+        last: bool,
+        what: &'static str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut range = table.range::<&[u8]>(bounds).map_err(self.err(what))?;
+        let entry = if last { range.next_back() } else { range.next() };
+        Ok(entry.transpose().map_err(self.err(what))?.map(|(key, _)| key.value().to_vec()))
+    }
+
     /// Every measurement that has points, in key order: one seek each.
     pub(super) fn measurements(&self, table: &impl BlockTable) -> Result<Vec<String>, StoreError> {
         let mut lower = Bound::Unbounded;
         let mut found = Vec::new();
-        loop {
-            let bounds = (lower.as_ref().map(Vec::as_slice), Bound::Unbounded);
-            let mut range = table.range::<&[u8]>(bounds).map_err(self.err("list measurements"))?;
-            let Some(entry) = range.next() else { break };
-            let (key, _) = entry.map_err(self.err("list measurements"))?;
-            let name = Reader(key.value()).str().map_err(|e| self.corrupt(e))?.to_owned();
+        while let Some(key) =
+            self.edge_key(table, (lower.as_ref().map(Vec::as_slice), Bound::Unbounded), false, "list measurements")?
+        {
+            let name = Reader(&key).str().map_err(|e| self.corrupt(e))?.to_owned();
             lower = Bound::Included(measurement_successor(&name));
             found.push(name);
         }
@@ -67,10 +79,8 @@ impl EmbeddedStore {
         let mut found = Vec::new();
         loop {
             let bounds = (lower.as_ref().map(Vec::as_slice), Bound::Excluded(end.as_slice()));
-            let mut range = table.range::<&[u8]>(bounds).map_err(self.err("list series"))?;
-            let Some(entry) = range.next() else { break };
-            let (key, _) = entry.map_err(self.err("list series"))?;
-            let key = split_block_key(key.value(), prefix_len).map_err(|e| self.corrupt(e))?;
+            let Some(key) = self.edge_key(table, bounds, false, "list series")? else { break };
+            let key = split_block_key(&key, prefix_len).map_err(|e| self.corrupt(e))?;
             let tags = decode_series(key.series).map_err(|e| self.corrupt(e))?;
             let series = Series {
                 prefix: key.prefix.to_vec(),
@@ -123,15 +133,10 @@ impl EmbeddedStore {
         at: usize,
         span: Span,
     ) -> Result<Cursor<'t>, StoreError> {
-        let first_key = block_key(&s.prefix, Timestamp::MIN);
+        let (first_key, start_key) = (block_key(&s.prefix, Timestamp::MIN), block_key(&s.prefix, span.start));
         // The block holding `start` is the last one starting at or before it.
-        let lower = table
-            .range::<&[u8]>(first_key.as_slice()..=block_key(&s.prefix, span.start).as_slice())
-            .map_err(self.err("find first block"))?
-            .next_back()
-            .transpose()
-            .map_err(self.err("find first block"))?
-            .map_or(first_key, |(k, _)| k.value().to_vec());
+        let holding_start = (Bound::Included(first_key.as_slice()), Bound::Included(start_key.as_slice()));
+        let lower = self.edge_key(table, holding_start, true, "find first block")?.unwrap_or(first_key);
         let upper = match span.end {
             Some(end) => Bound::Excluded(block_key(&s.prefix, end)),
             None => Bound::Included(block_key(&s.prefix, Timestamp::MAX)),

@@ -6,6 +6,7 @@ use redb::ReadableTable;
 
 use super::block::{Block, BlockWriter, Layout, row_count};
 use super::keys::block_key;
+use super::write::SeriesWriter;
 use super::{BLOCKS, EmbeddedStore, StoreError, Timestamp, retention_cutoff};
 
 type BlocksTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
@@ -56,14 +57,9 @@ impl EmbeddedStore {
         let layout = Layout::parse(&bytes).map_err(|e| self.corrupt(e))?;
         let block = Block::new(&bytes, &layout);
         let keep_from = block.row_at_or_after(cutoff);
-        if keep_from < block.rows() {
-            let mut writer = BlockWriter::default();
-            (keep_from..block.rows()).for_each(|row| writer.push(block.time(row), block.fields(row)));
-            let mut kept = Vec::new();
-            writer.finish_into(&mut kept);
-            let key = block_key(prefix, block.time(keep_from));
-            table.insert(key.as_slice(), kept.as_slice()).map_err(self.err("rewrite block"))?;
-        }
+        let mut writer = BlockWriter::default();
+        (keep_from..block.rows()).for_each(|row| writer.push(block.time(row), block.fields(row)));
+        SeriesWriter { store: self, table, prefix }.flush(&mut writer, &mut Vec::new())?;
         Ok(deleted + keep_from as u64)
     }
 }

@@ -197,10 +197,10 @@ impl SeriesBatch {
 }
 
 /// Merges one series' new points into its blocks.
-struct SeriesWriter<'s, 't, 'txn> {
-    store: &'s EmbeddedStore,
-    table: &'t mut redb::Table<'txn, &'static [u8], &'static [u8]>,
-    prefix: &'s [u8],
+pub(super) struct SeriesWriter<'s, 't, 'txn> {
+    pub store: &'s EmbeddedStore,
+    pub table: &'t mut redb::Table<'txn, &'static [u8], &'static [u8]>,
+    pub prefix: &'s [u8],
 }
 
 /// A stored block a run of new points merges into: its key and bytes, and
@@ -241,9 +241,8 @@ impl SeriesWriter<'_, '_, '_> {
         };
         let block = (key.value().to_vec(), value.value().to_vec());
         let after = (Bound::Excluded(block.0.as_slice()), Bound::Included(last.as_slice()));
-        let next = self.table.range::<&[u8]>(after).map_err(&err)?.next().transpose().map_err(&err)?;
-        let next_first = match next {
-            Some((key, _)) => Some(key_time(key.value()).map_err(|e| self.store.corrupt(e))?),
+        let next_first = match self.store.edge_key(&*self.table, after, false, "find block")? {
+            Some(key) => Some(key_time(&key).map_err(|e| self.store.corrupt(e))?),
             None => None,
         };
         Ok(Owner { block: Some(block), next_first })
@@ -273,7 +272,7 @@ impl SeriesWriter<'_, '_, '_> {
     }
 
     /// Stores the writer's rows as a block (if it has any).
-    fn flush(&mut self, writer: &mut BlockWriter, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+    pub fn flush(&mut self, writer: &mut BlockWriter, buf: &mut Vec<u8>) -> Result<(), StoreError> {
         let Some(first) = writer.first_time() else { return Ok(()) };
         writer.finish_into(buf);
         let key = block_key(self.prefix, first);
