@@ -1,0 +1,1 @@
+//! Attacks of issue 21 (see main.rs).
