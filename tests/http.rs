@@ -134,6 +134,10 @@ influx_write = ["probe", "probe_http"]
 "api.token" = ["upstream.test"]
 "api.refresh" = ["upstream.test"]
 "other.key" = ["other.test"]
+[guests.probe.grants.capture]
+"api.token" = {{ from = "upstream.test", pointer = "/token", persist = true }}
+"api.refresh" = {{ from = "upstream.test", pointer = "/refresh_token", persist = true }}
+"other.key" = {{ from = "upstream.test", pointer = "/headers/x-capture-me" }}
 "#,
         state = dir.join("state").display(),
         ca = ca.display(),
@@ -266,17 +270,7 @@ async fn refused_secret(env: &Env) {
 }
 
 async fn capture(env: &Env) {
-    let seen = env
-        .request(
-            "capture",
-            &[
-                ("url", &env.url("upstream.test", "/token")),
-                ("method", "POST"),
-                ("capture", "/token=api.token,/refresh_token=api.refresh"),
-                ("capture_persist", "true"),
-            ],
-        )
-        .await;
+    let seen = env.request("capture", &[("url", &env.url("upstream.test", "/token")), ("method", "POST")]).await;
     assert_eq!(seen.status, 200, "{seen:?}");
     let body = seen.json();
     assert_eq!(
@@ -329,13 +323,10 @@ async fn limits(env: &Env) {
 }
 
 /// An echoing server can neither carry a secret into another one (through
-/// capture) nor hand it to the guest compressed, where scrubbing cannot see it.
+/// capture: the config captures other.key from the echo of `x-capture-me`)
+/// nor hand it to the guest compressed, where scrubbing cannot see it.
 async fn echoes(env: &Env) {
-    let args = [
-        ("url", env.url("upstream.test", "/echo-capture")),
-        ("h.x-api-key", "${secret:api.key}".into()),
-        ("capture", "/headers/x-api-key=other.key".into()),
-    ];
+    let args = [("url", env.url("upstream.test", "/echo-capture")), ("h.x-capture-me", "${secret:api.key}".into())];
     let seen = env.request("echo-capture", &args.each_ref().map(|(k, v)| (*k, v.as_str()))).await;
     assert_eq!(seen.status, 200, "{seen:?}");
     let seen =

@@ -136,6 +136,9 @@ http = ["private:{TOKEN_HOST}:{port}", "private:{DATA_HOST}:{port}"]
 secrets = {{ "{REFRESH}" = ["{TOKEN_HOST}:{port}"], "{ACCESS}" = ["{DATA_HOST}:{port}"] }}
 influx_write = ["electricity_consumption"]
 influx_read = ["electricity_consumption"]
+[guests.wattivahti.grants.capture]
+"{ACCESS}" = {{ from = "{TOKEN_HOST}:{port}", pointer = "/access_token", ttl = "1h" }}
+"{REFRESH}" = {{ from = "{TOKEN_HOST}:{port}", pointer = "/refresh_token", persist = true }}
 "#,
         state = dir.join("state").display(),
         ca = ca.display(),

@@ -131,6 +131,8 @@ config = {{ region = "CAISO_NORTH", api_base = "https://{NAME}:{port}"{extra} }}
 http = ["private:{NAME}"]
 secrets = {{ "watttime.username" = ["{NAME}"], "watttime.password" = ["{NAME}"], "watttime.token" = ["{NAME}"] }}
 influx_write = ["carbon_intensity", "carbon_intensity_forecast"]
+[guests.watttime.grants.capture]
+"watttime.token" = {{ from = "{NAME}", pointer = "/token", ttl = "30m" }}
 "#,
         state = dir.join("state").display(),
         ca = server.write_ca(dir).display(),

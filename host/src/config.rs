@@ -5,6 +5,7 @@
 //! line where it can be found) and what to do, because on a headless Pi the
 //! error message is all the help a user gets.
 
+mod capture;
 mod component;
 mod http_host;
 mod influx;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 
 use crate::board::Profile;
 use crate::engine::EngineLimits;
+pub use capture::{CaptureRule, MAX_CAPTURED_LEN, host_internal};
 pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig};
 pub use influx::OutboxConfig;
 pub use units::{Schedule, parse_duration, parse_size};
@@ -155,6 +157,9 @@ pub struct Grants {
     /// Measurements the guest may query.
     #[serde(default)]
     pub influx_read: Vec<String>,
+    /// Secret name → the rule by which the host captures it from answers.
+    #[serde(default)]
+    pub capture: BTreeMap<String, CaptureRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -277,7 +282,7 @@ impl Checker<'_> {
         let influx = self.influx(raw.influx)?;
         let mut guests = Vec::new();
         for (name, guest) in raw.guests {
-            guests.push(self.guest(&name, guest, host.board.as_ref())?);
+            guests.push(self.guest(&name, guest, host.board.as_ref(), &influx)?);
         }
         // Keep the order in which guests appear in the file.
         guests.sort_by_key(|g| locate::line_of(self.source, &["guests", &g.name, ""]).unwrap_or(0));
@@ -343,7 +348,13 @@ impl Checker<'_> {
         }
     }
 
-    fn guest(&self, name: &str, raw: RawGuest, board: Option<&Profile>) -> Result<GuestConfig, ConfigError> {
+    fn guest(
+        &self,
+        name: &str,
+        raw: RawGuest,
+        board: Option<&Profile>,
+        influx: &InfluxConfig,
+    ) -> Result<GuestConfig, ConfigError> {
         let at = |key: &'static str| [String::from("guests"), name.to_string(), key.to_string()];
         let err = |key: &'static str, msg: String| {
             let path = at(key);
@@ -396,6 +407,7 @@ impl Checker<'_> {
             Some(m) => m.parse().map_err(|e| err("compile", format!("guests.{name}.compile: {e}")))?,
         };
         self.check_grants(name, &raw.grants)?;
+        self.check_secret_grants(name, &raw.grants, influx)?;
         Ok(GuestConfig {
             name: name.to_string(),
             component,

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub mod scrub;
+
 /// Table in the file that records when persisted captured values expire.
 const EXPIRES_TABLE: &str = "_expires";
 
@@ -118,21 +120,18 @@ impl SecretStore {
         Ok(())
     }
 
-    /// Every current value, so logs and guest-visible text can be scrubbed.
-    pub fn all_values(&self) -> Vec<String> {
+    /// The values of `names`, expired ones included (an upstream may still
+    /// echo them): what one guest's grants could have put into a request.
+    pub fn values_of<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let _ = self.reload_if_changed();
         let inner = self.inner.lock().expect("secrets lock");
-        inner.entries.values().map(|e| e.value.clone()).filter(|v| v.len() >= 4).collect()
+        names.into_iter().filter_map(|n| inner.entries.get(n)).map(|e| e.value.clone()).collect()
     }
 
-    /// Replaces every secret value in `text` with `[redacted]`.
-    pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for value in self.all_values() {
-            if out.contains(&value) {
-                out = out.replace(&value, "[redacted]");
-            }
-        }
-        out
+    /// A scrubber for the values of `names` and their JSON forms, e.g. for
+    /// the log lines of a guest granted those secrets.
+    pub fn scrubber_for<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> scrub::Scrubber {
+        scrub::Scrubber::new(scrub::with_json_forms(self.values_of(names)))
     }
 
     fn reload_if_changed(&self) -> Result<(), SecretsError> {

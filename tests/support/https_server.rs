@@ -10,6 +10,11 @@
 //! | `/gzip` | echoes gzip-compressed (as any echo does when `accept-encoding` asks for gzip) |
 //! | `/big` | 256 KiB of `x` |
 //! | `/redirect` | 302 to `https://elsewhere.test/` |
+//! | `/oauth/token` | a rotating token endpoint: `{"access_token", "refresh_token", "expires_in"}`, fresh values each call ([`HttpsServer::issued`]) |
+//! | `/not-json` | 200 `text/plain`, the next issued tokens form-encoded |
+//! | `/flag` | `{"flag": "true", "note": "a true story"}` |
+//! | `/a-lot` | 200 `text/plain`: 3 MiB of `a`, then `b!` |
+//! | `/two-encodings` | gzip JSON with `content-encoding: identity` and then `content-encoding: gzip` |
 //! | anything else | echo: `{"method", "path", "headers": {name: value}, "body"}`, and the request's `Authorization` in `x-echo-authorization` |
 #![allow(dead_code)]
 
@@ -58,21 +63,48 @@ pub struct HttpsServer {
     _serving: Serving,
 }
 
-/// `/hold` requests open now, and the most at once.
+/// `/hold` requests open now, and the most at once; tokens issued so far.
 #[derive(Default)]
 struct Held {
     now: AtomicUsize,
     most: AtomicUsize,
+    issued: AtomicUsize,
+    /// Makes this server's tokens unlike any other server's in the process.
+    tag: String,
+}
+
+impl Held {
+    fn issue(&self) -> (String, String) {
+        let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        issued_pair(&self.tag, n)
+    }
+}
+
+fn issued_pair(tag: &str, n: usize) -> (String, String) {
+    (format!("acc-{tag}-{n:04}-access"), format!("ref-{tag}-{n:04}-rotated"))
 }
 
 impl HttpsServer {
     /// Starts on 127.0.0.1 with a certificate for `names` (DNS names or IPs).
     pub async fn start(names: &[&str]) -> HttpsServer {
         let received = Arc::new(Mutex::new(Vec::new()));
-        let held = Arc::new(Held::default());
+        static SERVERS: AtomicUsize = AtomicUsize::new(0);
+        let tag = format!("{}x{}", std::process::id(), SERVERS.fetch_add(1, Ordering::SeqCst));
+        let held = Arc::new(Held { tag, ..Held::default() });
         let (log, counts) = (received.clone(), held.clone());
         let (addr, ca_pem, serving) = serve_tls(names, move |req| answer(req, log.clone(), counts.clone())).await;
         HttpsServer { addr, ca_pem, received, held, _serving: serving }
+    }
+
+    /// The access and refresh token `/oauth/token` (or `/not-json`) issued
+    /// at its `n`th call (from 1).
+    pub fn issued(&self, n: usize) -> (String, String) {
+        issued_pair(&self.held.tag, n)
+    }
+
+    /// How many token pairs were issued.
+    pub fn issued_count(&self) -> usize {
+        self.held.issued.load(Ordering::SeqCst)
     }
 
     /// The most `/hold` requests that were open at once.
@@ -196,6 +228,33 @@ async fn answer(
             json_reply(200, "application/json", json!({"token": TOKEN, "refresh_token": REFRESH, "expires_in": 1800}))
         }
         "/big" => hyper::Response::new(Full::new(Bytes::from(vec![b'x'; 256 * 1024]))),
+        "/oauth/token" => {
+            let (access, refresh) = held.issue();
+            json_reply(
+                200,
+                "application/json",
+                json!({"access_token": access, "refresh_token": refresh, "expires_in": 3600}),
+            )
+        }
+        "/not-json" => {
+            let (access, refresh) = held.issue();
+            let form = format!("access_token={access}&refresh_token={refresh}&expires_in=3600");
+            hyper::Response::builder().header("content-type", "text/plain").body(Full::new(Bytes::from(form))).unwrap()
+        }
+        "/flag" => json_reply(200, "application/json", json!({"flag": "true", "note": "a true story"})),
+        "/a-lot" => {
+            let mut body = vec![b'a'; 3 << 20];
+            body.extend_from_slice(b"b!");
+            hyper::Response::builder().header("content-type", "text/plain").body(Full::new(Bytes::from(body))).unwrap()
+        }
+        "/two-encodings" => {
+            let mut response = gzip_json_reply(echo(&received));
+            let headers = response.headers_mut();
+            headers.remove("content-encoding");
+            headers.append("content-encoding", "identity".parse().unwrap());
+            headers.append("content-encoding", "gzip".parse().unwrap());
+            response
+        }
         "/redirect" => hyper::Response::builder()
             .status(302)
             .header("location", "https://elsewhere.test/")

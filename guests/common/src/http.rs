@@ -1,17 +1,16 @@
-//! One outbound `wasi:http` exchange: arm capture rules, send a request,
-//! read the whole response.
+//! One outbound `wasi:http` exchange: send a request, read the whole
+//! response.
 //!
 //! Every guest that talks to an upstream (and the test probe) needs exactly
 //! this sequence, so it lives here once. The guest never holds a secret:
 //! headers, query and body carry `${secret:...}` placeholders that the host
-//! fills in at egress for granted hosts, and the host scrubs secrets from what
-//! comes back. Native builds (unit tests) have no `wasi:http`; [`request`]
+//! fills in at egress for granted hosts; the host captures tokens from what
+//! comes back by the operator's `grants.capture` rules (the guest finds
+//! [`CAPTURED`] where a token was) and scrubs secrets from the rest. Native builds (unit tests) have no `wasi:http`; [`request`]
 //! returns [`HttpError::Unsupported`] there.
 
 use std::fmt;
 use std::time::Duration;
-
-use crate::secrets::CaptureRule;
 
 /// What the host puts in place of a field it captured into a secret: a
 /// guest checks for it to know the capture happened.
@@ -30,8 +29,6 @@ pub struct Request {
     pub body: String,
     /// `wasi:http` first-byte timeout; `None` keeps the host's default.
     pub first_byte_timeout: Option<Duration>,
-    /// Capture rules armed just before this request (none when empty).
-    pub captures: Vec<CaptureRule>,
 }
 
 /// What came back.
@@ -59,8 +56,6 @@ pub enum HttpError {
     Unsupported,
     /// The request could not be built (URL, method or header rejected).
     Invalid(String),
-    /// The host refused the capture rules.
-    Capture(String),
     /// The host or the network failed the exchange: denied, DNS, TLS,
     /// timeout, oversize body (the `wasi:http` error code, e.g.
     /// `HttpRequestDenied`, `ConnectionTimeout`).
@@ -72,7 +67,6 @@ impl fmt::Display for HttpError {
         match self {
             HttpError::Unsupported => f.write_str("HTTP needs the wasm32-wasip2 build"),
             HttpError::Invalid(m) | HttpError::Transport(m) => f.write_str(m),
-            HttpError::Capture(m) => write!(f, "arming the capture rules: {m}"),
         }
     }
 }
@@ -107,14 +101,14 @@ pub fn request_all(requests: &[Request]) -> Vec<Result<Response, HttpError>> {
     requests.iter().map(|_| Err(HttpError::Unsupported)).collect()
 }
 
-/// Arms the request's capture rules, sends it and reads the whole response.
+/// Sends the request and reads the whole response.
 #[cfg(target_arch = "wasm32")]
 pub fn request(request: &Request) -> Result<Response, HttpError> {
     let pending = wasi::start(request)?;
     wasi::read(wasi::wait(pending)?)
 }
 
-/// Sends every request at once (each with its capture rules) and reads the
+/// Sends every request at once and reads the
 /// responses as they arrive; the results are in request order. The host
 /// runs a few of a guest's requests at a time and the rest wait for a slot,
 /// which a response frees once it is read: reading them in the order they
@@ -148,15 +142,7 @@ mod wasi {
         Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
     };
 
-    use super::{CaptureRule, HttpError, Request, Response, split_url};
-
-    /// Arms `rules`, if any, so the host captures from this response.
-    pub fn arm(rules: &[CaptureRule]) -> Result<(), HttpError> {
-        if rules.is_empty() {
-            return Ok(());
-        }
-        crate::secrets::arm_capture(rules).map_err(|e| HttpError::Capture(format!("{e:?}")))
-    }
+    use super::{HttpError, Request, Response, split_url};
 
     /// The outgoing request with method, URL and headers set.
     pub fn build(request: &Request) -> Result<OutgoingRequest, HttpError> {
@@ -175,10 +161,9 @@ mod wasi {
         Ok(outgoing)
     }
 
-    /// Arms the request's capture rules, hands it to the host and writes its
-    /// body; the response is then awaited with [`wait`].
+    /// Hands the request to the host and writes its body; the response is
+    /// then awaited with [`wait`].
     pub fn start(request: &Request) -> Result<FutureIncomingResponse, HttpError> {
-        arm(&request.captures)?;
         let outgoing = build(request)?;
         let transport = |e: String| HttpError::Transport(e);
         let options = request.first_byte_timeout.map(|timeout| {

@@ -9,7 +9,8 @@
 //!
 //! The refresh token lives only in the host (`wattivahti.refresh_token`,
 //! granted to the token host); the guest writes `${secret:...}` placeholders
-//! and arms capture rules, and never sees a token. The pure parts — naive
+//! and the host captures the tokens of the refresh answer by the operator's
+//! `grants.capture` rules, so the guest never sees a token. The pure parts — naive
 //! local time → UTC with DST disambiguation ([`localtime`]), windows and
 //! chunks ([`window`]), the wire formats ([`api`]) — are tested natively.
 

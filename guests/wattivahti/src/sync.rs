@@ -1,10 +1,10 @@
 //! One sync run against the host: token refresh, window choice, per-chunk
 //! fetch (PT15MIN, PT1H for what it lacks), placement and writing.
 //!
-//! Owns the order that keeps credentials safe: the capture rules for the
-//! new access token and the rotated refresh token are armed before the
-//! token request, so the host stores a rotation before any data call can
-//! fail. Each chunk's points are written before the next chunk is fetched,
+//! Owns the order that keeps credentials safe: the token refresh comes
+//! first, and the host captures the new access token and the rotated
+//! refresh token from its answer (the operator's `grants.capture` rules),
+//! so a rotation is stored before any data call can fail. Each chunk's points are written before the next chunk is fetched,
 //! so a failure later in a long backfill keeps what was already synced, and
 //! counters move per chunk so `wattedge invoke` shows progress. A backfill
 //! too long for one run continues in the next (guest state + a wake-up).
@@ -12,17 +12,13 @@
 use wattedge_guest::http::{self, Request};
 use wattedge_guest::status::{self, CounterValue};
 use wattedge_guest::{
-    GuestError, InfluxQuery, Point, Summary, Trigger, clock, influx, log_warn, report, schedule, secrets, state,
+    GuestError, InfluxQuery, Point, Summary, Trigger, clock, influx, log_warn, report, schedule, state,
 };
 
-use crate::api::{self, ACCESS_TOKEN, MEASUREMENT, REFRESH_TOKEN, TokenOutcome};
+use crate::api::{self, ACCESS_TOKEN, MEASUREMENT, TokenOutcome};
 use crate::localtime::{self, End, Nanos};
 use crate::settings::Settings;
 use crate::window;
-
-/// How long the host keeps a captured access token (B2C issues them for an
-/// hour; the guest refreshes on every run anyway).
-pub const ACCESS_TOKEN_TTL_SECONDS: u64 = 3600;
 
 /// How long one run keeps backfilling before it hands the rest of the range
 /// to a wake-up run (well inside the default 60 s `run_timeout`).
@@ -115,29 +111,8 @@ fn incremental_range(ctx: &Ctx) -> Result<(Nanos, Nanos), GuestError> {
     Ok((window::sync_start(last, now, s.sync_buffer_hours, s.initial_sync_days), now))
 }
 
-/// The capture rules armed before the token request: the access token in
-/// memory with a TTL, the refresh token persisted (skipped by the host when
-/// the reply has none, so the stored one stays).
-fn capture_rules() -> [secrets::CaptureRule; 2] {
-    [
-        secrets::CaptureRule {
-            pointer: "/access_token".into(),
-            secret: ACCESS_TOKEN.into(),
-            ttl_seconds: Some(ACCESS_TOKEN_TTL_SECONDS),
-            persist: false,
-        },
-        secrets::CaptureRule {
-            pointer: "/refresh_token".into(),
-            secret: REFRESH_TOKEN.into(),
-            ttl_seconds: None,
-            persist: true,
-        },
-    ]
-}
-
 /// Refreshes the access token; the host captures both tokens.
 fn refresh_token(settings: &Settings) -> Result<(), GuestError> {
-    secrets::arm_capture(&capture_rules()).map_err(|e| GuestError::Internal(format!("arming token capture: {e:?}")))?;
     let request = Request {
         method: "POST".into(),
         url: settings.token_url.clone(),

@@ -1,7 +1,8 @@
-//! WattTime's view of one `GET`: the request with its optional token
-//! capture, and the response reduced to what [`crate::policy`] reads.
+//! WattTime's view of one `GET`: the request, and the response reduced to
+//! what [`crate::policy`] reads. The host captures the login's `/token`
+//! into `watttime.token` by the operator's `grants.capture` rule.
 //!
-//! The exchange itself (capture arming, `wasi:http`, reading the body) is
+//! The exchange itself (`wasi:http`, reading the body) is
 //! [`wattedge_guest::http`]; the guest only ever writes `${secret:...}`
 //! placeholders into headers, which the host fills in at egress for granted
 //! destinations. Native builds (unit tests) cannot send anything.
@@ -9,7 +10,6 @@
 use std::time::Duration;
 
 use wattedge_guest::http::{self as wasi_http, HttpError};
-use wattedge_guest::secrets::CaptureRule;
 
 /// Per-request first-byte timeout: several requests must fit in one run.
 pub const FIRST_BYTE_TIMEOUT_MS: u64 = 15_000;
@@ -21,8 +21,6 @@ pub struct Request {
     pub url: String,
     /// Header name/value pairs (values may hold secret placeholders).
     pub headers: Vec<(String, String)>,
-    /// Capture `/token` of a 2xx JSON answer into this secret with this TTL.
-    pub capture: Option<(String, u64)>,
 }
 
 /// What came back.
@@ -38,7 +36,7 @@ pub struct Response {
     pub body: String,
 }
 
-/// Sends the request (arming the token capture first) and reads the whole
+/// Sends the request and reads the whole
 /// response; `Err` is a transport failure (denied, DNS, TLS, timeout)
 /// described for the status detail.
 pub fn get(request: &Request) -> Result<Response, HttpError> {
@@ -47,19 +45,12 @@ pub fn get(request: &Request) -> Result<Response, HttpError> {
 
 /// The shared exchange for `request`: a `GET` with the WattTime timeout.
 fn exchange(request: &Request) -> wasi_http::Request {
-    let captures = request.capture.iter().map(|(secret, ttl)| CaptureRule {
-        pointer: "/token".into(),
-        secret: secret.clone(),
-        ttl_seconds: Some(*ttl),
-        persist: crate::PERSIST_TOKEN,
-    });
     wasi_http::Request {
         method: "GET".into(),
         url: request.url.clone(),
         headers: request.headers.clone(),
         body: String::new(),
         first_byte_timeout: Some(Duration::from_millis(FIRST_BYTE_TIMEOUT_MS)),
-        captures: captures.collect(),
     }
 }
 
@@ -75,13 +66,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn login_arms_the_token_capture() {
-        let login = Request { url: "https://a.test/login".into(), headers: vec![], capture: Some(("t".into(), 60)) };
+    fn a_request_is_a_get_with_the_watttime_timeout() {
+        let login = Request { url: "https://a.test/login".into(), headers: vec![] };
         let sent = exchange(&login);
         assert_eq!((sent.method.as_str(), sent.first_byte_timeout), ("GET", Some(Duration::from_secs(15))));
-        assert_eq!(sent.captures.len(), 1);
-        assert_eq!((sent.captures[0].pointer.as_str(), sent.captures[0].ttl_seconds), ("/token", Some(60)));
-        assert!(exchange(&Request { capture: None, ..login }).captures.is_empty());
+        assert_eq!(sent.url, "https://a.test/login");
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //!
 //! Credentials: the guest never sees a password or token. It logs in with
 //! `Authorization: Basic ${secret-basic:watttime.username:watttime.password}`
-//! and has the host capture `/token` into `watttime.token` (TTL 30 min, kept
-//! in host memory only, see [`PERSIST_TOKEN`]); a `watttime.token` set by the
-//! user without username and password is used as is and no login is made.
+//! and the host captures `/token` into `watttime.token` by the operator's
+//! rule in `grants.capture` (the default config: TTL 30 min, kept in host
+//! memory only, so a restart costs one login and the SD card is not
+//! rewritten every half hour); a `watttime.token` set by the user without
+//! username and password is used as is and no login is made.
 
 pub mod forecast;
 pub mod http;
@@ -26,14 +28,6 @@ use wattedge_guest::{
 use http::{Request, Response};
 use policy::{Ledger, Verdict};
 use settings::{PASSWORD, Settings, TOKEN, USERNAME};
-
-/// Whether the captured token is written to the secrets file. `false`: the
-/// token lives 30 minutes, a restart costs one login, and a Raspberry Pi's SD
-/// card is not rewritten every half hour (the secrets file does not keep the
-/// expiry either, so a persisted token would look valid forever).
-pub const PERSIST_TOKEN: bool = false;
-/// Lifetime of a captured token (WattTime tokens are valid for 30 minutes).
-pub const TOKEN_TTL_S: u64 = 1800;
 
 /// Counter names shown in `/guests/watttime` and `/metrics`.
 pub mod counters {
@@ -107,7 +101,6 @@ impl Run<'_> {
         let request = Request {
             url: settings::login_url(self.settings),
             headers: vec![("authorization".into(), format!("Basic ${{secret-basic:{USERNAME}:{PASSWORD}}}"))],
-            capture: Some((TOKEN.into(), TOKEN_TTL_S)),
         };
         let response = self.send(&request, "login")?;
         match response.status {
@@ -138,7 +131,6 @@ impl Run<'_> {
         let request = Request {
             url: settings::forecast_url(self.settings),
             headers: vec![("authorization".into(), format!("Bearer ${{secret:{TOKEN}}}"))],
-            capture: None,
         };
         let (mut relogged, mut server_tries) = (false, 0u32);
         loop {

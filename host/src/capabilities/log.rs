@@ -1,5 +1,7 @@
 //! The `log` capability and the guest's stdout/stderr: lines go to the host's
-//! tracing log, tagged with the guest's name, with secret values redacted.
+//! tracing log, tagged with the guest's name, with the values of the guest's
+//! granted secrets redacted (only those: another guest's short secret must
+//! not blank out this guest's words).
 //!
 //! A guest cannot forge or drown the host's own lines: control characters
 //! (a newline that would start a fake host line) are escaped, a line is cut
@@ -26,12 +28,14 @@ pub const LINES_PER_SEC: f64 = 5.0;
 pub struct LogCap {
     guest: Arc<str>,
     secrets: Arc<SecretStore>,
+    /// The secrets granted to this guest: what its lines are scrubbed of.
+    granted: Arc<[String]>,
     budget: Arc<Mutex<Budget>>,
 }
 
 impl LogCap {
-    pub fn new(guest: Arc<str>, secrets: Arc<SecretStore>) -> LogCap {
-        LogCap { guest, secrets, budget: Arc::new(Mutex::new(Budget::full(Instant::now()))) }
+    pub fn new(guest: Arc<str>, secrets: Arc<SecretStore>, granted: Arc<[String]>) -> LogCap {
+        LogCap { guest, secrets, granted, budget: Arc::new(Mutex::new(Budget::full(Instant::now()))) }
     }
 
     /// The guest's stdout (or stderr), logged line by line through this logger.
@@ -49,8 +53,11 @@ impl LogCap {
         if suppressed > 0 {
             tracing::warn!(target: "guest", guest, suppressed, "guest log lines dropped: more than {BURST_LINES} at once");
         }
-        let redacted = self.secrets.redact(clip(message));
-        let line = one_line(&redacted);
+        // Redact the whole line, then clip: a value cut in two by the clip
+        // would leave its prefix behind, where no search finds it.
+        let scrubber = self.secrets.scrubber_for(self.granted.iter().map(String::as_str));
+        let redacted = scrubber.scrub_str(message);
+        let line = one_line(clip(&redacted));
         match level {
             Level::Trace => tracing::trace!(target: "guest", guest, stream, "{line}"),
             Level::Debug => tracing::debug!(target: "guest", guest, stream, "{line}"),

@@ -74,7 +74,8 @@ impl GuestCtx {
     /// A fresh context for `guest`, with its grants and limits applied.
     pub fn new(guest: &GuestConfig, services: &HostServices, shared: Arc<GuestShared>) -> GuestCtx {
         let name: Arc<str> = guest.name.as_str().into();
-        let log = log::LogCap::new(name.clone(), services.secrets.clone());
+        let granted = guest.grants.secrets.keys().cloned().collect();
+        let log = log::LogCap::new(name.clone(), services.secrets.clone(), granted);
         let wasi = WasiCtx::builder().stdout(log.stdio(false)).stderr(log.stdio(true)).build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(usize::try_from(guest.memory_limit).unwrap_or(usize::MAX))
@@ -83,11 +84,7 @@ impl GuestCtx {
             .trap_on_grow_failure(true)
             .build();
         let secrets = secrets::SecretsCap::new(name.clone(), &guest.grants, services.secrets.clone());
-        let gate_parts = http::GateParts {
-            secrets: services.secrets.clone(),
-            settings: services.http.clone(),
-            armed: secrets.armed.clone(),
-        };
+        let gate_parts = http::GateParts { secrets: services.secrets.clone(), settings: services.http.clone() };
         let mut http_ctx = WasiHttpCtx::new();
         http_ctx.set_field_size_limit(MAX_HEADER_BYTES);
         let mut table = ResourceTable::new();

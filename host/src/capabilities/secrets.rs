@@ -1,23 +1,13 @@
 //! The `secrets` capability: a guest may ask whether a granted secret is set
-//! and arm capture rules, but never read a value.
+//! (and when it expires) or forget it, but never read a value. What the host
+//! captures is the operator's rule (`grants.capture`), not the guest's.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use crate::bindings::secrets::{self as wit, SecretError};
 use crate::config::Grants;
 use crate::secrets::SecretStore;
-
-/// A capture rule armed by the guest, applied by the HTTP gate to the
-/// response of the guest's next request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CaptureRule {
-    pub pointer: String,
-    pub secret: String,
-    pub ttl: Option<Duration>,
-    pub persist: bool,
-}
 
 /// One guest's view of the secrets store.
 pub struct SecretsCap {
@@ -25,13 +15,11 @@ pub struct SecretsCap {
     store: Arc<SecretStore>,
     /// Secret name → hosts it may be sent to.
     grants: BTreeMap<String, Vec<String>>,
-    /// Rules for the next outgoing request's response.
-    pub(crate) armed: Arc<Mutex<Vec<CaptureRule>>>,
 }
 
 impl SecretsCap {
     pub fn new(guest: Arc<str>, grants: &Grants, store: Arc<SecretStore>) -> SecretsCap {
-        SecretsCap { guest, store, grants: grants.secrets.clone(), armed: Arc::default() }
+        SecretsCap { guest, store, grants: grants.secrets.clone() }
     }
 
     /// Hosts `name` may be sent to, if it is granted at all.
@@ -63,27 +51,6 @@ impl wit::Host for super::GuestCtx {
             return None;
         }
         self.secrets.store.expires_in(&name).map(|d| d.as_secs())
-    }
-
-    fn arm_capture(&mut self, rules: Vec<wit::CaptureRule>) -> Result<(), SecretError> {
-        let mut checked = Vec::with_capacity(rules.len());
-        for rule in rules {
-            self.secrets.check_granted(&rule.secret)?;
-            if !(rule.pointer.is_empty() || rule.pointer.starts_with('/')) {
-                return Err(SecretError::Invalid(format!(
-                    "capture pointer {:?} is not a JSON pointer; it must start with '/'",
-                    rule.pointer
-                )));
-            }
-            checked.push(CaptureRule {
-                pointer: rule.pointer,
-                secret: rule.secret,
-                ttl: rule.ttl_seconds.map(Duration::from_secs),
-                persist: rule.persist,
-            });
-        }
-        *self.secrets.armed.lock().expect("capture lock") = checked;
-        Ok(())
     }
 
     fn forget(&mut self, name: String) -> Result<(), SecretError> {

@@ -69,7 +69,7 @@ fn ttl_expires_and_redaction_hides_values() {
     let store = SecretStore::open(&dir.path().join("s.toml")).unwrap();
     store.set("t", "tok-123456", Some(Duration::from_secs(3600)), false).unwrap();
     assert!(store.expires_in("t").unwrap() > Duration::from_secs(3500));
-    assert_eq!(store.redact("Bearer tok-123456 ok"), "Bearer [redacted] ok");
+    assert_eq!(store.scrubber_for(["t"]).scrub_str("Bearer tok-123456 ok"), "Bearer [redacted] ok");
     store.set("gone", "old-value", Some(Duration::ZERO), false).unwrap();
     assert!(!store.is_usable("gone"));
     assert!(!dir.path().join("s.toml").exists(), "ephemeral values are never written");

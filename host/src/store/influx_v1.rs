@@ -10,7 +10,9 @@
 //!
 //! Credentials are secrets (`${secret:NAME}` in the config), looked up at each
 //! request so a rotated token is picked up without a restart; they are sent
-//! as headers (`Authorization: Basic` or `Token`), never in URLs.
+//! as headers (`Authorization: Basic` or `Token`), never in URLs. Error text
+//! taken from the server's answers (which reaches guests and the log) is
+//! scrubbed of those credentials before anything clips it.
 
 pub(super) mod client;
 
@@ -27,6 +29,7 @@ use super::outbox::{Outbox, OutboxSink};
 use super::remote::Forwarded;
 use super::{FieldValue, Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, influxql};
 use crate::secrets::SecretStore;
+use crate::secrets::scrub::{self, Scrubber};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -168,7 +171,7 @@ impl TimeSeriesStore for InfluxV1Backend {
     }
 
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>> {
-        Box::pin(self.select(query))
+        Box::pin(async move { self.select(query).await.map_err(|e| self.api.scrub_error(e)) })
     }
 
     fn kind(&self) -> &'static str {
@@ -197,6 +200,39 @@ struct Api {
 }
 
 impl Api {
+    /// What an echoing server could hand back of the credentials: the
+    /// secret values and the Basic pair they make.
+    fn scrubber(&self) -> Scrubber {
+        use base64::Engine as _;
+        let mut values = Vec::new();
+        match &self.auth {
+            Auth::None => {}
+            Auth::Password { username, secret } => {
+                if let Some(password) = self.secrets.value(secret) {
+                    let pair = format!("{username}:{password}");
+                    values.push(base64::engine::general_purpose::STANDARD.encode(pair));
+                    values.push(password);
+                }
+            }
+            Auth::Token { secret } => values.extend(self.secrets.value(secret)),
+        }
+        Scrubber::new(scrub::with_json_forms(values))
+    }
+
+    /// `body` without the credentials, before anything clips it.
+    fn scrubbed(&self, body: &[u8]) -> Bytes {
+        self.scrubber().scrub(body).map_or_else(|| Bytes::copy_from_slice(body), Bytes::from)
+    }
+
+    /// `e` without the credentials (e.g. an `error` a server echoed them in).
+    fn scrub_error(&self, e: StoreError) -> StoreError {
+        let scrubber = self.scrubber();
+        match e {
+            StoreError::Invalid(m) => StoreError::Invalid(scrubber.scrub_str(&m).into_owned()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(scrubber.scrub_str(&m).into_owned()),
+        }
+    }
+
     fn auth_header(&self) -> Result<Option<String>, String> {
         use base64::Engine as _;
         let secret = |name: &str| {
@@ -238,7 +274,7 @@ impl Api {
             _ => Err(StoreError::Unavailable(format!(
                 "InfluxDB answered HTTP {} to a query, not JSON results: {}",
                 response.status,
-                snippet(&response.body)
+                snippet(&self.scrubbed(&response.body))
             ))),
         }
     }
@@ -256,6 +292,7 @@ impl Api {
     }
 
     fn judge_write(&self, status: u16, body: &[u8]) -> Delivery {
+        let body = &self.scrubbed(body)[..];
         let message = serde_json::from_slice::<Value>(body)
             .ok()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))

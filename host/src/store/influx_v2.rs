@@ -15,6 +15,9 @@
 //! read at each request so a rotated one needs no restart. The outbox
 //! already produces gzip line protocol, so its write API would add nothing.
 //! This backend therefore uses the small client of the v1 backend.
+//!
+//! Error text taken from the server's answers (which reaches guests and the
+//! log) is scrubbed of the token before anything clips it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use super::outbox::{Outbox, OutboxSink};
 use super::remote::Forwarded;
 use super::{Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, flux};
 use crate::secrets::SecretStore;
+use crate::secrets::scrub::{self, Scrubber};
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -112,7 +116,7 @@ impl TimeSeriesStore for InfluxV2Backend {
     }
 
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>> {
-        Box::pin(self.select(query))
+        Box::pin(async move { self.select(query).await.map_err(|e| self.api.scrub_error(e)) })
     }
 
     fn kind(&self) -> &'static str {
@@ -144,6 +148,26 @@ struct Api {
 }
 
 impl Api {
+    /// What an echoing server could hand back of the token.
+    fn scrubber(&self) -> Scrubber {
+        Scrubber::new(scrub::with_json_forms(self.secrets.value(&self.token_secret).into_iter().collect()))
+    }
+
+    /// The error message of an answer, without the token (scrubbed before
+    /// [`message`] clips it).
+    fn message(&self, body: &[u8]) -> String {
+        message(self.scrubber().scrub(body).as_deref().unwrap_or(body))
+    }
+
+    /// `e` without the token (e.g. an error a server echoed it in).
+    fn scrub_error(&self, e: StoreError) -> StoreError {
+        let scrubber = self.scrubber();
+        match e {
+            StoreError::Invalid(m) => StoreError::Invalid(scrubber.scrub_str(&m).into_owned()),
+            StoreError::Unavailable(m) => StoreError::Unavailable(scrubber.scrub_str(&m).into_owned()),
+        }
+    }
+
     fn auth_header(&self) -> Result<String, String> {
         let name = &self.token_secret;
         let token =
@@ -170,7 +194,7 @@ impl Api {
             return Err(StoreError::Unavailable(format!(
                 "InfluxDB answered HTTP {} to a query: {}",
                 response.status,
-                message(&response.body)
+                self.message(&response.body)
             )));
         }
         String::from_utf8(response.body.to_vec())
@@ -190,7 +214,7 @@ impl Api {
             Err(message) => return Delivery::Retry { message, reachable: true },
         };
         match self.client.send(request, &path, gzipped, WRITE_TIMEOUT).await {
-            Ok(response) => self.judge_write(response.status, &message(&response.body)),
+            Ok(response) => self.judge_write(response.status, &self.message(&response.body)),
             Err(message) => Delivery::Retry { message, reachable: false },
         }
     }

@@ -2,8 +2,7 @@
 //! invoke arguments, reported exactly as the guest saw it.
 //!
 //! Keys: `url`, `method` (default GET), `h.NAME = VALUE` (a request header),
-//! `body`, `capture` (`POINTER=SECRET,...`, armed for this request),
-//! `capture_ttl` (seconds), `capture_persist` (`true`), `timeout_ms`
+//! `body`, `timeout_ms`
 //! (wasi:http first-byte timeout), `label` (tag of the reported point),
 //! `parallel` (send that many copies at once; the first failure, or else the
 //! first response, is reported).
@@ -15,14 +14,6 @@ use std::time::Duration;
 use wattedge_guest::GuestError;
 use wattedge_guest::config::config_error;
 use wattedge_guest::http as wasi_http;
-use wattedge_guest::secrets::CaptureRule;
-
-/// One capture rule as the guest arms it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Capture {
-    pub pointer: String,
-    pub secret: String,
-}
 
 /// A request to make.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,9 +24,6 @@ pub struct HttpPlan {
     pub method: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
-    pub captures: Vec<Capture>,
-    pub capture_ttl: Option<u64>,
-    pub capture_persist: bool,
     pub timeout_ms: Option<u64>,
     pub label: String,
     pub parallel: u64,
@@ -67,7 +55,6 @@ pub fn plan(pairs: &[(String, String)]) -> Result<HttpPlan, GuestError> {
             headers.push((name.to_string(), v.clone()));
         }
     }
-    let captures = parse_captures(last(pairs, "capture").unwrap_or(""))?;
     let number = |key: &str| {
         last(pairs, key).map(|v| v.trim().parse::<u64>().map_err(|_| config_error(key, "must be a whole number")))
     };
@@ -78,27 +65,13 @@ pub fn plan(pairs: &[(String, String)]) -> Result<HttpPlan, GuestError> {
         method: last(pairs, "method").unwrap_or("GET").to_string(),
         headers,
         body: last(pairs, "body").unwrap_or("").to_string(),
-        captures,
-        capture_ttl: number("capture_ttl").transpose()?,
-        capture_persist: last(pairs, "capture_persist") == Some("true"),
         timeout_ms: number("timeout_ms").transpose()?,
         label: last(pairs, "label").unwrap_or("request").to_string(),
         parallel: number("parallel").transpose()?.unwrap_or(1).clamp(1, 64),
     })
 }
 
-fn parse_captures(text: &str) -> Result<Vec<Capture>, GuestError> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|item| match item.split_once('=') {
-            Some((pointer, secret)) => Ok(Capture { pointer: pointer.into(), secret: secret.into() }),
-            None => Err(config_error("capture", format!("{item:?} is not POINTER=SECRET"))),
-        })
-        .collect()
-}
-
-/// Makes the request (arming the capture rules first) and reads the whole
+/// Makes the request and reads the whole
 /// response; a failure is reported in `error` with status 0.
 pub fn perform(plan: &HttpPlan) -> Outcome {
     let copies = vec![plan.request(); usize::try_from(plan.parallel).unwrap_or(1)];
@@ -118,19 +91,12 @@ pub fn perform(plan: &HttpPlan) -> Outcome {
 impl HttpPlan {
     /// The shared exchange this plan describes.
     fn request(&self) -> wasi_http::Request {
-        let captures = self.captures.iter().map(|c| CaptureRule {
-            pointer: c.pointer.clone(),
-            secret: c.secret.clone(),
-            ttl_seconds: self.capture_ttl,
-            persist: self.capture_persist,
-        });
         wasi_http::Request {
             method: self.method.clone(),
             url: format!("{}://{}{}", self.scheme, self.authority, self.path_with_query),
             headers: self.headers.clone(),
             body: self.body.clone(),
             first_byte_timeout: self.timeout_ms.map(Duration::from_millis),
-            captures: captures.collect(),
         }
     }
 }
@@ -152,31 +118,20 @@ mod tests {
             ("h.x-a", "1"),
             ("h.x-a", "2"),
             ("body", "a=b"),
-            ("capture", "/token=t.token, /refresh=t.refresh"),
-            ("capture_ttl", "60"),
-            ("capture_persist", "true"),
         ]))
         .unwrap();
         assert_eq!((p.scheme.as_str(), p.authority.as_str()), ("https", "api.test:8443"));
         assert_eq!(p.path_with_query, "/login?x=${secret:a}");
         assert_eq!(p.headers, pairs(&[("authorization", "Basic ${secret-basic:u:p}"), ("x-a", "2")]));
-        assert_eq!(p.captures.len(), 2);
-        assert_eq!((p.capture_ttl, p.capture_persist, p.timeout_ms), (Some(60), true, None));
+        assert_eq!((p.body.as_str(), p.timeout_ms), ("a=b", None));
     }
 
     #[test]
     fn plans_become_one_exchange() {
-        let p = plan(&pairs(&[
-            ("url", "https://api.test:8443/t?a=1"),
-            ("capture", "/token=t.token"),
-            ("capture_ttl", "60"),
-            ("timeout_ms", "300"),
-        ]))
-        .unwrap();
+        let p = plan(&pairs(&[("url", "https://api.test:8443/t?a=1"), ("timeout_ms", "300")])).unwrap();
         let sent = p.request();
         assert_eq!((sent.method.as_str(), sent.url.as_str()), ("GET", "https://api.test:8443/t?a=1"));
         assert_eq!(sent.first_byte_timeout, Some(Duration::from_millis(300)));
-        assert_eq!((sent.captures[0].secret.as_str(), sent.captures[0].ttl_seconds), ("t.token", Some(60)));
         assert_eq!(perform(&p).status, 0, "native builds cannot send");
     }
 
@@ -184,7 +139,7 @@ mod tests {
     fn rejects_bad_input() {
         assert!(plan(&pairs(&[])).is_err());
         assert!(plan(&pairs(&[("url", "api.test")])).is_err());
-        assert!(plan(&pairs(&[("url", "https://a"), ("capture", "/x")])).is_err());
+        assert!(plan(&pairs(&[("url", "https://a"), ("timeout_ms", "soon")])).is_err());
         assert_eq!(plan(&pairs(&[("url", "https://a")])).unwrap().path_with_query, "/");
     }
 }

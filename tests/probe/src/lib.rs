@@ -18,7 +18,7 @@
 //! | `query` | queries every row of `measurement` (no limit); counter `rows`, or the store's error |
 //! | `wake-error` | asks for a wake-up `wake_after_ms` later on every run, then returns an error |
 //! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
-//! | `http` | one wasi:http request from `url`, `method`, `h.NAME`, `body`, `capture`...; writes a `probe_http` point with what it received (see [`http`]) |
+//! | `http` | one wasi:http request from `url`, `method`, `h.NAME`, `body`...; writes a `probe_http` point with what it received (see [`http`]) |
 //!
 //! Every run first increments the counter `probe_runs`. The run number
 //! (`run` field) is kept in guest state under `runs`, so it survives restarts

@@ -1,33 +1,52 @@
-//! What a guest receives: fields taken into secrets by armed capture rules
-//! are replaced by [`CAPTURED`], and every known secret value (plus every
-//! form the host inserted into the request) is scrubbed from the response
-//! body and headers, so a server that echoes `Authorization` cannot leak.
+//! Capture: the operator's rules (`grants.capture`) take fields of a JSON
+//! answer into secrets, and the field the guest receives says
+//! [`CAPTURED`] (stored) or [`REDACTED`] (refused). The gate then scrubs
+//! what is left ([`crate::secrets::scrub`]): this guest's secret values,
+//! the values just taken, and every string inserted into the request.
 
 use serde_json::Value;
 
-use crate::capabilities::secrets::CaptureRule;
+use crate::config::CaptureRule;
+pub use crate::secrets::scrub::REDACTED;
 
 /// Replaces a captured field in the body the guest receives.
 pub const CAPTURED: &str = "[wattedge:captured]";
-/// Replaces any secret value found in a response.
-pub const REDACTED: &str = "[redacted]";
 
-/// One value taken out of a response, to be stored in `rule.secret`.
-#[derive(Debug, PartialEq)]
-pub struct Taken {
-    pub rule: CaptureRule,
-    pub value: String,
+/// Why an answer's body could not be read for capture.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("the body is not JSON (malformed JSON: {0})")]
+    NotJson(#[from] serde_json::Error),
 }
 
-/// Applies `rules` to a JSON body: each field found (string, number or
-/// bool; absent or null is skipped) is taken and replaced by [`CAPTURED`].
-/// Returns the rewritten body and the values, or an error when the body is
-/// not JSON.
-pub fn take_fields(body: &[u8], rules: &[CaptureRule]) -> Result<(Vec<u8>, Vec<Taken>), String> {
-    let mut json: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("capture rules were armed but the response is not JSON: {e}"))?;
-    let mut taken = Vec::new();
-    for rule in rules {
+/// A rule that applies to this answer: the secret it fills and how.
+pub type Applicable<'a> = (&'a str, &'a CaptureRule);
+
+/// What [`take_fields`] did with one answer.
+#[derive(Debug, Default)]
+pub struct Taken {
+    /// Every value taken out of the body (stored or not): the guest must
+    /// not find them anywhere else in it either.
+    pub values: Vec<String>,
+    /// Pointers that named an object or array: withheld whole, not stored.
+    pub not_values: Vec<String>,
+}
+
+/// Applies `rules` to a JSON body. Each field found (string, number or
+/// bool; absent or null is skipped) is offered to `store`, which says
+/// whether it kept it; the field becomes [`CAPTURED`] or [`REDACTED`]. A
+/// field that is an object or array becomes [`REDACTED`]. Returns the
+/// re-encoded body when a rule found its field (re-encoded, so duplicate
+/// keys and escapes cannot hide a second copy of a token; None leaves the
+/// body as it came) and what was taken; an error when the body is not JSON.
+pub fn take_fields(
+    body: &[u8],
+    rules: &[Applicable<'_>],
+    mut store: impl FnMut(&str, &CaptureRule, &str) -> bool,
+) -> Result<(Option<Vec<u8>>, Taken), CaptureError> {
+    let mut json: Value = serde_json::from_slice(body)?;
+    let mut taken = Taken::default();
+    for (secret, rule) in rules {
         let Some(field) = json.pointer_mut(&rule.pointer) else { continue };
         let value = match field {
             Value::String(s) => s.clone(),
@@ -35,71 +54,49 @@ pub fn take_fields(body: &[u8], rules: &[CaptureRule]) -> Result<(Vec<u8>, Vec<T
             Value::Bool(b) => b.to_string(),
             Value::Null => continue,
             Value::Array(_) | Value::Object(_) => {
-                return Err(format!("capture pointer {:?} names an object or array, not a value", rule.pointer));
+                taken.not_values.push(rule.pointer.clone());
+                *field = Value::String(REDACTED.to_string());
+                continue;
             }
         };
-        *field = Value::String(CAPTURED.to_string());
-        taken.push(Taken { rule: rule.clone(), value });
+        let marker = if store(secret, rule, &value) { CAPTURED } else { REDACTED };
+        *field = Value::String(marker.to_string());
+        taken.values.push(value);
     }
-    let out = serde_json::to_vec(&json).map_err(|e| format!("cannot re-encode the response: {e}"))?;
-    Ok((out, taken))
+    if taken.values.is_empty() && taken.not_values.is_empty() {
+        return Ok((None, taken));
+    }
+    Ok((Some(serde_json::to_vec(&json)?), taken))
 }
 
-/// Shorter secret values are not looked for: they would match ordinary text.
-pub const MIN_SCRUB_LEN: usize = 4;
-
-/// The values to scrub, longest first (so a value containing another is
-/// replaced whole), without short or duplicate entries.
-pub fn scrub_list(mut values: Vec<String>) -> Vec<String> {
-    values.retain(|v| v.len() >= MIN_SCRUB_LEN);
-    values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-    values.dedup();
-    values
-}
-
-/// `bytes` with every occurrence of each of `values` replaced by [`REDACTED`];
-/// None when nothing matched.
-pub fn scrub(bytes: &[u8], values: &[String]) -> Option<Vec<u8>> {
-    let mut current: Option<Vec<u8>> = None;
-    for value in values {
-        let needle = value.as_bytes();
-        let haystack = current.as_deref().unwrap_or(bytes);
-        if let Some(replaced) = replace_all(haystack, needle) {
-            current = Some(replaced);
+/// Ok when the body is plain: every `Content-Encoding` header (and each
+/// coding listed in one) is `identity`, and `Transfer-Encoding` is at most
+/// `chunked` (which hyper has undone). Otherwise what was found.
+pub fn plain_body(headers: &http::HeaderMap) -> Result<(), String> {
+    let codings = |name: http::header::HeaderName| -> Result<Vec<String>, String> {
+        let mut found = Vec::new();
+        for value in headers.get_all(&name) {
+            let text = value.to_str().map_err(|_| format!("the response has a {name} that is not text"))?;
+            found.extend(text.split(',').map(|c| c.trim().to_ascii_lowercase()).filter(|c| !c.is_empty()));
         }
+        Ok(found)
+    };
+    let content = codings(http::header::CONTENT_ENCODING)?;
+    if let Some(coding) = content.iter().find(|c| *c != "identity") {
+        return Err(format!("the response is {coding}-encoded although only identity was accepted"));
     }
-    current
-}
-
-fn replace_all(haystack: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
-    let first = find(haystack, needle)?;
-    let mut out = Vec::with_capacity(haystack.len());
-    out.extend_from_slice(&haystack[..first]);
-    out.extend_from_slice(REDACTED.as_bytes());
-    let mut rest = &haystack[first + needle.len()..];
-    while let Some(i) = find(rest, needle) {
-        out.extend_from_slice(&rest[..i]);
-        out.extend_from_slice(REDACTED.as_bytes());
-        rest = &rest[i + needle.len()..];
+    let transfer = codings(http::header::TRANSFER_ENCODING)?;
+    if let Some(coding) = transfer.iter().find(|c| *c != "identity" && *c != "chunked") {
+        return Err(format!("the response is {coding}-encoded (transfer coding) although only identity was accepted"));
     }
-    out.extend_from_slice(rest);
-    Some(out)
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || needle.len() > haystack.len() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
+    Ok(())
 }
 
 /// Scrubs header values in place.
-pub fn scrub_headers(headers: &mut http::HeaderMap, values: &[String]) {
+pub fn scrub_headers(headers: &mut http::HeaderMap, scrubber: &crate::secrets::scrub::Scrubber) {
     for value in headers.values_mut() {
-        if let Some(clean) = scrub(value.as_bytes(), values)
-            && let Ok(v) = http::HeaderValue::from_bytes(&clean)
-        {
-            *value = v;
+        if let Some(clean) = scrubber.scrub(value.as_bytes()) {
+            *value = http::HeaderValue::from_bytes(&clean).unwrap_or(http::HeaderValue::from_static(REDACTED));
         }
     }
 }
@@ -107,41 +104,93 @@ pub fn scrub_headers(headers: &mut http::HeaderMap, values: &[String]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capabilities::http::HostGrant;
 
-    fn rule(pointer: &str, secret: &str) -> CaptureRule {
-        CaptureRule { pointer: pointer.into(), secret: secret.into(), ttl: None, persist: false }
+    fn rule(pointer: &str) -> CaptureRule {
+        CaptureRule { from: HostGrant::parse("a.test").unwrap(), pointer: pointer.into(), ttl: None, persist: false }
     }
 
     #[test]
     fn takes_and_marks_fields() {
         let body = br#"{"token":"tok-123456","nested":{"refresh":"r-abcdef"},"n":null,"keep":1}"#;
-        let rules =
-            [rule("/token", "a.token"), rule("/nested/refresh", "a.refresh"), rule("/n", "x"), rule("/missing", "y")];
-        let (out, taken) = take_fields(body, &rules).unwrap();
+        let rules = [rule("/token"), rule("/nested/refresh"), rule("/n"), rule("/missing")];
+        let named: Vec<Applicable> = ["a.token", "a.refresh", "x", "y"].into_iter().zip(&rules).collect();
+        let mut stored = Vec::new();
+        let (out, taken) = take_fields(body, &named, |secret, _, value| {
+            stored.push((secret.to_string(), value.to_string()));
+            true
+        })
+        .unwrap();
+        let out = out.expect("rewritten");
         let json: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(json["token"], CAPTURED);
         assert_eq!(json["nested"]["refresh"], CAPTURED);
         assert_eq!((json["n"].clone(), json["keep"].clone()), (Value::Null, Value::from(1)));
-        let got: Vec<(&str, &str)> = taken.iter().map(|t| (t.rule.secret.as_str(), t.value.as_str())).collect();
+        let got: Vec<(&str, &str)> = stored.iter().map(|(s, v)| (s.as_str(), v.as_str())).collect();
         assert_eq!(got, [("a.token", "tok-123456"), ("a.refresh", "r-abcdef")]);
+        assert_eq!(taken.values, ["tok-123456", "r-abcdef"]);
     }
 
     #[test]
-    fn capture_errors() {
-        assert!(take_fields(b"not json", &[rule("/t", "s")]).unwrap_err().contains("not JSON"));
-        assert!(take_fields(br#"{"t":{"a":1}}"#, &[rule("/t", "s")]).is_err());
+    fn a_refused_value_is_redacted_and_an_object_withheld() {
+        let body = br#"{"t":"too-long-value","o":{"token":"inside"}}"#;
+        let rules = [rule("/t"), rule("/o")];
+        let named: Vec<Applicable> = ["s", "o"].into_iter().zip(&rules).collect();
+        let (out, taken) = take_fields(body, &named, |_, _, _| false).unwrap();
+        let out = out.expect("rewritten");
+        let json: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!((json["t"].as_str(), json["o"].as_str()), (Some(REDACTED), Some(REDACTED)));
+        assert_eq!((taken.values, taken.not_values), (vec!["too-long-value".to_string()], vec!["/o".to_string()]));
     }
 
     #[test]
-    fn scrubs_every_value_longest_first() {
-        let values = scrub_list(vec!["abc".into(), "secret-1".into(), "secret-1-long".into(), "secret-1".into()]);
-        assert_eq!(values, ["secret-1-long", "secret-1"]);
-        let out = scrub(b"a secret-1-long b secret-1 c secret-1", &values).unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "a [redacted] b [redacted] c [redacted]");
-        assert_eq!(scrub(b"clean", &values), None);
+    fn a_json_body_without_the_fields_is_left_as_it_came() {
+        let rules = [rule("/t")];
+        let named: Vec<Applicable> = vec![("s", &rules[0])];
+        let (out, taken) = take_fields(b"{ \"b\": 1, \"a\": 2 }", &named, |_, _, _| true).unwrap();
+        assert!(out.is_none() && taken.values.is_empty());
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_is_an_error() {
+        let rules = [rule("/t")];
+        let named: Vec<Applicable> = vec![("s", &rules[0])];
+        let err = take_fields(b"token=abc", &named, |_, _, _| true).unwrap_err();
+        assert!(err.to_string().contains("malformed JSON"), "{err}");
+    }
+
+    #[test]
+    fn only_plain_bodies_pass_whichever_header_says_otherwise() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = http::HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, http::HeaderValue::from_static(value));
+            }
+            map
+        };
+        assert!(plain_body(&headers(&[])).is_ok());
+        assert!(plain_body(&headers(&[("content-encoding", "identity"), ("transfer-encoding", "chunked")])).is_ok());
+        let two = headers(&[("content-encoding", "identity"), ("content-encoding", "gzip")]);
+        assert!(plain_body(&two).unwrap_err().contains("gzip-encoded"));
+        assert!(plain_body(&headers(&[("content-encoding", "identity, br")])).unwrap_err().contains("br-encoded"));
+        assert!(plain_body(&headers(&[("transfer-encoding", "gzip, chunked")])).is_err());
+    }
+
+    #[test]
+    fn headers_are_scrubbed_in_place() {
+        let scrubber = crate::secrets::scrub::Scrubber::new(["secret-1".to_string()]);
         let mut headers = http::HeaderMap::new();
         headers.insert("x-echo", http::HeaderValue::from_static("Bearer secret-1"));
-        scrub_headers(&mut headers, &values);
+        scrub_headers(&mut headers, &scrubber);
         assert_eq!(headers["x-echo"], "Bearer [redacted]");
+    }
+
+    #[test]
+    fn duplicate_keys_leave_one_copy_which_is_captured() {
+        let rules = [rule("/t")];
+        let named: Vec<Applicable> = vec![("s", &rules[0])];
+        let (out, _) = take_fields(br#"{"t":"first-copy","t":"second-copy"}"#, &named, |_, _, _| true).unwrap();
+        let text = String::from_utf8(out.expect("rewritten")).unwrap();
+        assert!(!text.contains("first-copy") && !text.contains("second-copy"), "{text}");
     }
 }

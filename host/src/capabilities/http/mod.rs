@@ -8,9 +8,12 @@
 //! resolved by the host and non-public addresses are refused unless the
 //! grant names the host as private ([`addr`]); the request goes out over a
 //! connection to exactly those addresses ([`connect`]); the response is
-//! buffered, armed capture rules take fields into secrets, and every secret
-//! value is scrubbed from what the guest receives ([`capture`]). Anything
-//! refused is refused before a byte is sent.
+//! buffered, refused unless its body is plain (no `Content-Encoding` but
+//! identity), the operator's capture rules for that host take fields into
+//! secrets, and this guest's secret values and what was inserted into the
+//! request are scrubbed from what the guest receives ([`capture`]). Anything
+//! refused is refused before a byte is sent (or, for an answer, before the
+//! guest sees a byte of it).
 
 mod addr;
 mod capture;
@@ -21,8 +24,8 @@ mod metrics;
 pub mod settings;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -33,9 +36,9 @@ pub use grants::{Destination, HostGrant};
 pub use metrics::{ERROR_KINDS, HttpMetrics};
 pub use settings::HttpSettings;
 
-use crate::capabilities::secrets::CaptureRule;
-use crate::config::Grants;
+use crate::config::{CaptureRule, Grants, MAX_CAPTURED_LEN};
 use crate::secrets::SecretStore;
+use crate::secrets::scrub::{self, Scrubber};
 
 /// Requests one guest may have in flight at once. The host buffers each
 /// request and response body (up to `http_max_body`) outside the guest's
@@ -62,6 +65,8 @@ struct GateConfig {
     guest: Arc<str>,
     grants: Vec<HostGrant>,
     secret_grants: BTreeMap<String, Vec<HostGrant>>,
+    /// The operator's capture rules: secret name → rule.
+    capture: BTreeMap<String, CaptureRule>,
     secrets: Arc<SecretStore>,
     settings: Arc<HttpSettings>,
     shared: Arc<super::GuestShared>,
@@ -71,20 +76,17 @@ struct GateConfig {
 /// capture and scrubbing.
 pub struct HttpGate {
     config: Arc<GateConfig>,
-    armed: Arc<Mutex<Vec<CaptureRule>>>,
 }
 
 /// Everything [`HttpGate::new`] needs from the host.
 pub struct GateParts {
     pub secrets: Arc<SecretStore>,
     pub settings: Arc<HttpSettings>,
-    /// The capture rules the guest armed through the `secrets` capability.
-    pub armed: Arc<Mutex<Vec<CaptureRule>>>,
 }
 
 impl HttpGate {
     /// The gate for one guest store: its grants parsed once, the shared
-    /// secrets and settings, and the capture rules its `secrets` capability arms.
+    /// secrets and settings; capture rules come from its grants only.
     pub fn new(guest: Arc<str>, grants: &Grants, shared: Arc<super::GuestShared>, parts: GateParts) -> HttpGate {
         let secret_grants =
             grants.secrets.iter().map(|(name, hosts)| (name.clone(), grants::parse_all(hosts))).collect();
@@ -92,11 +94,12 @@ impl HttpGate {
             guest,
             grants: grants::parse_all(&grants.http),
             secret_grants,
+            capture: grants.capture.clone(),
             secrets: parts.secrets,
             settings: parts.settings,
             shared,
         };
-        HttpGate { config: Arc::new(config), armed: parts.armed }
+        HttpGate { config: Arc::new(config) }
     }
 }
 
@@ -111,13 +114,11 @@ impl WasiHttpHooks for HttpGate {
         _fut: IoFuture,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let config = self.config.clone();
-        // Rules apply to the next request only, whatever becomes of it.
-        let rules = std::mem::take(&mut *self.armed.lock().expect("capture lock"));
         Box::new(async move {
             let metrics = &config.shared.http;
             metrics.requests.fetch_add(1, Ordering::Relaxed);
             let began = std::time::Instant::now();
-            let response = config.handle(request, options, rules).await;
+            let response = config.handle(request, options).await;
             super::add_elapsed(&metrics.nanos, began);
             Ok((response?, Box::new(async { Ok(()) }) as IoFuture))
         })
@@ -129,7 +130,6 @@ impl GateConfig {
         &self,
         request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
-        rules: Vec<CaptureRule>,
     ) -> Result<http::Response<WasiBody>, HttpError> {
         let (dest, private_ok) = self.route(request.uri())?;
         let slot =
@@ -150,15 +150,14 @@ impl GateConfig {
         })?;
         self.metrics().bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
         tracing::debug!(guest = %self.guest, destination = %dest, status = head.status.as_u16(), "outbound HTTP");
-        if let Some(encoding) = head.headers.get(http::header::CONTENT_ENCODING).filter(|e| *e != "identity") {
-            // Secrets cannot be scrubbed from (or captured in) a compressed body.
-            let encoding = encoding.to_str().unwrap_or("otherwise");
-            let error = format!("the response is {encoding}-encoded although only identity was accepted");
+        if let Err(error) = capture::plain_body(&head.headers) {
+            // Secrets cannot be scrubbed from (or captured in) an encoded body.
             self.metrics().error("encoding");
             tracing::warn!(guest = %self.guest, destination = %dest, %error, "outbound HTTP response refused");
             return Err(HttpError::InternalError(Some(format!("wattedge refused the response from {dest}: {error}"))));
         }
-        Ok(self.deliver(head, body, &rules, inserted, slot))
+        let (body, taken) = self.capture(&dest, head.status, body, &inserted)?;
+        Ok(self.deliver(head, body, self.scrubber(&inserted, taken), slot))
     }
 
     /// The addresses to dial, resolved by the host and checked against the
@@ -275,31 +274,20 @@ impl GateConfig {
         }
     }
 
-    /// Capture, scrub and wrap the response for the guest.
+    /// Scrub and wrap the response for the guest.
     fn deliver(
         &self,
         mut head: http::response::Parts,
         body: Bytes,
-        rules: &[CaptureRule],
-        inserted: Vec<String>,
+        scrubber: Scrubber,
         slot: tokio::sync::OwnedSemaphorePermit,
     ) -> http::Response<WasiBody> {
-        let mut body = body.to_vec();
-        if !rules.is_empty() && head.status.is_success() {
-            body = self.capture(body, rules, &inserted);
-        }
-        let mut values = self.secrets.all_values();
-        values.extend(values.clone().iter().map(|v| egress::encode(v, egress::Encoding::Json)));
-        values.extend(inserted);
-        let values = capture::scrub_list(values);
-        if let Some(clean) = capture::scrub(&body, &values) {
-            body = clean;
-        }
-        capture::scrub_headers(&mut head.headers, &values);
+        let body = scrubber.scrub(&body).map_or(body, Bytes::from);
+        capture::scrub_headers(&mut head.headers, &scrubber);
         head.headers.remove(http::header::TRANSFER_ENCODING);
         head.headers.insert(http::header::CONTENT_LENGTH, body.len().into());
         // The body owns the request's slot: it is free once the guest drops the response.
-        let body = Full::new(Bytes::from(body))
+        let body = Full::new(body)
             .map_err(move |never| {
                 let _slot = &slot;
                 match never {}
@@ -308,44 +296,93 @@ impl GateConfig {
         http::Response::from_parts(head, body)
     }
 
-    /// Stores the fields `rules` take from `body` into secrets, but never a
-    /// value that holds a secret already: what this request carried, echoed
-    /// back, or any stored secret other than the target's own. Otherwise a
-    /// guest could have an echoing server copy a secret into one granted
-    /// for another host.
-    fn capture(&self, body: Vec<u8>, rules: &[CaptureRule], inserted: &[String]) -> Vec<u8> {
-        match capture::take_fields(&body, rules) {
+    /// What this guest's answers are scrubbed of: the values of its granted
+    /// secrets (and their JSON forms), `extra` values (and theirs), and
+    /// every string inserted into this request. Never other guests'
+    /// secrets: one guest's short captured value must not blank out text
+    /// in everyone's answers.
+    fn scrubber(&self, inserted: &[String], extra: Vec<String>) -> Scrubber {
+        let mut values = self.secrets.values_of(self.secret_grants.keys().map(String::as_str));
+        values.extend(extra);
+        Scrubber::new(scrub::with_json_forms(values).into_iter().chain(inserted.iter().cloned()))
+    }
+
+    /// The capture rules that read answers from `dest`: their `from` names
+    /// it, and over plain `http://` only if `from` says `http://` itself.
+    fn rules_for(&self, dest: &Destination) -> Vec<capture::Applicable<'_>> {
+        let over_tls = dest.scheme == "https";
+        self.capture
+            .iter()
+            .filter(|(_, rule)| rule.from.allows(dest) && (over_tls || rule.from.scheme.as_deref() == Some("http")))
+            .map(|(secret, rule)| (secret.as_str(), rule))
+            .collect()
+    }
+
+    /// Applies the capture rules for `dest` before the guest sees a byte:
+    /// the body to deliver and every value taken out of it. A 2xx answer to
+    /// a request that carried a secret, from a host with capture rules,
+    /// whose body is not JSON, is withheld: the rules cannot be applied, and
+    /// it may hold a credential in a form scrubbing cannot recognise.
+    fn capture(
+        &self,
+        dest: &Destination,
+        status: http::StatusCode,
+        body: Bytes,
+        inserted: &[String],
+    ) -> Result<(Bytes, Vec<String>), HttpError> {
+        let rules = self.rules_for(dest);
+        if rules.is_empty() || body.trim_ascii().is_empty() {
+            return Ok((body, Vec::new()));
+        }
+        let known = self.scrubber(inserted, Vec::new());
+        let store = |secret: &str, rule: &CaptureRule, value: &str| self.store_captured(secret, rule, value, &known);
+        match capture::take_fields(&body, &rules, store) {
             Ok((rewritten, taken)) => {
-                for t in taken {
-                    if self.holds_another_secret(&t.rule.secret, &t.value, inserted) {
-                        self.metrics().error("capture");
-                        tracing::warn!(guest = %self.guest, secret = %t.rule.secret, "capture refused: the value holds another secret");
-                        continue;
-                    }
-                    if let Err(e) = self.secrets.set(&t.rule.secret, &t.value, t.rule.ttl, t.rule.persist) {
-                        self.metrics().error("capture");
-                        tracing::error!(guest = %self.guest, secret = %t.rule.secret, error = %e, "storing a captured secret failed");
-                    }
+                for pointer in &taken.not_values {
+                    self.metrics().error("capture");
+                    tracing::warn!(guest = %self.guest, destination = %dest, %pointer, "capture rule names an object or array; withheld from the guest, not stored");
                 }
-                rewritten
+                Ok((rewritten.map_or(body, Bytes::from), taken.values))
             }
-            Err(e) => {
+            Err(error) if status.is_success() && !inserted.is_empty() => {
                 self.metrics().error("capture");
-                tracing::warn!(guest = %self.guest, error = %e, "capture rules not applied");
-                body
+                tracing::warn!(guest = %self.guest, destination = %dest, %error, "answer from a capture host withheld");
+                Err(HttpError::InternalError(Some(format!(
+                    "wattedge withheld the HTTP {} answer from {dest}: the request carried a secret and this host has capture rules, but {error}",
+                    status.as_u16()
+                ))))
             }
+            // Nothing to capture in it; scrubbed as any answer is.
+            Err(_) => Ok((body, Vec::new())),
         }
     }
 
-    /// Whether `value`, about to be captured into `target`, contains a
-    /// string inserted into this request or a stored secret's value (unless
-    /// it is `target`'s own: a server may hand back the same token).
-    fn holds_another_secret(&self, target: &str, value: &str, inserted: &[String]) -> bool {
-        if self.secrets.value(target).as_deref() == Some(value) {
+    /// Stores `value` into `secret` by `rule`; false when refused: longer
+    /// than [`MAX_CAPTURED_LEN`], or holding a secret value this request
+    /// could carry (what it carried, echoed back, or any of this guest's
+    /// secrets but the target's own), so that an echoing server cannot copy
+    /// a secret into one granted for another host.
+    fn store_captured(&self, secret: &str, rule: &CaptureRule, value: &str, known: &Scrubber) -> bool {
+        let refused = if value.len() > MAX_CAPTURED_LEN {
+            Some("the value is longer than the 8 KiB a captured secret may hold")
+        } else if self.secrets.value(secret).as_deref() != Some(value) && known.finds_any(value.as_bytes()) {
+            Some("the value holds another secret")
+        } else {
+            None
+        };
+        if let Some(reason) = refused {
+            self.metrics().error("capture");
+            tracing::warn!(guest = %self.guest, %secret, %reason, "capture refused");
             return false;
         }
-        let mut known = inserted.iter().cloned().chain(self.secrets.all_values());
-        known.any(|secret| secret.len() >= capture::MIN_SCRUB_LEN && value.contains(secret.as_str()))
+        match self.secrets.set(secret, value, rule.ttl, rule.persist) {
+            Ok(()) => true,
+            Err(e) => {
+                self.metrics().error("capture");
+                tracing::error!(guest = %self.guest, %secret, error = %e, "storing a captured secret failed");
+                false
+            }
+        }
     }
 }
 
@@ -358,7 +395,9 @@ fn prepare_headers(headers: &mut http::HeaderMap, dest: &Destination, body_len: 
     }
     headers.remove(http::header::TRANSFER_ENCODING);
     headers.remove(http::header::CONTENT_LENGTH);
-    // Only plain bodies come back: secrets cannot be scrubbed from compressed ones.
+    // Only plain bodies come back: secrets cannot be scrubbed from compressed
+    // ones (`TE` would ask for a compressed transfer coding).
+    headers.remove(http::header::TE);
     headers.insert(http::header::ACCEPT_ENCODING, http::HeaderValue::from_static("identity"));
     if body_len > 0 {
         headers.insert(http::header::CONTENT_LENGTH, body_len.into());
