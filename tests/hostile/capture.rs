@@ -142,7 +142,7 @@ influx_write = ["probe_http"]
 [guests.probe.grants.capture]
 "{REFRESH}" = {{ from = "auth.test", pointer = "/refresh_token", persist = true }}
 "{ACCESS}" = {{ from = "auth.test", pointer = "/access_token", ttl = "1h" }}
-"a.flag" = {{ from = "data.test", pointer = "/flag" }}
+"a.flag" = {{ from = "data.test", pointer = "/flag", persist = true }}
 
 {extra}"#,
         state = dir.join("state").display(),
@@ -236,7 +236,12 @@ async fn a_refresh_without_arming_is_captured_by_the_host_and_the_guest_sees_no_
 
     let (access, rotated) = env.server.issued(1);
     assert_eq!(env.secret(REFRESH).as_deref(), Some(rotated.as_str()), "the stored refresh token was rotated");
-    assert_eq!(env.secret(ACCESS).as_deref(), Some(access.as_str()), "the access token was captured");
+    // The access token lives in host memory only: the guest can use it.
+    let bearer = [("url", env.url("data.test", "/data")), ("h.authorization", format!("Bearer ${{secret:{ACCESS}}}"))];
+    let seen = env.request("probe", "data", &pairs(&bearer)).await;
+    assert_eq!(seen.status, 200, "{seen:?}");
+    let sent = env.server.received_at("/data").pop().expect("the data request");
+    assert_eq!(sent.header("authorization"), Some(format!("Bearer {access}").as_str()), "the access token was captured");
     let file = std::fs::read_to_string(secrets_path(env.dir.path())).unwrap();
     assert!(file.contains(&rotated), "the rotation is persisted");
 
@@ -256,12 +261,15 @@ async fn a_token_answer_from_a_host_the_rule_does_not_name_sets_no_secret() {
     let (access, rotated) = env.server.issued(1);
     assert!(seen.body.contains(&rotated), "nothing was captured from mirror.test: {seen:?}");
     assert_eq!(env.secret(REFRESH).as_deref(), Some(SEEDED_REFRESH), "the refresh token is untouched");
-    assert_eq!(env.secret(ACCESS), None, "no access token was set from mirror.test");
+    let bearer = [("url", env.url("data.test", "/data")), ("h.authorization", format!("Bearer ${{secret:{ACCESS}}}"))];
+    let seen = env.request("probe", "bearer", &pairs(&bearer)).await;
+    assert!(seen.error.contains("not set"), "no access token was set from mirror.test: {seen:?}");
     // data.test has a rule for a.flag only: a token-shaped answer sets nothing else.
     let seen = env.request("probe", "data", &[("url", &env.url("data.test", "/oauth/token"))]).await;
     assert_eq!(seen.status, 200, "{seen:?}");
     assert_eq!(env.secret(REFRESH).as_deref(), Some(SEEDED_REFRESH));
-    assert_eq!(env.secret(ACCESS), None, "{access} was not taken from data.test");
+    let seen = env.request("probe", "bearer-again", &pairs(&bearer)).await;
+    assert!(seen.error.contains("not set"), "{access} was not taken from data.test: {seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
