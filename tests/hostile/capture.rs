@@ -241,7 +241,11 @@ async fn a_refresh_without_arming_is_captured_by_the_host_and_the_guest_sees_no_
     let seen = env.request("probe", "data", &pairs(&bearer)).await;
     assert_eq!(seen.status, 200, "{seen:?}");
     let sent = env.server.received_at("/data").pop().expect("the data request");
-    assert_eq!(sent.header("authorization"), Some(format!("Bearer {access}").as_str()), "the access token was captured");
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {access}").as_str()),
+        "the access token was captured"
+    );
     let file = std::fs::read_to_string(secrets_path(env.dir.path())).unwrap();
     assert!(file.contains(&rotated), "the rotation is persisted");
 

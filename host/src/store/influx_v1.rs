@@ -428,6 +428,31 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn credentials_echoed_in_error_text_are_scrubbed_before_it_is_clipped() {
+        const PASSWORD: &str = "influx-PASSWORD-4f7a9c2e1b";
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("pi:{PASSWORD}"));
+        // An error page that echoes the credentials, the password straddling
+        // the 200 characters the message keeps; and an `error` in results.
+        let page = format!("{}{PASSWORD} Basic {basic}", "e".repeat(190));
+        let json =
+            format!("{{\"results\":[{{\"statement_id\":0,\"error\":\"authorization failed for pi:{PASSWORD}\"}}]}}");
+        for (status, body) in [("502 Bad Gateway", page), ("200 OK", json)] {
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let (url, _) = server(Box::leak(reply.into_boxed_str())).await;
+            let dir = tempfile::tempdir().unwrap();
+            let b = backend(url, Auth::Password { username: "pi".into(), secret: "influx.long".into() }, dir.path());
+            b.api.secrets.set("influx.long", PASSWORD, None, false).unwrap();
+            let err = b.query(Query { measurement: "m".into(), ..Query::default() }).await.unwrap_err().to_string();
+            assert!(err.contains("[redacted]"), "{err}");
+            assert!(!err.contains(&PASSWORD[..10]) && !err.contains(&basic[..10]), "no part of a credential: {err}");
+        }
+    }
+
     #[test]
     fn partial_write_counts() {
         assert_eq!(dropped_count("partial write: field type conflict: ... dropped=3"), 3);
