@@ -293,6 +293,16 @@ async fn a_non_json_2xx_from_a_capture_host_to_a_request_with_a_secret_is_withhe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_value_longer_than_8_kib_is_refused_and_counted() {
+    let env = Env::start("", &[(REFRESH, SEEDED_REFRESH)]).await;
+    let seen = env.request("probe", "huge", &pairs(&refresh_grant(&env, "auth.test", "/oauth/huge"))).await;
+    assert_eq!(seen.status, 200, "{seen:?}");
+    assert!(seen.body.contains("\"refresh_token\":\"[redacted]\"") && !seen.body.contains("rrrr"), "{seen:?}");
+    assert_eq!(capture_failures(&env.metrics().await, "probe"), 1);
+    assert_eq!(env.secret(REFRESH).as_deref(), Some(SEEDED_REFRESH), "the stored token is kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_guests_captured_value_does_not_blank_out_another_guests_answers() {
     let env = Env::start(&other_guest("other", "every 1h", ""), &[]).await;
     let seen = env.request("probe", "flag", &[("url", &env.url("data.test", "/flag"))]).await;

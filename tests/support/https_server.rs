@@ -11,6 +11,7 @@
 //! | `/big` | 256 KiB of `x` |
 //! | `/redirect` | 302 to `https://elsewhere.test/` |
 //! | `/oauth/token` | a rotating token endpoint: `{"access_token", "refresh_token", "expires_in"}`, fresh values each call ([`HttpsServer::issued`]) |
+//! | `/oauth/huge` | `{"refresh_token": 9,000 × "r"}` |
 //! | `/not-json` | 200 `text/plain`, the next issued tokens form-encoded |
 //! | `/flag` | `{"flag": "true", "note": "a true story"}` |
 //! | `/a-lot` | 200 `text/plain`: 3 MiB of `a`, then `b!` |
@@ -241,6 +242,7 @@ async fn answer(
             let form = format!("access_token={access}&refresh_token={refresh}&expires_in=3600");
             hyper::Response::builder().header("content-type", "text/plain").body(Full::new(Bytes::from(form))).unwrap()
         }
+        "/oauth/huge" => json_reply(200, "application/json", json!({"refresh_token": "r".repeat(9000)})),
         "/flag" => json_reply(200, "application/json", json!({"flag": "true", "note": "a true story"})),
         "/a-lot" => {
             let mut body = vec![b'a'; 3 << 20];
