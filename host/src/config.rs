@@ -408,6 +408,7 @@ impl Checker<'_> {
         };
         self.check_grants(name, &raw.grants)?;
         self.check_secret_grants(name, &raw.grants, influx)?;
+        self.check_builtin_capture(name, &component, &raw.grants)?;
         Ok(GuestConfig {
             name: name.to_string(),
             component,

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Checker, ConfigError, Grants, InfluxConfig, locate, parse_duration};
+use super::{Checker, ComponentSource, ConfigError, Grants, InfluxConfig, locate, parse_duration};
 use crate::capabilities::http::grants::HostGrant;
 
 /// Longest captured value the host stores; a longer one is refused (and
@@ -85,7 +85,50 @@ fn influx_secrets(influx: &InfluxConfig) -> BTreeSet<&str> {
     }
 }
 
+/// The capture rules a built-in guest needs for the secrets it is granted
+/// (secret, the rule to add): without them (an old config), a token answer
+/// would reach the guest instead of the host, and a rotated refresh token
+/// would be lost with it. WattTime needs its rule only when it can log in.
+fn builtin_needs(builtin: &str, grants: &Grants) -> Vec<(&'static str, &'static str)> {
+    let granted = |secret: &str| grants.secrets.contains_key(secret);
+    let needed: &[(&str, &str)] = match builtin {
+        "wattivahti" => &[
+            (
+                "wattivahti.refresh_token",
+                r#"{ from = "pesv.b2clogin.com", pointer = "/refresh_token", persist = true }"#,
+            ),
+            ("wattivahti.access_token", r#"{ from = "pesv.b2clogin.com", pointer = "/access_token", ttl = "1h" }"#),
+        ],
+        "watttime" if granted("watttime.username") => {
+            &[("watttime.token", r#"{ from = "api.watttime.org", pointer = "/token", ttl = "30m" }"#)]
+        }
+        _ => &[],
+    };
+    needed.iter().copied().filter(|(secret, _)| granted(secret)).collect()
+}
+
 impl Checker<'_> {
+    /// A built-in guest granted a token has the capture rule that keeps the
+    /// token from it ([`builtin_needs`]).
+    pub(super) fn check_builtin_capture(
+        &self,
+        name: &str,
+        component: &ComponentSource,
+        grants: &Grants,
+    ) -> Result<(), ConfigError> {
+        let ComponentSource::Builtin(builtin) = component else { return Ok(()) };
+        let missing = builtin_needs(builtin, grants).into_iter().find(|(s, _)| !grants.capture.contains_key(*s));
+        let Some((secret, rule)) = missing else { return Ok(()) };
+        Err(ConfigError {
+            file: self.path.to_path_buf(),
+            line: locate::line_of(self.source, &["guests", name, "grants", "secrets"])
+                .or_else(|| locate::line_of(self.source, &["guests", name, "grants"])),
+            message: format!(
+                "guests.{name}: builtin:{builtin} is granted {secret} but has no capture rule for it, so the host would hand the token to the guest; add to [guests.{name}.grants.capture]: \"{secret}\" = {rule} (as the shipped wattedge.toml has; see README, Capture)"
+            ),
+        })
+    }
+
     /// Capture rules name granted secrets only, and no grant names a host secret.
     pub(super) fn check_secret_grants(
         &self,
@@ -142,7 +185,7 @@ mod tests {
 state_dir = "/tmp/wattedge-state"
 
 [guests.vahti]
-component = "builtin:wattivahti"
+component = "builtin:correlator"
 
 [guests.vahti.grants]
 http = ["pesv.b2clogin.com"]
@@ -206,6 +249,30 @@ secrets = { "vahti.refresh" = ["pesv.b2clogin.com"] }
             "[influx]\nbackend = \"v1\"\nurl = \"http://db:8086\"\ndatabase = \"d\"\ntoken = \"${secret:db.key}\"\n";
         let source = format!("{influx}{}", GUEST.replace("\"vahti.refresh\" = [", "\"db.key\" = ["));
         assert!(parse(&source).unwrap_err().message.contains("host's own secrets"));
+    }
+
+    #[test]
+    fn a_builtin_guest_granted_a_token_without_its_capture_rule_is_refused() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../wattedge.toml");
+        let shipped = std::fs::read_to_string(&path).unwrap();
+        let start = shipped.find("[guests.wattivahti.grants.capture]").unwrap();
+        let end = start + shipped[start..].find("\n\n").unwrap();
+        let old = format!("{}{}", &shipped[..start], &shipped[end..]);
+        let err = parse(&old).unwrap_err();
+        assert!(err.message.contains("builtin:wattivahti is granted wattivahti.refresh_token"), "{}", err.message);
+        assert!(
+            err.message.contains("pointer = \"/refresh_token\", persist = true"),
+            "the rule to add: {}",
+            err.message
+        );
+        assert!(err.line.is_some(), "{err}");
+        // WattTime with a hand-set token only (no login) needs no rule.
+        let start = old.find("[guests.watttime.grants.capture]").unwrap();
+        let end = start + old[start..].find("\n\n").unwrap();
+        let no_login = old[..start].to_string() + &old[end..];
+        let no_login = no_login.replace("\"watttime.username\" = [\"api.watttime.org\"], ", "");
+        let err = parse(&no_login).unwrap_err();
+        assert!(err.message.contains("wattivahti"), "only wattivahti is refused: {}", err.message);
     }
 
     #[test]
