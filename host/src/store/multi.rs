@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::table::{Table, TableBuilder};
+use super::table::{FieldColumn, Table, TableBuilder, TagColumn};
 use super::{Query, Row, Selector, StoreError, TimeSeriesStore, Timestamp, influxql};
 
 /// InfluxDB's smallest and largest timestamps (the bounds of an open range).
@@ -95,9 +95,48 @@ pub struct MultiTable {
     pub rows: Table,
 }
 
+/// Orders rows a store decoded into `rows`, the measurement and time of
+/// row `i` in `keys[i]`, by time (newest first when `descending`), rows at
+/// one time by measurement, otherwise as they came (a stable sort); then
+/// cuts to `q.limit`. Rows already in order are not moved.
+pub fn ordered(rows: Table, keys: &[(Timestamp, u32)], q: &MultiQuery) -> MultiTable {
+    let cmp = |a: usize, b: usize| {
+        let by_time = if q.descending { keys[b].0.cmp(&keys[a].0) } else { keys[a].0.cmp(&keys[b].0) };
+        by_time.then(keys[a].1.cmp(&keys[b].1))
+    };
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    if order.windows(2).any(|w| cmp(w[0], w[1]).is_gt()) {
+        order.sort_by(|&a, &b| cmp(a, b));
+    }
+    if let Some(limit) = q.limit {
+        order.truncate(limit as usize);
+    }
+    let measurement = order.iter().map(|&i| keys[i].1).collect();
+    MultiTable { measurement, rows: gather(rows, &order) }
+}
+
+/// The rows of `t` at `order`, in that order (all of them, unmoved, when
+/// `order` is `0..len`).
+fn gather(t: Table, order: &[usize]) -> Table {
+    if order.len() == t.len() && order.iter().enumerate().all(|(i, &o)| i == o) {
+        return t;
+    }
+    let pick = |values: &[Option<u32>]| order.iter().map(|&i| values[i]).collect();
+    Table {
+        times: order.iter().map(|&i| t.times[i]).collect(),
+        tags: t.tags.iter().map(|c| TagColumn { key: c.key.clone(), values: pick(&c.values) }).collect(),
+        fields: t
+            .fields
+            .iter()
+            .map(|c| FieldColumn { key: c.key.clone(), values: order.iter().map(|&i| c.values[i]).collect() })
+            .collect(),
+        strings: t.strings,
+    }
+}
+
 /// Keeps `q.per_series` rows of each series (measurement and tag set),
-/// orders all by time (then measurement, then tags; `descending` reverses
-/// the whole order) and cuts to `q.limit`.
+/// orders all by time (newest first when `descending`; rows at one time by
+/// measurement, then tags) and cuts to `q.limit`.
 pub fn finish(mut rows: Vec<(u32, Row)>, q: &MultiQuery) -> MultiTable {
     if let Some(n) = q.per_series {
         // Group each series together, its rows nearest the wanted end first.
@@ -117,10 +156,10 @@ pub fn finish(mut rows: Vec<(u32, Row)>, q: &MultiQuery) -> MultiTable {
             kept <= n as usize
         });
     }
-    rows.sort_by(|(ma, a), (mb, b)| (a.time, ma, &a.tags).cmp(&(b.time, mb, &b.tags)));
-    if q.descending {
-        rows.reverse();
-    }
+    rows.sort_by(|(ma, a), (mb, b)| {
+        let by_time = if q.descending { b.time.cmp(&a.time) } else { a.time.cmp(&b.time) };
+        by_time.then_with(|| (ma, &a.tags).cmp(&(mb, &b.tags)))
+    });
     if let Some(limit) = q.limit {
         rows.truncate(limit as usize);
     }

@@ -128,7 +128,17 @@ fn the_embedded_store_finds_each_series_last_row_before_a_time_however_old() {
     };
     let t = store.query_multi(&q).expect("query");
     assert_eq!(shape(&t), [(0, 1_000, "lamp".into()), (1, 5, "fan".into())]);
-    let window = MultiQuery { start: Some(10_000), end: None, per_series: None, limit: Some(3), ..q };
+    let window = MultiQuery { start: Some(10_000), end: None, per_series: None, limit: Some(3), ..q.clone() };
     let t = store.query_multi(&window).expect("query");
     assert_eq!(shape(&t), [(0, 11_999, "lamp".into()), (0, 11_998, "lamp".into()), (0, 11_997, "lamp".into())]);
+    // Measurement by measurement, the fan's row comes last: merged by time.
+    let oldest = MultiQuery { end: None, per_series: None, descending: false, limit: Some(3), ..q };
+    let t = store.query_multi(&oldest).expect("query");
+    assert_eq!(shape(&t), [(1, 5, "fan".into()), (0, 1_000, "lamp".into()), (0, 10_000, "lamp".into())]);
+    let state = t.rows.fields.iter().find(|c| c.key == "state").expect("state column");
+    let text = |i: usize| match state.values[i] {
+        Some(crate::store::table::Cell::Text(s)) => t.rows.strings[s as usize].clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!([text(0), text(1), text(2)], ["on", "off", "on"], "fields move with their rows");
 }
