@@ -73,7 +73,7 @@ impl Preset {
 /// The meter's power `i` seconds into the data: 400 W and 2400 W in turns
 /// of 10 s.
 fn watts_at(i: usize) -> f64 {
-    if (i / 10) % 2 == 0 { 400.0 } else { 2400.0 }
+    if (i / 10).is_multiple_of(2) { 400.0 } else { 2400.0 }
 }
 
 /// Fills the embedded store with `events` state changes and `readings`
@@ -114,7 +114,7 @@ fn seed_correlator_data(path: &Path, preset: Preset, events: usize, readings: us
                 ];
                 point("home_assistant_events", &[("entity_id", "switch.kettle"), ("domain", "switch")], fields, t)
             }
-            Preset::HomeAssistant => ha_switch(if i % 2 == 0 { "on" } else { "off" }, t),
+            Preset::HomeAssistant => ha_switch(if i.is_multiple_of(2) { "on" } else { "off" }, t),
         }
     };
     let mut rows: Vec<Point> = (0..events).map(event).collect();

@@ -435,6 +435,10 @@ fn domain_of<'t>(entity_id: &Cow<'t, str>) -> Option<Cow<'t, str>> {
     }
 }
 
+/// One row of an entity's state: (entity, time, whether it is an event
+/// row, i.e. of the window, state, domain).
+type StateRow<'t> = (Cow<'t, str>, i64, bool, Cow<'t, str>, Cow<'t, str>);
+
 /// The state changes among the rows of `window` (the events query) when
 /// the schema stores no previous state: each row's previous state is the
 /// state of its entity's previous row, in `window` or, for an entity's
@@ -442,8 +446,7 @@ fn domain_of<'t>(entity_id: &Cow<'t, str>) -> Option<Cow<'t, str>> {
 /// A row whose state equals the previous one (HA writes a row when only an
 /// attribute changed) is no state change and gives no event. Oldest first.
 pub fn derive_events<'t>(window: &'t Table, before: &'t Table, s: &Settings) -> Vec<Event<'t>> {
-    // (entity, time, is an event row, state, domain)
-    let mut rows: Vec<(Cow<'t, str>, i64, bool, Cow<'t, str>, Cow<'t, str>)> = Vec::new();
+    let mut rows: Vec<StateRow<'t>> = Vec::new();
     for (table, is_event) in [(before, false), (window, true)] {
         for row in 0..table.times.len() {
             if let Some((entity, domain)) = entity_of_row(table, row, s) {
@@ -595,7 +598,8 @@ mod tests {
 
     #[test]
     fn home_assistant_config_errors_name_the_key_and_the_fix() {
-        let cases: [(&[(&str, &str)], &str, &str); 5] = [
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: [Case; 5] = [
             (
                 &[("schema", "home_assistant"), ("events_measurement", "state")],
                 "power_entity: ",
