@@ -243,7 +243,8 @@ pub fn influxql_rows(
 }
 
 /// The one Flux script for `q` over `bucket`: every measurement in one
-/// filter, each name and value a literal of [`flux::string`]. Answer
+/// filter (then the tags, then the fields, each a filter of its own), each
+/// name and value a literal of [`flux::string`]. Answer
 /// tables are per series and field, so `sort` and `limit` there keep a
 /// superset of each series' wanted rows. `None` when nothing can match.
 #[cfg(feature = "influx-v2")]
@@ -256,11 +257,11 @@ pub fn flux_script(bucket: &str, q: &MultiQuery) -> Option<String> {
     let mut s =
         format!("from(bucket: {})\n  |> range(start: time(v: {start}), stop: time(v: {end}))\n", string(bucket));
     let names: Vec<String> = q.measurements.iter().map(|m| format!("r._measurement == {}", string(m))).collect();
-    let mut predicate = format!("({})", names.join(" or "));
-    for (k, v) in &q.tags {
-        let _ = write!(predicate, " and r[{}] == {}", string(k), string(v));
+    let _ = writeln!(s, "  |> filter(fn: (r) => {})", names.join(" or "));
+    if !q.tags.is_empty() {
+        let tags: Vec<String> = q.tags.iter().map(|(k, v)| format!("r[{}] == {}", string(k), string(v))).collect();
+        let _ = writeln!(s, "  |> filter(fn: (r) => {})", tags.join(" and "));
     }
-    let _ = writeln!(s, "  |> filter(fn: (r) => {predicate})");
     if !q.fields.is_empty() {
         let fields: Vec<String> = q.fields.iter().map(|f| format!("r._field == {}", string(f))).collect();
         let _ = writeln!(s, "  |> filter(fn: (r) => {})", fields.join(" or "));

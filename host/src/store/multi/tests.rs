@@ -90,7 +90,7 @@ fn flux_filters_every_measurement_with_quoted_literals() {
     let q =
         MultiQuery { per_series: Some(1), descending: true, end: Some(9), ..query(&["switch.lamp", "a\" or ${x}"]) };
     let s = flux_script("b", &q).expect("a script");
-    assert!(s.contains("(r._measurement == \"switch.lamp\" or r._measurement == \"a\\\" or \\${x}\")"), "{s}");
+    assert!(s.contains("(r) => r._measurement == \"switch.lamp\" or r._measurement == \"a\\\" or \\${x}\")"), "{s}");
     assert!(s.contains("|> sort(columns: [\"_time\"], desc: true)\n  |> limit(n: 1)"), "{s}");
 }
 
