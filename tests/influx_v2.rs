@@ -156,3 +156,48 @@ async fn a_refused_token_is_retried_and_reported_not_dropped() {
     assert_eq!(metric(&metrics, "wattedge_outbox_dropped_total"), 0.0);
     host.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_measurement_query_is_one_flux_request_keeping_each_series_last_rows() {
+    use wattedge::store::multi::MultiQuery;
+    use wattedge::store::table::Cell;
+    let server = Influx2Server::start(BUCKET, TOKEN).await;
+    let (_setup, host) = host_for(&server, TOKEN).await;
+    // Home Assistant's layout: a measurement per entity.
+    let ha = |m: &str, entity: &str, state: &str, t: i64| {
+        let fields = vec![("state", FieldValue::Text(state.into())), ("value", FieldValue::Float(1.0))];
+        point(m, &[("domain", "switch"), ("entity_id", entity)], fields, t)
+    };
+    let points = vec![
+        ha("switch.lamp", "lamp", "off", T0),
+        ha("switch.lamp", "lamp", "on", T0 + 10),
+        ha("switch.lamp", "lamp", "off", T0 + 20),
+        ha("light.desk", "desk", "dim", T0 + 5),
+        ha("other", "x", "on", T0 + 1),
+    ];
+    host.store().write(points).await.unwrap();
+    drained(host.store().as_ref(), Duration::from_secs(20)).await;
+    let asked = server.queries().len();
+    let q = MultiQuery {
+        measurements: vec!["switch.lamp".into(), "light.desk".into()],
+        fields: vec!["state".into()],
+        end: Some(T0 + 20),
+        per_series: Some(1),
+        descending: true,
+        ..MultiQuery::default()
+    };
+    let t = host.store().query_multi(q).await.unwrap();
+    assert_eq!(server.queries().len(), asked + 1, "one request for both measurements");
+    assert_eq!((t.measurement.as_slice(), t.rows.times.as_slice()), ([0, 1].as_slice(), [T0 + 10, T0 + 5].as_slice()));
+    let state = t.rows.fields.iter().find(|c| c.key == "state").expect("state column");
+    let texts: Vec<&str> = state
+        .values
+        .iter()
+        .map(|v| match v {
+            Some(Cell::Text(i)) => t.rows.strings[*i as usize].as_str(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(texts, ["on", "dim"], "each series' last row before the end");
+    host.shutdown().await;
+}

@@ -35,38 +35,121 @@ fn point(measurement: &str, tags: &[(&str, &str)], fields: Vec<(&str, FieldValue
     }
 }
 
-/// Fills the embedded store with `events` Home Assistant events and
-/// `readings` smart-meter readings (one per second, ending now).
-fn seed_correlator_data(path: &Path, events: usize, readings: usize) -> anyhow::Result<()> {
+/// The data layout a correlator figure reads (its `schema` preset).
+#[derive(Clone, Copy, PartialEq)]
+enum Preset {
+    HomeIq,
+    HomeAssistant,
+}
+
+impl Preset {
+    fn name(self) -> &'static str {
+        match self {
+            Preset::HomeIq => "homeiq",
+            Preset::HomeAssistant => "home_assistant",
+        }
+    }
+
+    /// The guest's config entries and read grants.
+    fn config(self) -> (&'static str, &'static str) {
+        match self {
+            Preset::HomeIq => ("", "\"home_assistant_events\", \"smart_meter\""),
+            Preset::HomeAssistant => (
+                "schema = \"home_assistant\", power_entity = \"house_power\", entities = \"switch.kettle\", ",
+                "\"switch.kettle\", \"W\"",
+            ),
+        }
+    }
+
+    /// Most store queries a cycle may make.
+    fn max_queries(self) -> f64 {
+        match self {
+            Preset::HomeIq => 2.0,
+            Preset::HomeAssistant => 3.0,
+        }
+    }
+}
+
+/// The meter's power `i` seconds into the data: 400 W and 2400 W in turns
+/// of 10 s.
+fn watts_at(i: usize) -> f64 {
+    if (i / 10).is_multiple_of(2) { 400.0 } else { 2400.0 }
+}
+
+/// Fills the embedded store with `events` state changes and `readings`
+/// meter readings (one per second, ending now) in `preset`'s layout: the
+/// HomeIQ measurements, or what Home Assistant's influxdb integration
+/// writes (the meter among other sensors in `W`, the kettle in its own
+/// measurement, its first state before the window).
+fn seed_correlator_data(path: &Path, preset: Preset, events: usize, readings: usize) -> anyhow::Result<()> {
     let store = EmbeddedStore::open(path, None)?;
     let end = now_ns() - 60 * SECOND;
     let start = end - readings as i64 * SECOND;
     let power: Vec<Point> = (0..readings)
         .map(|i| {
-            let watts = if (i / 10) % 2 == 0 { 400.0 } else { 2400.0 };
-            point("smart_meter", &[], vec![("total_power_w", FieldValue::Float(watts))], start + i as i64 * SECOND)
+            let t = start + i as i64 * SECOND;
+            match preset {
+                Preset::HomeIq => point("smart_meter", &[], vec![("total_power_w", FieldValue::Float(watts_at(i)))], t),
+                Preset::HomeAssistant => ha_power("house_power", watts_at(i), t),
+            }
         })
         .collect();
     for chunk in power.chunks(20_000) {
         store.write(chunk)?;
     }
+    if preset == Preset::HomeAssistant {
+        // Another sensor in `W` (every 10 s): the correlator must skip it.
+        let solar: Vec<Point> =
+            (0..readings / 10).map(|i| ha_power("solar_inverter", 1500.0, start + i as i64 * 10 * SECOND)).collect();
+        store.write(&solar)?;
+    }
     let spacing = (readings / events.max(1)) as i64 * SECOND;
-    let events: Vec<Point> = (0..events)
-        .map(|i| {
-            let fields = vec![
-                ("state_value", FieldValue::Text("on".into())),
-                ("previous_state", FieldValue::Text("off".into())),
-            ];
-            point(
-                "home_assistant_events",
-                &[("entity_id", "switch.kettle"), ("domain", "switch")],
-                fields,
-                start + 30 * SECOND + i as i64 * spacing,
-            )
-        })
-        .collect();
-    store.write(&events)?;
+    let event = |i: usize| -> Point {
+        let t = start + 30 * SECOND + i as i64 * spacing;
+        match preset {
+            Preset::HomeIq => {
+                let fields = vec![
+                    ("state_value", FieldValue::Text("on".into())),
+                    ("previous_state", FieldValue::Text("off".into())),
+                ];
+                point("home_assistant_events", &[("entity_id", "switch.kettle"), ("domain", "switch")], fields, t)
+            }
+            Preset::HomeAssistant => ha_switch(if i.is_multiple_of(2) { "on" } else { "off" }, t),
+        }
+    };
+    let mut rows: Vec<Point> = (0..events).map(event).collect();
+    if preset == Preset::HomeAssistant {
+        // The kettle's state before the window: found by the one query for
+        // each series' last row before the events.
+        rows.push(ha_switch("off", end - (lookback_hours(readings) as i64 + 1) * 3600 * SECOND));
+    }
+    store.write(&rows)?;
     Ok(())
+}
+
+/// A power reading as Home Assistant's influxdb integration writes it.
+fn ha_power(object_id: &str, watts: f64, time: i64) -> Point {
+    let fields = vec![
+        ("value", FieldValue::Float(watts)),
+        ("friendly_name_str", FieldValue::Text(object_id.into())),
+        ("unit_of_measurement_str", FieldValue::Text("W".into())),
+    ];
+    point("W", &[("domain", "sensor"), ("entity_id", object_id)], fields, time)
+}
+
+/// The kettle's state change as Home Assistant's influxdb integration writes it.
+fn ha_switch(state: &str, time: i64) -> Point {
+    let fields = vec![
+        ("state", FieldValue::Text(state.into())),
+        ("value", FieldValue::Float(if state == "on" { 1.0 } else { 0.0 })),
+        ("friendly_name_str", FieldValue::Text("Kettle".into())),
+    ];
+    point("switch.kettle", &[("domain", "switch"), ("entity_id", "kettle")], fields, time)
+}
+
+/// The correlator's `lookback`: every event of the data.
+fn lookback_hours(readings: usize) -> usize {
+    readings / 3600 + 2
 }
 
 /// What one correlator cycle measured.
@@ -83,13 +166,14 @@ struct Cycle {
 }
 
 /// One correlator cycle on a host whose store is a copy of `seeded`.
-async fn correlator_cycle(seeded: &Path, events: usize, readings: usize) -> anyhow::Result<Cycle> {
+async fn correlator_cycle(seeded: &Path, preset: Preset, events: usize, readings: usize) -> anyhow::Result<Cycle> {
     let dir = tempfile::tempdir()?;
     std::fs::create_dir_all(dir.path().join("state"))?;
     std::fs::copy(seeded, dir.path().join("state/embedded.redb")).context("copying the seeded store")?;
-    let lookback_h = readings / 3600 + 2;
+    let lookback_h = lookback_hours(readings);
+    let (config, grants) = preset.config();
     let body = format!(
-        "[guests.correlator]\ncomponent = \"builtin:correlator\"\nschedule = \"every 1h\"\nmemory_limit = \"512MiB\"\nrun_timeout = \"300s\"\nconfig = {{ lookback = \"{lookback_h}h\", max_events_per_cycle = {events} }}\n\n[guests.correlator.grants]\ninflux_read = [\"home_assistant_events\", \"smart_meter\"]\ninflux_write = [\"event_energy_correlation\"]\n"
+        "[guests.correlator]\ncomponent = \"builtin:correlator\"\nschedule = \"every 1h\"\nmemory_limit = \"512MiB\"\nrun_timeout = \"300s\"\nconfig = {{ {config}lookback = \"{lookback_h}h\", max_events_per_cycle = {events} }}\n\n[guests.correlator.grants]\ninflux_read = [{grants}]\ninflux_write = [\"event_energy_correlation\"]\n"
     );
     let host = start(dir.path(), &body).await?;
     let guest = host.supervisor().guest("correlator").context("correlator configured")?.clone();
@@ -135,15 +219,38 @@ fn cycle_split(cycles: &[Cycle]) -> String {
     )
 }
 
-/// Correlator throughput over `events` × `readings`: `repeats` first cycles,
-/// each on a fresh host and a fresh copy of the same seeded store.
+/// Correlator throughput over `events` × `readings` for each preset:
+/// `repeats` first cycles, each on a fresh host and a fresh copy of the
+/// same seeded store. The Home Assistant preset (step rule, previous state
+/// derived: one query more) must keep at least half the HomeIQ rate.
 pub async fn correlator(events: usize, readings: usize, repeats: usize) -> anyhow::Result<Vec<Figure>> {
+    let (mut figures, homeiq) = correlator_preset(Preset::HomeIq, events, readings, repeats).await?;
+    let (ha, rate) = correlator_preset(Preset::HomeAssistant, events, readings, repeats).await?;
+    figures.extend(ha);
+    figures.push(Figure::bounded(
+        "correlator: home_assistant rate / homeiq rate",
+        rate / homeiq,
+        "×",
+        0.5,
+        true,
+        format!("{rate:.0} / {homeiq:.0} events/s, medians measured in this run"),
+    ));
+    Ok(figures)
+}
+
+/// The figures of one preset, and its median rate.
+async fn correlator_preset(
+    preset: Preset,
+    events: usize,
+    readings: usize,
+    repeats: usize,
+) -> anyhow::Result<(Vec<Figure>, f64)> {
     let dir = tempfile::tempdir()?;
     let seeded = dir.path().join("seeded.redb");
-    seed_correlator_data(&seeded, events, readings)?;
+    seed_correlator_data(&seeded, preset, events, readings)?;
     let mut cycles = Vec::new();
     for _ in 0..repeats.max(1) {
-        cycles.push(correlator_cycle(&seeded, events, readings).await?);
+        cycles.push(correlator_cycle(&seeded, preset, events, readings).await?);
     }
     let mut rates: Vec<f64> = cycles.iter().map(|c| events as f64 / c.seconds).collect();
     let (median, min, max) = crate::report::median_spread(&mut rates);
@@ -157,17 +264,26 @@ pub async fn correlator(events: usize, readings: usize, repeats: usize) -> anyho
         events as f64 / min * 1000.0,
         cycle_split(&cycles),
     );
-    Ok(vec![
-        Figure::bounded("correlator: events correlated per second", median, "events/s", 200_000.0, true, note),
+    let name = preset.name();
+    let figures = vec![
         Figure::bounded(
-            "correlator: store queries per cycle",
+            &format!("correlator ({name}): events correlated per second"),
+            median,
+            "events/s",
+            200_000.0,
+            true,
+            note,
+        ),
+        Figure::bounded(
+            &format!("correlator ({name}): store queries per cycle"),
             most_queries as f64,
             "queries",
-            2.0,
+            preset.max_queries(),
             false,
             "counted by the host; the most of any cycle".into(),
         ),
-    ])
+    ];
+    Ok((figures, median))
 }
 
 /// The probe component with a marker section, so each upload is a new version.

@@ -11,6 +11,7 @@ wasmtime::component::bindgen!({
         "wattedge:runtime/influx.query-floats": async,
         "wattedge:runtime/influx.query-table": async,
         "wattedge:runtime/influx.write-table": async,
+        "wattedge:runtime/influx.query-multi": async,
     },
     exports: { default: async },
 });

@@ -1,38 +1,45 @@
 //! The `correlator` guest: which Home Assistant state change moved the meter?
 //!
-//! Every cycle it reads recent state changes (`home_assistant_events`) and
-//! smart-meter power (`smart_meter`) from the time-series store, takes the
-//! reading before the event nearest to `event - offset` and the one at or
-//! after it nearest to `event + offset` (each within `padding`), and writes
-//! an `event_energy_correlation` point for each step
-//! of at least `min_delta_w`. It replaces the Python "energy-correlator".
+//! Every cycle it reads recent state changes and power readings from the
+//! time-series store, measures the power just before each event and just
+//! after it (see [`matching`] for the two rules), and writes an
+//! `event_energy_correlation` point for each step of at least
+//! `min_delta_w`. It reads two layouts (`schema`, see [`settings`]): the
+//! HomeIQ one (`home_assistant_events`, `smart_meter`) it replaces the
+//! Python "energy-correlator" on, and the one Home Assistant's own
+//! `influxdb` integration writes.
 //!
-//! Cost per run is bounded: exactly one events query and at most one power
-//! query (covering all events at once), then one batched write. All three
-//! move columns, not rows: the events and the correlations as tables
-//! (`query-table`, `write-table`: each distinct entity id or state crosses
-//! the component boundary once), the readings through `query-floats`.
+//! Cost per run is bounded and independent of the number of events: one
+//! events query; with the Home Assistant layout, which stores no previous
+//! state, one more for each series' last row before the events (see
+//! [`settings::derive_events`]); at most one power query covering all
+//! events at once; then one batched write. So a cycle makes at most 2
+//! queries with HomeIQ, 3 with Home Assistant. All move columns, not rows:
+//! the events and the correlations as tables (`query-table`, `query-multi`,
+//! `write-table`: each distinct entity id or state crosses the component
+//! boundary once), the readings through `query-floats`.
 //!
-//! Exactly-once: handled events (written, or judged below the threshold) are
-//! remembered in guest `state` ([`processed`]); events whose readings are not
-//! in yet stay pending and are retried while they are inside `lookback`.
-//! Points are written before the state is saved, so a crash in between only
-//! rewrites identical points (same series and time), which InfluxDB and the
-//! embedded store overwrite.
+//! Exactly-once: handled events (written, or judged below the threshold or
+//! without power data) are remembered in guest `state` ([`processed`]);
+//! events whose readings are not in yet stay pending and are retried while
+//! they are inside `lookback`. Points are written before the state is
+//! saved, so a crash in between only rewrites identical points (same series
+//! and time), which InfluxDB and the embedded store overwrite.
 
 pub mod matching;
 pub mod processed;
 pub mod settings;
 
-use wattedge_guest::influx::{self, Cell, Selector, Table};
+use wattedge_guest::influx::{self, Cell, MultiQuery, Selector, Table, TagFilter};
+use wattedge_guest::status::CounterValue;
 use wattedge_guest::table::TableBuilder;
 use wattedge_guest::{
     Guest, GuestError, InfluxQuery, Slot, Summary, Trigger, clock, influx_error_text, report, state, state_error_text,
 };
 
-use matching::{Outcome, Reading, Step};
+use matching::{Outcome, Reading, Step, StepRule};
 use processed::Processed;
-use settings::{Event, Settings, event_from_row, readings_from_series};
+use settings::{Event, EventSource, PowerRule, Settings, derive_events, event_from_row, readings_from_series};
 
 static SETTINGS: Slot<Settings> = Slot::new();
 
@@ -52,6 +59,16 @@ pub mod counters {
     pub const CORRELATION_RATE: &str = "correlation_rate_pct";
     /// `written / found * 100`.
     pub const WRITE_SUCCESS_RATE: &str = "write_success_rate_pct";
+    /// Events with no power reading within `max_staleness` before them, in all.
+    pub const STALE: &str = "events_without_power";
+    /// The `schema` preset in use (text).
+    pub const SCHEMA: &str = "schema";
+    /// The power sensor read, e.g. `W entity_id=house_power value` (text).
+    pub const POWER_SENSOR: &str = "power_sensor";
+    /// The last correlation written, e.g. `switch.lamp off → on: +60 W` (text).
+    pub const LAST_CORRELATION: &str = "last_correlation";
+    /// The time of that event.
+    pub const LAST_CORRELATION_AT: &str = "last_correlation_at";
 }
 
 /// Tags of an output point (an empty value is left out).
@@ -126,8 +143,8 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
     // "now" lags a previous one (a late scheduled trigger) still sees them.
     let cutoff = window_start.saturating_sub(s.lookback.max(60 * clock::NANOS_PER_SEC));
     let mut done = state::get(processed::STATE_KEY).map(|b| Processed::decode(&b)).unwrap_or_default();
-    let table = query_events(s, window_start, now)?;
-    let events = new_events(&table, s, &done);
+    let rows = query_events(s, window_start, now)?;
+    let events = new_events(&rows, s, &done);
     let (Some(first), Some(last)) = (events.first(), events.last()) else {
         save(&mut done, cutoff, i64::MAX)?;
         report::set_count(counters::PENDING, 0);
@@ -142,61 +159,141 @@ fn correlate(s: &Settings, now: i64) -> Result<Summary, GuestError> {
     for event in &verdicts.correlated {
         done.insert(&event.entity_id, event.time);
     }
-    report::inc_by(counters::EVENTS, verdicts.judged + found);
+    report_last_correlation(&verdicts);
+    report::inc_by(counters::EVENTS, verdicts.judged + verdicts.stale + found);
     report::inc_by(counters::FOUND, found);
     report::inc_by(counters::WRITTEN, u64::from(written));
+    report::inc_by(counters::STALE, verdicts.stale);
     report::set_count(counters::PENDING, verdicts.pending);
     save(&mut done, cutoff, i64::MAX)?;
     update_rates();
     report::ok();
-    let (judged, pending) = (verdicts.judged, verdicts.pending);
+    let (judged, pending, stale) = (verdicts.judged, verdicts.pending, verdicts.stale);
+    let stale = if stale > 0 { format!(", {stale} without power data") } else { String::new() };
     Ok(Summary {
         points_written: written,
         detail: Some(format!(
-            "{} new events: {written} correlations written, {judged} below {} W, {pending} pending",
+            "{} new events: {written} correlations written, {judged} below {} W, {pending} pending{stale}",
             events.len(),
             s.min_delta_w
         )),
     })
 }
 
+/// The newest correlation written this cycle, for the status page.
+fn report_last_correlation(v: &Verdicts<'_, '_>) {
+    let Some((event, step)) = v.correlated.iter().zip(&v.steps).max_by_key(|(e, _)| e.time) else { return };
+    let from = if event.previous_state.is_empty() { "?" } else { &event.previous_state };
+    let text = format!("{} {from} → {}: {:+} W", event.entity_id, event.state, matching::round3(step.delta_w));
+    report::text(counters::LAST_CORRELATION, &text);
+    wattedge_guest::status::set_counter(counters::LAST_CORRELATION_AT, &CounterValue::Time(event.time));
+}
+
+/// The event rows of one cycle.
+enum EventRows {
+    /// Rows that carry their previous state.
+    Carried(Table),
+    /// Rows whose previous state is derived: the window's rows, and each
+    /// series' last row before them.
+    Derived { window: Table, before: Table },
+}
+
 /// The event rows of `[window_start, now)`: at most
-/// `max_events_per_cycle`, the newest.
-fn query_events(s: &Settings, window_start: i64, now: i64) -> Result<Table, GuestError> {
-    query_table(&InfluxQuery {
-        measurement: s.events_measurement.clone(),
-        fields: vec![s.state_field.clone(), s.previous_state_field.clone()],
+/// `max_events_per_cycle`, the newest; where the schema stores no previous
+/// state, also the row before each entity's first one (a second query).
+fn query_events(s: &Settings, window_start: i64, now: i64) -> Result<EventRows, GuestError> {
+    let derived = s.previous_state_field.is_empty();
+    if let (EventSource::Shared(measurement), false) = (&s.events, derived) {
+        return query_table(&InfluxQuery {
+            measurement: measurement.clone(),
+            fields: vec![s.state_field.clone(), s.previous_state_field.clone()],
+            tags: Vec::new(),
+            start: Some(window_start),
+            end: Some(now),
+            select: Selector::All,
+            descending: true,
+            limit: Some(s.max_events_per_cycle),
+        })
+        .map(EventRows::Carried);
+    }
+    let mut fields = vec![s.state_field.clone()];
+    if !derived {
+        fields.push(s.previous_state_field.clone());
+    }
+    let window = query_multi(&MultiQuery {
+        measurements: s.events.measurements(),
+        fields: fields.clone(),
         tags: Vec::new(),
         start: Some(window_start),
         end: Some(now),
-        select: Selector::All,
+        per_series: None,
         descending: true,
         limit: Some(s.max_events_per_cycle),
+    })?;
+    if !derived {
+        return Ok(EventRows::Carried(window));
+    }
+    // Rows are newest first: the last is the oldest. (Should the limit cut
+    // rows at that very time, an entity whose row there was cut gets its
+    // previous state from an older row; rows at one nanosecond rarely are
+    // more than `max_events_per_cycle`.)
+    let Some(&oldest) = window.times.last() else {
+        return Ok(EventRows::Derived { before: window.clone(), window });
+    };
+    let before = query_multi(&MultiQuery {
+        measurements: s.events.measurements(),
+        fields,
+        tags: Vec::new(),
+        start: None,
+        end: Some(oldest),
+        per_series: Some(1),
+        descending: true,
+        limit: None,
+    })?;
+    Ok(EventRows::Derived { window, before })
+}
+
+fn query_multi(q: &MultiQuery) -> Result<Table, GuestError> {
+    influx::query_multi(q).map(|t| t.rows).map_err(|e| {
+        let what = q.measurements.join(", ");
+        fail(GuestError::Store(format!("querying {what}: {}", influx_error_text(&e))))
     })
 }
 
-/// The events in `table` not yet handled, oldest first, one per entity and
-/// time.
-fn new_events<'t>(table: &'t Table, s: &Settings, done: &Processed) -> Vec<Event<'t>> {
-    let mut events: Vec<Event> = (0..table.times.len())
-        .filter_map(|row| event_from_row(table, row, s))
-        .filter(|e| !done.contains(&e.entity_id, e.time))
-        .collect();
+/// The events among `rows` not yet handled, oldest first, one per entity
+/// and time.
+fn new_events<'t>(rows: &'t EventRows, s: &Settings, done: &Processed) -> Vec<Event<'t>> {
+    let mut events: Vec<Event> = match rows {
+        EventRows::Carried(table) => (0..table.times.len()).filter_map(|row| event_from_row(table, row, s)).collect(),
+        EventRows::Derived { window, before } => derive_events(window, before, s),
+    };
+    events.retain(|e| !done.contains(&e.entity_id, e.time));
     events.sort_by(|a, b| (a.time, &a.entity_id).cmp(&(b.time, &b.entity_id)));
     events.dedup_by(|a, b| a.time == b.time && a.entity_id == b.entity_id);
     events
 }
 
-/// The power readings that can match events from `first` to `last` (one
-/// query for all of them), sorted by time.
+/// The power readings that can matter to events from `first` to `last`
+/// (one query for all of them), sorted by time, in watts: under the step
+/// rule from `max_staleness` before the first event, under the nearest
+/// rule from `offset + padding` before it; to `offset + padding` after the
+/// last. Only the configured sensor's rows when `power_entity` is set.
 fn readings_around(s: &Settings, first: &Event<'_>, last: &Event<'_>) -> Result<Vec<Reading>, GuestError> {
     let reach = s.offset.saturating_add(s.padding);
+    let back = match s.power_rule {
+        PowerRule::Nearest => reach,
+        PowerRule::Step => s.max_staleness,
+    };
+    let tags = match s.power_entity.as_str() {
+        "" => Vec::new(),
+        entity => vec![TagFilter { key: s.entity_tag.clone(), value: entity.to_string() }],
+    };
     let power = query_floats(
         &InfluxQuery {
             measurement: s.power_measurement.clone(),
             fields: Vec::new(),
-            tags: Vec::new(),
-            start: Some(first.time.saturating_sub(reach)),
+            tags,
+            start: Some(first.time.saturating_sub(back)),
             end: Some(last.time.saturating_add(reach).saturating_add(1)),
             select: Selector::All,
             descending: false,
@@ -204,41 +301,64 @@ fn readings_around(s: &Settings, first: &Event<'_>, last: &Event<'_>) -> Result<
         },
         &s.power_field,
     )?;
-    let mut readings = readings_from_series(&power);
+    let mut readings = readings_from_series(&power, s.watts_per_unit);
     readings.sort_by_key(|r| r.time);
     Ok(readings)
 }
 
 /// What one cycle decided about its events.
 struct Verdicts<'e, 't> {
-    /// A point for each correlated event, and those events.
+    /// A point for each correlated event, those events and their steps.
     points: TableBuilder,
     correlated: Vec<&'e Event<'t>>,
+    steps: Vec<Step>,
     /// Events below `min_delta_w` (already marked handled).
     judged: u64,
+    /// Events without a power reading within `max_staleness` (already
+    /// marked handled: no later reading can tell their power).
+    stale: u64,
     /// Events whose readings are not in yet.
     pending: u64,
 }
 
-/// Evaluates every event; those below the threshold are marked handled at
-/// once, correlated ones only once their points are written.
+/// Evaluates every event; those below the threshold or without power data
+/// are marked handled at once, correlated ones only once their points are
+/// written.
 fn judge<'e, 't>(
     events: &'e [Event<'t>],
     readings: &[Reading],
     (s, now): (&Settings, i64),
     done: &mut Processed,
 ) -> Verdicts<'e, 't> {
-    let mut v = Verdicts { points: correlation_table(), correlated: Vec::new(), judged: 0, pending: 0 };
+    let mut v = Verdicts {
+        points: correlation_table(),
+        correlated: Vec::new(),
+        steps: Vec::new(),
+        judged: 0,
+        stale: 0,
+        pending: 0,
+    };
+    let rule =
+        StepRule { offset: s.offset, padding: s.padding, max_staleness: s.max_staleness, min_delta_w: s.min_delta_w };
     for event in events {
-        match matching::evaluate(readings, event.time, s.offset, s.padding, s.min_delta_w, now) {
+        let outcome = match s.power_rule {
+            PowerRule::Nearest => matching::evaluate(readings, event.time, s.offset, s.padding, s.min_delta_w, now),
+            PowerRule::Step => matching::evaluate_step(readings, event.time, rule, now),
+        };
+        match outcome {
             Outcome::Pending => v.pending += 1,
             Outcome::Below(_) => {
                 done.insert(&event.entity_id, event.time);
                 v.judged += 1;
             }
+            Outcome::Stale => {
+                done.insert(&event.entity_id, event.time);
+                v.stale += 1;
+            }
             Outcome::Correlated(step) => {
                 push_correlation(&mut v.points, event, &step);
                 v.correlated.push(event);
+                v.steps.push(step);
             }
         }
     }
@@ -253,7 +373,8 @@ fn write_points(s: &Settings, v: &Verdicts<'_, '_>, done: &mut Processed, cutoff
         return Ok(0);
     }
     influx::write_table(&s.output_measurement, v.points.table()).or_else(|e| {
-        report::inc_by(counters::EVENTS, v.judged);
+        report::inc_by(counters::EVENTS, v.judged + v.stale);
+        report::inc_by(counters::STALE, v.stale);
         report::inc_by(counters::FOUND, v.points.len() as u64);
         let unwritten_from = v.correlated.iter().map(|e| e.time).min().unwrap_or(i64::MAX);
         save(done, cutoff, unwritten_from)?;
@@ -269,6 +390,8 @@ impl Guest for Correlator {
     fn init(config: Vec<(String, String)>) -> Result<(), GuestError> {
         let settings = Settings::from_config(&wattedge_guest::config::Config::new(config))?;
         report::text("config", &settings.description);
+        report::text(counters::SCHEMA, settings.schema.name());
+        report::text(counters::POWER_SENSOR, &settings.power_sensor());
         SETTINGS.set(settings);
         Ok(())
     }

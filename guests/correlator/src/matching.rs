@@ -1,5 +1,18 @@
 //! The pure part of the correlator: finding the readings around an event and
 //! measuring the power step. No host calls, so it is unit-tested natively.
+//!
+//! Two rules read the power at an instant:
+//! - nearest ([`evaluate`], the HomeIQ preset): the reading nearest to
+//!   `event - offset` before the event and to `event + offset` after it,
+//!   each within `padding`. Right for a meter that reports every few
+//!   seconds whatever the power does; kept with the numbers it always gave.
+//! - step ([`evaluate_step`], the Home Assistant preset): the power is the
+//!   last value written, so `before` is the last reading before the event
+//!   (at most `max_staleness` old) and `after` the last one at or before
+//!   `event + offset`, or, when the sensor reports late, the first one
+//!   within `padding` after that. HA writes a sensor only when its value
+//!   changes: a meter may be silent for minutes and still be exact, where
+//!   "a reading within ±30 s" would find nothing.
 
 /// One smart-meter power reading.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,6 +46,9 @@ pub enum Outcome {
     Below(Step),
     /// Both readings found; the step is at least `min_delta_w`.
     Correlated(Step),
+    /// No reading within `max_staleness` before the event: the power then
+    /// is unknown, and no later reading can tell it (step rule only).
+    Stale,
 }
 
 /// The reading nearest to `target` within `padding` (inclusive) in
@@ -105,6 +121,48 @@ pub fn evaluate(
     }
     let s = step(before.watts, after.watts);
     if is_significant(s.delta_w, min_delta_w) { Outcome::Correlated(s) } else { Outcome::Below(s) }
+}
+
+/// Evaluates the event at `event_time` against on-change `readings`
+/// (sorted by time) with the step rule (see the module docs): `now` decides
+/// whether the value at `event + offset` is final yet.
+pub fn evaluate_step(readings: &[Reading], event_time: i64, rule: StepRule, now: i64) -> Outcome {
+    let (earlier, later) = readings.split_at(readings.partition_point(|r| r.time < event_time));
+    let Some(before) = earlier.last().filter(|r| event_time - r.time <= rule.max_staleness) else {
+        return Outcome::Stale;
+    };
+    let target = event_time.saturating_add(rule.offset);
+    let deadline = target.saturating_add(rule.padding);
+    let until_target = later.partition_point(|r| r.time <= target);
+    let after = if let Some(at_target) = later[..until_target].last() {
+        // A later write up to the target would still change the value at it.
+        if now <= target {
+            return Outcome::Pending;
+        }
+        at_target
+    } else if let Some(late) = later.first().filter(|r| r.time <= deadline) {
+        late
+    } else if now > deadline {
+        // Nothing written since the event: the power did not change.
+        before
+    } else {
+        return Outcome::Pending;
+    };
+    let s = step(before.watts, after.watts);
+    if is_significant(s.delta_w, rule.min_delta_w) { Outcome::Correlated(s) } else { Outcome::Below(s) }
+}
+
+/// The parameters of the step rule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepRule {
+    /// `after` is the value at `event + offset`.
+    pub offset: i64,
+    /// How late after `event + offset` a first reading may still stand for it.
+    pub padding: i64,
+    /// Oldest the reading before the event may be.
+    pub max_staleness: i64,
+    /// Smallest step that counts.
+    pub min_delta_w: f64,
 }
 
 #[cfg(test)]
@@ -223,5 +281,39 @@ mod tests {
         assert_eq!(pending, Outcome::Pending);
         let settled = evaluate(&readings, e, 5 * S, 30 * S, 10.0, e + 20 * S);
         assert!(matches!(settled, Outcome::Correlated(_)));
+    }
+
+    fn step_eval(readings: &[Reading], event: i64, now: i64) -> Outcome {
+        let rule = StepRule { offset: 5 * S, padding: 30 * S, max_staleness: 3600 * S, min_delta_w: 10.0 };
+        evaluate_step(readings, event, rule, now)
+    }
+
+    #[test]
+    fn step_rule_reads_the_last_value_before_and_the_first_late_one_after() {
+        let e = at((19, 30, 0));
+        let readings = [r(e - 240 * S, 450.0), r(e + 20 * S, 510.0)];
+        assert_eq!(step_eval(&readings, e, e + 60 * S), Outcome::Correlated(step(450.0, 510.0)));
+        // Until the late reading is in, the event waits.
+        assert_eq!(step_eval(&readings[..1], e, e + 20 * S), Outcome::Pending);
+    }
+
+    #[test]
+    fn step_rule_takes_the_value_at_event_plus_offset() {
+        let e = at((19, 30, 0));
+        let readings = [r(e - 9 * S, 100.0), r(e - S, 120.0), r(e + S, 900.0), r(e + 4 * S, 1000.0), r(e + 7 * S, 5.0)];
+        assert_eq!(step_eval(&readings, e, e + 60 * S), Outcome::Correlated(step(120.0, 1000.0)));
+        assert_eq!(step_eval(&readings, e, e + 5 * S), Outcome::Pending, "a write up to e + 5 s may still come");
+    }
+
+    #[test]
+    fn step_rule_refuses_a_stale_before_and_holds_an_unchanged_value() {
+        let e = at((19, 30, 0));
+        assert_eq!(step_eval(&[r(e - 3601 * S, 100.0), r(e + S, 900.0)], e, e + 60 * S), Outcome::Stale);
+        assert_eq!(step_eval(&[r(e + S, 900.0)], e, e + 60 * S), Outcome::Stale, "nothing before the event");
+        let edge = [r(e - 3600 * S, 100.0), r(e + S, 900.0)];
+        assert!(matches!(step_eval(&edge, e, e + 60 * S), Outcome::Correlated(_)), "max_staleness is inclusive");
+        // Silent since the event, past the padding: the power stayed.
+        assert_eq!(step_eval(&[r(e - 60 * S, 300.0)], e, e + 36 * S), Outcome::Below(step(300.0, 300.0)));
+        assert_eq!(step_eval(&[r(e - 60 * S, 300.0)], e, e + 35 * S), Outcome::Pending);
     }
 }

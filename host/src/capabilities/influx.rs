@@ -14,6 +14,7 @@ use crate::store::line_protocol::{self, FieldRef};
 use crate::store::outbox::{self, OutboxSink, RecordBuf};
 use crate::store::{FieldValue, Point, Query, Row, Selector, SortedPoint, StoreError, TimeSeriesStore};
 
+mod multi;
 mod table;
 
 /// Most rows one `query` hands a guest. The host builds the whole answer
@@ -134,6 +135,10 @@ impl wit::Host for super::GuestCtx {
 
     async fn query_table(&mut self, q: wit::SeriesQuery) -> Result<wit::Table, InfluxError> {
         self.influx.query_table(q, &self.shared.influx).await
+    }
+
+    async fn query_multi(&mut self, q: wit::MultiQuery) -> Result<wit::MultiTable, InfluxError> {
+        self.influx.query_multi(q, &self.shared.influx).await
     }
 
     async fn query(&mut self, q: wit::SeriesQuery) -> Result<Vec<wit::Row>, InfluxError> {

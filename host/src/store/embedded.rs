@@ -238,6 +238,7 @@ fn retention_cutoff(retention: Duration, now: Timestamp) -> Timestamp {
 mod block;
 mod keys;
 mod legacy;
+mod multi;
 mod read;
 mod retention;
 #[cfg(test)]

@@ -115,6 +115,32 @@ pub fn rows(csv: &str, q: &Query) -> Result<Vec<Row>, StoreError> {
     Ok(influxql::cut(rows, q))
 }
 
+/// Rows of an annotated-CSV answer over several measurements, one per
+/// measurement, series and time, with their measurement; not cut (see
+/// `multi::finish`).
+pub fn rows_by_measurement(csv: &str) -> Result<Vec<(String, Row)>, StoreError> {
+    type Key = (String, i64, BTreeMap<String, String>);
+    let mut joined: BTreeMap<Key, BTreeMap<String, FieldValue>> = BTreeMap::new();
+    let mut table = Table::default();
+    for record in records(csv)? {
+        if record.iter().all(String::is_empty) {
+            table = Table::default();
+        } else if record[0] == "#datatype" {
+            table = Table { types: record, header: Vec::new() };
+        } else if record[0].starts_with('#') {
+            continue;
+        } else if table.header.is_empty() {
+            table.header = record;
+        } else {
+            let (time, tags, field, value) = table.value(&record)?;
+            let at = table.header.iter().position(|h| h == "_measurement");
+            let measurement = at.and_then(|i| record.get(i)).ok_or_else(|| bad("a table without _measurement"))?;
+            joined.entry((measurement.clone(), time, tags)).or_default().insert(field, value);
+        }
+    }
+    Ok(joined.into_iter().map(|((m, time, tags), fields)| (m, Row { time, tags, fields })).collect())
+}
+
 /// The annotations and header of the table being read.
 #[derive(Default)]
 struct Table {

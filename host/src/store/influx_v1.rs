@@ -25,6 +25,7 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use super::forwarder::{Delivery, ForwardSettings, Sink, SinkFuture};
+use super::multi::{self, MultiQuery, MultiTable};
 use super::outbox::{Outbox, OutboxSink};
 use super::remote::Forwarded;
 use super::{FieldValue, Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, influxql};
@@ -154,6 +155,31 @@ impl InfluxV1Backend {
     }
 }
 
+impl InfluxV1Backend {
+    /// `query-multi` in one `SELECT` over every measurement (see
+    /// [`multi::influxql_select`]); each measurement's field types come from
+    /// the cache, refreshed for one whose answer has a column it lacks.
+    async fn select_multi(&self, q: MultiQuery) -> Result<MultiTable, StoreError> {
+        q.check()?;
+        let mut types = Vec::with_capacity(q.measurements.len());
+        for m in &q.measurements {
+            types.push(self.types(m, false).await?);
+        }
+        let Some(statement) = multi::influxql_select(&q) else { return Ok(MultiTable::default()) };
+        let body = self.api.query(&statement).await?;
+        for series in influxql::series(&body)? {
+            let name = series.get("name").and_then(Value::as_str).unwrap_or_default();
+            if let Some(i) = q.measurements.iter().position(|m| m == name) {
+                let one = serde_json::json!({ "results": [{ "series": [series] }] });
+                if has_unknown_columns(&one, &types[i]) {
+                    types[i] = self.types(name, true).await?;
+                }
+            }
+        }
+        multi::influxql_rows(&body, &q, &types)
+    }
+}
+
 fn has_unknown_columns(body: &Value, types: &BTreeMap<String, String>) -> bool {
     influxql::series(body).unwrap_or_default().iter().any(|s| {
         s.get("columns")
@@ -172,6 +198,10 @@ impl TimeSeriesStore for InfluxV1Backend {
 
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>> {
         Box::pin(async move { self.select(query).await.map_err(|e| self.api.scrub_error(e)) })
+    }
+
+    fn query_multi(&self, query: MultiQuery) -> StoreFuture<'_, MultiTable> {
+        Box::pin(self.select_multi(query))
     }
 
     fn kind(&self) -> &'static str {

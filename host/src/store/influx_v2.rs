@@ -28,6 +28,7 @@ use serde_json::Value;
 
 use super::forwarder::{Delivery, ForwardSettings, Sink, SinkFuture};
 use super::influx_v1::client;
+use super::multi::{self, MultiQuery, MultiTable};
 use super::outbox::{Outbox, OutboxSink};
 use super::remote::Forwarded;
 use super::{Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, flux};
@@ -110,6 +111,16 @@ impl InfluxV2Backend {
     }
 }
 
+impl InfluxV2Backend {
+    /// `query-multi` in one Flux script over every measurement.
+    async fn select_multi(&self, q: MultiQuery) -> Result<MultiTable, StoreError> {
+        q.check()?;
+        let Some(script) = multi::flux_script(&self.api.bucket, &q) else { return Ok(MultiTable::default()) };
+        let csv = self.api.query(&script).await?;
+        multi::flux_rows(&csv, &q)
+    }
+}
+
 impl TimeSeriesStore for InfluxV2Backend {
     fn write(&self, points: Vec<Point>) -> StoreFuture<'_, u32> {
         Box::pin(self.append(points))
@@ -117,6 +128,10 @@ impl TimeSeriesStore for InfluxV2Backend {
 
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>> {
         Box::pin(async move { self.select(query).await.map_err(|e| self.api.scrub_error(e)) })
+    }
+
+    fn query_multi(&self, query: MultiQuery) -> StoreFuture<'_, MultiTable> {
+        Box::pin(self.select_multi(query))
     }
 
     fn kind(&self) -> &'static str {

@@ -14,6 +14,7 @@ pub mod influx_v1;
 pub mod influx_v2;
 pub mod influxql;
 pub mod line_protocol;
+pub mod multi;
 pub mod outbox;
 mod remote;
 pub mod table;
@@ -190,6 +191,12 @@ pub trait TimeSeriesStore: Send + Sync + 'static {
             Ok(table.finish())
         })
     }
+    /// The rows of several measurements (see [`multi`]). The default runs
+    /// [`query`](Self::query) once per measurement; InfluxDB 1.x answers
+    /// it in one request, the embedded store in one read transaction.
+    fn query_multi(&self, query: multi::MultiQuery) -> StoreFuture<'_, multi::MultiTable> {
+        Box::pin(multi::by_measurement(self, query))
+    }
     /// Writes each row of `rows` as a point of `measurement`. The default
     /// builds [`Point`]s; the embedded store writes the rows as they are.
     /// (A remote backend's outbox is written by the `influx` capability.)
@@ -280,6 +287,11 @@ impl TimeSeriesStore for EmbeddedBackend {
     fn query_table(&self, query: Query) -> StoreFuture<'_, Table> {
         let inner = self.inner.clone();
         Box::pin(async move { blocking(move || inner.query_table(&query)).await })
+    }
+
+    fn query_multi(&self, query: multi::MultiQuery) -> StoreFuture<'_, multi::MultiTable> {
+        let inner = self.inner.clone();
+        Box::pin(async move { blocking(move || inner.query_multi(&query)).await })
     }
 
     fn write_table(&self, measurement: String, rows: Table) -> StoreFuture<'_, u32> {

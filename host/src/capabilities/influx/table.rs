@@ -82,7 +82,7 @@ fn table_from_wit(t: wit::Table) -> Table {
     }
 }
 
-fn table_to_wit(t: Table) -> wit::Table {
+pub(super) fn table_to_wit(t: Table) -> wit::Table {
     wit::Table {
         times: t.times,
         strings: t.strings,

@@ -283,3 +283,37 @@ impl Merge<'_> {
         Ok(())
     }
 }
+
+impl EmbeddedStore {
+    /// Walks each series of `q`'s measurement, tag filters and time range
+    /// on its own (in key order), visiting up to `per_series` kept rows of
+    /// each in the direction `q.descending` asks: a series' last row before
+    /// `q.end` costs a seek, however far back it lies.
+    pub(super) fn scan_each_series(
+        &self,
+        q: &Query,
+        per_series: usize,
+        visit: &mut Visit<'_>,
+    ) -> Result<(), StoreError> {
+        if per_series == 0 || matches!((q.start, q.end), (Some(s), Some(e)) if s >= e) {
+            return Ok(());
+        }
+        let txn = self.db.begin_read().map_err(self.err("begin read"))?;
+        let table = txn.open_table(BLOCKS).map_err(self.err("open blocks"))?;
+        let mut series = self.series_of(&table, &q.measurement)?;
+        series.retain(|s| s.matches(&q.tags));
+        let span = Span { start: q.start.unwrap_or(Timestamp::MIN), end: q.end, backward: q.descending };
+        for (at, s) in series.iter().enumerate() {
+            let mut cursor = self.cursor(&table, s, at, span)?;
+            let mut kept = 0;
+            while kept < per_series && cursor.head().is_some() {
+                let (Some(block), Some(row)) = (cursor.current(), cursor.row()) else { break };
+                if visit(s, block, row)? {
+                    kept += 1;
+                }
+                cursor.advance(self)?;
+            }
+        }
+        Ok(())
+    }
+}
