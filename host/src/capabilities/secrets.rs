@@ -44,11 +44,11 @@ impl SecretsCap {
         &self.store
     }
 
-    fn check_granted(&self, name: &str) -> Result<(), SecretError> {
+    fn check_granted(&self, name: &str, shared: &super::GuestShared) -> Result<(), SecretError> {
         if self.grants.contains_key(name) {
             return Ok(());
         }
-        tracing::warn!(guest = %self.guest, secret = %name, "secret not granted");
+        super::denials::warn_denied!(shared.denials, self.guest, secret = %crate::guest_text::shown(name), "secret not granted");
         Err(SecretError::Denied(format!("secret {name:?} is not in grants.secrets of guest {}", self.guest)))
     }
 }
@@ -68,7 +68,7 @@ impl wit::Host for super::GuestCtx {
     fn arm_capture(&mut self, rules: Vec<wit::CaptureRule>) -> Result<(), SecretError> {
         let mut checked = Vec::with_capacity(rules.len());
         for rule in rules {
-            self.secrets.check_granted(&rule.secret)?;
+            self.secrets.check_granted(&rule.secret, &self.shared)?;
             if !(rule.pointer.is_empty() || rule.pointer.starts_with('/')) {
                 return Err(SecretError::Invalid(format!(
                     "capture pointer {:?} is not a JSON pointer; it must start with '/'",
@@ -87,7 +87,7 @@ impl wit::Host for super::GuestCtx {
     }
 
     fn forget(&mut self, name: String) -> Result<(), SecretError> {
-        self.secrets.check_granted(&name)?;
+        self.secrets.check_granted(&name, &self.shared)?;
         self.secrets.store.forget(&name).map_err(|e| {
             SecretError::Invalid(format!("could not forget {name}: {}", e.to_string().replace(&name, "<name>")))
         })
