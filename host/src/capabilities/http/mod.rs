@@ -35,6 +35,8 @@ pub use settings::HttpSettings;
 
 use crate::capabilities::secrets::CaptureRule;
 use crate::config::Grants;
+use crate::guest_text::shown;
+use super::denials::warn_denied;
 use crate::secrets::SecretStore;
 
 /// Requests one guest may have in flight at once. The host buffers each
@@ -169,7 +171,7 @@ impl GateConfig {
         private_ok: bool,
         limit: std::time::Duration,
     ) -> Result<Vec<std::net::SocketAddr>, HttpError> {
-        let lookup = addr::resolve(&dest.host, dest.port, &self.settings.resolve, private_ok);
+        let lookup = addr::resolve_for_guest(&dest.host, dest.port, &self.settings, private_ok);
         match tokio::time::timeout(limit, lookup).await {
             Ok(found) => found.map_err(|e| self.resolve_failed(dest, e)),
             Err(_) => {
@@ -253,20 +255,23 @@ impl GateConfig {
 
     fn deny(&self, destination: String, reason: &str) -> HttpError {
         self.metrics().denied.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(guest = %self.guest, %destination, %reason, "outbound HTTP denied");
+        let (destination, reason) = (shown(destination), shown(reason));
+        warn_denied!(self.shared.denials, self.guest, %destination, %reason, "outbound HTTP denied");
         HttpError::HttpRequestDenied
     }
 
     fn refuse(&self, dest: &Destination, error: &egress::EgressError) -> HttpError {
         self.metrics().denied.fetch_add(1, Ordering::Relaxed);
         self.metrics().error("secret");
-        tracing::warn!(guest = %self.guest, destination = %dest, %error, "outbound HTTP refused");
+        warn_denied!(self.shared.denials, self.guest, destination = %shown(dest), error = %shown(error), "outbound HTTP refused");
         HttpError::InternalError(Some(format!("wattedge refused the request to {dest}: {error}")))
     }
 
     fn resolve_failed(&self, dest: &Destination, error: addr::ResolveError) -> HttpError {
         match error {
-            addr::ResolveError::Private { .. } => self.deny(dest.to_string(), &error.to_string()),
+            addr::ResolveError::Private { .. } | addr::ResolveError::Admin { .. } => {
+                self.deny(dest.to_string(), &error.to_string())
+            }
             addr::ResolveError::Lookup { .. } => {
                 self.metrics().error("dns");
                 tracing::warn!(guest = %self.guest, destination = %dest, %error, "outbound HTTP failed");
