@@ -181,7 +181,7 @@ async fn a_hundred_thousand_denied_requests_log_a_few_hundred_warnings_and_a_cou
     let log = host.stop();
     let warnings: Vec<&String> = log
         .iter()
-        .filter(|l| l.contains("guest=\"flood\"") || l.contains("guest=flood"))
+        .filter(|l| l.contains(" WARN ") && (l.contains("guest=\"flood\"") || l.contains("guest=flood")))
         .filter(|l| l.contains("denied") || l.contains("not granted") || l.contains("refused"))
         .collect();
     let per_request = warnings.iter().filter(|l| !l.contains("dropped")).count();
