@@ -159,10 +159,15 @@ impl ArtifactCache {
     }
 
     /// Refuses the cache (creating it, 0700, if missing) or the artifact at
-    /// `path` when another user owns it or could write it.
+    /// `path` when another user owns it or could write it. A cache that
+    /// cannot be created at all is no risk: nothing is mapped from it, and
+    /// the guest is compiled in-process and runs uncached.
     fn check_private(&self, source_name: &str, path: &Path) -> Result<(), ComponentError> {
         let unsafe_cache = |error| ComponentError::UnsafeCache { source_name: source_name.into(), error };
-        crate::private_dir::ensure_dir(&self.dir).map_err(unsafe_cache)?;
+        match crate::private_dir::ensure_dir(&self.dir) {
+            Ok(()) | Err(crate::private_dir::UnsafePath::Io { .. } | crate::private_dir::UnsafePath::NotDirectory { .. }) => {}
+            Err(e) => return Err(unsafe_cache(e)),
+        }
         match std::fs::symlink_metadata(path) {
             Ok(meta) => crate::private_dir::check(path, &meta).map_err(unsafe_cache),
             Err(_) => Ok(()),

@@ -87,9 +87,9 @@ macro_rules! warn_denied {
         if let Some(dropped) = $denials.admit() {
             let guest: &str = &$guest;
             if dropped > 0 {
-                tracing::warn!(guest, dropped, "warnings about denied requests dropped: more than {} at once", $crate::capabilities::denials::BURST);
+                tracing::warn!(guest = %guest, dropped, "warnings about denied requests dropped: more than {} at once", $crate::capabilities::denials::BURST);
             }
-            tracing::warn!(guest, $($rest)+);
+            tracing::warn!(guest = %guest, $($rest)+);
         }
     };
 }
