@@ -165,7 +165,8 @@ impl ArtifactCache {
     fn check_private(&self, source_name: &str, path: &Path) -> Result<(), ComponentError> {
         let unsafe_cache = |error| ComponentError::UnsafeCache { source_name: source_name.into(), error };
         match crate::private_dir::ensure_dir(&self.dir) {
-            Ok(()) | Err(crate::private_dir::UnsafePath::Io { .. } | crate::private_dir::UnsafePath::NotDirectory { .. }) => {}
+            Ok(())
+            | Err(crate::private_dir::UnsafePath::Io { .. } | crate::private_dir::UnsafePath::NotDirectory { .. }) => {}
             Err(e) => return Err(unsafe_cache(e)),
         }
         match std::fs::symlink_metadata(path) {
@@ -314,7 +315,7 @@ mod tests {
         let wasm = crate::builtin::component("correlator").expect("built-in guests");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = cache.get_or_compile(&engine, "builtin:correlator", "abcd", wasm).err().expect("refused");
+        let Err(err) = cache.get_or_compile(&engine, "builtin:correlator", "abcd", wasm) else { panic!("refused") };
         let text = err.to_string();
         assert!(text.contains(&dir.display().to_string()) && text.contains("chmod go-w"), "{text}");
         // A private cache, but an artifact others can write: refused too.
@@ -322,7 +323,7 @@ mod tests {
         let planted = cache.path_for(&engine, "abcd");
         std::fs::write(&planted, b"native code").unwrap();
         std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let err = cache.get_or_compile(&engine, "builtin:correlator", "abcd", wasm).err().expect("refused");
+        let Err(err) = cache.get_or_compile(&engine, "builtin:correlator", "abcd", wasm) else { panic!("refused") };
         assert!(err.to_string().contains(&planted.display().to_string()), "{err}");
         assert_eq!(std::fs::read(&planted).unwrap(), b"native code", "never mapped nor replaced");
     }

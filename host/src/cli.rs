@@ -133,7 +133,8 @@ fn init_tracing() {
         DEFAULT_LOG.parse().expect("the default log filter parses")
     });
     // Colours only on a terminal: a log file or the journal gets plain text.
-    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+    let format =
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     tracing_subscriber::registry().with(format).with(filter).init();
 }
 

@@ -157,7 +157,10 @@ pub fn compile_in_child_within(
 
 /// Waits for `child` (reading its stderr meanwhile) at most `timeout`;
 /// past it the child is killed and the compile fails.
-fn wait_within(mut child: std::process::Child, timeout: std::time::Duration) -> Result<std::process::Output, WorkerError> {
+fn wait_within(
+    mut child: std::process::Child,
+    timeout: std::time::Duration,
+) -> Result<std::process::Output, WorkerError> {
     use std::io::Read;
     let mut stderr = child.stderr.take();
     let reader = std::thread::spawn(move || {
@@ -171,7 +174,9 @@ fn wait_within(mut child: std::process::Child, timeout: std::time::Duration) -> 
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();

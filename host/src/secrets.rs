@@ -341,6 +341,6 @@ fn fill(mut file: std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod surface_tests;
+#[cfg(test)]
+mod tests;

@@ -95,7 +95,8 @@ impl Drop for HostProcess {
 /// A config for the binary: `[host]` with state in `dir`, then `body`.
 fn write_config(dir: &Path, port: u16, body: &str) -> PathBuf {
     let path = dir.join("wattedge.toml");
-    let host = format!("[host]\nadmin_listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n", dir.join("state").display());
+    let host =
+        format!("[host]\nadmin_listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\n\n", dir.join("state").display());
     std::fs::write(&path, host + body).unwrap();
     path
 }
@@ -217,7 +218,8 @@ async fn the_admin_api_refuses_a_rebound_host_name_and_caps_its_connections() {
     let (setup, host) = support::start(&support::probe_guest("p", "every 1h", "mode = \"write\"")).await;
     let addr = host.admin_addr();
     // DNS rebinding: the browser names the attacker's host.
-    for evil in [format!("evil.example:{}", addr.port()), "evil.example".into(), format!("127.0.0.1.nip.io:{}", addr.port())]
+    for evil in
+        [format!("evil.example:{}", addr.port()), "evil.example".into(), format!("127.0.0.1.nip.io:{}", addr.port())]
     {
         let reply = with_host(addr, &evil).await;
         assert!(reply.starts_with("HTTP/1.1 421"), "{evil}: {reply}");
@@ -273,10 +275,13 @@ async fn a_guest_granted_loopback_cannot_reach_the_admin_api() {
         support::probe()
     );
     let setup = support::Setup::new(&format!("127.0.0.1:{port}"), &body);
-    std::fs::write(&setup.config_path, std::fs::read_to_string(&setup.config_path).unwrap().replace(
-        "[guests.snoop]",
-        "http_timeout = \"2s\"\nresolve = { \"admin.test\" = \"127.0.0.1\" }\n\n[guests.snoop]",
-    ))
+    std::fs::write(
+        &setup.config_path,
+        std::fs::read_to_string(&setup.config_path).unwrap().replace(
+            "[guests.snoop]",
+            "http_timeout = \"2s\"\nresolve = { \"admin.test\" = \"127.0.0.1\" }\n\n[guests.snoop]",
+        ),
+    )
     .unwrap();
     let host = wattedge::start(setup.config()).await.unwrap_or_else(|e| panic!("start: {e}"));
     let addr = host.admin_addr();
@@ -391,7 +396,8 @@ async fn the_cli_sends_no_token_to_a_stranger_listening_on_the_admin_port() {
     ];
     let mut outputs = Vec::new();
     for args in runs {
-        let out = Command::new(BIN).args(args).args(["--config", config_arg]).env("WATTEDGE_LOG", "warn").output().unwrap();
+        let out =
+            Command::new(BIN).args(args).args(["--config", config_arg]).env("WATTEDGE_LOG", "warn").output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         outputs.push((args[0], out.status.success(), text));
     }

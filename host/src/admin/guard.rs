@@ -119,9 +119,16 @@ mod tests {
         for ok in ["127.0.0.1:9100", "localhost:9100", "LOCALHOST:9100", "[::1]:9100", "localhost", "127.0.0.1"] {
             assert!(hosts.allows(ok), "{ok}");
         }
-        for bad in
-            ["evil.example:9100", "evil.example", "127.0.0.1:80", "localhost:9101", "x", "", "127.0.0.1.evil:9100", "[::1]x"]
-        {
+        for bad in [
+            "evil.example:9100",
+            "evil.example",
+            "127.0.0.1:80",
+            "localhost:9101",
+            "x",
+            "",
+            "127.0.0.1.evil:9100",
+            "[::1]x",
+        ] {
             assert!(!hosts.allows(bad), "{bad}");
         }
     }

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use super::add_elapsed;
 use super::denials::warn_denied;
-use crate::guest_text::shown;
 use crate::bindings::influx::{self as wit, InfluxError};
 use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
 use crate::config::Grants;
+use crate::guest_text::shown;
 use crate::store::line_protocol::{self, FieldRef};
 use crate::store::outbox::{self, OutboxSink, RecordBuf};
 use crate::store::{FieldValue, Point, Query, Row, Selector, SortedPoint, StoreError, TimeSeriesStore};

@@ -51,7 +51,10 @@ fn concurrent_sets_from_two_stores_lose_nothing() {
             assert_eq!(reread.value(&name), Some(format!("value-{who}-{i}")), "{name} was lost");
         }
     }
-    let leftovers: Vec<_> =
-        std::fs::read_dir(dir.path()).unwrap().filter_map(Result::ok).filter(|e| e.file_name() != "secrets.toml").collect();
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name() != "secrets.toml")
+        .collect();
     assert!(leftovers.is_empty(), "no lock or temp file left behind: {leftovers:?}");
 }

@@ -482,7 +482,9 @@ fn write_ack(dir: &Path, cursor: Cursor, points: u64) {
     let tmp = dir.join("ack.tmp");
     let text = format!("{} {} {points}\n", cursor.segment, cursor.offset);
     let written = File::options().write(true).create(true).truncate(true).mode(0o600).open(&tmp);
-    if let Err(e) = written.and_then(|mut f| f.write_all(text.as_bytes())).and_then(|_| std::fs::rename(&tmp, dir.join("ack"))) {
+    if let Err(e) =
+        written.and_then(|mut f| f.write_all(text.as_bytes())).and_then(|_| std::fs::rename(&tmp, dir.join("ack")))
+    {
         tracing::warn!(error = %e, "outbox: cannot record the ack cursor; some points may be sent twice after a restart");
     }
 }

@@ -271,7 +271,9 @@ mod tests {
     fn the_admin_port_is_unreachable_on_every_local_address() {
         let admin: SocketAddr = "127.0.0.1:9100".parse().unwrap();
         let any: SocketAddr = "0.0.0.0:9100".parse().unwrap();
-        for dest in ["127.0.0.1:9100", "0.0.0.0:9100", "[::]:9100", "[::1]:9100", "[::ffff:127.0.0.1]:9100", "127.1.2.3:9100"] {
+        for dest in
+            ["127.0.0.1:9100", "0.0.0.0:9100", "[::]:9100", "[::1]:9100", "[::ffff:127.0.0.1]:9100", "127.1.2.3:9100"]
+        {
             let dest: SocketAddr = dest.parse().unwrap();
             assert!(reaches_admin(dest, admin), "{dest} reaches {admin}");
             assert!(reaches_admin(dest, any), "{dest} reaches {any}");

@@ -33,10 +33,10 @@ pub use grants::{Destination, HostGrant};
 pub use metrics::{ERROR_KINDS, HttpMetrics};
 pub use settings::HttpSettings;
 
+use super::denials::warn_denied;
 use crate::capabilities::secrets::CaptureRule;
 use crate::config::Grants;
 use crate::guest_text::shown;
-use super::denials::warn_denied;
 use crate::secrets::SecretStore;
 
 /// Requests one guest may have in flight at once. The host buffers each
