@@ -1,5 +1,7 @@
 //! A per-guest budget for the host's warnings about that guest's refused
-//! requests (HTTP denied, store measurement denied, secret denied).
+//! requests (HTTP denied, store measurement denied, secret denied) and
+//! failed ones (an outbound request that could not connect or resolve:
+//! a guest can make those as fast as refused ones).
 //!
 //! Each refusal is worth a warning to the operator, but a guest can make
 //! 100,000 refused calls a second: unbudgeted, that is a flood that drowns

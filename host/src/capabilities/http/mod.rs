@@ -147,7 +147,7 @@ impl GateConfig {
         let sent = connect::send(&dest, &addrs, request, &self.settings.tls, limits).await;
         let (head, body) = sent.map_err(|e| {
             self.metrics().error(e.kind());
-            tracing::warn!(guest = %self.guest, destination = %dest, error = %e, "outbound HTTP failed");
+            warn_denied!(self.shared.denials, self.guest, destination = %dest, error = %shown(&e), "outbound HTTP failed");
             e.to_wasi()
         })?;
         self.metrics().bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -176,7 +176,7 @@ impl GateConfig {
             Ok(found) => found.map_err(|e| self.resolve_failed(dest, e)),
             Err(_) => {
                 self.metrics().error("dns");
-                tracing::warn!(guest = %self.guest, destination = %dest, "DNS lookup timed out");
+                warn_denied!(self.shared.denials, self.guest, destination = %dest, "DNS lookup timed out");
                 Err(HttpError::DnsTimeout)
             }
         }
@@ -274,7 +274,7 @@ impl GateConfig {
             }
             addr::ResolveError::Lookup { .. } => {
                 self.metrics().error("dns");
-                tracing::warn!(guest = %self.guest, destination = %dest, %error, "outbound HTTP failed");
+                warn_denied!(self.shared.denials, self.guest, destination = %dest, error = %shown(&error), "outbound HTTP failed");
                 HttpError::DestinationNotFound
             }
         }
