@@ -473,3 +473,67 @@ async fn data_files_are_private_whatever_the_umask() {
     assert!(checked >= 6, "{checked} files checked");
     host.stop();
 }
+
+/// A Unix socket server run as `nobody` that records what it receives.
+const NOBODY_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.bind(sys.argv[1])
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.settimeout(1)
+    try:
+        d = c.recv(65536)
+    except Exception:
+        d = b""
+    print(repr(d), flush=True)
+    try:
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    except Exception:
+        pass
+    c.close()
+"#;
+
+#[test]
+fn the_cli_talks_to_no_socket_another_user_serves() {
+    // SAFETY: geteuid has no side effects.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new("/usr/bin/setpriv").exists() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("skipped: needs root, setpriv and /usr/bin/python3 to serve a socket as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = write_config(dir.path(), support::free_port(), &probe_section("probe", "write", "5s"));
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let token = "tok-for-the-real-host-only-9876543210";
+    wattedge::secrets::SecretStore::open(&state.join("secrets.toml"))
+        .unwrap()
+        .set("admin.token", token, None, true)
+        .unwrap();
+    // A directory others could write: how a planted socket would get there.
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let socket = state.join("admin.sock");
+    let mut server = Command::new("/usr/bin/setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", NOBODY_SERVER])
+        .arg(&socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(server.stdout.take().unwrap());
+    let mut ready = String::new();
+    said.read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let out = Command::new(BIN).args(["rollback", "probe", "--config"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut received = String::new();
+    let _ = said.read_to_string(&mut received);
+    assert!(!out.status.success(), "refused: {stderr}");
+    assert!(stderr.contains("served by uid 65534"), "{stderr}");
+    assert!(!received.contains(token) && !received.contains("POST"), "the planted socket got: {received}");
+}
