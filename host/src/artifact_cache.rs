@@ -11,7 +11,9 @@
 //! are not in the hash: wasmtime checks them against the host on load, and
 //! an artifact it refuses, like a corrupt one, is recompiled and replaced. The directory lives in the host's private
 //! state dir: whoever can write there can already replace the host's data,
-//! which is why deserializing from it is acceptable.
+//! which is why deserializing from it is acceptable, and why the cache and
+//! every artifact in it must be owned by the host's user and writable by no
+//! one else (see [`crate::private_dir`]): a planted `.cwasm` is native code.
 
 #[cfg(not(target_arch = "arm"))]
 use std::hash::{Hash, Hasher};
@@ -132,6 +134,7 @@ impl ArtifactCache {
         wasm: &[u8],
     ) -> Result<Component, ComponentError> {
         let path = self.path_for(engine, digest);
+        self.check_private(source_name, &path)?;
         if path.exists() {
             match map(engine, &path) {
                 Ok(component) => return Ok(component),
@@ -155,6 +158,23 @@ impl ArtifactCache {
         self.compile_here(engine, source_name, wasm, &path)
     }
 
+    /// Refuses the cache (creating it, 0700, if missing) or the artifact at
+    /// `path` when another user owns it or could write it. A cache that
+    /// cannot be created at all is no risk: nothing is mapped from it, and
+    /// the guest is compiled in-process and runs uncached.
+    fn check_private(&self, source_name: &str, path: &Path) -> Result<(), ComponentError> {
+        let unsafe_cache = |error| ComponentError::UnsafeCache { source_name: source_name.into(), error };
+        match crate::private_dir::ensure_dir(&self.dir) {
+            Ok(())
+            | Err(crate::private_dir::UnsafePath::Io { .. } | crate::private_dir::UnsafePath::NotDirectory { .. }) => {}
+            Err(e) => return Err(unsafe_cache(e)),
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => crate::private_dir::check(path, &meta).map_err(unsafe_cache),
+            Err(_) => Ok(()),
+        }
+    }
+
     fn compile_in_child(
         &self,
         exe: &Path,
@@ -163,7 +183,7 @@ impl ArtifactCache {
         wasm: &[u8],
         path: &Path,
     ) -> Result<(), WorkerError> {
-        std::fs::create_dir_all(&self.dir)
+        crate::private_dir::create_dir(&self.dir)
             .map_err(|e| WorkerError::CannotWrite(format!("{}: cannot create the cache: {e}", self.dir.display())))?;
         // Same digest, same bytes: the worker compiles its own embedded copy.
         let input = match source_name.strip_prefix("builtin:") {
@@ -202,7 +222,7 @@ impl ArtifactCache {
     }
 
     fn store(&self, path: &Path, artifact: &[u8]) -> std::io::Result<()> {
-        std::fs::create_dir_all(&self.dir)?;
+        crate::private_dir::create_dir(&self.dir)?;
         crate::secrets::write_atomic(path, artifact)?;
         self.prune();
         Ok(())
@@ -283,5 +303,28 @@ mod tests {
         cache.prune();
         assert!(!stale.exists(), "an old temp file is removed");
         assert!(fresh.exists(), "a write in progress is left alone");
+    }
+
+    #[test]
+    fn a_cache_others_can_write_or_a_planted_artifact_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        let cache = ArtifactCache::new(dir.clone(), EngineLimits::native());
+        let engine = crate::engine::build(EngineLimits::native()).unwrap();
+        let wasm = crate::builtin::component("correlator").expect("built-in guests");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let Err(err) = cache.get_or_compile(&engine, "builtin:correlator", "abcd", wasm) else { panic!("refused") };
+        let text = err.to_string();
+        assert!(text.contains(&dir.display().to_string()) && text.contains("chmod go-w"), "{text}");
+        // A private cache, but an artifact others can write: refused too.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let planted = cache.path_for(&engine, "abcd");
+        std::fs::write(&planted, b"native code").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let Err(err) = cache.get_or_compile(&engine, "builtin:correlator", "abcd", wasm) else { panic!("refused") };
+        assert!(err.to_string().contains(&planted.display().to_string()), "{err}");
+        assert_eq!(std::fs::read(&planted).unwrap(), b"native code", "never mapped nor replaced");
     }
 }

@@ -132,7 +132,9 @@ fn init_tracing() {
         eprintln!("warning: WATTEDGE_LOG={wanted:?} is not a log filter ({e}); using {DEFAULT_LOG:?}");
         DEFAULT_LOG.parse().expect("the default log filter parses")
     });
-    let format = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or the journal gets plain text.
+    let format =
+        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     tracing_subscriber::registry().with(format).with(filter).init();
 }
 

@@ -85,6 +85,12 @@ pub enum WorkerInput<'a> {
     Bytes(&'a [u8]),
 }
 
+/// Longest a worker may compile before it is killed: a component that
+/// takes Cranelift longer than this (or a wedged worker) must not hold a
+/// guest's start, or a swap, forever. Generous: a large guest compiled
+/// optimized on a Pi Zero 2 W takes minutes.
+pub const COMPILE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// How a worker shares the CPU with the host and its guests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
@@ -100,8 +106,19 @@ pub enum Priority {
 pub fn compile_in_child(
     exe: &Path,
     input: WorkerInput<'_>,
+    settings: (EngineLimits, CompileMode, Priority),
+    out: &Path,
+) -> Result<(), WorkerError> {
+    compile_in_child_within(exe, input, settings, out, COMPILE_TIMEOUT)
+}
+
+/// [`compile_in_child`], killing the worker after `timeout`.
+pub fn compile_in_child_within(
+    exe: &Path,
+    input: WorkerInput<'_>,
     (limits, mode, priority): (EngineLimits, CompileMode, Priority),
     out: &Path,
+    timeout: std::time::Duration,
 ) -> Result<(), WorkerError> {
     let mut command = Command::new(exe);
     command.arg(WORKER_COMMAND).arg("--out").arg(out).args(limits.worker_args()).args(["--compile", mode.as_str()]);
@@ -127,7 +144,7 @@ pub fn compile_in_child(
     // cannot deadlock on a full stderr pipe.
     let sent = stdin.write_all(wasm);
     drop(stdin);
-    let output = child.wait_with_output().map_err(|e| WorkerError::Failed(format!("compiler process: {e}")))?;
+    let output = wait_within(child, timeout)?;
     if output.status.success() {
         return Ok(());
     }
@@ -136,6 +153,43 @@ pub fn compile_in_child(
         return Err(WorkerError::CannotWrite(message));
     }
     Err(WorkerError::Failed(message))
+}
+
+/// Waits for `child` (reading its stderr meanwhile) at most `timeout`;
+/// past it the child is killed and the compile fails.
+fn wait_within(
+    mut child: std::process::Child,
+    timeout: std::time::Duration,
+) -> Result<std::process::Output, WorkerError> {
+    use std::io::Read;
+    let mut stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut said = Vec::new();
+        if let Some(pipe) = stderr.as_mut() {
+            let _ = pipe.take(64 << 10).read_to_end(&mut said);
+        }
+        said
+    });
+    let deadline = std::time::Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(WorkerError::Failed(format!(
+                    "the compiler process took longer than {} s and was stopped",
+                    timeout.as_secs()
+                )));
+            }
+            Err(e) => return Err(WorkerError::Failed(format!("compiler process: {e}"))),
+        }
+    };
+    let stderr = reader.join().unwrap_or_default();
+    Ok(std::process::Output { status, stdout: Vec::new(), stderr })
 }
 
 /// What the worker said on stderr, or how it died.
@@ -194,5 +248,30 @@ fn exit_with_parent() {
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a signal for this process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_that_never_finishes_is_killed_at_the_timeout() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("wedged-worker");
+        let pid_file = dir.path().join("pid");
+        std::fs::write(&exe, format!("#!/bin/sh\necho $$ > {}\nexec sleep 600\n", pid_file.display())).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let settings = (EngineLimits::native(), CompileMode::Quick, Priority::Normal);
+        let started = std::time::Instant::now();
+        let out = dir.path().join("out.cwasm");
+        let timeout = std::time::Duration::from_secs(1);
+        let err = compile_in_child_within(&exe, WorkerInput::Bytes(b""), settings, &out, timeout).unwrap_err();
+        assert!(err.to_string().contains("took longer than 1 s and was stopped"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "returned at the timeout");
+        let pid = std::fs::read_to_string(&pid_file).unwrap();
+        let alive = std::path::Path::new(&format!("/proc/{}", pid.trim())).exists();
+        assert!(!alive, "the worker was killed and reaped");
     }
 }

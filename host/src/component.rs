@@ -30,6 +30,10 @@ pub enum ComponentError {
     Compile { source_name: String, error: String },
     #[error("{source_name}: does not match the wattedge `guest` world: {error}")]
     World { source_name: String, error: String },
+    /// The artifact cache (native code the host runs) could be written by
+    /// someone else.
+    #[error("{source_name}: refusing the artifact cache: {error}")]
+    UnsafeCache { source_name: String, error: crate::private_dir::UnsafePath },
 }
 
 impl ComponentError {

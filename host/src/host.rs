@@ -44,7 +44,13 @@ pub enum HostError {
     ExposedWithoutToken(SocketAddr),
     #[error("outbound HTTP setup: {0}")]
     Http(String),
+    #[error("host.state_dir: {0}")]
+    StateDir(#[from] crate::private_dir::UnsafePath),
 }
+
+/// The admin API's Unix socket in `state_dir`, which the CLI uses: only
+/// the host's user (and root) can reach it, and the CLI checks who listens.
+pub const ADMIN_SOCKET: &str = "admin.sock";
 
 /// A started host.
 pub struct RunningHost {
@@ -99,11 +105,17 @@ pub async fn start(config: Config) -> Result<RunningHost, HostError> {
 
 /// [`start`] with `options`.
 pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningHost, HostError> {
+    crate::private_dir::ensure_dir(&config.host.state_dir)?;
     let secrets = Arc::new(SecretStore::open(&config.host.secrets_file)?);
     let listen = config.host.admin_listen;
     ensure_admin_token(&secrets, listen)?;
     let admin_secrets = secrets.clone();
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|error| HostError::Listen { addr: listen, error })?;
+    let admin_addr = listener.local_addr().map_err(|error| HostError::Listen { addr: listen, error })?;
     let http = capabilities::http::HttpSettings::new(&config.host.http).map_err(HostError::Http)?;
+    // Whatever its grants, no guest reaches the admin API.
+    let http = http.guarding_admin(admin_addr);
     let services = HostServices {
         store: open_store(&config, &secrets)?,
         secrets,
@@ -122,15 +134,17 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
         services,
         cache: Some(ArtifactCache::new(config.host.state_dir.join("cache"), limits).compiling_in(options.compile_in)),
     });
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|error| HostError::Listen { addr: listen, error })?;
-    let admin_addr = listener.local_addr().map_err(|error| HostError::Listen { addr: listen, error })?;
+    // After the stores: their locks make sure no other host uses this
+    // state_dir, whose socket this one replaces.
+    let unix = bind_admin_socket(&config.host.state_dir);
     let shutdown = CancellationToken::new();
     let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, shutdown.child_token()));
     let stop = shutdown.clone();
     let backend: Arc<dyn crate::admin::AdminBackend> = supervisor.clone();
     let token = Some(crate::admin::AdminToken::Secret(admin_secrets));
-    let admin_task = tokio::spawn(crate::admin::serve(listener, backend, token, async move { stop.cancelled().await }));
+    let listeners = crate::admin::Listeners { tcp: listener, unix };
+    let admin_task =
+        tokio::spawn(crate::admin::serve_all(listeners, backend, token, async move { stop.cancelled().await }));
     tracing::info!(admin = %admin_addr, guests = config.guests.len(), "wattedge started");
     Ok(RunningHost { admin_addr, supervisor, store, shutdown, admin_task })
 }
@@ -151,6 +165,26 @@ pub async fn run_with(
     tracing::info!("shutting down");
     host.shutdown().await;
     Ok(())
+}
+
+/// Binds `state_dir/admin.sock` (mode 0600), replacing a socket a previous
+/// run left. Without it the host still runs (the CLI then says why it
+/// cannot reach it), so a failure is a warning.
+fn bind_admin_socket(state_dir: &std::path::Path) -> Option<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let path = state_dir.join(ADMIN_SOCKET);
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+        let _ = std::fs::remove_file(&path);
+    }
+    let bound = tokio::net::UnixListener::bind(&path)
+        .and_then(|l| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map(|()| l));
+    match bound {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "cannot serve the admin API on a Unix socket; the CLI cannot reach this host");
+            None
+        }
+    }
 }
 
 fn open_store(config: &Config, secrets: &Arc<SecretStore>) -> Result<Arc<dyn TimeSeriesStore>, HostError> {

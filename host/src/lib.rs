@@ -19,9 +19,11 @@ pub mod compile_process;
 pub mod component;
 pub mod config;
 pub mod engine;
+pub mod guest_text;
 pub mod host;
 #[cfg(not(target_arch = "arm"))]
 pub mod precompile;
+pub mod private_dir;
 pub mod redb_file;
 pub mod secrets;
 pub mod store;

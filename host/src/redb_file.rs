@@ -11,7 +11,10 @@ use std::path::Path;
 
 /// Opens (creating if missing or empty) the `redb` file at `path` with a
 /// page cache of `cache_bytes`. Takes redb's exclusive lock on the file.
+/// The file is mode 0600 whatever the umask (a file others could read is
+/// made so): it holds guests' data.
 pub fn open(path: &Path, cache_bytes: usize) -> Result<redb::Database, redb::DatabaseError> {
+    crate::private_dir::create_file(path)?;
     let is_new = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
     let mut builder = redb::Builder::new();
     builder.set_cache_size(cache_bytes);

@@ -4,7 +4,11 @@
 //! is re-read when it changes on disk, so `wattedge secrets set` (a separate
 //! process) takes effect on a running host at the guest's next run. Writes go
 //! through a temp file, fsync and rename, so a power cut leaves either the old
-//! or the new file, never a torn one.
+//! or the new file, never a torn one. Every write is a read-modify-write
+//! under an exclusive `flock` on the file's directory (the file itself is
+//! replaced at each write, so it cannot carry the lock), re-reading the file
+//! first: the host and `wattedge secrets set` never lose each other's
+//! updates.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -97,20 +101,40 @@ impl SecretStore {
         if !valid_name(name) {
             return Err(SecretsError::InvalidName(name.to_string()));
         }
-        let _ = self.reload_if_changed();
         // A TTL beyond what the clock can represent (a guest may pass any
         // u64) means no expiry, never a panic with the lock held.
         let expires_at = ttl.and_then(|t| SystemTime::now().checked_add(t));
-        let mut inner = self.inner.lock().expect("secrets lock");
-        inner.entries.insert(name.to_string(), Entry { value: value.to_string(), expires_at, persisted: persist });
-        if persist {
-            self.persist(&mut inner)?;
+        let entry = Entry { value: value.to_string(), expires_at, persisted: persist };
+        if !persist {
+            let _ = self.reload_if_changed();
+            self.inner.lock().expect("secrets lock").entries.insert(name.to_string(), entry);
+            return Ok(());
         }
-        Ok(())
+        let _file_lock = self.lock_file()?;
+        self.reload(true)?;
+        let mut inner = self.inner.lock().expect("secrets lock");
+        inner.entries.insert(name.to_string(), entry);
+        self.persist(&mut inner)
+    }
+
+    /// The exclusive lock for a read-modify-write of the file: `flock` on
+    /// its directory, released when the returned handle is dropped.
+    fn lock_file(&self) -> Result<std::fs::File, SecretsError> {
+        let write_error = |source| SecretsError::Write { path: self.path.display().to_string(), source };
+        let dir = parent_dir(&self.path);
+        crate::private_dir::create_dir(dir).map_err(write_error)?;
+        let handle = std::fs::File::open(dir).map_err(write_error)?;
+        handle.lock().map_err(write_error)?;
+        Ok(handle)
     }
 
     /// Forgets `name`, from the file too if it was persisted.
     pub fn forget(&self, name: &str) -> Result<(), SecretsError> {
+        let persisted = self.inner.lock().expect("secrets lock").entries.get(name).is_some_and(|e| e.persisted);
+        let _file_lock = if persisted { Some(self.lock_file()?) } else { None };
+        if persisted {
+            self.reload(true)?;
+        }
         let mut inner = self.inner.lock().expect("secrets lock");
         if let Some(entry) = inner.entries.remove(name)
             && entry.persisted
@@ -135,6 +159,12 @@ impl SecretStore {
     }
 
     fn reload_if_changed(&self) -> Result<(), SecretsError> {
+        self.reload(false)
+    }
+
+    /// Re-reads the file when it changed (or always, when `force`: under the
+    /// write lock, a change within the mtime's granularity must not be missed).
+    fn reload(&self, force: bool) -> Result<(), SecretsError> {
         let display = self.path.display().to_string();
         let meta = match std::fs::metadata(&self.path) {
             Ok(meta) => meta,
@@ -147,7 +177,7 @@ impl SecretStore {
         }
         let stamp = (meta.modified().unwrap_or(UNIX_EPOCH), meta.len());
         let mut inner = self.inner.lock().expect("secrets lock");
-        if inner.file_stamp == Some(stamp) {
+        if !force && inner.file_stamp == Some(stamp) {
             return Ok(());
         }
         let text = std::fs::read_to_string(&self.path)
@@ -257,17 +287,10 @@ pub fn is_atomic_temp(path: &Path) -> bool {
 /// Writes `bytes` to `path` atomically with mode 0600: temp file in the same
 /// directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    // Unique per process and call: two threads may write the same path.
-    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let tmp = dir.join(format!(
-        ".{}{TEMP_MARK}{}-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("secrets"),
-        std::process::id(),
-        WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let written = write_new(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let dir = parent_dir(path);
+    crate::private_dir::create_dir(dir)?;
+    let (tmp, file) = create_temp(dir, path)?;
+    let written = fill(file, bytes).and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         // A full disk must not also fill up with half-written copies.
         let _ = std::fs::remove_file(&tmp);
@@ -276,13 +299,47 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// Creates `path` (0600) holding `bytes`, on disk.
-fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+/// The directory `path` is in.
+fn parent_dir(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Numbers [`create_temp`]'s names: unique per process and call, as two
+/// threads may write the same path.
+static TEMP_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A new temp file (0600) next to `path`, opened with `O_EXCL|O_NOFOLLOW`:
+/// a file or symlink planted under its name is never followed or reused
+/// (another name is tried instead).
+fn create_temp(dir: &Path, path: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("secrets");
+    let mut attempts = 0;
+    loop {
+        let n = TEMP_WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{name}{TEMP_MARK}{}-{n}", std::process::id()));
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp);
+        match opened {
+            Ok(file) => return Ok((tmp, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 16 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes `bytes` into the new temp `file` (set to 0600 whatever the
+/// umask) and flushes it to disk.
+fn fill(mut file: std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)?;
     file.sync_all()
 }
 
+#[cfg(test)]
+mod surface_tests;
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@
 //! lifecycle including graceful shutdown. It knows nothing about wasmtime or the
 //! supervisor: everything it needs comes through the [`AdminBackend`] trait.
 
+mod guard;
 mod metrics;
 mod page;
 mod routes;
@@ -24,10 +25,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream, UnixListener};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+pub use guard::{MAX_TCP_CONNECTIONS, MAX_UNIX_CONNECTIONS};
 use routes::{Shared, handle};
 
 /// Default cap on request bodies; routes needing more override it in `Route::body_limit`.
@@ -266,32 +268,88 @@ pub async fn serve(
     admin_token: Option<AdminToken>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_all(Listeners { tcp: listener, unix: None }, backend, admin_token, shutdown).await
+}
+
+/// Where the admin API listens: `host.admin_listen`, and the Unix socket in
+/// `state_dir` that the CLI uses (see [`crate::host`]).
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub unix: Option<UnixListener>,
+}
+
+/// [`serve`] on TCP and, when given, a Unix socket. At most
+/// [`guard::MAX_TCP_CONNECTIONS`] TCP and [`guard::MAX_UNIX_CONNECTIONS`]
+/// socket connections are served at once; TCP requests must name this
+/// server in `Host` (see [`guard`]).
+pub async fn serve_all(
+    listeners: Listeners,
+    backend: Arc<dyn AdminBackend>,
+    admin_token: Option<AdminToken>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let Listeners { tcp, unix } = listeners;
     let shared = Arc::new(Shared { backend, token: admin_token });
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "admin server listening");
-    }
+    let listen = tcp.local_addr()?;
+    tracing::info!(addr = %listen, "admin server listening");
+    let tcp_slots = Arc::new(Semaphore::new(guard::MAX_TCP_CONNECTIONS));
+    let unix_slots = Arc::new(Semaphore::new(guard::MAX_UNIX_CONNECTIONS));
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept() => match accepted {
+            accepted = tcp.accept() => match accepted {
                 Ok((stream, _)) => {
-                    conns.spawn(serve_connection(stream, shared.clone(), stop_rx.clone()));
+                    let Ok(slot) = tcp_slots.clone().try_acquire_owned() else {
+                        refuse_busy(&stream);
+                        continue;
+                    };
+                    let hosts = stream.local_addr().ok().map(|local| guard::AllowedHosts::new(listen, local));
+                    let conn = serve_connection(stream, hosts, shared.clone(), stop_rx.clone());
+                    conns.spawn(async move { conn.await; drop(slot) });
                 }
-                Err(err) => {
-                    tracing::warn!(%err, "admin server: accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                Err(err) => accept_failed(err).await,
+            },
+            accepted = accept_unix(unix.as_ref()) => match accepted {
+                Ok(stream) => {
+                    let Ok(slot) = unix_slots.clone().try_acquire_owned() else {
+                        let _ = stream.try_write(guard::BUSY_RESPONSE);
+                        continue;
+                    };
+                    let conn = serve_connection(stream, None, shared.clone(), stop_rx.clone());
+                    conns.spawn(async move { conn.await; drop(slot) });
                 }
+                Err(err) => accept_failed(err).await,
             },
         }
     }
-    drop(listener);
+    drop(tcp);
+    drop(unix);
     finish(stop_tx, conns).await;
     Ok(())
+}
+
+/// The next Unix-socket connection; never, without a socket.
+async fn accept_unix(unix: Option<&UnixListener>) -> std::io::Result<tokio::net::UnixStream> {
+    match unix {
+        Some(listener) => listener.accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
+    }
+}
+
+/// Answers a connection beyond the cap with 503 without waiting on the
+/// client, and closes it.
+fn refuse_busy(stream: &TcpStream) {
+    let _ = stream.try_write(guard::BUSY_RESPONSE);
+}
+
+async fn accept_failed(err: std::io::Error) {
+    tracing::warn!(%err, "admin server: accept failed");
+    tokio::time::sleep(ACCEPT_BACKOFF).await;
 }
 
 /// Asks every connection to shut down gracefully, aborting stragglers after the grace.
@@ -305,10 +363,25 @@ async fn finish(stop: watch::Sender<bool>, mut conns: JoinSet<()>) {
     tracing::info!("admin server stopped");
 }
 
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let service = service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+/// Serves one connection; `hosts` are the `Host` values it accepts (None:
+/// a Unix-socket connection, where any is fine).
+async fn serve_connection<S>(
+    stream: S,
+    hosts: Option<guard::AllowedHosts>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let hosts = hosts.map(Arc::new);
+    let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (shared, hosts) = (shared.clone(), hosts.clone());
+        async move {
+            if let Some(refused) = hosts.as_deref().and_then(|h| h.refuse(req.headers())) {
+                return Ok::<_, Infallible>(refused);
+            }
+            Ok::<_, Infallible>(handle(&shared, req).await)
+        }
     });
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);

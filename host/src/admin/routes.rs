@@ -248,7 +248,7 @@ fn too_large(limit: usize) -> Resp {
     error_json(StatusCode::PAYLOAD_TOO_LARGE, &msg)
 }
 
-fn error_json(status: StatusCode, message: &str) -> Resp {
+pub(super) fn error_json(status: StatusCode, message: &str) -> Resp {
     json_response(status, &json!({"error": message}))
 }
 

@@ -350,11 +350,14 @@ async fn raw_exchange(addr: SocketAddr, head: String, body_len: usize) -> String
 #[tokio::test]
 async fn oversized_bodies_are_413() {
     let srv = start(None).await;
-    let declared =
-        format!("POST /guests/meter/invoke HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n", MAX_BODY_BYTES + 1);
+    let declared = format!(
+        "POST /guests/meter/invoke HTTP/1.1\r\nhost: localhost\r\ncontent-length: {}\r\n\r\n",
+        MAX_BODY_BYTES + 1
+    );
     let reply = raw_exchange(srv.addr, declared, 0).await;
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
-    let chunked = "POST /guests/meter/invoke HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_owned();
+    let chunked =
+        "POST /guests/meter/invoke HTTP/1.1\r\nhost: localhost\r\ntransfer-encoding: chunked\r\n\r\n".to_owned();
     let reply = raw_exchange(srv.addr, chunked, MAX_BODY_BYTES + 10).await;
     assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
     assert!(reply.contains(&format!("exceeds the limit of {MAX_BODY_BYTES} bytes")), "{reply}");
@@ -368,7 +371,7 @@ async fn shutdown_returns_promptly_with_open_connections() {
     assert_eq!(send_on(&mut idle, Method::GET, "/health", None, "").await.status, StatusCode::OK);
     // A client stuck halfway through its request headers must not hold shutdown up.
     let mut stuck = TcpStream::connect(srv.addr).await.unwrap();
-    stuck.write_all(b"GET /health HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+    stuck.write_all(b"GET /health HTTP/1.1\r\nhost: localhost\r\n").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     srv.stop.take().unwrap().send(()).unwrap();
     let result = tokio::time::timeout(Duration::from_secs(2), srv.task).await;

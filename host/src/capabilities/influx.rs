@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::add_elapsed;
+use super::denials::warn_denied;
 use crate::bindings::influx::{self as wit, InfluxError};
 use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
 use crate::config::Grants;
+use crate::guest_text::shown;
 use crate::store::line_protocol::{self, FieldRef};
 use crate::store::outbox::{self, OutboxSink, RecordBuf};
 use crate::store::{FieldValue, Point, Query, Row, Selector, SortedPoint, StoreError, TimeSeriesStore};
@@ -66,7 +68,7 @@ impl InfluxCap {
     fn check_write<'m>(
         &self,
         measurements: impl Iterator<Item = &'m str>,
-        metrics: &InfluxMetrics,
+        shared: &super::GuestShared,
     ) -> Result<(), InfluxError> {
         // Points of one write mostly share a measurement: hash it once.
         let mut granted: Option<&str> = None;
@@ -81,8 +83,8 @@ impl InfluxCap {
         match denied.next() {
             None => Ok(()),
             Some(m) => {
-                metrics.writes_denied.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(guest = %self.guest, measurement = %m, "influx write denied: measurement not granted");
+                shared.influx.writes_denied.fetch_add(1, Ordering::Relaxed);
+                warn_denied!(shared.denials, self.guest, measurement = %shown(m), "influx write denied: measurement not granted");
                 Err(InfluxError::Denied(format!(
                     "measurement {m:?} is not in grants.influx_write of guest {}",
                     self.guest
@@ -94,10 +96,11 @@ impl InfluxCap {
     /// Checks a query of `measurement` against the read grants and counts it
     /// (`query`, `query-table` and `query-floats` alike) as a query or a
     /// denied query.
-    fn check_read(&self, measurement: &str, metrics: &InfluxMetrics) -> Result<(), InfluxError> {
+    fn check_read(&self, measurement: &str, shared: &super::GuestShared) -> Result<(), InfluxError> {
+        let metrics = &shared.influx;
         if !self.read_grants.contains(measurement) {
             metrics.queries_denied.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(guest = %self.guest, measurement = %measurement, "influx query denied: measurement not granted");
+            warn_denied!(shared.denials, self.guest, measurement = %shown(measurement), "influx query denied: measurement not granted");
             return Err(InfluxError::Denied(format!(
                 "measurement {measurement:?} is not in grants.influx_read of guest {}",
                 self.guest
@@ -111,7 +114,7 @@ impl InfluxCap {
 impl wit::Host for super::GuestCtx {
     async fn write(&mut self, mut points: Vec<WitPoint>) -> Result<u32, InfluxError> {
         let metrics = &self.shared.influx;
-        self.influx.check_write(points.iter().map(|p| p.measurement.as_str()), metrics)?;
+        self.influx.check_write(points.iter().map(|p| p.measurement.as_str()), &self.shared)?;
         let began = Instant::now();
         let latest: Vec<Point> = latest_per_measurement(&points);
         // Both paths take keys in order: sorted here, once, in place.
@@ -126,7 +129,7 @@ impl wit::Host for super::GuestCtx {
 
     async fn write_table(&mut self, measurement: String, rows: wit::Table) -> Result<u32, InfluxError> {
         let metrics = &self.shared.influx;
-        self.influx.check_write(std::iter::once(measurement.as_str()), metrics)?;
+        self.influx.check_write(std::iter::once(measurement.as_str()), &self.shared)?;
         let began = Instant::now();
         let written = self.influx.write_table(measurement, rows).await;
         add_elapsed(&metrics.write_nanos, began);
@@ -134,6 +137,7 @@ impl wit::Host for super::GuestCtx {
     }
 
     async fn query_table(&mut self, q: wit::SeriesQuery) -> Result<wit::Table, InfluxError> {
+        self.influx.check_read(&q.measurement, &self.shared)?;
         self.influx.query_table(q, &self.shared.influx).await
     }
 
@@ -143,7 +147,7 @@ impl wit::Host for super::GuestCtx {
 
     async fn query(&mut self, q: wit::SeriesQuery) -> Result<Vec<wit::Row>, InfluxError> {
         let metrics = &self.shared.influx;
-        self.influx.check_read(&q.measurement, metrics)?;
+        self.influx.check_read(&q.measurement, &self.shared)?;
         let began = Instant::now();
         let answer = self.influx.store.query(capped(query_from_wit(q), MAX_QUERY_ROWS)).await;
         let rows = finish_query(metrics, began, answer, Vec::len, MAX_QUERY_ROWS)?;
@@ -152,7 +156,7 @@ impl wit::Host for super::GuestCtx {
 
     async fn query_floats(&mut self, q: wit::SeriesQuery, field: String) -> Result<wit::FloatSeries, InfluxError> {
         let metrics = &self.shared.influx;
-        self.influx.check_read(&q.measurement, metrics)?;
+        self.influx.check_read(&q.measurement, &self.shared)?;
         let began = Instant::now();
         let answer = self.influx.store.query_floats(capped(query_from_wit(q), MAX_QUERY_FLOATS), field).await;
         let series = finish_query(metrics, began, answer, |s| s.times.len(), MAX_QUERY_FLOATS)?;

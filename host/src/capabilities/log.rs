@@ -103,19 +103,7 @@ fn clip(message: &str) -> &str {
 /// `text` on one line: newlines and other control characters (but tabs)
 /// escaped, so a guest cannot start a line that looks like the host's.
 fn one_line(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if c.is_control() && c != '\t' => out.push_str(&c.escape_unicode().to_string()),
-            c => out.push(c),
-        }
-    }
-    Cow::Owned(out)
+    crate::guest_text::escape(text, usize::MAX)
 }
 
 impl wit::Host for super::GuestCtx {

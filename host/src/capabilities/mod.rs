@@ -5,6 +5,7 @@
 //! (health, counters, wake-ups, written-point totals) lives in
 //! [`GuestShared`], which the supervisor keeps across restarts and swaps.
 
+pub mod denials;
 pub mod http;
 pub mod influx;
 pub mod log;
@@ -52,6 +53,8 @@ pub struct GuestShared {
     pub http: http::HttpMetrics,
     /// Bounds the guest's requests in flight (and the bodies the host buffers for them).
     pub http_slots: http::RequestSlots,
+    /// The budget of host warnings about the guest's refused requests.
+    pub denials: denials::DeniedWarnings,
 }
 
 /// The data of one guest's wasmtime store.

@@ -32,11 +32,11 @@ impl SecretsCap {
         &self.store
     }
 
-    fn check_granted(&self, name: &str) -> Result<(), SecretError> {
+    fn check_granted(&self, name: &str, shared: &super::GuestShared) -> Result<(), SecretError> {
         if self.grants.contains_key(name) {
             return Ok(());
         }
-        tracing::warn!(guest = %self.guest, secret = %name, "secret not granted");
+        super::denials::warn_denied!(shared.denials, self.guest, secret = %crate::guest_text::shown(name), "secret not granted");
         Err(SecretError::Denied(format!("secret {name:?} is not in grants.secrets of guest {}", self.guest)))
     }
 }
@@ -54,7 +54,7 @@ impl wit::Host for super::GuestCtx {
     }
 
     fn forget(&mut self, name: String) -> Result<(), SecretError> {
-        self.secrets.check_granted(&name)?;
+        self.secrets.check_granted(&name, &self.shared)?;
         self.secrets.store.forget(&name).map_err(|e| {
             SecretError::Invalid(format!("could not forget {name}: {}", e.to_string().replace(&name, "<name>")))
         })

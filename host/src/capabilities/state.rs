@@ -129,7 +129,7 @@ impl wit::Host for super::GuestCtx {
         match self.state.store.get(&self.state.guest, &key) {
             Ok(v) => v,
             Err(e) => {
-                tracing::warn!(guest = %self.state.guest, error = %e, "state read failed");
+                tracing::warn!(guest = %self.state.guest, error = %crate::guest_text::shown(&e), "state read failed");
                 None
             }
         }

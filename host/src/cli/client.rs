@@ -30,18 +30,73 @@ pub async fn request(
 }
 
 /// Sends raw bytes (a component for `swap`) to the admin API.
+///
+/// Through the host's Unix socket in `state_dir` when it answers, after
+/// checking (SO_PEERCRED) that the process behind it runs as this user or
+/// root; only there does the admin token go, and only with a POST. A GET
+/// may fall back to `admin_listen` over TCP, without the token: whoever
+/// listens there while the host is down (any local user can bind a free
+/// port) learns nothing.
 pub async fn request_bytes(config: &Config, method: &str, path: &str, bytes: Bytes) -> anyhow::Result<Reply> {
-    let addr = config.host.admin_listen;
-    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
-        format!(
-            "cannot reach the wattedge admin API at {addr}; is `wattedge run --config {}` running?",
+    let post = method == "POST";
+    match connect_socket(config).await {
+        Ok(stream) => {
+            let token = if post { admin_token(config) } else { None };
+            exchange(stream, "localhost", method, path, bytes, token).await
+        }
+        Err(why) if post => bail!(
+            "{why}; changes are sent only through the host's socket (is `wattedge run --config {}` running, and are you its user?)",
             config.path.display()
-        )
-    })?;
+        ),
+        Err(why) => {
+            let addr = config.host.admin_listen;
+            let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| {
+                format!(
+                    "cannot reach the wattedge admin API at {addr} ({why}); is `wattedge run --config {}` running?",
+                    config.path.display()
+                )
+            })?;
+            exchange(stream, &addr.to_string(), method, path, bytes, None).await
+        }
+    }
+}
+
+/// Connects to the admin socket and checks that its server runs as this
+/// user or as root.
+async fn connect_socket(config: &Config) -> Result<tokio::net::UnixStream, String> {
+    let path = config.host.state_dir.join(crate::host::ADMIN_SOCKET);
+    let stream = tokio::net::UnixStream::connect(&path)
+        .await
+        .map_err(|e| format!("cannot reach the admin socket {}: {e}", path.display()))?;
+    let server = stream.peer_cred().map_err(|e| format!("{}: cannot tell who serves it: {e}", path.display()))?;
+    // SAFETY: geteuid cannot fail and has no side effects.
+    let me = unsafe { libc::geteuid() };
+    if server.uid() != me && server.uid() != 0 {
+        return Err(format!(
+            "{} is served by uid {}, neither this user (uid {me}) nor root; refusing to talk to it",
+            path.display(),
+            server.uid()
+        ));
+    }
+    Ok(stream)
+}
+
+/// One HTTP/1.1 exchange on `stream`.
+async fn exchange<S>(
+    stream: S,
+    host: &str,
+    method: &str,
+    path: &str,
+    bytes: Bytes,
+    token: Option<String>,
+) -> anyhow::Result<Reply>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let mut builder = Request::builder().method(method).uri(path).header("host", addr.to_string());
-    if let Some(token) = admin_token(config) {
+    let mut builder = Request::builder().method(method).uri(path).header("host", host);
+    if let Some(token) = token {
         builder = builder.header("authorization", format!("Bearer {token}"));
     }
     let response =
@@ -56,6 +111,12 @@ pub async fn request_bytes(config: &Config, method: &str, path: &str, bytes: Byt
 fn admin_token(config: &Config) -> Option<String> {
     let store = crate::secrets::SecretStore::open(&config.host.secrets_file).ok()?;
     store.value(crate::host::ADMIN_TOKEN_SECRET)
+}
+
+/// Text from the admin API (a guest's name, status, error, counters) made
+/// safe for the terminal: no escape sequences, no line breaks, bounded.
+fn safe(text: &str) -> std::borrow::Cow<'_, str> {
+    crate::guest_text::escape(text, 2048)
 }
 
 /// `wattedge invoke GUEST key=value...`: queues a run and follows it.
@@ -94,16 +155,16 @@ async fn follow_run(config: &Config, guest: &str, finished_before: u64) -> anyho
         let snap = request(config, "GET", &format!("/guests/{guest}"), None).await?.body;
         if snap["counters"] != last_counters {
             last_counters = snap["counters"].clone();
-            eprintln!("  progress: {}", compact(&last_counters));
+            eprintln!("  progress: {}", safe(&compact(&last_counters)));
         } else {
             eprint!("\r{} running...", spinner[tick % spinner.len()]);
         }
         if snap["runs"].as_u64().unwrap_or(0) > finished_before {
             let run = &snap["last_run"];
-            let outcome = run["outcome"].as_str().unwrap_or("?");
+            let outcome = safe(run["outcome"].as_str().unwrap_or("?"));
             eprintln!(
                 "\r{guest}: run finished: {outcome}{}",
-                run["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default()
+                run["detail"].as_str().map(|d| format!(" ({})", safe(d))).unwrap_or_default()
             );
             return Ok(if outcome == "ok" { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
@@ -119,7 +180,8 @@ fn compact(value: &serde_json::Value) -> String {
 }
 
 fn error_text(reply: &Reply) -> String {
-    reply.body["error"].as_str().map(str::to_string).unwrap_or_else(|| reply.body.to_string())
+    let text = reply.body["error"].as_str().map(str::to_string).unwrap_or_else(|| reply.body.to_string());
+    safe(&text).into_owned()
 }
 
 /// `wattedge status`: one line per guest.
@@ -127,17 +189,17 @@ pub async fn status(config_path: &Path) -> anyhow::Result<ExitCode> {
     let config = Config::load(config_path)?;
     let reply = request(&config, "GET", "/guests", None).await?;
     let Some(guests) = reply.body.as_array() else {
-        bail!("unexpected answer from the admin API: {}", reply.body);
+        bail!("unexpected answer from the admin API: {}", safe(&reply.body.to_string()));
     };
     println!("{:<12} {:<9} {:>6} {:>8}  detail", "guest", "state", "runs", "failures");
     for g in guests {
         println!(
             "{:<12} {:<9} {:>6} {:>8}  {}",
-            g["name"].as_str().unwrap_or("?"),
-            g["state"].as_str().unwrap_or("?"),
-            g["runs"],
-            g["failures"],
-            g["detail"].as_str().unwrap_or("")
+            safe(g["name"].as_str().unwrap_or("?")),
+            safe(g["state"].as_str().unwrap_or("?")),
+            safe(&g["runs"].to_string()),
+            safe(&g["failures"].to_string()),
+            safe(g["detail"].as_str().unwrap_or(""))
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -164,6 +226,6 @@ fn report_swap(guest: &str, reply: &Reply) -> anyhow::Result<ExitCode> {
     }
     let version = reply.body["version"].as_str().unwrap_or("?");
     let when = if reply.body["installed"] == true { "now serving" } else { "serves from the next run" };
-    println!("{guest}: version {} {when}", &version[..version.len().min(12)]);
+    println!("{guest}: version {} {when}", safe(crate::guest_text::cut(version, 12)));
     Ok(ExitCode::SUCCESS)
 }

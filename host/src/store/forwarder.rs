@@ -252,7 +252,7 @@ impl Forwarder {
                 }
                 Delivery::Rejected { message, dropped, partial } => {
                     let dropped = if partial { dropped.max(1) } else { points };
-                    tracing::warn!(points, dropped, %message, "InfluxDB refused points for good; dropping them (see wattedge_outbox_dropped_total)");
+                    tracing::warn!(points, dropped, message = %crate::guest_text::shown(&message), "InfluxDB refused points for good; dropping them (see wattedge_outbox_dropped_total)");
                     self.stats.dropped.fetch_add(dropped, Ordering::Relaxed);
                     self.stats.forwarded.fetch_add(points.saturating_sub(dropped), Ordering::Relaxed);
                 }
@@ -274,7 +274,7 @@ impl Forwarder {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     self.stats.up.store(u64::from(reachable), Ordering::Relaxed);
                     if failures == 1 || failures.is_multiple_of(20) {
-                        tracing::warn!(failures, retry_in = ?delay, queued = self.outbox.depth().points, %message, "cannot deliver to InfluxDB; points stay in the outbox");
+                        tracing::warn!(failures, retry_in = ?delay, queued = self.outbox.depth().points, message = %crate::guest_text::shown(&message), "cannot deliver to InfluxDB; points stay in the outbox");
                     }
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(self.settings.retry_max_delay);

@@ -42,6 +42,7 @@ use recover::{first_accepted, initial_state, lock_dir};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -155,7 +156,8 @@ impl Outbox {
     /// Opens (or creates) the outbox in `dir`, recovering from a torn tail.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox, StoreError> {
         let created = !dir.exists();
-        std::fs::create_dir_all(dir).map_err(|e| io_err(format_args!("cannot create {}", dir.display()), e))?;
+        // 0700 whatever the umask: the points are guests' data.
+        crate::private_dir::create_dir(dir).map_err(|e| io_err(format_args!("cannot create {}", dir.display()), e))?;
         let lock = lock_dir(dir)?;
         let counters = OutboxCounters::default();
         let state = initial_state(dir, &counters)?;
@@ -470,6 +472,7 @@ fn create_or_append(dir: &Path, id: u64) -> Result<File, StoreError> {
     File::options()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| io_err(format_args!("cannot open {}", path.display()), e))
 }
@@ -478,7 +481,10 @@ fn create_or_append(dir: &Path, id: u64) -> Result<File, StoreError> {
 fn write_ack(dir: &Path, cursor: Cursor, points: u64) {
     let tmp = dir.join("ack.tmp");
     let text = format!("{} {} {points}\n", cursor.segment, cursor.offset);
-    if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, dir.join("ack"))) {
+    let written = File::options().write(true).create(true).truncate(true).mode(0o600).open(&tmp);
+    if let Err(e) =
+        written.and_then(|mut f| f.write_all(text.as_bytes())).and_then(|_| std::fs::rename(&tmp, dir.join("ack")))
+    {
         tracing::warn!(error = %e, "outbox: cannot record the ack cursor; some points may be sent twice after a restart");
     }
 }

@@ -247,7 +247,7 @@ pub fn field_json(v: &FieldValue) -> serde_json::Value {
 type MetricFamily = (&'static str, &'static str, fn(&GuestShared) -> u64);
 
 /// Store and HTTP counters per guest.
-const COUNTERS: [MetricFamily; 8] = [
+const COUNTERS: [MetricFamily; 9] = [
     ("wattedge_guest_influx_queries_total", "Store queries made by the guest", |s| {
         s.influx.queries.load(Ordering::Relaxed)
     }),
@@ -270,6 +270,11 @@ const COUNTERS: [MetricFamily; 8] = [
     ("wattedge_guest_http_received_bytes_total", "Outbound HTTP response body bytes received", |s| {
         s.http.bytes_in.load(Ordering::Relaxed)
     }),
+    (
+        "wattedge_guest_denied_warnings_dropped_total",
+        "Host warnings about the guest's denied requests dropped by its warning budget",
+        |s| s.denials.dropped_total(),
+    ),
 ];
 
 /// Time spent waiting on the store and on upstream HTTP per guest, read in

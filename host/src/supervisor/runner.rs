@@ -17,6 +17,7 @@ use crate::admin::GuestState;
 use crate::artifact_cache::ArtifactCache;
 use crate::bindings::types::Trigger;
 use crate::component::{self, LoadedComponent};
+use crate::guest_text::shown;
 
 /// How long to wait before retrying a component that failed to load or init.
 const RETRY_LOAD: Duration = Duration::from_secs(30);
@@ -125,7 +126,7 @@ impl GuestTask {
                     self.component = Some(loaded);
                 }
                 Err(e) => {
-                    tracing::error!(guest = %self.handle.config.name, error = %e, "component failed to load");
+                    tracing::error!(guest = %self.handle.config.name, error = %shown(&e), "component failed to load");
                     self.record(|r| r.blocked = Some((GuestState::Failed, e.to_string())));
                     return false;
                 }
@@ -143,7 +144,7 @@ impl GuestTask {
                 true
             }
             Err(message) => {
-                tracing::error!(guest = %self.handle.config.name, error = %message, "guest init failed");
+                tracing::error!(guest = %self.handle.config.name, error = %shown(&message), "guest init failed");
                 self.record(|r| {
                     r.initialized = false;
                     r.blocked = Some((GuestState::Failed, message));
@@ -277,7 +278,7 @@ impl GuestTask {
             let call = live.guest.call_run(&mut live.store, &trigger);
             match tokio::time::timeout(config.run_timeout + TIMEOUT_GRACE, call).await {
                 Ok(Ok(Ok(summary))) => {
-                    let detail = summary.detail.map(crate::capabilities::status::clip);
+                    let detail = summary.detail.as_deref().map(|d| shown(d).to_string());
                     tracing::info!(guest = %config.name, trigger = %label, points = summary.points_written, detail = ?detail, "run ok");
                     Outcome::Ok
                 }
@@ -296,8 +297,9 @@ impl GuestTask {
         }
         let finished = SystemTime::now();
         if outcome != Outcome::Ok {
-            tracing::warn!(guest = %self.handle.config.name, trigger = %label, outcome = ?outcome, "run failed");
+            tracing::warn!(guest = %self.handle.config.name, trigger = %label, outcome = %shown(format!("{outcome:?}")), "run failed");
         }
+        self.report_dropped_warnings();
         self.apply_backoff(&outcome, finished);
         self.wake_not_before = Some(finished + MIN_WAKE_GAP);
         self.record(|r| r.finish(FinishedRun { started, finished, trigger: label, outcome, version }));
@@ -315,6 +317,16 @@ impl GuestTask {
         let factor = 2u32.saturating_pow((failures - 1).min(30) as u32);
         let delay = policy.backoff.saturating_mul(factor).min(policy.max_backoff);
         self.backoff_until = Some(finished + delay);
+    }
+
+    /// Says in the log how many warnings about the guest's denied requests
+    /// its budget dropped since the last report (see `capabilities::denials`).
+    fn report_dropped_warnings(&self) {
+        let dropped = self.handle.shared.denials.take_unreported();
+        if dropped > 0 {
+            let total = self.handle.shared.denials.dropped_total();
+            tracing::warn!(guest = %self.handle.config.name, dropped, total, "warnings about denied requests dropped during the run");
+        }
     }
 
     fn record(&self, f: impl FnOnce(&mut super::GuestRecord)) {

@@ -153,7 +153,7 @@ pub async fn watch_file(
                 record.last_swap_error = None;
             }
             Err(e) => {
-                tracing::error!(guest = %handle.config.name, file = %name, error = %e, "changed component rejected; the old version keeps running");
+                tracing::error!(guest = %handle.config.name, file = %name, error = %crate::guest_text::shown(&e), "changed component rejected; the old version keeps running");
                 record.last_swap_error = Some(e.to_string());
             }
         }

@@ -36,7 +36,7 @@ pub async fn run(runtime: Arc<Runtime>, handle: Arc<GuestHandle>, version: Strin
         }
         Ok(None) => handle.record.lock().expect("record lock").optimizing = false,
         Err(e) => {
-            tracing::warn!(guest = %handle.config.name, error = %e, "could not compile the optimized code; the guest keeps running its quick code");
+            tracing::warn!(guest = %handle.config.name, error = %crate::guest_text::shown(&e), "could not compile the optimized code; the guest keeps running its quick code");
             handle.record.lock().expect("record lock").optimizing = false;
         }
     }

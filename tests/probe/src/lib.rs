@@ -19,6 +19,7 @@
 //! | `wake-error` | asks for a wake-up `wake_after_ms` later on every run, then returns an error |
 //! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
 //! | `http` | one wasi:http request from `url`, `method`, `h.NAME`, `body`...; writes a `probe_http` point with what it received (see [`http`]) |
+//! | `forge`, `forge-init`, `deny-flood` | attacks on the host's log (see [`surface`]) |
 //!
 //! Every run first increments the counter `probe_runs`. The run number
 //! (`run` field) is kept in guest state under `runs`, so it survives restarts
@@ -27,6 +28,7 @@
 
 pub mod bench;
 pub mod http;
+pub mod surface;
 
 use std::hint::black_box;
 
@@ -71,6 +73,12 @@ pub enum Mode {
     Calls,
     /// `n` points in batches of `batch` (benchmark harness).
     Writes,
+    /// Forge host log lines everywhere (see [`surface`]).
+    Forge,
+    /// Fail `init` with a forged log line.
+    ForgeInit,
+    /// Make `n` refused requests.
+    DenyFlood,
 }
 
 impl Mode {
@@ -93,6 +101,9 @@ impl Mode {
             "http" => Self::Http,
             "calls" => Self::Calls,
             "writes" => Self::Writes,
+            "forge" => Self::Forge,
+            "forge-init" => Self::ForgeInit,
+            "deny-flood" => Self::DenyFlood,
             other => {
                 return Err(config_error(
                     "mode",
@@ -283,6 +294,9 @@ impl Guest for Probe {
         if plan.mode == Mode::SlowInit {
             clock::sleep_ms(plan.init_sleep_ms);
         }
+        if plan.mode == Mode::ForgeInit {
+            return Err(surface::forged_init_error());
+        }
         RAW.set(config_pairs);
         CONFIG.set(config);
         Ok(())
@@ -304,7 +318,8 @@ impl Guest for Probe {
                 }
                 http_run(&pairs)
             }
-            Mode::Calls | Mode::Writes | Mode::Fields => {
+            Mode::Forge | Mode::ForgeInit => surface::forge(),
+            Mode::Calls | Mode::Writes | Mode::Fields | Mode::DenyFlood => {
                 let mut pairs = RAW.get()?;
                 if let Trigger::Invoked(args) = &trigger {
                     pairs.extend(args.iter().cloned());
@@ -312,6 +327,7 @@ impl Guest for Probe {
                 match plan.mode {
                     Mode::Calls => bench::calls(&pairs),
                     Mode::Writes => bench::writes(&pairs),
+                    Mode::DenyFlood => surface::deny_flood(&pairs),
                     _ => bench::fields(&pairs),
                 }
             }

@@ -36,7 +36,9 @@ pub use grants::{Destination, HostGrant};
 pub use metrics::{ERROR_KINDS, HttpMetrics};
 pub use settings::HttpSettings;
 
+use super::denials::warn_denied;
 use crate::config::{CaptureRule, Grants, MAX_CAPTURED_LEN};
+use crate::guest_text::shown;
 use crate::secrets::SecretStore;
 use crate::secrets::scrub::{self, Scrubber};
 
@@ -145,7 +147,7 @@ impl GateConfig {
         let sent = connect::send(&dest, &addrs, request, &self.settings.tls, limits).await;
         let (head, body) = sent.map_err(|e| {
             self.metrics().error(e.kind());
-            tracing::warn!(guest = %self.guest, destination = %dest, error = %e, "outbound HTTP failed");
+            warn_denied!(self.shared.denials, self.guest, destination = %dest, error = %shown(&e), "outbound HTTP failed");
             e.to_wasi()
         })?;
         self.metrics().bytes_in.fetch_add(body.len() as u64, Ordering::Relaxed);
@@ -153,7 +155,7 @@ impl GateConfig {
         if let Err(error) = capture::plain_body(&head.headers) {
             // Secrets cannot be scrubbed from (or captured in) an encoded body.
             self.metrics().error("encoding");
-            tracing::warn!(guest = %self.guest, destination = %dest, %error, "outbound HTTP response refused");
+            warn_denied!(self.shared.denials, self.guest, destination = %dest, error = %shown(&error), "outbound HTTP response refused");
             return Err(HttpError::InternalError(Some(format!("wattedge refused the response from {dest}: {error}"))));
         }
         let (body, taken) = self.capture(&dest, head.status, body, &inserted)?;
@@ -168,12 +170,12 @@ impl GateConfig {
         private_ok: bool,
         limit: std::time::Duration,
     ) -> Result<Vec<std::net::SocketAddr>, HttpError> {
-        let lookup = addr::resolve(&dest.host, dest.port, &self.settings.resolve, private_ok);
+        let lookup = addr::resolve_for_guest(&dest.host, dest.port, &self.settings, private_ok);
         match tokio::time::timeout(limit, lookup).await {
             Ok(found) => found.map_err(|e| self.resolve_failed(dest, e)),
             Err(_) => {
                 self.metrics().error("dns");
-                tracing::warn!(guest = %self.guest, destination = %dest, "DNS lookup timed out");
+                warn_denied!(self.shared.denials, self.guest, destination = %dest, "DNS lookup timed out");
                 Err(HttpError::DnsTimeout)
             }
         }
@@ -252,23 +254,26 @@ impl GateConfig {
 
     fn deny(&self, destination: String, reason: &str) -> HttpError {
         self.metrics().denied.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(guest = %self.guest, %destination, %reason, "outbound HTTP denied");
+        let (destination, reason) = (shown(destination), shown(reason));
+        warn_denied!(self.shared.denials, self.guest, %destination, %reason, "outbound HTTP denied");
         HttpError::HttpRequestDenied
     }
 
     fn refuse(&self, dest: &Destination, error: &egress::EgressError) -> HttpError {
         self.metrics().denied.fetch_add(1, Ordering::Relaxed);
         self.metrics().error("secret");
-        tracing::warn!(guest = %self.guest, destination = %dest, %error, "outbound HTTP refused");
+        warn_denied!(self.shared.denials, self.guest, destination = %shown(dest), error = %shown(error), "outbound HTTP refused");
         HttpError::InternalError(Some(format!("wattedge refused the request to {dest}: {error}")))
     }
 
     fn resolve_failed(&self, dest: &Destination, error: addr::ResolveError) -> HttpError {
         match error {
-            addr::ResolveError::Private { .. } => self.deny(dest.to_string(), &error.to_string()),
+            addr::ResolveError::Private { .. } | addr::ResolveError::Admin { .. } => {
+                self.deny(dest.to_string(), &error.to_string())
+            }
             addr::ResolveError::Lookup { .. } => {
                 self.metrics().error("dns");
-                tracing::warn!(guest = %self.guest, destination = %dest, %error, "outbound HTTP failed");
+                warn_denied!(self.shared.denials, self.guest, destination = %dest, error = %shown(&error), "outbound HTTP failed");
                 HttpError::DestinationNotFound
             }
         }
@@ -346,7 +351,7 @@ impl GateConfig {
             }
             Err(error) if status.is_success() && !inserted.is_empty() => {
                 self.metrics().error("capture");
-                tracing::warn!(guest = %self.guest, destination = %dest, %error, "answer from a capture host withheld");
+                warn_denied!(self.shared.denials, self.guest, destination = %dest, error = %shown(&error), "answer from a capture host withheld");
                 Err(HttpError::InternalError(Some(format!(
                     "wattedge withheld the HTTP {} answer from {dest}: the request carried a secret and this host has capture rules, but {error}",
                     status.as_u16()

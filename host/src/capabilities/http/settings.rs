@@ -24,6 +24,9 @@ pub struct HttpSettings {
     pub resolve: BTreeMap<String, IpAddr>,
     /// rustls client config with the trust roots.
     pub tls: Arc<rustls::ClientConfig>,
+    /// The host's own admin API, which no guest may reach (see
+    /// [`HttpSettings::guarding_admin`]).
+    pub admin: Option<std::net::SocketAddr>,
 }
 
 impl std::fmt::Debug for HttpSettings {
@@ -48,7 +51,14 @@ impl HttpSettings {
             max_body: config.max_body,
             resolve: config.resolve.clone(),
             tls: Arc::new(client_config(extra)?),
+            admin: None,
         })
+    }
+
+    /// These settings, refusing every guest request that would reach the
+    /// admin API listening at `admin`, whatever the guest's grants.
+    pub fn guarding_admin(self, admin: std::net::SocketAddr) -> HttpSettings {
+        HttpSettings { admin: Some(admin), ..self }
     }
 }
 
