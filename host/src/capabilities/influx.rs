@@ -142,7 +142,7 @@ impl wit::Host for super::GuestCtx {
     }
 
     async fn query_multi(&mut self, q: wit::MultiQuery) -> Result<wit::MultiTable, InfluxError> {
-        self.influx.query_multi(q, &self.shared.influx).await
+        self.influx.query_multi(q, &self.shared).await
     }
 
     async fn query(&mut self, q: wit::SeriesQuery) -> Result<Vec<wit::Row>, InfluxError> {

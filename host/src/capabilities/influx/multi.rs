@@ -6,22 +6,23 @@ use crate::bindings::influx::{self as wit, InfluxError};
 use crate::store::multi::{MultiQuery, MultiTable};
 
 use super::table::table_to_wit;
-use super::{InfluxCap, InfluxMetrics, MAX_QUERY_ROWS, finish_query};
+use super::{InfluxCap, MAX_QUERY_ROWS, finish_query};
 
 impl InfluxCap {
     /// The rows of `q`, at most [`MAX_QUERY_ROWS`] of them.
     pub(super) async fn query_multi(
         &self,
         q: wit::MultiQuery,
-        metrics: &InfluxMetrics,
+        shared: &crate::capabilities::GuestShared,
     ) -> Result<wit::MultiTable, InfluxError> {
+        let metrics = &shared.influx;
         if q.measurements.is_empty() {
             return Err(InfluxError::Invalid("a multi-query names no measurement".into()));
         }
         // A denied measurement refuses the query before anything is read;
         // `check_read` counts it once: as denied when one measurement is.
         let denied = q.measurements.iter().find(|m| !self.read_grants.contains(*m));
-        self.check_read(denied.unwrap_or(&q.measurements[0]), metrics)?;
+        self.check_read(denied.unwrap_or(&q.measurements[0]), shared)?;
         let began = std::time::Instant::now();
         let answer = self.store.query_multi(capped(multi_from_wit(q))).await;
         let table = finish_query(metrics, began, answer, |t: &MultiTable| t.rows.len(), MAX_QUERY_ROWS)?;
