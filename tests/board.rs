@@ -2,7 +2,9 @@
 //! a child process: by default the native debug build with `builtin:`
 //! guests; with `WATTEDGE_BOARD_BIN` and `WATTEDGE_BOARD_PROFILE` set, a
 //! cross-built board binary under qemu-user, loading guests precompiled here
-//! for that profile (`wattedge::precompile`), as on a Raspberry Pi.
+//! for that profile (`wattedge::precompile`), as on a Raspberry Pi; with
+//! `WATTEDGE_BOARD_ARTIFACTS` also set, loading the `GUEST.*.cwasm` files in
+//! that directory instead (packaging/test-deb: the arm64 package's files).
 //!
 //! Upstreams are the local WattTime and WattiVahti servers (trusted through
 //! `host.extra_ca`, reached through `host.resolve`); points go to a real
@@ -79,6 +81,9 @@ impl Board {
         let Some(profile) = &self.profile else {
             return GUESTS.iter().map(|g| format!("builtin:{g}")).collect();
         };
+        if let Some(packaged) = std::env::var_os("WATTEDGE_BOARD_ARTIFACTS") {
+            return GUESTS.iter().map(|g| packaged_artifact(Path::new(&packaged), g)).collect();
+        }
         let sources: Vec<_> = GUESTS.iter().map(|g| (g.to_string(), ComponentSource::Builtin(g.to_string()))).collect();
         let artifacts = wattedge::precompile::compile(profile, &sources, &dir.join("artifacts"), |step| {
             if let wattedge::precompile::Progress::Done(a) = step {
@@ -88,6 +93,20 @@ impl Board {
         .unwrap_or_else(|e| panic!("precompiling for {}: {e}", profile.name));
         artifacts.into_iter().map(|a| a.path.display().to_string()).collect()
     }
+}
+
+/// The one `GUEST.*.cwasm` file of `guest` in `dir` (artifacts precompiled elsewhere).
+fn packaged_artifact(dir: &Path, guest: &str) -> String {
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("WATTEDGE_BOARD_ARTIFACTS={}: {e}", dir.display()));
+    let prefix = format!("{guest}.");
+    let found: Vec<PathBuf> = entries
+        .map(|e| e.expect("read artifact dir").path())
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".cwasm"))
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "one {guest}.*.cwasm in {}, found {found:?}", dir.display());
+    found[0].display().to_string()
 }
 
 /// The qemu-user runner for a board's Rust target (as in .cargo/config.toml).

@@ -7,7 +7,10 @@
 //! artifacts with its engine settings on the build machine, and
 //! `[host] board = "NAME"` makes the board's host use the same settings (and
 //! the profile's default guest limits). wasmtime refuses an artifact whose
-//! settings differ, so the two must name the same profile.
+//! settings differ, so the two must name the same profile (or profiles with
+//! the same engine settings: `board = "auto"`, see [`detect`]).
+
+mod detect;
 
 use std::time::Duration;
 
@@ -15,6 +18,7 @@ use serde::Deserialize;
 
 use crate::config::{parse_duration, parse_size};
 use crate::engine::EngineLimits;
+pub use detect::{AUTO, Detection, MODEL_PATH, MODEL_PATH_ENV, detect, model_path, profile_for_model};
 
 /// The board profiles shipped with this build: (name, TOML).
 const PROFILES: &[(&str, &str)] = &[
@@ -75,6 +79,18 @@ impl Profile {
 /// The names of the shipped profiles, comma-separated (for messages).
 pub fn profile_names() -> String {
     PROFILES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// Resolves a `[host] board` value: a profile's name, or [`AUTO`] to detect
+/// the board this host runs on (the profile is then `None` on an
+/// architecture without profiles, and the detection says why).
+pub fn resolve(setting: &str) -> Result<(Option<Profile>, Option<Detection>), BoardError> {
+    if setting != AUTO {
+        return Ok((Some(profile(setting)?), None));
+    }
+    let found = detect(&model_path(), std::env::consts::ARCH);
+    let chosen = found.profile.map(profile).transpose()?;
+    Ok((chosen, Some(found)))
 }
 
 /// Looks up a shipped profile by name.

@@ -25,11 +25,23 @@ pub const EXIT_CONFIG: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "wattedge", version, about)]
 pub struct Cli {
-    /// The configuration file.
-    #[arg(long, short, global = true, env = "WATTEDGE_CONFIG", default_value = "wattedge.toml")]
+    /// The configuration file (default: wattedge.toml here, else the
+    /// installed /etc/wattedge/wattedge.toml).
+    #[arg(long, short, global = true, env = "WATTEDGE_CONFIG", default_value_os_t = default_config())]
     pub config: PathBuf,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Where the Debian package installs the config.
+pub const INSTALLED_CONFIG: &str = "/etc/wattedge/wattedge.toml";
+
+/// `wattedge.toml` in the current directory; where there is none and the
+/// package is installed, its config, so the commands the host prints
+/// (`sudo -u wattedge wattedge secrets set NAME`) work as printed.
+fn default_config() -> PathBuf {
+    let here = PathBuf::from("wattedge.toml");
+    if !here.exists() && Path::new(INSTALLED_CONFIG).exists() { PathBuf::from(INSTALLED_CONFIG) } else { here }
 }
 
 #[derive(Debug, Subcommand)]
@@ -194,6 +206,7 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    tracing::info!("engine settings: {}", board_origin(&config));
     crate::run_with(config, host_options(), shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -240,12 +253,19 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where the engine settings come from: the board profile set or detected
+/// (`board = "auto"` says what it read), or this machine's defaults.
+fn board_origin(config: &Config) -> String {
+    match (&config.host.board_detection, &config.host.board) {
+        (Some(found), _) => found.to_string(),
+        (None, Some(board)) => format!("board {}", board.name),
+        (None, None) => "no board set: this machine's defaults".to_string(),
+    }
+}
+
 /// The engine settings `check` reports, and where they come from.
 fn describe_engine(config: &Config, limits: crate::engine::EngineLimits) -> String {
-    let origin = match &config.host.board {
-        Some(board) => format!("board {}", board.name),
-        None => "no board set: this machine's defaults".to_string(),
-    };
+    let origin = board_origin(config);
     format!(
         "{} MiB reserved per guest memory, {} KiB guard ({origin})",
         limits.memory_reservation >> 20,

@@ -68,6 +68,8 @@ pub struct HostConfig {
     /// The board profile (`board = "pi4"`): the engine settings the
     /// board's precompiled artifacts were built with, and guest limits.
     pub board: Option<Profile>,
+    /// What `board = "auto"` found (for the log and `check`).
+    pub board_detection: Option<crate::board::Detection>,
 }
 
 impl HostConfig {
@@ -303,13 +305,13 @@ impl Checker<'_> {
             Some(p) => self.resolve(&p),
             None => state_dir.join("secrets.toml"),
         };
-        let board = match raw.board.as_deref() {
-            None => None,
-            Some(name) => Some(
-                crate::board::profile(name).map_err(|e| self.error(&["host", "board"], format!("host.board: {e}")))?,
-            ),
+        let (board, board_detection) = match raw.board.as_deref() {
+            None => (None, None),
+            Some(setting) => crate::board::resolve(setting).map_err(|e| {
+                self.error(&["host", "board"], format!("host.board: {e}, or \"auto\" to detect the board at start"))
+            })?,
         };
-        Ok(HostConfig { admin_listen, state_dir, secrets_file, http, board })
+        Ok(HostConfig { admin_listen, state_dir, secrets_file, http, board, board_detection })
     }
 
     fn influx(&self, raw: Option<RawInflux>) -> Result<InfluxConfig, ConfigError> {

@@ -61,6 +61,21 @@ fn an_unknown_board_names_the_key_and_the_profiles() {
     assert_eq!(err.line, Some(3), "{err}");
     assert!(err.message.starts_with("host.board: no board profile named \"pi9\""), "{}", err.message);
     assert!(err.message.contains("pi-zero-2w, pi3, pi4, pi5, armv7"), "{}", err.message);
+    assert!(err.message.contains("or \"auto\""), "{}", err.message);
+}
+
+#[test]
+fn board_auto_uses_the_detected_profile_and_keeps_what_it_found() {
+    let config = parse(&MINIMAL.replace("[host]\n", "[host]\nboard = \"auto\"\n")).unwrap();
+    let found = config.host.board_detection.as_ref().expect("auto keeps its detection");
+    assert_eq!(config.host.board.as_ref().map(|b| b.name.as_str()), found.profile);
+    assert_eq!(found.arch, std::env::consts::ARCH);
+    if cfg!(target_arch = "x86_64") {
+        // The build machine: no board profile, whatever a model file says.
+        assert_eq!(config.host.engine_limits(), EngineLimits::native());
+        assert_eq!(config.guests[0].memory_limit, DEFAULT_MEMORY_LIMIT);
+    }
+    assert!(parse(MINIMAL).unwrap().host.board_detection.is_none(), "no board: nothing detected");
 }
 
 #[test]
