@@ -19,6 +19,7 @@
 //! | `wake-error` | asks for a wake-up `wake_after_ms` later on every run, then returns an error |
 //! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
 //! | `http` | one wasi:http request from `url`, `method`, `h.NAME`, `body`, `capture`...; writes a `probe_http` point with what it received (see [`http`]) |
+//! | `raw-http`, `wide-table`, `wide-point` | hostile calls against the host's limits (see [`limits`]) |
 //!
 //! Every run first increments the counter `probe_runs`. The run number
 //! (`run` field) is kept in guest state under `runs`, so it survives restarts
@@ -27,6 +28,7 @@
 
 pub mod bench;
 pub mod http;
+pub mod limits;
 
 use std::hint::black_box;
 
@@ -71,6 +73,8 @@ pub enum Mode {
     Calls,
     /// `n` points in batches of `batch` (benchmark harness).
     Writes,
+    /// A hostile call against the host's limits ([`limits`]).
+    Limits,
 }
 
 impl Mode {
@@ -93,12 +97,14 @@ impl Mode {
             "http" => Self::Http,
             "calls" => Self::Calls,
             "writes" => Self::Writes,
+            "raw-http" | "wide-table" | "wide-point" => Self::Limits,
             other => {
                 return Err(config_error(
                     "mode",
                     format!(
                         "{other:?} is unknown; use write, trap, error, loop, alloc, \
-                         slow-init, health, wake, wake-error, wake-ok, query, fields, secret, http, calls or writes"
+                         slow-init, health, wake, wake-error, wake-ok, query, fields, secret, http, calls, writes, \
+                         raw-http, wide-table or wide-point"
                     ),
                 ));
             }
@@ -303,6 +309,14 @@ impl Guest for Probe {
                     pairs.extend(args.iter().cloned());
                 }
                 http_run(&pairs)
+            }
+            Mode::Limits => {
+                let mut pairs = RAW.get()?;
+                if let Trigger::Invoked(args) = &trigger {
+                    pairs.extend(args.iter().cloned());
+                }
+                let mode = pairs.iter().rev().find(|(k, _)| k == "mode").map(|(_, v)| v.clone()).unwrap_or_default();
+                limits::run(&mode, &pairs)
             }
             Mode::Calls | Mode::Writes | Mode::Fields => {
                 let mut pairs = RAW.get()?;
