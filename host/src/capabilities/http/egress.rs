@@ -39,7 +39,7 @@ pub enum EgressError {
     InvalidHeader(String),
     #[error("the request body contains a secret placeholder but is not UTF-8")]
     NotUtf8,
-    #[error("the request carries more than {MAX_PLACEHOLDERS} secret placeholders, the most one request may")]
+    #[error("the request is oversize: it carries more than {MAX_PLACEHOLDERS} secret placeholders, the most one may")]
     TooManyPlaceholders,
     #[error("the request is oversize: larger than host.http_max_body ({0} bytes) once its secrets are substituted")]
     Oversize(u64),
