@@ -9,7 +9,6 @@
 //! - `surface`: the host log, the admin API and CLI, addresses and files
 
 #[path = "../support/https_server.rs"]
-#[allow(dead_code)]
 mod https_server;
 #[path = "../support/mod.rs"]
 mod support;
