@@ -461,3 +461,69 @@ fn three_guests_end_to_end_then_sigterm() {
         );
     }
 }
+
+/// The probe guest's component for `board`: its `.wasm`, or its artifact
+/// precompiled into `dir` for the board's profile.
+fn probe_component(board: &Board, dir: &Path) -> String {
+    let Some(profile) = &board.profile else { return support::probe() };
+    let sources = [("probe".to_string(), ComponentSource::File(wattedge::builtin::probe_path()))];
+    let artifacts = wattedge::precompile::compile(profile, &sources, &dir.join("artifacts"), |_| {})
+        .unwrap_or_else(|e| panic!("precompiling the probe for {}: {e}", profile.name));
+    artifacts[0].path.display().to_string()
+}
+
+/// A guest's wasi:http request whose path-with-query is only `?x=1` used
+/// to reach an `expect` in the host: on a board (panic = "abort") the
+/// process died and systemd restarted it, over and over. The guest now
+/// gets an error, run after run, and the binary keeps serving.
+#[test]
+fn a_query_only_path_is_an_error_to_the_guest_and_the_board_host_keeps_running() {
+    let board = Board::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let component = probe_component(&board, dir.path());
+    let admin = SocketAddr::from(([127, 0, 0, 1], support::free_port()));
+    let secrets = wattedge::secrets::SecretStore::open(&dir.path().join("state").join("secrets.toml")).unwrap();
+    secrets.set("admin.token", ADMIN, None, true).expect("set admin.token");
+    let board_line = board.profile.as_ref().map(|p| format!("board = \"{}\"\n", p.name)).unwrap_or_default();
+    let config = format!(
+        "[host]\n{board_line}admin_listen = \"{admin}\"\nstate_dir = \"{}\"\n\n[guests.q]\ncomponent = \"{component}\"\n\
+         schedule = \"every 24h\"\nrun_timeout = \"120s\"\n\
+         config = {{ mode = \"raw-http\", authority = \"127.0.0.1:9\", path = \"?x=1\" }}\n\n\
+         [guests.q.grants]\nhttp = [\"127.0.0.1:9\"]\n",
+        dir.path().join("state").display()
+    );
+    let path = dir.path().join("wattedge.toml");
+    std::fs::write(&path, config).expect("write config");
+    let mut child = Wattedge::spawn(&board, &path, admin);
+    let checks = async {
+        for run in 1..=2u64 {
+            if run > 1 {
+                let (status, reply) = support::http(admin, "POST", "/guests/q/invoke", "{}", Some(ADMIN)).await;
+                assert_eq!(status, 202, "invoke: {reply}");
+            }
+            let deadline = Instant::now() + WAIT_OK;
+            let snap = loop {
+                if let Some(snap) = child.get("/guests/q").await
+                    && snap["runs"].as_u64().unwrap_or(0) >= run
+                {
+                    break snap;
+                }
+                assert!(Instant::now() < deadline, "run {run} of q did not finish within {WAIT_OK:?}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            assert_eq!(snap["last_run"]["outcome"], "error", "run {run}: {snap}");
+            assert!(snap.to_string().contains("HttpRequestDenied"), "run {run}: {snap}");
+        }
+        assert_eq!(support::get(admin, "/health").await.0, 200, "the host still serves");
+        child.assert_running();
+        let status = child.terminate().await;
+        assert_eq!(status.code(), Some(0), "exit status after SIGTERM: {status}");
+    };
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(checks)));
+    if let Err(panic) = outcome {
+        let message =
+            panic.downcast_ref::<String>().cloned().or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()));
+        panic!("{}\n--- wattedge stderr ---\n{}", message.unwrap_or_default(), child.stderr_tail());
+    }
+}

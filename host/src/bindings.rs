@@ -12,6 +12,8 @@ wasmtime::component::bindgen!({
         "wattedge:runtime/influx.query-table": async,
         "wattedge:runtime/influx.write-table": async,
         "wattedge:runtime/influx.query-multi": async,
+        "wattedge:runtime/state.set": async,
+        "wattedge:runtime/state.delete": async,
     },
     exports: { default: async },
 });

@@ -115,6 +115,7 @@ impl wit::Host for super::GuestCtx {
     async fn write(&mut self, mut points: Vec<WitPoint>) -> Result<u32, InfluxError> {
         let metrics = &self.shared.influx;
         self.influx.check_write(points.iter().map(|p| p.measurement.as_str()), &self.shared)?;
+        check_widths(&points, metrics)?;
         let began = Instant::now();
         let latest: Vec<Point> = latest_per_measurement(&points);
         // Both paths take keys in order: sorted here, once, in place.
@@ -187,9 +188,9 @@ fn record_write(metrics: &InfluxMetrics, written: Result<(u32, Vec<Point>), Stor
     match written {
         Ok((n, latest)) => {
             metrics.points_written.fetch_add(u64::from(n), Ordering::Relaxed);
-            let mut map = metrics.latest.lock().expect("latest lock");
+            let mut map = metrics.latest.lock().unwrap_or_else(|e| e.into_inner());
             for p in latest {
-                map.insert(p.measurement.clone(), p);
+                map.insert(p.measurement.clone(), bounded_latest(p));
             }
             Ok(n)
         }
@@ -197,6 +198,48 @@ fn record_write(metrics: &InfluxMetrics, written: Result<(u32, Vec<Point>), Stor
             metrics.errors.fetch_add(1, Ordering::Relaxed);
             Err(store_error(e))
         }
+    }
+}
+
+/// Refuses, before any other work, a point with more tags or fields than a
+/// point may have ([`crate::store::MAX_POINT_FIELDS`]), whichever backend
+/// (or outbox) would take it.
+fn check_widths(points: &[WitPoint], metrics: &InfluxMetrics) -> Result<(), InfluxError> {
+    for (i, p) in points.iter().enumerate() {
+        if let Err(m) = crate::store::check_point_width(p.tags.len(), p.fields.len()) {
+            metrics.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(InfluxError::Invalid(format!("point {i}: {m}")));
+        }
+    }
+    Ok(())
+}
+
+/// Most tags and fields of a guest's latest point the status page keeps.
+pub const LATEST_KEYS: usize = 32;
+/// Longest text (tag value or text field) of a latest point kept, in bytes.
+pub const LATEST_TEXT: usize = 256;
+
+/// `p` as the status page keeps it until the next write: at most
+/// [`LATEST_KEYS`] tags and fields (the first by key), texts clipped to
+/// [`LATEST_TEXT`] bytes, so a guest's widest or longest point costs the
+/// host (and `/guests`) no more than a small one.
+fn bounded_latest(p: Point) -> Point {
+    let clip = |s: String| if s.len() > LATEST_TEXT { super::cut(&s, LATEST_TEXT).to_string() } else { s };
+    Point {
+        tags: p.tags.into_iter().take(LATEST_KEYS).map(|(k, v)| (clip(k), clip(v))).collect(),
+        fields: p
+            .fields
+            .into_iter()
+            .take(LATEST_KEYS)
+            .map(|(k, v)| {
+                let v = match v {
+                    FieldValue::Text(t) => FieldValue::Text(clip(t)),
+                    other => other,
+                };
+                (clip(k), v)
+            })
+            .collect(),
+        ..p
     }
 }
 
@@ -397,6 +440,36 @@ mod tests {
             fields: fields.iter().map(|(k, v)| (k.to_string(), WitField::Float(*v))).collect(),
             time: 7,
         }
+    }
+
+    #[test]
+    fn the_status_page_keeps_a_bounded_latest_point() {
+        let mut wide = wit_point(&[("t", "x")], &[]);
+        wide.fields = (0..1000).map(|i| (format!("f{i:04}"), WitField::Text("é".repeat(10_000)))).collect();
+        wide.tags.push(("long".into(), "v".repeat(100_000)));
+        let kept = bounded_latest(point_from_wit(wide));
+        assert_eq!((kept.fields.len(), kept.tags.len()), (LATEST_KEYS, 2));
+        assert!(kept.tags["long"].len() == LATEST_TEXT && kept.fields.contains_key("f0000"));
+        assert!(kept.fields.values().all(|v| matches!(v, FieldValue::Text(t) if t.len() <= LATEST_TEXT)));
+        let small = point_from_wit(wit_point(&[("a", "b")], &[("w", 1.0)]));
+        assert_eq!(bounded_latest(small.clone()), small, "an ordinary point is kept whole");
+    }
+
+    #[test]
+    fn a_point_wider_than_a_point_may_be_is_refused_before_any_work() {
+        let metrics = InfluxMetrics::default();
+        let mut wide = wit_point(&[], &[]);
+        wide.fields = (0..=crate::store::MAX_POINT_FIELDS).map(|i| (format!("f{i}"), WitField::Integer(1))).collect();
+        let narrow = wit_point(&[], &[("w", 1.0)]);
+        let err = check_widths(&[narrow.clone(), wide], &metrics).unwrap_err();
+        assert!(
+            matches!(&err, InfluxError::Invalid(m) if m.starts_with("point 1: the point has 1025 fields")),
+            "{err:?}"
+        );
+        assert!(check_widths(&[narrow], &metrics).is_ok());
+        let mut tagged = wit_point(&[], &[("w", 1.0)]);
+        tagged.tags = (0..=crate::store::MAX_POINT_TAGS).map(|i| (format!("t{i}"), "v".into())).collect();
+        assert!(matches!(check_widths(&[tagged], &metrics), Err(InfluxError::Invalid(m)) if m.contains("tags")));
     }
 
     #[test]

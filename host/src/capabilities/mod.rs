@@ -8,6 +8,7 @@
 pub mod denials;
 pub mod http;
 pub mod influx;
+pub mod limiter;
 pub mod log;
 pub mod schedule;
 pub mod secrets;
@@ -18,7 +19,6 @@ pub mod wasi;
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -63,7 +63,7 @@ pub struct GuestCtx {
     pub(crate) http_ctx: WasiHttpCtx,
     pub(crate) http: http::HttpGate,
     pub(crate) table: ResourceTable,
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: limiter::GuestLimiter,
     pub(crate) influx: influx::InfluxCap,
     pub(crate) secrets: secrets::SecretsCap,
     pub(crate) state: state::StateCap,
@@ -80,12 +80,7 @@ impl GuestCtx {
         let granted = guest.grants.secrets.keys().cloned().collect();
         let log = log::LogCap::new(name.clone(), services.secrets.clone(), granted);
         let wasi = WasiCtx::builder().stdout(log.stdio(false)).stderr(log.stdio(true)).build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(usize::try_from(guest.memory_limit).unwrap_or(usize::MAX))
-            .table_elements(100_000)
-            .instances(64)
-            .trap_on_grow_failure(true)
-            .build();
+        let limits = limiter::GuestLimiter::new(guest.memory_limit);
         let secrets = secrets::SecretsCap::new(name.clone(), &guest.grants, services.secrets.clone());
         let gate_parts = http::GateParts { secrets: services.secrets.clone(), settings: services.http.clone() };
         let mut http_ctx = WasiHttpCtx::new();
@@ -107,8 +102,8 @@ impl GuestCtx {
         }
     }
 
-    /// The store limiter (memory and tables).
-    pub fn limiter(&mut self) -> &mut StoreLimits {
+    /// The store limiter: `memory_limit` over all memories and tables.
+    pub fn limiter(&mut self) -> &mut limiter::GuestLimiter {
         &mut self.limits
     }
 }

@@ -122,6 +122,16 @@ impl StateCap {
     pub fn new(guest: Arc<str>, store: Arc<StateStore>) -> StateCap {
         StateCap { guest, store }
     }
+
+    /// [`StateStore::put`] on the blocking pool: each commit fsyncs, and a
+    /// guest calling `set` in a loop must not hold an async worker (of two
+    /// on a board) through every one of those waits.
+    async fn put_off_the_workers(&self, key: String, value: Option<Vec<u8>>) -> Result<(), StateError> {
+        let (store, guest) = (self.store.clone(), self.guest.clone());
+        crate::blocking::spawn_blocking(move || store.put(&guest, &key, value.as_deref()))
+            .await
+            .map_err(|e| StateError::Io(format!("state task failed: {e}")))?
+    }
 }
 
 impl wit::Host for super::GuestCtx {
@@ -135,12 +145,12 @@ impl wit::Host for super::GuestCtx {
         }
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StateError> {
-        self.state.store.put(&self.state.guest, &key, Some(&value))
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), StateError> {
+        self.state.put_off_the_workers(key, Some(value)).await
     }
 
-    fn delete(&mut self, key: String) -> Result<(), StateError> {
-        self.state.store.put(&self.state.guest, &key, None)
+    async fn delete(&mut self, key: String) -> Result<(), StateError> {
+        self.state.put_off_the_workers(key, None).await
     }
 
     fn keys(&mut self) -> Vec<String> {
@@ -169,5 +179,38 @@ mod tests {
         store.put("other", "k", Some(&big)).expect("another guest has its own total");
         store.put("g", "k00", None).unwrap();
         store.put("g", "one-more", Some(&big)).expect("room again after a delete");
+    }
+
+    /// A commit that waits (here on redb's writer lock, as a slow fsync
+    /// would) leaves the async worker free: the runtime has one thread, and
+    /// its timer still fires while the `set` is parked.
+    #[test]
+    fn set_and_delete_commit_off_the_async_workers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(StateStore::open(&dir.path().join("state.redb")).unwrap());
+        let (done, finished) = std::sync::mpsc::channel();
+        let probe = store.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+            let outcome = runtime.block_on(async move {
+                let held = probe.db.begin_write().unwrap();
+                let cap = StateCap::new("g".into(), probe.clone());
+                let set = tokio::spawn(async move {
+                    cap.put_off_the_workers("k".into(), Some(b"v".to_vec())).await?;
+                    cap.put_off_the_workers("gone".into(), None).await
+                });
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let waiting = !set.is_finished();
+                drop(held);
+                (waiting, set.await.unwrap())
+            });
+            let _ = done.send(outcome);
+        });
+        let (waiting, result) = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the runtime's only worker was blocked by the commit");
+        assert!(waiting, "the set waited for the writer lock");
+        result.unwrap();
+        assert_eq!(store.get("g", "k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }

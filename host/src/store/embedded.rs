@@ -138,7 +138,14 @@ impl EmbeddedStore {
 
     /// Runs a structured query over one measurement.
     pub fn query(&self, q: &Query) -> Result<Vec<Row>, StoreError> {
-        let mut rows = Vec::new();
+        self.query_within(q, usize::MAX)
+    }
+
+    /// [`query`](Self::query) whose answer stops with an error past
+    /// `max_bytes` (as [`Row::bytes`] counts them): guests' queries stop at
+    /// [`super::MAX_QUERY_BYTES`].
+    pub fn query_within(&self, q: &Query, max_bytes: usize) -> Result<Vec<Row>, StoreError> {
+        let (mut rows, mut bytes) = (Vec::new(), 0usize);
         self.scan(q, &mut |series, block, row| {
             let fields: std::collections::BTreeMap<_, _> =
                 wanted_fields(q, block, row).map(|(k, v)| (k.to_owned(), v.into_value())).collect();
@@ -146,7 +153,12 @@ impl EmbeddedStore {
                 return Ok(false);
             }
             let tags = series.tags.iter().cloned().collect();
-            rows.push(Row { time: block.time(row), tags, fields });
+            let found = Row { time: block.time(row), tags, fields };
+            bytes = bytes.saturating_add(found.bytes());
+            if bytes > max_bytes {
+                return Err(super::answer_too_large(max_bytes));
+            }
+            rows.push(found);
             Ok(true)
         })?;
         Ok(rows)
@@ -180,12 +192,20 @@ impl EmbeddedStore {
     /// The rows [`query`](Self::query) returns for `q`, as a [`Table`]: a
     /// string is copied only the first time it occurs.
     pub fn query_table(&self, q: &Query) -> Result<Table, StoreError> {
+        self.query_table_within(q, usize::MAX)
+    }
+
+    /// [`query_table`](Self::query_table) whose answer stops with an error
+    /// past `max_bytes` (as [`TableBuilder::bytes`] counts them) or past the
+    /// columns a point may have.
+    pub fn query_table_within(&self, q: &Query, max_bytes: usize) -> Result<Table, StoreError> {
         let mut table = TableBuilder::default();
         self.scan(q, &mut |series, block, row| {
             if wanted_fields(q, block, row).next().is_none() {
                 return Ok(false);
             }
             table.push(block.time(row), series.tag_pairs(), wanted_fields(q, block, row));
+            table.check_bounds(max_bytes)?;
             Ok(true)
         })?;
         Ok(table.finish())

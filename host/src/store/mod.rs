@@ -26,6 +26,40 @@ use table::{Table, TableBuilder};
 /// Nanoseconds since the Unix epoch.
 pub type Timestamp = i64;
 
+/// Most fields one point may have; a point with more is refused as
+/// invalid by every write path. InfluxDB sets no such limit, but each field
+/// costs the host work and memory per point, and the embedded store's
+/// blocks count their columns in 16 bits (see `embedded::block`).
+pub const MAX_POINT_FIELDS: usize = 1024;
+/// Most tags one point may have (each is part of its series key).
+pub const MAX_POINT_TAGS: usize = 256;
+/// Most bytes one query's answer may hold, counted as its strings' lengths
+/// plus 8 bytes per time and per value: the host builds the whole answer
+/// (outside any guest's memory limit) before handing it over, so it is
+/// bounded in bytes as well as in rows. A remote backend reads at most this
+/// much of InfluxDB's answer.
+pub const MAX_QUERY_BYTES: usize = 16 << 20;
+
+/// Refuses a point with more than [`MAX_POINT_TAGS`] tags or
+/// [`MAX_POINT_FIELDS`] fields; the message names the limit.
+pub fn check_point_width(tags: usize, fields: usize) -> Result<(), String> {
+    if fields > MAX_POINT_FIELDS {
+        return Err(format!("the point has {fields} fields, more than the {MAX_POINT_FIELDS} a point may have"));
+    }
+    if tags > MAX_POINT_TAGS {
+        return Err(format!("the point has {tags} tags, more than the {MAX_POINT_TAGS} a point may have"));
+    }
+    Ok(())
+}
+
+/// The error of an answer that grew past `max` bytes ([`MAX_QUERY_BYTES`]).
+pub fn answer_too_large(max: usize) -> StoreError {
+    StoreError::Invalid(format!(
+        "the query's answer is larger than {max} bytes, more than a guest may take at once; \
+         narrow its time range or fields, or set a limit and query the rest in pages"
+    ))
+}
+
 /// A field value; the variant is the field's type in the database.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum FieldValue {
@@ -109,6 +143,26 @@ pub struct Row {
     pub fields: BTreeMap<String, FieldValue>,
 }
 
+impl Row {
+    /// Its size as [`MAX_QUERY_BYTES`] counts it: keys and strings by
+    /// length, 8 bytes per time and per value.
+    pub fn bytes(&self) -> usize {
+        let tags: usize = self.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+        let fields: usize = self.fields.iter().map(|(k, v)| k.len() + v.bytes()).sum();
+        8 + tags + fields
+    }
+}
+
+impl FieldValue {
+    /// 8 bytes, or a text's length (at least 8).
+    pub fn bytes(&self) -> usize {
+        match self {
+            FieldValue::Text(s) => s.len().max(8),
+            _ => 8,
+        }
+    }
+}
+
 /// One numeric field of a query's rows as two parallel columns (see
 /// [`TimeSeriesStore::query_floats`]): `values[i]` was stored at `times[i]`.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -187,7 +241,10 @@ pub trait TimeSeriesStore: Send + Sync + 'static {
     fn query_table(&self, query: Query) -> StoreFuture<'_, Table> {
         Box::pin(async move {
             let mut table = TableBuilder::default();
-            self.query(query).await?.iter().for_each(|row| table.push_row(row));
+            for row in self.query(query).await? {
+                table.push_row(&row);
+                table.check_bounds(MAX_QUERY_BYTES)?;
+            }
             Ok(table.finish())
         })
     }
@@ -276,7 +333,7 @@ impl TimeSeriesStore for EmbeddedBackend {
 
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>> {
         let inner = self.inner.clone();
-        Box::pin(async move { blocking(move || inner.query(&query)).await })
+        Box::pin(async move { blocking(move || inner.query_within(&query, MAX_QUERY_BYTES)).await })
     }
 
     fn query_floats(&self, query: Query, field: String) -> StoreFuture<'_, FloatSeries> {
@@ -286,7 +343,7 @@ impl TimeSeriesStore for EmbeddedBackend {
 
     fn query_table(&self, query: Query) -> StoreFuture<'_, Table> {
         let inner = self.inner.clone();
-        Box::pin(async move { blocking(move || inner.query_table(&query)).await })
+        Box::pin(async move { blocking(move || inner.query_table_within(&query, MAX_QUERY_BYTES)).await })
     }
 
     fn query_multi(&self, query: multi::MultiQuery) -> StoreFuture<'_, multi::MultiTable> {

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use super::line_protocol::FieldRef;
-use super::{Point, Row, Timestamp};
+use super::{MAX_POINT_FIELDS, MAX_POINT_TAGS, Point, Row, Timestamp};
 
 /// One cell: a field value whose text is an index into [`Table::strings`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -74,9 +74,13 @@ impl Table {
         self.times.is_empty()
     }
 
-    /// Checks the shape (column lengths, string indexes, distinct keys) and
-    /// orders the columns by key; the message names the column at fault.
+    /// Checks the shape (column counts, column lengths, string indexes,
+    /// distinct keys) and orders the columns by key; the message names the
+    /// column at fault. Each row is a point, so a table has at most the
+    /// tags and fields a point may have, counted before any other work.
     pub fn view<'a>(&'a self, measurement: &'a str) -> Result<TableView<'a>, String> {
+        check_width("tag", self.tags.len(), MAX_POINT_TAGS)?;
+        check_width("field", self.fields.len(), MAX_POINT_FIELDS)?;
         let rows = self.len();
         let strings = self.strings.len();
         for c in &self.tags {
@@ -111,6 +115,13 @@ impl Table {
     }
 }
 
+fn check_width(kind: &str, columns: usize, max: usize) -> Result<(), String> {
+    if columns > max {
+        return Err(format!("the table has {columns} {kind} columns, more than the {max} {kind}s a point may have"));
+    }
+    Ok(())
+}
+
 fn check_column(kind: &str, key: &str, len: usize, rows: usize) -> Result<(), String> {
     if len != rows {
         return Err(format!("{kind} column {key:?} has {len} values for {rows} rows (times)"));
@@ -118,19 +129,13 @@ fn check_column(kind: &str, key: &str, len: usize, rows: usize) -> Result<(), St
     Ok(())
 }
 
-/// Column indexes sorted by key; an error names a repeated key. Tables
-/// have a handful of columns: an insertion sort, which also keeps the
-/// board binary free of another instance of the standard library's sort.
+/// Column indexes sorted by key; an error names a repeated key. Sorted
+/// in O(n log n): a guest chooses the column count (an insertion sort
+/// took minutes over 200,000 descending keys).
 fn key_order<'k>(kind: &str, keys: impl Iterator<Item = &'k str>) -> Result<Vec<usize>, String> {
     let keys: Vec<&str> = keys.collect();
     let mut order: Vec<usize> = (0..keys.len()).collect();
-    for i in 1..order.len() {
-        let mut j = i;
-        while j > 0 && keys[order[j - 1]] > keys[order[j]] {
-            order.swap(j - 1, j);
-            j -= 1;
-        }
-    }
+    order.sort_unstable_by_key(|&i| keys[i]);
     if let Some(w) = order.windows(2).find(|w| keys[w[0]] == keys[w[1]]) {
         return Err(format!("{kind} key {:?} has two columns", keys[w[0]]));
     }
@@ -204,6 +209,8 @@ fn field_ref(table: &Table, cell: Cell) -> FieldRef<'_> {
 pub struct TableBuilder {
     table: Table,
     interned: HashMap<Box<str>, u32>,
+    /// See [`TableBuilder::bytes`].
+    bytes: usize,
 }
 
 impl TableBuilder {
@@ -216,12 +223,15 @@ impl TableBuilder {
     ) {
         let row = self.table.times.len();
         self.table.times.push(time);
+        self.bytes += 8;
         for (key, value) in tags {
             let index = self.intern(value);
             let column = column_for(&mut self.table.tags, key, row, |key| TagColumn { key, values: Vec::new() });
             column.values.push(Some(index));
+            self.bytes += 8;
         }
         for (key, value) in fields {
+            self.bytes += 8;
             let cell = self.cell(value);
             let column = column_for(&mut self.table.fields, key, row, |key| FieldColumn { key, values: Vec::new() });
             column.values.push(Some(cell));
@@ -242,11 +252,37 @@ impl TableBuilder {
         self.table
     }
 
+    /// Refuses a table past what one answer may hold: more columns than a
+    /// point may have (each new column costs a slot in every row), or more
+    /// than `max_bytes` ([`super::MAX_QUERY_BYTES`] for guests; counted as
+    /// in [`Self::bytes`]).
+    pub fn check_bounds(&self, max_bytes: usize) -> Result<(), super::StoreError> {
+        let (tags, fields) = (self.table.tags.len(), self.table.fields.len());
+        if tags > MAX_POINT_TAGS || fields > MAX_POINT_FIELDS {
+            return Err(super::StoreError::Invalid(format!(
+                "the query's answer has {tags} tag and {fields} field columns, more than the \
+                 {MAX_POINT_TAGS} and {MAX_POINT_FIELDS} a table may have; name the fields to query"
+            )));
+        }
+        if self.bytes > max_bytes {
+            return Err(super::answer_too_large(max_bytes));
+        }
+        Ok(())
+    }
+
+    /// The answer's size as [`super::MAX_QUERY_BYTES`] counts it: distinct
+    /// strings by length, 8 bytes per time, tag and field value.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     fn intern(&mut self, s: &str) -> u32 {
         if let Some(&i) = self.interned.get(s) {
             return i;
         }
-        let i = u32::try_from(self.table.strings.len()).expect("fewer than 2^32 distinct strings");
+        // Answers stop at MAX_QUERY_BYTES, far below 2^32 strings.
+        let i = u32::try_from(self.table.strings.len()).unwrap_or(u32::MAX);
+        self.bytes += s.len();
         self.table.strings.push(s.to_owned());
         self.interned.insert(s.into(), i);
         i

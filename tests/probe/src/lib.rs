@@ -20,6 +20,7 @@
 //! | `secret` | sets counter `secret_is_set` to 1/0 for `secret_name` and reports ok/standby |
 //! | `http` | one wasi:http request from `url`, `method`, `h.NAME`, `body`...; writes a `probe_http` point with what it received (see [`http`]) |
 //! | `forge`, `forge-init`, `deny-flood` | attacks on the host's log (see [`surface`]) |
+//! | `raw-http`, `wide-table`, `wide-point` | hostile calls against the host's limits (see [`limits`]) |
 //!
 //! Every run first increments the counter `probe_runs`. The run number
 //! (`run` field) is kept in guest state under `runs`, so it survives restarts
@@ -28,6 +29,7 @@
 
 pub mod bench;
 pub mod http;
+pub mod limits;
 pub mod surface;
 
 use std::hint::black_box;
@@ -79,6 +81,8 @@ pub enum Mode {
     ForgeInit,
     /// Make `n` refused requests.
     DenyFlood,
+    /// A hostile call against the host's limits ([`limits`]).
+    Limits,
 }
 
 impl Mode {
@@ -104,12 +108,14 @@ impl Mode {
             "forge" => Self::Forge,
             "forge-init" => Self::ForgeInit,
             "deny-flood" => Self::DenyFlood,
+            "raw-http" | "wide-table" | "wide-point" => Self::Limits,
             other => {
                 return Err(config_error(
                     "mode",
                     format!(
                         "{other:?} is unknown; use write, trap, error, loop, alloc, \
-                         slow-init, health, wake, wake-error, wake-ok, query, fields, secret, http, calls or writes"
+                         slow-init, health, wake, wake-error, wake-ok, query, fields, secret, http, calls, writes, \
+                         raw-http, wide-table or wide-point"
                     ),
                 ));
             }
@@ -319,6 +325,14 @@ impl Guest for Probe {
                 http_run(&pairs)
             }
             Mode::Forge | Mode::ForgeInit => surface::forge(),
+            Mode::Limits => {
+                let mut pairs = RAW.get()?;
+                if let Trigger::Invoked(args) = &trigger {
+                    pairs.extend(args.iter().cloned());
+                }
+                let mode = pairs.iter().rev().find(|(k, _)| k == "mode").map(|(_, v)| v.clone()).unwrap_or_default();
+                limits::run(&mode, &pairs)
+            }
             Mode::Calls | Mode::Writes | Mode::Fields | Mode::DenyFlood => {
                 let mut pairs = RAW.get()?;
                 if let Trigger::Invoked(args) = &trigger {

@@ -38,6 +38,8 @@ pub enum SendError {
     Oversize(u64),
     #[error("HTTP protocol error: {0}")]
     Protocol(#[from] hyper::Error),
+    #[error("the request target {0:?} is not a valid origin-form path")]
+    Target(String),
 }
 
 impl SendError {
@@ -49,6 +51,7 @@ impl SendError {
             SendError::Timeout(_) | SendError::ConnectTimeout(_) => "timeout",
             SendError::Oversize(_) => "oversize",
             SendError::Protocol(_) => "protocol",
+            SendError::Target(_) => "protocol",
         }
     }
 
@@ -62,6 +65,7 @@ impl SendError {
             SendError::Timeout(_) => E::ConnectionReadTimeout,
             SendError::Oversize(limit) => E::HttpResponseBodySize(Some(*limit)),
             SendError::Protocol(_) => E::HttpProtocolError,
+            SendError::Target(_) => E::HttpRequestUriInvalid,
         }
     }
 }
@@ -81,8 +85,7 @@ pub async fn send(
     let stream = tokio::time::timeout(limits.connect, dial(dest, addrs, tls))
         .await
         .map_err(|_| SendError::ConnectTimeout(limits.connect))??;
-    let path = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    *request.uri_mut() = path.parse().expect("a path taken from a valid URI");
+    *request.uri_mut() = origin_form(request.uri())?;
     let exchange = async {
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let conn = tokio::spawn(conn);
@@ -91,6 +94,18 @@ pub async fn send(
         result
     };
     tokio::time::timeout(limits.response, exchange).await.map_err(|_| SendError::Timeout(limits.response))?
+}
+
+/// The request target hyper sends on the wire: the URI's path and query,
+/// the path never empty (a guest may hand over `?x=1`, which has none).
+fn origin_form(uri: &http::Uri) -> Result<http::Uri, SendError> {
+    let (path, query) = (uri.path(), uri.query());
+    let path = if path.is_empty() { "/" } else { path };
+    let target = match query {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    target.parse().map_err(|_| SendError::Target(target))
 }
 
 async fn dial(
@@ -140,4 +155,18 @@ async fn receive(
         }
     }
     Ok((parts, Bytes::from(buf)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_without_a_path_is_sent_with_the_root_path() {
+        let uri: http::Uri = "http://a.test:81?x=1".parse().unwrap();
+        assert_eq!(origin_form(&uri).unwrap(), "/?x=1");
+        let uri: http::Uri = "https://a.test/p/q?y=2&z".parse().unwrap();
+        assert_eq!(origin_form(&uri).unwrap(), "/p/q?y=2&z");
+        assert_eq!(origin_form(&"http://a.test".parse().unwrap()).unwrap(), "/");
+    }
 }

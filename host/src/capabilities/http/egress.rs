@@ -14,6 +14,12 @@ use base64::Engine as _;
 
 const OPEN: &str = "${secret";
 
+/// Most secret placeholders one request may carry (query, headers and body
+/// together). Each costs a lookup and a copy of a secret value, so a guest
+/// could otherwise turn a 4 MiB body of placeholders into ~150 MB of host
+/// memory; real requests carry one to three.
+pub const MAX_PLACEHOLDERS: usize = 64;
+
 /// Why a request was refused before anything was sent.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EgressError {
@@ -33,6 +39,21 @@ pub enum EgressError {
     InvalidHeader(String),
     #[error("the request body contains a secret placeholder but is not UTF-8")]
     NotUtf8,
+    #[error("the request is oversize: it carries more than {MAX_PLACEHOLDERS} secret placeholders, the most one may")]
+    TooManyPlaceholders,
+    #[error("the request is oversize: larger than host.http_max_body ({0} bytes) once its secrets are substituted")]
+    Oversize(u64),
+}
+
+impl EgressError {
+    /// The `/metrics` error kind of a refusal: a request grown past its
+    /// limits is `oversize`, anything else about a secret is `secret`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EgressError::TooManyPlaceholders | EgressError::Oversize(_) => "oversize",
+            _ => "secret",
+        }
+    }
 }
 
 /// How a substituted value is written where the placeholder was.
@@ -52,12 +73,27 @@ pub struct Substituter<'a> {
     lookup: &'a dyn Fn(&str) -> Result<String, EgressError>,
     /// Every exact string written into the request (encoded forms included).
     pub inserted: Vec<String>,
+    /// Placeholders replaced in this request so far (see [`MAX_PLACEHOLDERS`]).
+    placeholders: usize,
+    /// Bytes of secret values written into this request so far.
+    expanded: u64,
+    /// Most bytes one sealed text, and all values written, may take.
+    max_bytes: u64,
 }
 
 impl<'a> Substituter<'a> {
     /// A substituter for one request; `lookup` decides per secret name.
     pub fn new(lookup: &'a dyn Fn(&str) -> Result<String, EgressError>) -> Substituter<'a> {
-        Substituter { lookup, inserted: Vec::new() }
+        Substituter { lookup, inserted: Vec::new(), placeholders: 0, expanded: 0, max_bytes: u64::MAX }
+    }
+
+    /// Refuses, as [`EgressError::Oversize`], a sealed query, header or body
+    /// longer than `max_bytes`, or more than `max_bytes` of secret values
+    /// written into the request in all (`host.http_max_body`): the host
+    /// buffers the whole sealed request, so it obeys the body limit too.
+    pub fn limited(mut self, max_bytes: u64) -> Substituter<'a> {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// `text` with every placeholder replaced; None when it has none.
@@ -68,10 +104,15 @@ impl<'a> Substituter<'a> {
         let mut out = String::with_capacity(text.len());
         let mut rest = text;
         while let Some(start) = rest.find(OPEN) {
+            self.placeholders += 1;
+            if self.placeholders > MAX_PLACEHOLDERS {
+                return Err(EgressError::TooManyPlaceholders);
+            }
             out.push_str(&rest[..start]);
             let end = rest[start..].find('}').ok_or_else(|| malformed(&rest[start..]))? + start;
             let value = self.expand(&rest[start + 2..end])?;
             let encoded = encode(&value, encoding);
+            self.count(out.len() + encoded.len() + rest.len() - end - 1, encoded.len())?;
             self.remember(value);
             self.remember(encoded.clone());
             out.push_str(&encoded);
@@ -94,6 +135,16 @@ impl<'a> Substituter<'a> {
         }
         let joined = format!("{}:{}", (self.lookup)(user)?, (self.lookup)(pass)?);
         Ok(base64::engine::general_purpose::STANDARD.encode(joined))
+    }
+
+    /// Counts `inserted` more bytes of secret values, for a sealed text
+    /// that will be `sealed` bytes long; refuses either past the limit.
+    fn count(&mut self, sealed: usize, inserted: usize) -> Result<(), EgressError> {
+        self.expanded = self.expanded.saturating_add(inserted as u64);
+        if sealed as u64 > self.max_bytes || self.expanded > self.max_bytes {
+            return Err(EgressError::Oversize(self.max_bytes));
+        }
+        Ok(())
     }
 
     fn remember(&mut self, s: String) {

@@ -30,7 +30,13 @@ pub struct Destination {
 
 impl Destination {
     /// The destination of `uri`; the scheme defaults to https like wasi:http's.
+    /// A target whose path does not start with `/` (wasi:http lets a guest
+    /// set `?x=1` as its whole path-with-query) is refused here, before
+    /// anything is sent.
     pub fn of(uri: &http::Uri) -> Result<Destination, String> {
+        if let Some(target) = uri.path_and_query().map(|p| p.as_str()).filter(|t| !t.starts_with('/')) {
+            return Err(format!("the request path {target:?} does not start with '/'"));
+        }
         let scheme = uri.scheme_str().unwrap_or("https").to_ascii_lowercase();
         let host = uri.host().ok_or("the request URI has no host")?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
@@ -152,6 +158,9 @@ mod tests {
         assert_eq!(d, dest("https", "api.example.org", 443));
         assert_eq!(d.authority(), "api.example.org");
         let d = Destination::of(&"http://[::1]:81/".parse().unwrap()).unwrap();
+        let query_only = http::Uri::builder().scheme("http").authority("a.test").path_and_query("?x=1").build();
+        let refused = Destination::of(&query_only.unwrap()).unwrap_err();
+        assert!(refused.contains("does not start with '/'"), "{refused}");
         assert_eq!((d.host.as_str(), d.authority()), ("::1", "[::1]:81".to_string()));
     }
 }

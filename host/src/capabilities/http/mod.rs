@@ -229,7 +229,7 @@ impl GateConfig {
         dest: &Destination,
     ) -> Result<(Bytes, Vec<String>), HttpError> {
         let lookup = |name: &str| self.secret_for(name, dest);
-        let mut subst = egress::Substituter::new(&lookup);
+        let mut subst = egress::Substituter::new(&lookup).limited(self.settings.max_body);
         let body = egress::seal(parts, body, &mut subst).map_err(|e| self.refuse(dest, &e))?;
         Ok((body, subst.inserted))
     }
@@ -261,7 +261,7 @@ impl GateConfig {
 
     fn refuse(&self, dest: &Destination, error: &egress::EgressError) -> HttpError {
         self.metrics().denied.fetch_add(1, Ordering::Relaxed);
-        self.metrics().error("secret");
+        self.metrics().error(error.kind());
         warn_denied!(self.shared.denials, self.guest, destination = %shown(dest), error = %shown(error), "outbound HTTP refused");
         HttpError::InternalError(Some(format!("wattedge refused the request to {dest}: {error}")))
     }

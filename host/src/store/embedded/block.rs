@@ -29,6 +29,7 @@ use smallvec::SmallVec;
 
 use super::Timestamp;
 use super::keys::Reader;
+use crate::store::MAX_POINT_FIELDS;
 use crate::store::line_protocol::FieldRef;
 
 /// The most points a block holds. A write into a series rewrites the
@@ -38,6 +39,9 @@ pub(super) const BLOCK_ROWS: usize = 512;
 
 /// A block is closed at this size even before [`BLOCK_ROWS`] (long texts).
 pub(super) const BLOCK_BYTES: usize = 64 << 10;
+
+/// The most columns a block's header can count (16 bits).
+pub(super) const MAX_COLUMNS: usize = u16::MAX as usize;
 
 const FLOAT: u8 = 0;
 const INTEGER: u8 = 1;
@@ -323,9 +327,12 @@ impl BlockWriter {
         self.times.len()
     }
 
-    /// Whether the block should be closed before another row is added.
+    /// Whether the block should be closed before another row is added:
+    /// also when one more row (of at most [`MAX_POINT_FIELDS`] fields, each
+    /// possibly a new column) could take the column count past the 16 bits
+    /// it is stored in.
     pub fn is_full(&self) -> bool {
-        self.rows() >= BLOCK_ROWS || self.bytes >= BLOCK_BYTES
+        self.rows() >= BLOCK_ROWS || self.bytes >= BLOCK_BYTES || self.columns.len() > MAX_COLUMNS - MAX_POINT_FIELDS
     }
 
     pub fn first_time(&self) -> Option<Timestamp> {
@@ -333,13 +340,22 @@ impl BlockWriter {
     }
 
     /// Replaces `out` with the encoded block and empties the writer (its
-    /// buffers are kept for the next block).
-    pub fn finish_into(&mut self, out: &mut Vec<u8>) {
+    /// buffers are kept for the next block). A block past what its header
+    /// can count (more than 65,535 columns, 4 GiB of one column's text) is
+    /// refused rather than written with a count that wrapped, which would
+    /// leave its whole series unreadable.
+    pub fn finish_into(&mut self, out: &mut Vec<u8>) -> Result<(), String> {
         let rows = self.rows();
+        let columns = u16::try_from(self.columns.len())
+            .map_err(|_| format!("a block of {} columns, more than {MAX_COLUMNS}", self.columns.len()))?;
+        if let Some(c) = self.columns.iter().find(|c| u32::try_from(c.text.len()).is_err()) {
+            return Err(format!("field {:?} holds more than 4 GiB of text in one block", c.name));
+        }
+        let rows_u32 = u32::try_from(rows).map_err(|_| format!("a block of {rows} rows"))?;
         out.clear();
-        out.extend_from_slice(&(rows as u32).to_le_bytes());
+        out.extend_from_slice(&rows_u32.to_le_bytes());
         self.times.iter().for_each(|t| out.extend_from_slice(&t.to_le_bytes()));
-        out.extend_from_slice(&(self.columns.len() as u16).to_le_bytes());
+        out.extend_from_slice(&columns.to_le_bytes());
         for c in &mut self.columns {
             c.pad(rows);
             out.extend_from_slice(&(c.name.len() as u32).to_le_bytes());
@@ -355,6 +371,7 @@ impl BlockWriter {
         self.times.clear();
         self.columns.clear();
         self.bytes = 0;
+        Ok(())
     }
 }
 
@@ -366,7 +383,7 @@ mod tests {
         let mut w = BlockWriter::default();
         rows.iter().for_each(|(t, fields)| w.push(*t, fields.iter().copied()));
         let mut out = Vec::new();
-        w.finish_into(&mut out);
+        w.finish_into(&mut out).unwrap();
         out
     }
 
@@ -402,12 +419,12 @@ mod tests {
             w.push(t, [("x", FieldRef::Float(t as f64))]);
         }
         assert!(w.is_full());
-        w.finish_into(&mut out);
+        w.finish_into(&mut out).unwrap();
         assert_eq!(Layout::parse(&out).unwrap().rows, BLOCK_ROWS);
         let long = "x".repeat(BLOCK_BYTES);
         w.push(1, [("t", FieldRef::Text(&long))]);
         assert!(w.is_full(), "a long text closes the block");
-        w.finish_into(&mut out);
+        w.finish_into(&mut out).unwrap();
         let layout = Layout::parse(&out).unwrap();
         assert_eq!(Block::new(&out, &layout).value(0, 0), Some(FieldRef::Text(&long)));
     }
@@ -429,5 +446,23 @@ mod tests {
         let mut kind = encode(&[(1, vec![("a", FieldRef::Float(1.0))])]);
         kind[4 + 8 + 2 + 4 + 1] = 9;
         assert!(Layout::parse(&kind).unwrap_err().contains("unknown field kind"));
+    }
+
+    #[test]
+    fn a_column_count_past_16_bits_is_refused_not_wrapped() {
+        let names: Vec<String> = (0..=MAX_COLUMNS).map(|i| format!("f{i:05}")).collect();
+        let mut w = BlockWriter::default();
+        w.push(1, names.iter().map(|n| (n.as_str(), FieldRef::Integer(1))));
+        assert!(w.is_full(), "no row may be added to a block this wide");
+        let mut out = Vec::new();
+        assert_eq!(w.finish_into(&mut out).unwrap_err(), "a block of 65536 columns, more than 65535");
+        let mut w = BlockWriter::default();
+        w.push(1, names[..MAX_COLUMNS - MAX_POINT_FIELDS].iter().map(|n| (n.as_str(), FieldRef::Integer(1))));
+        w.push(
+            2,
+            names[MAX_COLUMNS - MAX_POINT_FIELDS..MAX_COLUMNS].iter().map(|n| (n.as_str(), FieldRef::Integer(2))),
+        );
+        w.finish_into(&mut out).unwrap();
+        assert_eq!(Layout::parse(&out).unwrap().columns.len(), MAX_COLUMNS);
     }
 }

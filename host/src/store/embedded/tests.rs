@@ -450,3 +450,69 @@ fn the_page_cache_stays_bounded_when_a_scan_reads_more() {
 }
 
 mod blocks;
+
+fn wide(n: usize, prefix: &str, time: i64) -> Point {
+    let fields: Vec<(String, FieldValue)> = (0..n).map(|i| (format!("{prefix}{i:05}"), f(i as f64))).collect();
+    Point {
+        measurement: "wide".into(),
+        tags: BTreeMap::from([("s".to_string(), "1".to_string())]),
+        fields: fields.into_iter().collect(),
+        time,
+    }
+}
+
+#[test]
+fn a_65536_field_point_is_refused_and_its_series_stays_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.write(&[wide(3, "ok", 1)]).unwrap();
+    let err = s.write(&[wide(65_536, "f", 2)]).unwrap_err().to_string();
+    assert!(err.contains("the point has 65536 fields, more than the 1024 a point may have"), "{err}");
+    let rows = s.query(&all("wide")).unwrap();
+    assert_eq!((times(&rows), rows[0].fields.len()), (vec![1], 3));
+}
+
+#[test]
+fn points_merged_at_one_time_cannot_grow_past_the_field_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    s.write(&[wide(1000, "a", 5)]).unwrap();
+    let err = s.write(&[wide(1000, "b", 5)]).unwrap_err().to_string();
+    assert!(err.contains("would have 2000 fields once merged"), "{err}");
+    let in_one_batch = s.write(&[wide(600, "c", 6), wide(600, "d", 6)]).unwrap_err().to_string();
+    assert!(in_one_batch.contains("would have 1200 fields once merged"), "{in_one_batch}");
+    assert_eq!(s.query(&all("wide")).unwrap()[0].fields.len(), 1000, "the stored point is untouched");
+}
+
+#[test]
+fn a_block_closes_before_its_column_count_could_wrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    // 80 points of 1024 distinct fields each: 81,920 columns in one series.
+    let points: Vec<Point> = (0..80).map(|i| wide(1024, &format!("p{i:02}_"), i + 1)).collect();
+    s.write(&points).unwrap();
+    let rows = s.query(&all("wide")).unwrap();
+    assert_eq!(rows.len(), 80, "every block of the series still reads");
+    assert!(rows.iter().all(|r| r.fields.len() == 1024));
+    assert_eq!(rows[79].fields["p79_01023"], f(1023.0));
+}
+
+#[test]
+fn a_query_answer_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let text = "x".repeat(1 << 20);
+    let points: Vec<Point> =
+        (0..17).map(|i| point("big", &[], &[("t", FieldValue::Text(format!("{i}{text}")))], i + 1)).collect();
+    s.write(&points).unwrap();
+    let max = crate::store::MAX_QUERY_BYTES;
+    let errors = [s.query_within(&all("big"), max).unwrap_err(), s.query_table_within(&all("big"), max).unwrap_err()];
+    for err in errors {
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("invalid: the query's answer is larger than {max} bytes")), "{text}");
+    }
+    let limited = Query { limit: Some(15), ..all("big") };
+    assert_eq!(s.query_within(&limited, max).unwrap().len(), 15, "a smaller answer is fine");
+    assert_eq!(s.query_table_within(&limited, max).unwrap().len(), 15);
+    assert_eq!(s.query(&all("big")).unwrap().len(), 17, "tools read without the guests' bound");
+}

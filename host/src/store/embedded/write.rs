@@ -123,6 +123,7 @@ fn validate(p: &impl StoredPoint) -> Result<(), String> {
     if p.field_pairs().next().is_none() {
         return Err(format!("measurement {:?} has no fields", p.measurement()));
     }
+    crate::store::check_point_width(p.tag_pairs().count(), p.field_pairs().count())?;
     if let Some((_, v)) = p.tag_pairs().find(|(k, _)| k.is_empty()) {
         return Err(format!("empty tag key (value {v:?})"));
     }
@@ -274,7 +275,7 @@ impl SeriesWriter<'_, '_, '_> {
     /// Stores the writer's rows as a block (if it has any).
     pub fn flush(&mut self, writer: &mut BlockWriter, buf: &mut Vec<u8>) -> Result<(), StoreError> {
         let Some(first) = writer.first_time() else { return Ok(()) };
-        writer.finish_into(buf);
+        writer.finish_into(buf).map_err(StoreError::Invalid)?;
         let key = block_key(self.prefix, first);
         self.table.insert(key.as_slice(), buf.as_slice()).map_err(self.store.err("insert block"))?;
         Ok(())
@@ -297,6 +298,22 @@ impl<'f> MergedFields<'f> {
                 Err(at) => self.0.insert(at, (name, value)),
             }
         }
+    }
+
+    /// Refuses a merged row past [`crate::store::MAX_POINT_FIELDS`]: points
+    /// of one series at one time merge into one, so many narrow points (or
+    /// one written over a stored row) could otherwise build a row, and a
+    /// block, wider than any point may be.
+    fn check(&self, time: Timestamp) -> Result<(), StoreError> {
+        let max = crate::store::MAX_POINT_FIELDS;
+        if self.0.len() > max {
+            return Err(StoreError::Invalid(format!(
+                "the point at time {time} would have {} fields once merged with the points of its series at that \
+                 time, more than the {max} a point may have",
+                self.0.len()
+            )));
+        }
+        Ok(())
     }
 
     fn into_iter(self) -> impl Iterator<Item = (&'f str, FieldRef<'f>)> {
@@ -333,7 +350,10 @@ fn for_each_merged_row<'f, P: StoredPoint>(
             _ => {
                 let mut fields = MergedFields::new();
                 from_store.into_iter().for_each(|block| fields.extend(block.fields(row)));
-                points[at..at + new].iter().for_each(|p| fields.extend(p.field_pairs()));
+                for p in &points[at..at + new] {
+                    fields.extend(p.field_pairs());
+                    fields.check(time)?;
+                }
                 emit(time, &mut fields.into_iter())?;
             }
         }

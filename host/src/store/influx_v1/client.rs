@@ -14,10 +14,11 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-/// Idle connections kept for reuse.
 /// The largest answer read from InfluxDB (query results are capped in rows
-/// too, see `capabilities::influx`): a board cannot hold an unbounded one.
-pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// too, see `capabilities::influx`): a board cannot hold an unbounded one,
+/// and v1's answer is parsed into a JSON tree several times its size.
+pub const MAX_ANSWER_BYTES: usize = crate::store::MAX_QUERY_BYTES;
+/// Idle connections kept for reuse.
 const POOL: usize = 4;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -97,10 +98,18 @@ impl Client {
         };
         let response = sender.send_request(request).await.map_err(|e| format!("{}: {e}", self.describe()))?;
         let status = response.status().as_u16();
-        let body = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("{}: reading the answer (at most {MAX_ANSWER_BYTES} bytes): {e}", self.describe()))?;
+        let body =
+            http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await.map_err(|e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    format!(
+                        "{}: the answer is larger than {MAX_ANSWER_BYTES} bytes, the most the host reads; narrow the \
+                     query's time range or fields, or set a limit and query the rest in pages",
+                        self.describe()
+                    )
+                } else {
+                    format!("{}: reading the answer: {e}", self.describe())
+                }
+            })?;
         if !sender.is_closed() {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             if idle.len() < POOL {

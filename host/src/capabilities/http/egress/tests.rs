@@ -76,3 +76,31 @@ fn body_encodings() {
     assert_eq!(body_encoding(Some("Application/X-WWW-Form-Urlencoded")), Encoding::Percent);
     assert_eq!(body_encoding(None), Encoding::Raw);
 }
+
+#[test]
+fn at_most_64_placeholders_per_request() {
+    let mut s = Substituter::new(&lookup);
+    let sixty_four = "${secret:user}".repeat(MAX_PLACEHOLDERS);
+    assert_eq!(s.apply(&sixty_four, Encoding::Raw).unwrap().unwrap(), "alice".repeat(MAX_PLACEHOLDERS));
+    let err = s.apply("${secret:user}", Encoding::Raw).unwrap_err();
+    assert_eq!(err, EgressError::TooManyPlaceholders, "the count is per request, across its texts");
+    assert_eq!(err.kind(), "oversize");
+    let mut fresh = Substituter::new(&lookup);
+    let four_mib = "${secret:user}".repeat((4 << 20) / "${secret:user}".len());
+    assert_eq!(fresh.apply(&four_mib, Encoding::Raw).unwrap_err(), EgressError::TooManyPlaceholders);
+}
+
+#[test]
+fn the_sealed_request_obeys_the_body_limit() {
+    // "alice" is 5 bytes: 10 placeholders write 50.
+    let mut s = Substituter::new(&lookup).limited(40);
+    let err = s.apply(&"${secret:user}".repeat(10), Encoding::Raw).unwrap_err();
+    assert_eq!(err, EgressError::Oversize(40));
+    assert!(err.to_string().contains("http_max_body (40 bytes)"), "{err}");
+    let mut s = Substituter::new(&lookup).limited(40);
+    assert_eq!(s.apply(&format!("{}${{secret:user}}", "x".repeat(36)), Encoding::Raw), Err(EgressError::Oversize(40)));
+    let mut s = Substituter::new(&lookup).limited(12);
+    assert_eq!(s.apply("a ${secret:user}", Encoding::Raw).unwrap().unwrap(), "a alice");
+    assert_eq!(s.apply("${secret:user}", Encoding::Raw).unwrap().unwrap(), "alice");
+    assert_eq!(s.apply("${secret:user}", Encoding::Raw), Err(EgressError::Oversize(12)), "15 bytes of values in all");
+}
