@@ -186,6 +186,9 @@ http = ["private:{WATTTIME_HOST}"]
 secrets = {{ "watttime.username" = ["{WATTTIME_HOST}"], "watttime.password" = ["{WATTTIME_HOST}"], "watttime.token" = ["{WATTTIME_HOST}"] }}
 influx_write = ["carbon_intensity", "carbon_intensity_forecast"]
 
+[guests.watttime.grants.capture]
+"watttime.token" = {{ from = "{WATTTIME_HOST}", pointer = "/token", ttl = "30m" }}
+
 [guests.wattivahti]
 component = "{c1}"
 schedule = "every 1h"
@@ -198,6 +201,10 @@ http = ["private:{TOKEN_HOST}:{port}", "private:{DATA_HOST}:{port}"]
 secrets = {{ "wattivahti.refresh_token" = ["{TOKEN_HOST}:{port}"], "wattivahti.access_token" = ["{DATA_HOST}:{port}"] }}
 influx_write = ["electricity_consumption"]
 influx_read = ["electricity_consumption"]
+
+[guests.wattivahti.grants.capture]
+"wattivahti.access_token" = {{ from = "{TOKEN_HOST}:{port}", pointer = "/access_token", ttl = "1h" }}
+"wattivahti.refresh_token" = {{ from = "{TOKEN_HOST}:{port}", pointer = "/refresh_token", persist = true }}
 
 [guests.correlator]
 component = "{c2}"

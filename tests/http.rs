@@ -7,7 +7,6 @@ mod https_server;
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -48,7 +47,7 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
-        log_buffer();
+        support::log_buffer();
         let server = HttpsServer::start(&NAMES).await;
         let dir = tempfile::tempdir().expect("temp dir");
         let config = write_config(dir.path(), &server);
@@ -155,36 +154,6 @@ fn seed_secrets(path: &Path) {
         [("api.user", USER), ("api.pass", PASS), ("api.key", KEY), ("other.key", OTHER), ("admin.token", ADMIN)]
     {
         store.set(name, value, None, true).expect("set secret");
-    }
-}
-
-/// Everything logged by any host in this test binary.
-fn log_buffer() -> Arc<Mutex<Vec<u8>>> {
-    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUFFER
-        .get_or_init(|| {
-            let buffer = Arc::new(Mutex::new(Vec::new()));
-            let sink = buffer.clone();
-            let writer = move || Sink(sink.clone());
-            let _ = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::DEBUG)
-                .with_writer(writer)
-                .with_ansi(false)
-                .try_init();
-            buffer
-        })
-        .clone()
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -393,7 +362,7 @@ async fn the_guest_never_sees_a_secret() {
     }
     let (_, guest) = support::get(env.host().admin_addr(), "/guests/probe").await;
     seen.push_str(&guest.to_string());
-    let logs = String::from_utf8_lossy(&log_buffer().lock().unwrap()).to_string();
+    let logs = String::from_utf8_lossy(&support::log_buffer().lock().unwrap()).to_string();
     let guest_logs: String = logs.lines().filter(|l| l.contains("guest")).collect::<Vec<_>>().join("\n");
     assert!(guest_logs.contains("http capture: status 200"), "the probe's log lines were captured");
     let denied_line = logs

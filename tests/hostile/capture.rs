@@ -4,7 +4,6 @@
 //! upstream (`https_server.rs`), reached under several names.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -41,7 +40,7 @@ struct Env {
 
 impl Env {
     async fn start(guests: &str, seed: &[(&str, &str)]) -> Env {
-        log_buffer();
+        support::log_buffer();
         let server = HttpsServer::start(&NAMES).await;
         let dir = tempfile::tempdir().expect("temp dir");
         let config = write_config(dir.path(), &server, guests);
@@ -102,7 +101,7 @@ impl Env {
         }
         let (_, guests) = support::get(self.host.admin_addr(), "/guests").await;
         seen.push_str(&guests.to_string());
-        seen.push_str(&String::from_utf8_lossy(&log_buffer().lock().unwrap()));
+        seen.push_str(&String::from_utf8_lossy(&support::log_buffer().lock().unwrap()));
         seen
     }
 }
@@ -172,36 +171,6 @@ influx_write = ["probe_http", "{name}_runs"]
 "#,
         probe = support::probe(),
     )
-}
-
-/// Everything logged by any host in this test binary.
-fn log_buffer() -> Arc<Mutex<Vec<u8>>> {
-    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUFFER
-        .get_or_init(|| {
-            let buffer = Arc::new(Mutex::new(Vec::new()));
-            let sink = buffer.clone();
-            let writer = move || Sink(sink.clone());
-            let _ = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::DEBUG)
-                .with_writer(writer)
-                .with_ansi(false)
-                .try_init();
-            buffer
-        })
-        .clone()
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The refresh grant a guest POSTs; the host fills in the refresh token.
@@ -316,7 +285,7 @@ async fn one_guests_captured_value_does_not_blank_out_another_guests_answers() {
     let echo = [("url", env.url("data.test", "/echo")), ("method", "POST".into()), ("body", "true or false".into())];
     let seen = env.request("other", "other-echo", &pairs(&echo)).await;
     assert!(seen.body.contains("true or false") && !seen.body.contains("[redacted]"), "{seen:?}");
-    let logged = String::from_utf8_lossy(&log_buffer().lock().unwrap()).to_string();
+    let logged = String::from_utf8_lossy(&support::log_buffer().lock().unwrap()).to_string();
     let line = logged.lines().find(|l| l.contains("http other-flag: status 200")).expect("the other guest's log line");
     assert!(line.contains("a true story") && !line.contains("[redacted]"), "its words are kept: {line}");
 }
