@@ -153,7 +153,15 @@ fn init_tracing() {
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     match cli.command {
-        Command::Run => runtime.block_on(run(&cli.config)),
+        Command::Run => {
+            let ran = runtime.block_on(run(&cli.config));
+            // A compile worker still running (tier-up at a first start) holds
+            // a blocking thread that dropping the runtime would wait for:
+            // SIGTERM must not wait for a compile. The worker process exits
+            // with its process group (systemd stops the whole cgroup).
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            ran
+        }
         Command::Check => runtime.block_on(check(&cli.config)),
         Command::Secrets { action: SecretsAction::Set { name } } => secrets_set(&cli.config, &name),
         Command::Secrets { action: SecretsAction::List } => secrets_list(&cli.config),
