@@ -59,38 +59,12 @@ async fn setup() -> (Influxd, Setup, wattedge::RunningHost) {
 
 /// Runs one more correlator cycle and waits for it; returns the snapshot.
 async fn cycle(setup: &Setup, host: &wattedge::RunningHost) -> Value {
-    let addr = host.admin_addr();
-    let before = get(addr, "/guests/correlator").await.1["runs"].as_u64().unwrap_or(0);
-    let (status, _) = setup.post(addr, "/guests/correlator/invoke", "{}").await;
-    assert_eq!(status, 202);
-    let snap = wait_runs(addr, "correlator", before + 1, Duration::from_secs(20)).await;
-    assert_eq!(snap["last_run"]["outcome"], "ok", "{snap}");
-    snap
+    invoke_and_wait(setup, host, "correlator").await
 }
 
 /// Correlation rows in InfluxDB (after the outbox has forwarded them).
 async fn correlations(influxd: &Influxd, expected: usize) -> Vec<Value> {
-    let mut rows = Vec::new();
-    for _ in 0..60 {
-        let series = influxd.series(DB, "SELECT * FROM event_energy_correlation");
-        rows = series.first().map(columns_to_objects).unwrap_or_default();
-        if rows.len() >= expected {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    rows
-}
-
-fn columns_to_objects(series: &Value) -> Vec<Value> {
-    let columns: Vec<String> =
-        series["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
-    series["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| Value::Object(columns.iter().cloned().zip(row.as_array().unwrap().iter().cloned()).collect()))
-        .collect()
+    influxd.rows_of(DB, "event_energy_correlation", expected).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,9 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-use crate::compile_process::{self, CompileIn, Priority, WorkerError, WorkerInput};
+#[cfg(not(target_arch = "arm"))]
+use crate::compile_process::{self, WorkerError, WorkerInput};
+use crate::compile_process::{CompileIn, Priority};
 use crate::component::ComponentError;
 use crate::engine::{CompileMode, EngineLimits};
 
@@ -35,7 +37,8 @@ pub struct ArtifactCache {
     dir: PathBuf,
     compile_in: CompileIn,
     /// The settings of the engine the artifacts are for, which a worker
-    /// process must compile with.
+    /// process must compile with (none on 32-bit ARM).
+    #[cfg_attr(target_arch = "arm", allow(dead_code))]
     limits: EngineLimits,
     /// How hard the compiler works on misses (part of the key).
     mode: CompileMode,
@@ -43,6 +46,7 @@ pub struct ArtifactCache {
     /// [`ArtifactCache::starting_quick`]).
     start_quick: bool,
     /// The CPU priority of its worker processes.
+    #[cfg_attr(target_arch = "arm", allow(dead_code))]
     priority: Priority,
 }
 
@@ -144,6 +148,10 @@ impl ArtifactCache {
                 }
             }
         }
+        // No compiler on 32-bit ARM (Pulley runs artifacts precompiled on the
+        // build machine): no worker to start, and the board binary (budget
+        // 4 MiB) carries no process-spawning code for it.
+        #[cfg(not(target_arch = "arm"))]
         if let CompileIn::ChildProcess(exe) = &self.compile_in {
             match self.compile_in_child(exe, source_name, digest, wasm, &path) {
                 Ok(()) => return map(engine, &path).map_err(|e| ComponentError::compile(source_name, e)),
@@ -175,6 +183,7 @@ impl ArtifactCache {
         }
     }
 
+    #[cfg(not(target_arch = "arm"))]
     fn compile_in_child(
         &self,
         exe: &Path,

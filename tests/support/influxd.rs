@@ -127,6 +127,22 @@ impl Influxd {
     }
 
     /// `values` rows of every series of a query, with the series tags.
+    /// The rows of `SELECT * FROM measurement` as JSON objects (column ->
+    /// value), waiting up to 6 s for at least `expected` of them (points
+    /// reach InfluxDB through the host's outbox).
+    pub async fn rows_of(&self, db: &str, measurement: &str, expected: usize) -> Vec<Value> {
+        let mut rows = Vec::new();
+        for _ in 0..60 {
+            let series = self.series(db, &format!("SELECT * FROM {measurement}"));
+            rows = series.first().map(columns_to_objects).unwrap_or_default();
+            if rows.len() >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        rows
+    }
+
     pub fn series(&self, db: &str, q: &str) -> Vec<Value> {
         let v = self.query(db, q);
         assert!(v["results"][0].get("error").is_none(), "query {q} failed: {v}");
@@ -187,5 +203,17 @@ fn encode(text: &str) -> String {
                 format!("%{b:02X}")
             }
         })
+        .collect()
+}
+
+/// One series of an InfluxDB answer as JSON objects, column -> value.
+pub fn columns_to_objects(series: &Value) -> Vec<Value> {
+    let columns: Vec<String> =
+        series["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    series["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| Value::Object(columns.iter().cloned().zip(row.as_array().unwrap().iter().cloned()).collect()))
         .collect()
 }

@@ -209,3 +209,15 @@ impl std::io::Write for Sink {
         Ok(())
     }
 }
+
+/// Invokes `guest` once more and waits for that run to end ok; returns its
+/// snapshot.
+pub async fn invoke_and_wait(setup: &Setup, host: &wattedge::RunningHost, guest: &str) -> Value {
+    let addr = host.admin_addr();
+    let before = get(addr, &format!("/guests/{guest}")).await.1["runs"].as_u64().unwrap_or(0);
+    let (status, _) = setup.post(addr, &format!("/guests/{guest}/invoke"), "{}").await;
+    assert_eq!(status, 202);
+    let snap = wait_runs(addr, guest, before + 1, Duration::from_secs(20)).await;
+    assert_eq!(snap["last_run"]["outcome"], "ok", "{snap}");
+    snap
+}

@@ -309,7 +309,7 @@ pub async fn serve_all(
                         continue;
                     };
                     let hosts = stream.local_addr().ok().map(|local| guard::AllowedHosts::new(listen, local));
-                    let conn = serve_connection(stream, hosts, shared.clone(), stop_rx.clone());
+                    let conn = serve_connection(Box::new(stream), hosts, shared.clone(), stop_rx.clone());
                     conns.spawn(async move { conn.await; drop(slot) });
                 }
                 Err(err) => accept_failed(err).await,
@@ -320,7 +320,7 @@ pub async fn serve_all(
                         let _ = stream.try_write(guard::BUSY_RESPONSE);
                         continue;
                     };
-                    let conn = serve_connection(stream, None, shared.clone(), stop_rx.clone());
+                    let conn = serve_connection(Box::new(stream), None, shared.clone(), stop_rx.clone());
                     conns.spawn(async move { conn.await; drop(slot) });
                 }
                 Err(err) => accept_failed(err).await,
@@ -363,16 +363,21 @@ async fn finish(stop: watch::Sender<bool>, mut conns: JoinSet<()>) {
     tracing::info!("admin server stopped");
 }
 
+/// A connection of either listener. Boxed so that hyper's HTTP/1 server is
+/// compiled once, not once per stream type: a second copy cost the armv7
+/// board binary (budget 4 MiB) tens of KB.
+pub trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
 /// Serves one connection; `hosts` are the `Host` values it accepts (None:
 /// a Unix-socket connection, where any is fine).
-async fn serve_connection<S>(
-    stream: S,
+async fn serve_connection(
+    stream: Box<dyn Stream>,
     hosts: Option<guard::AllowedHosts>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let hosts = hosts.map(Arc::new);
     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let (shared, hosts) = (shared.clone(), hosts.clone());

@@ -42,7 +42,7 @@ pub async fn request_bytes(config: &Config, method: &str, path: &str, bytes: Byt
     match connect_socket(config).await {
         Ok(stream) => {
             let token = if post { admin_token(config) } else { None };
-            exchange(stream, "localhost", method, path, bytes, token).await
+            exchange(Box::new(stream), "localhost", method, path, bytes, token).await
         }
         Err(why) if post => bail!(
             "{why}; changes are sent only through the host's socket (is `wattedge run --config {}` running, and are you its user?)",
@@ -56,7 +56,7 @@ pub async fn request_bytes(config: &Config, method: &str, path: &str, bytes: Byt
                     config.path.display()
                 )
             })?;
-            exchange(stream, &addr.to_string(), method, path, bytes, None).await
+            exchange(Box::new(stream), &addr.to_string(), method, path, bytes, None).await
         }
     }
 }
@@ -82,17 +82,16 @@ async fn connect_socket(config: &Config) -> Result<tokio::net::UnixStream, Strin
 }
 
 /// One HTTP/1.1 exchange on `stream`.
-async fn exchange<S>(
-    stream: S,
+/// (One stream type, so hyper's client is compiled once: see
+/// `admin::Stream`.)
+async fn exchange(
+    stream: Box<dyn crate::admin::Stream>,
     host: &str,
     method: &str,
     path: &str,
     bytes: Bytes,
     token: Option<String>,
-) -> anyhow::Result<Reply>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) -> anyhow::Result<Reply> {
     let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let mut builder = Request::builder().method(method).uri(path).header("host", host);
