@@ -82,15 +82,8 @@ impl Env {
     /// Rows of `SELECT * FROM measurement` as column → value maps.
     fn rows(&self, measurement: &str) -> Vec<serde_json::Map<String, Value>> {
         let series = self.influxd.series(DB, &format!("SELECT * FROM \"{measurement}\""));
-        let Some(s) = series.first() else { return Vec::new() };
-        let columns: Vec<String> =
-            s["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
-        s["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| columns.iter().cloned().zip(row.as_array().unwrap().iter().cloned()).collect())
-            .collect()
+        let rows = series.first().map(influxd::columns_to_objects).unwrap_or_default();
+        rows.into_iter().filter_map(|row| if let Value::Object(map) = row { Some(map) } else { None }).collect()
     }
 
     async fn wait_rows(&self, measurement: &str, count: usize) -> Vec<serde_json::Map<String, Value>> {
