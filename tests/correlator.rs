@@ -33,9 +33,7 @@ fn event_time() -> i64 {
 }
 
 fn write(influxd: &Influxd, lines: &[String]) {
-    let (status, body) =
-        influxd.request("POST", &format!("/write?db={DB}&precision=ns"), &lines.join("\n")).expect("influxd");
-    assert_eq!(status, 204, "write failed: {body}");
+    influxd.write_lines(DB, lines);
 }
 
 fn event(entity: &str, state: &str, previous: &str, t: i64) -> String {
