@@ -1,6 +1,6 @@
 //! A real influxd for the harness, and influxd's own ingest ceiling.
 //!
-//! The server is the tests' `tests/support/influxd.rs` (Debian's influxd
+//! The server is the tests' `tests/e2e/support/influxd.rs` (Debian's influxd
 //! 1.6.7 in a temp dir on free loopback ports), included by path rather than
 //! copied so the harness and the tests start influxd the same way. Its
 //! methods block and panic on failure (they were written for tests); here
@@ -14,7 +14,7 @@
 //! influxd is compared on the same work.
 
 #[allow(dead_code)]
-#[path = "../../tests/support/influxd.rs"]
+#[path = "../../tests/e2e/support/influxd.rs"]
 mod influxd;
 
 use std::any::Any;

@@ -12,28 +12,19 @@
 //! smart-meter readings for the correlator. Every value read back is exact.
 //! `.ci/board-smoke` runs this for aarch64 and armv7.
 
-#[path = "support/https_server.rs"]
-mod https_server;
-#[allow(dead_code)]
-#[path = "support/influxd.rs"]
-mod influxd;
-mod support;
-#[path = "support/wattivahti_server.rs"]
-mod wattivahti_server;
-#[path = "support/watttime_server.rs"]
-mod watttime_server;
-
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use influxd::Influxd;
+use crate::support;
+use crate::support::influxd::Influxd;
+use crate::support::wattivahti_server::{DATA_HOST, INITIAL_REFRESH, TOKEN_HOST, TOKEN_PATH, WattiServer, quantity};
+use crate::support::watttime_server;
+use crate::support::watttime_server::{PASS, START, USER, WattTimeServer};
 use serde_json::{Map, Value, json};
 use wattedge::config::ComponentSource;
-use wattivahti_server::{DATA_HOST, INITIAL_REFRESH, TOKEN_HOST, TOKEN_PATH, WattiServer, quantity};
-use watttime_server::{PASS, START, USER, WattTimeServer};
 
 const GUESTS: [&str; 3] = ["watttime", "wattivahti", "correlator"];
 const WATTTIME_HOST: &str = "api.watttime.test";

@@ -1,14 +1,12 @@
 //! Tests of the `wattedge` binary itself: start-up on the default config,
 //! clean shutdown on SIGTERM, `check` messages and exit codes, `secrets set`.
 
-mod support;
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use crate::support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_wattedge");
 

@@ -3,16 +3,11 @@
 //! correlator runs in the host on the v1 backend, and its
 //! `event_energy_correlation` points are read back from InfluxDB.
 
-#[allow(dead_code)]
-#[path = "support/influxd.rs"]
-mod influxd;
-mod support;
-
 use std::time::Duration;
 
-use influxd::Influxd;
+use crate::support::influxd::Influxd;
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const DB: &str = "energy";
 const S: i64 = 1_000_000_000;

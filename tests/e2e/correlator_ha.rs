@@ -8,16 +8,11 @@
 //! influxd's `/write`; the shipped correlator runs in the host on the v1
 //! backend, and its points are read back from InfluxDB.
 
-#[allow(dead_code)]
-#[path = "support/influxd.rs"]
-mod influxd;
-mod support;
-
 use std::time::Duration;
 
-use influxd::Influxd;
+use crate::support::influxd::Influxd;
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const DB: &str = "home_assistant";
 const S: i64 = 1_000_000_000;

@@ -1,12 +1,10 @@
 //! End-to-end tests of the foundation: real components (the shipped guests
 //! and the test probe) run by the real host, with short schedules.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use wattedge::store::FieldValue;
 
 fn float(row: &wattedge::store::Row, field: &str) -> f64 {

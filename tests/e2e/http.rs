@@ -2,15 +2,12 @@
 //! requests, and a local HTTPS upstream with a CA generated at test time
 //! (trusted through `host.extra_ca`, reached through `host.resolve`).
 
-#[path = "support/https_server.rs"]
-mod https_server;
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::support;
+use crate::support::https_server::{HttpsServer, REFRESH, TOKEN};
 use base64::Engine as _;
-use https_server::{HttpsServer, REFRESH, TOKEN};
 use serde_json::{Value, json};
 use wattedge::store::FieldValue;
 

@@ -4,17 +4,12 @@
 //! and hostile names. Nothing is skipped: without influxd these tests fail
 //! and say how to install it.
 
-#[allow(dead_code)]
-#[path = "support/influxd.rs"]
-mod influxd;
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use influxd::Influxd;
-use support::*;
+use crate::support::influxd::Influxd;
+use crate::support::*;
 use wattedge::store::{FieldValue, Query, Selector, StoreError, TimeSeriesStore};
 
 const DB: &str = "energy";
@@ -184,13 +179,12 @@ async fn influxd_down_for_30s_during_writes_loses_and_duplicates_nothing() {
     host.shutdown().await;
 }
 
-/// Helper process for the SIGKILL test: writes through the v1 backend from
-/// four tasks and prints `ok WRITER SEQ` after each acknowledged write.
-#[test]
-#[ignore = "helper process started by sigkilled_writer_loses_no_acknowledged_point"]
-fn sigkill_writer_child() {
-    let outbox = std::env::var("WATTEDGE_TEST_OUTBOX").expect("run by the SIGKILL test");
-    let url = std::env::var("WATTEDGE_TEST_INFLUX_URL").expect("run by the SIGKILL test");
+/// The writer process of the SIGKILL test (this test binary again, filtered
+/// to that test, with `WATTEDGE_TEST_OUTBOX` set): writes through the v1
+/// backend from four tasks and prints `ok WRITER SEQ` after each
+/// acknowledged write, until it is killed.
+fn sigkill_writer(outbox: String) {
+    let url = std::env::var("WATTEDGE_TEST_INFLUX_URL").expect("set with WATTEDGE_TEST_OUTBOX by the SIGKILL test");
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async move {
         let config = wattedge::config::Config::parse(
@@ -233,15 +227,33 @@ fn sigkill_writer_child() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_writer_loses_no_acknowledged_point() {
+/// One test, two roles: the process that `cargo test` starts checks, the
+/// writer process it starts (the same binary, same filter, with
+/// `WATTEDGE_TEST_OUTBOX` set) writes until it is SIGKILLed. No separate
+/// helper "test" that would run, and fail, on its own under `--ignored`.
+#[test]
+fn sigkilled_writer_loses_no_acknowledged_point() {
+    if let Ok(outbox) = std::env::var("WATTEDGE_TEST_OUTBOX") {
+        return sigkill_writer(outbox);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(sigkilled_writer_is_checked());
+}
+
+async fn sigkilled_writer_is_checked() {
     let mut influxd = Influxd::start();
     influxd.create_database(DB);
     influxd.stop(); // everything the writer acknowledges must come from the outbox
     let setup = Setup::new("127.0.0.1:0", &influx_section(&influxd));
     let outbox = setup.dir.path().join("state").join("outbox");
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "sigkill_writer_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "influx::sigkilled_writer_loses_no_acknowledged_point",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("WATTEDGE_TEST_OUTBOX", &outbox)
         .env("WATTEDGE_TEST_INFLUX_URL", influxd.url())
         .stdout(std::process::Stdio::piped())

@@ -4,15 +4,11 @@
 //! trips through the outbox and Flux, structured queries, hostile names, and
 //! a refused token that is retried, not dropped.
 
-#[path = "support/influx2_server.rs"]
-mod influx2_server;
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use influx2_server::{Influx2Server, ORG};
-use support::*;
+use crate::support::influx2_server::{Influx2Server, ORG};
+use crate::support::*;
 use wattedge::store::{FieldValue, Point, Query, Row, Selector, StoreError};
 
 const BUCKET: &str = "energy";

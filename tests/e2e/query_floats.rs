@@ -5,16 +5,11 @@
 //! limit and tag filter; and a guest asking for an ungranted measurement is
 //! refused and counted like a denied `query`.
 
-#[allow(dead_code)]
-#[path = "support/influxd.rs"]
-mod influxd;
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use influxd::Influxd;
-use support::*;
+use crate::support::influxd::Influxd;
+use crate::support::*;
 use wattedge::store::{FieldValue, FloatSeries, Point, Query, Selector, TimeSeriesStore};
 
 const T0: i64 = 1_700_000_000_000_000_000;

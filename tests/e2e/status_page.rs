@@ -7,14 +7,12 @@
 //! fetched `/guests` and rendered it. A phone-width screenshot is saved to
 //! `target/test-artifacts/status-page.png`.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use wattedge::store::{FieldValue, Point, now_ns};
 
 const CHROMIUM: &str = "/usr/bin/chromium";

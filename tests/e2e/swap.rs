@@ -1,12 +1,10 @@
 //! Hot swap, rollback, file-change swaps, restart backoff, memory limits and
 //! a swap soak: purpose-built misbehaving guests against the real host.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 use wattedge::store::FieldValue;
 
 /// The probe component with a custom section appended: a different version

@@ -5,12 +5,10 @@
 //! (Against a real influxd, tests/correlator.rs runs the same calls through
 //! the trait's default `query-table` and the outbox's `write-table`.)
 
-mod support;
-
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 use wattedge::store::{FieldValue, Point};
 
 const S: i64 = 1_000_000_000;

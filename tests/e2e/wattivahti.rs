@@ -10,23 +10,15 @@
 //! refresh token, `invalid_grant`, the PT1H fallback, both DST days and the
 //! incremental start.
 
-#[path = "support/https_server.rs"]
-mod https_server;
-#[allow(dead_code)]
-#[path = "support/influxd.rs"]
-mod influxd;
-mod support;
-#[path = "support/wattivahti_server.rs"]
-mod wattivahti_server;
-
 use std::time::Duration;
 
-use influxd::Influxd;
-use serde_json::{Value, json};
-use wattedge::store::{FieldValue, Query, Row};
-use wattivahti_server::{
+use crate::support;
+use crate::support::influxd::Influxd;
+use crate::support::wattivahti_server::{
     DATA_HOST, DataMode, INITIAL_REFRESH, TOKEN_HOST, TOKEN_PATH, TokenMode, WattiServer, quantity,
 };
+use serde_json::{Value, json};
+use wattedge::store::{FieldValue, Query, Row};
 
 const ADMIN: &str = "admin-token-for-wattivahti-tests";
 const REFRESH: &str = "wattivahti.refresh_token";

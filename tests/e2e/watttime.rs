@@ -2,22 +2,16 @@
 //! a local WattTime v3 server over HTTPS (its CA in `host.extra_ca`, its name
 //! in `host.resolve`), and a real influxd behind `[influx] backend = "v1"`.
 
-#[path = "support/https_server.rs"]
-mod https_server;
-#[allow(dead_code)]
-#[path = "support/influxd.rs"]
-mod influxd;
-mod support;
-#[path = "support/watttime_server.rs"]
-mod watttime_server;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use influxd::Influxd;
+use crate::support;
+use crate::support::influxd;
+use crate::support::influxd::Influxd;
+use crate::support::watttime_server;
+use crate::support::watttime_server::{PASS, Reply, START, USER, WattTimeServer};
 use serde_json::{Value, json};
-use watttime_server::{PASS, Reply, START, USER, WattTimeServer};
 
 const NAME: &str = "api.watttime.test";
 const DB: &str = "energy";

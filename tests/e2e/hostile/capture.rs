@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use wattedge::store::FieldValue;
 
-use crate::https_server::HttpsServer;
 use crate::support;
+use crate::support::https_server::HttpsServer;
 
 /// The refresh token the operator set; the upstream rotates it.
 const SEEDED_REFRESH: &str = "ref-SEEDED-0f3e9d2c";

@@ -8,11 +8,6 @@
 //! - `limits`: no panics, one memory limit per guest, bounded host work
 //! - `surface`: the host log, the admin API and CLI, addresses and files
 
-#[path = "../support/https_server.rs"]
-mod https_server;
-#[path = "../support/mod.rs"]
-mod support;
-
 mod capture;
 mod limits;
 mod surface;

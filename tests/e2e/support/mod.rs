@@ -2,6 +2,13 @@
 //! started in-process on 127.0.0.1:0, and a tiny HTTP client for the admin API.
 #![allow(dead_code)]
 
+pub mod https_server;
+#[cfg(feature = "influx-v2")]
+pub mod influx2_server;
+pub mod influxd;
+pub mod wattivahti_server;
+pub mod watttime_server;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -101,7 +101,7 @@ pub struct WattiServer {
     pub addr: SocketAddr,
     pub ca_pem: String,
     state: Arc<Mutex<State>>,
-    _serving: crate::https_server::Serving,
+    _serving: super::https_server::Serving,
 }
 
 impl WattiServer {
@@ -119,7 +119,7 @@ impl WattiServer {
         let shared = state.clone();
         let hosts = [TOKEN_HOST, DATA_HOST];
         let (addr, ca_pem, serving) =
-            crate::https_server::serve_tls(&hosts, move |req| answer(req, shared.clone())).await;
+            super::https_server::serve_tls(&hosts, move |req| answer(req, shared.clone())).await;
         WattiServer { addr, ca_pem, state, _serving: serving }
     }
 
@@ -279,7 +279,7 @@ fn helsinki_offset(t: DateTime<Utc>) -> Duration {
 }
 
 fn reply(status: u16, value: Value) -> hyper::Response<Full<Bytes>> {
-    crate::https_server::json_reply(status, "application/json; charset=utf-8", value)
+    super::https_server::json_reply(status, "application/json; charset=utf-8", value)
 }
 
 fn form_value(text: &str, name: &str) -> Option<String> {

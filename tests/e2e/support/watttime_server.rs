@@ -1,5 +1,5 @@
 //! A local WattTime v3 API for the watttime guest's tests, over HTTPS with the
-//! test CA of [`crate::https_server`], following the upstream facts in
+//! test CA of [`super::https_server`], following the upstream facts in
 //! DESIGN.md:
 //!
 //! | request | answer |
@@ -82,7 +82,7 @@ pub struct WattTimeServer {
     pub addr: SocketAddr,
     ca_pem: String,
     shared: Arc<Mutex<Shared>>,
-    _serving: crate::https_server::Serving,
+    _serving: super::https_server::Serving,
 }
 
 impl WattTimeServer {
@@ -90,7 +90,7 @@ impl WattTimeServer {
     pub async fn start(name: &str) -> WattTimeServer {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let state = shared.clone();
-        let (addr, ca_pem, serving) = crate::https_server::serve_tls(&[name], move |req| {
+        let (addr, ca_pem, serving) = super::https_server::serve_tls(&[name], move |req| {
             let state = state.clone();
             async move { answer(&req, &state) }
         })
@@ -146,7 +146,7 @@ fn answer<B>(req: &hyper::Request<B>, state: &Mutex<Shared>) -> hyper::Response<
         at: Instant::now(),
         path: req.uri().path().to_string(),
         query: req.uri().query().unwrap_or("").to_string(),
-        headers: crate::https_server::header_pairs(req.headers()),
+        headers: super::https_server::header_pairs(req.headers()),
     };
     shared.requests.push(request.clone());
     let auth = request.header("authorization").unwrap_or("").to_string();
@@ -239,5 +239,5 @@ pub fn rfc3339(secs: i64) -> String {
 }
 
 fn json_reply(status: u16, value: Value) -> hyper::Response<Full<Bytes>> {
-    crate::https_server::json_reply(status, "application/json", value)
+    super::https_server::json_reply(status, "application/json", value)
 }
