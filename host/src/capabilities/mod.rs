@@ -4,6 +4,9 @@
 //! field per wattedge capability. Host-side state that must outlive a store
 //! (health, counters, wake-ups, written-point totals) lives in
 //! [`GuestShared`], which the supervisor keeps across restarts and swaps.
+//!
+//! In unit tests, `testing::TestGuest` builds a [`GuestCtx`] without wasm,
+//! so the host functions can be called directly (see `tests`).
 
 pub mod denials;
 pub mod http;
@@ -14,6 +17,10 @@ pub mod schedule;
 pub mod secrets;
 pub mod state;
 pub mod status;
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
 pub mod wasi;
 
 use std::sync::Arc;
