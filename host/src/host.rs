@@ -13,6 +13,7 @@ use crate::config::{Config, InfluxConfig};
 use crate::engine::{self, EpochTicker};
 use crate::secrets::SecretStore;
 use crate::store::{EmbeddedBackend, TimeSeriesStore};
+use crate::supervisor::clock::Clock;
 use crate::supervisor::{Runtime, Supervisor};
 
 /// Secret that holds the admin API's bearer token.
@@ -133,6 +134,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
         linker: Arc::new(linker),
         services,
         cache: Some(ArtifactCache::new(config.host.state_dir.join("cache"), limits).compiling_in(options.compile_in)),
+        clock: Clock::Wall,
     });
     // After the stores: their locks make sure no other host uses this
     // state_dir, whose socket this one replaces.

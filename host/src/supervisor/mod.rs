@@ -4,13 +4,16 @@
 //! can never overlap and a slow or failing guest never delays another. The
 //! task waits for the earliest of its schedule, a wake-up the guest asked
 //! for, or a manual invoke; a trap or timeout discards the instance and the
-//! next trigger starts a fresh one (with `init` again).
+//! next trigger starts a fresh one (with `init` again). Schedules are read
+//! on the runtime's [`clock::Clock`]: the wall clock, or tokio's in tests.
 
+pub mod clock;
 mod instance;
 mod record;
 mod runner;
 pub mod swap;
 mod tier_up;
+mod timetable;
 
 use std::sync::{Arc, Mutex};
 
@@ -38,6 +41,8 @@ pub struct Runtime {
     pub ticker: EpochTicker,
     /// Compiled guests from earlier starts (none for `check`).
     pub cache: Option<crate::artifact_cache::ArtifactCache>,
+    /// What schedules are read on: the wall clock, or tokio's in tests.
+    pub clock: clock::Clock,
 }
 
 impl Runtime {

@@ -1,7 +1,7 @@
 //! The task that drives one guest: it owns the guest's store, so runs are
-//! strictly sequential; it decides what the next trigger is, applies the
-//! restart backoff after failures, and installs hot-swapped components
-//! between runs.
+//! strictly sequential; it waits for the next trigger its `Timetable` names
+//! (schedule, wake-up, restart backoff, read on the runtime's `Clock`) or an
+//! invoke, and installs hot-swapped components between runs.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use super::instance::{self, Live, TIMEOUT_GRACE, describe_guest_error, describe_trap};
 use super::record::FinishedRun;
 use super::swap::Prepared;
+use super::timetable::Timetable;
 use super::{GuestHandle, Outcome, Runtime};
 use crate::admin::GuestState;
 use crate::artifact_cache::ArtifactCache;
@@ -30,17 +31,9 @@ pub struct GuestTask {
     shutdown: CancellationToken,
     component: Option<LoadedComponent>,
     live: Option<Live>,
-    /// When the schedule next fires.
-    next_scheduled: SystemTime,
-    /// No scheduled run before this (restart backoff after failures).
-    backoff_until: Option<SystemTime>,
-    /// No wake-up before this: [`MIN_WAKE_GAP`] after the last run.
-    wake_not_before: Option<SystemTime>,
+    /// When the next scheduled run or wake-up is due.
+    timetable: Timetable,
 }
-
-/// The least time between a run and a wake-up it asked for: a guest that
-/// asks to run again at once on every run must not spin the host.
-const MIN_WAKE_GAP: Duration = Duration::from_secs(1);
 
 enum Next {
     Run(Trigger, String),
@@ -56,19 +49,8 @@ impl GuestTask {
         invokes: mpsc::Receiver<Vec<(String, String)>>,
         shutdown: CancellationToken,
     ) -> GuestTask {
-        // The first run happens right after start-up, so status is known at once.
-        let next_scheduled = SystemTime::now();
-        GuestTask {
-            runtime,
-            handle,
-            invokes,
-            shutdown,
-            component: None,
-            live: None,
-            next_scheduled,
-            backoff_until: None,
-            wake_not_before: None,
-        }
+        let timetable = Timetable::starting_now(runtime.clock);
+        GuestTask { runtime, handle, invokes, shutdown, component: None, live: None, timetable }
     }
 
     /// Runs until shutdown.
@@ -213,7 +195,7 @@ impl GuestTask {
         self.record(|r| {
             r.previous_version = previous_version;
             r.version = Some(version);
-            r.swapped_at = Some(SystemTime::now());
+            r.swapped_at = Some(self.timetable.clock().now());
             r.initialized = true;
             r.blocked = None;
         });
@@ -224,18 +206,10 @@ impl GuestTask {
 
     /// Waits for the earliest of schedule, wake-up, invoke, swap or shutdown.
     async fn next_trigger(&mut self) -> Next {
-        // After failed runs, a guest's own wake-up waits out the backoff too:
-        // a guest that asks to run again and then fails must not loop.
-        let backed_off = |at: SystemTime| self.backoff_until.map_or(at, |b| b.max(at));
-        let gap = |at: SystemTime| self.wake_not_before.map_or(at, |n| n.max(at));
-        let wake = self.handle.shared.wake.peek().map(from_ns).map(gap).map(backed_off);
-        let scheduled = backed_off(self.next_scheduled);
-        let (at, is_wake) = match wake {
-            Some(w) if w < scheduled => (w, true),
-            _ => (scheduled, false),
-        };
+        let due = self.timetable.due(self.handle.shared.wake.peek().map(from_ns));
+        let (at, is_wake) = (due.at, due.is_wake);
         self.record(|r| r.next_run = Some(at));
-        let delay = at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
+        let delay = self.timetable.clock().until(at);
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => Next::Stop,
@@ -247,24 +221,12 @@ impl GuestTask {
                     let at = self.handle.shared.wake.take().unwrap_or_else(|| to_ns(at));
                     Next::Run(Trigger::Wake(at), "wake".into())
                 } else {
-                    let planned = self.next_scheduled;
-                    self.advance_schedule(planned);
+                    let planned = self.timetable.next_scheduled();
+                    self.timetable.advance_schedule(&self.handle.config.schedule, planned);
                     Next::Run(Trigger::Scheduled(to_ns(planned)), "scheduled".into())
                 }
             }
         }
-    }
-
-    /// Moves the schedule past `planned`; a backlog (the host was suspended,
-    /// a run overran, or backoff held runs back) collapses into one run.
-    fn advance_schedule(&mut self, planned: SystemTime) {
-        let now = SystemTime::now();
-        let schedule = &self.handle.config.schedule;
-        let mut next = schedule.next_after(planned).unwrap_or(now + Duration::from_secs(3600));
-        while next < now {
-            next = schedule.next_after(next).unwrap_or(now + Duration::from_secs(3600));
-        }
-        self.next_scheduled = next;
     }
 
     async fn run_once(&mut self, trigger: Trigger, label: String) {
@@ -272,7 +234,7 @@ impl GuestTask {
         let config = &self.handle.config;
         live.store.data_mut().deadline = Some(std::time::Instant::now() + config.run_timeout);
         live.store.set_epoch_deadline(1);
-        let started = SystemTime::now();
+        let started = self.timetable.clock().now();
         let outcome = {
             let _running = self.runtime.ticker.running();
             let call = live.guest.call_run(&mut live.store, &trigger);
@@ -295,28 +257,21 @@ impl GuestTask {
             self.live = None;
             self.record(|r| r.initialized = false);
         }
-        let finished = SystemTime::now();
+        let finished = self.timetable.clock().now();
         if outcome != Outcome::Ok {
             tracing::warn!(guest = %self.handle.config.name, trigger = %label, outcome = %shown(format!("{outcome:?}")), "run failed");
         }
         self.report_dropped_warnings();
         self.apply_backoff(&outcome, finished);
-        self.wake_not_before = Some(finished + MIN_WAKE_GAP);
         self.record(|r| r.finish(FinishedRun { started, finished, trigger: label, outcome, version }));
     }
 
-    /// After `n` failures in a row, scheduled runs wait
-    /// `min(restart_backoff * 2^(n-1), max_backoff)`; a success clears it.
+    /// Tells the timetable how the run ended: the least gap before a
+    /// wake-up, and the restart backoff after failures in a row.
     fn apply_backoff(&mut self, outcome: &Outcome, finished: SystemTime) {
-        if *outcome == Outcome::Ok {
-            self.backoff_until = None;
-            return;
-        }
-        let failures = self.handle.record.lock().expect("record lock").consecutive_failures + 1;
-        let policy = &self.handle.config.restart;
-        let factor = 2u32.saturating_pow((failures - 1).min(30) as u32);
-        let delay = policy.backoff.saturating_mul(factor).min(policy.max_backoff);
-        self.backoff_until = Some(finished + delay);
+        let ok = *outcome == Outcome::Ok;
+        let failures = if ok { 0 } else { self.handle.record.lock().expect("record lock").consecutive_failures + 1 };
+        self.timetable.ran(ok, failures, &self.handle.config.restart, finished);
     }
 
     /// Says in the log how many warnings about the guest's denied requests
