@@ -1,4 +1,4 @@
-//! Hostile modes for the host's limits (issue 21, tests/hostile/limits.rs):
+//! Hostile modes for the host's limits (issue 21, tests/e2e/hostile/limits.rs):
 //! each makes one call a well-behaved guest never would, and reports what
 //! the host answered.
 //!
