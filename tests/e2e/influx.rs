@@ -125,7 +125,7 @@ async fn hostile_names_cannot_inject_and_missing_database_is_unavailable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "slow (a 38 s outage): .ci/run runs it; locally `cargo test --test e2e -- --ignored`"]
+#[ignore = "slow (a 38 s outage): .ci/run runs it; locally `cargo test --workspace --test e2e -- --ignored`"]
 async fn influxd_down_for_30s_during_writes_loses_and_duplicates_nothing() {
     let mut influxd = Influxd::start();
     influxd.create_database(DB);

@@ -4,9 +4,12 @@
 //! stand-ins for the upstream APIs (`support`).
 //!
 //! One module per area; run one with a filter, e.g.
-//! `cargo test -p wattedge --test e2e -- swap::`. Tests that take a minute
-//! or more are `#[ignore]`d with the reason "slow": `.ci/run` runs them
-//! with `cargo test -p wattedge --test e2e -- --ignored`.
+//! `cargo test --workspace --test e2e -- swap::`. The two tests that take a
+//! minute between them (the swap soak, the influxd outage) are `#[ignore]`d
+//! with the reason "slow": `.ci/run` runs them with
+//! `cargo test --workspace --test e2e -- --ignored`. Nothing else here is
+//! ignored: a test's helper process is the same test, told its role by an
+//! environment variable (see `influx::sigkilled_writer_loses_no_acknowledged_point`).
 
 mod support;
 

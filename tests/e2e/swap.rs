@@ -276,7 +276,7 @@ async fn a_guest_outgrowing_the_reservation_reaches_its_limit_without_copying_at
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "slow (a 60 s soak): .ci/run runs it; locally `cargo test --test e2e -- --ignored`"]
+#[ignore = "slow (a 60 s soak): .ci/run runs it; locally `cargo test --workspace --test e2e -- --ignored`"]
 async fn soak_fifty_swaps_in_a_minute_lose_no_run_and_no_point() {
     let (setup, host) = start(&probe_guest("soak", "every 1s", "mode = \"write\"")).await;
     let addr = host.admin_addr();
