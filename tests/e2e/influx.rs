@@ -2,7 +2,8 @@
 //! per test by `support/influxd.rs`): exact round trips, structured
 //! queries, a 30 s outage, a SIGKILLed writer, a torn outbox record, grants
 //! and hostile names. Nothing is skipped: without influxd these tests fail
-//! and say how to install it.
+//! and say how to install it. The outage takes 38 s, so it is `#[ignore]`d
+//! in the default run and run by `.ci/run` (`-- --ignored`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;

@@ -1,5 +1,7 @@
 //! Hot swap, rollback, file-change swaps, restart backoff, memory limits and
 //! a swap soak: purpose-built misbehaving guests against the real host.
+//! The soak takes a minute, so it is `#[ignore]`d in the default run and
+//! run by `.ci/run` (`-- --ignored`).
 
 use std::time::{Duration, Instant};
 
