@@ -183,7 +183,11 @@ impl AdminBackend for Supervisor {
     }
 
     fn extra_metrics(&self) -> String {
-        record::store_metrics(&self.guests, self.services.store.kind()) + &self.services.store.metrics()
+        record::store_metrics(&self.guests) + &self.services.store.metrics()
+    }
+
+    fn store_status(&self) -> crate::store::StoreStatus {
+        self.services.store.status()
     }
 
     fn series(&self, guest: &str, measurement: &str, limit: u32) -> AdminFuture<'_, Vec<LatestPoint>> {

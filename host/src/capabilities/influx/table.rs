@@ -3,9 +3,7 @@
 //! those of `query` and `write`; only the shape differs.
 
 use crate::bindings::influx::{self as wit, InfluxError};
-use crate::store::line_protocol;
-use crate::store::outbox::{self, OutboxSink, RecordBuf};
-use crate::store::table::{Cell, FieldColumn, Table, TableView, TagColumn};
+use crate::store::table::{Cell, FieldColumn, Table, TagColumn};
 use crate::store::{Point, StoreError};
 
 use super::{InfluxCap, InfluxMetrics, MAX_QUERY_ROWS, capped, finish_query, query_from_wit};
@@ -32,41 +30,13 @@ impl InfluxCap {
         rows: wit::Table,
     ) -> Result<(u32, Option<Point>), StoreError> {
         let table = table_from_wit(rows);
-        let view = table.view(&measurement).map_err(StoreError::Invalid)?;
-        let latest = view.rows().max_by_key(|r| r.time()).map(|r| r.to_point());
-        let written = match self.store.outbox_sink() {
-            Some(sink) => write_to_outbox(&sink, &view).await?,
-            None => {
-                drop(view);
-                self.store.write_table(measurement, table).await?
-            }
+        let latest = {
+            let view = table.view(&measurement).map_err(StoreError::Invalid)?;
+            view.rows().max_by_key(|r| r.time()).map(|r| r.to_point())
         };
+        let written = self.store.write_table(measurement, table).await?;
         Ok((written, latest))
     }
-}
-
-/// Encodes the rows as line protocol into one outbox record, with the
-/// checks and messages of a `write` of the same points.
-async fn write_to_outbox(sink: &OutboxSink, view: &TableView<'_>) -> Result<u32, StoreError> {
-    let count =
-        u32::try_from(view.rows().len()).map_err(|_| StoreError::Invalid("too many rows in one write".into()))?;
-    if count == 0 {
-        return Ok(0);
-    }
-    for (i, row) in view.rows().enumerate() {
-        let unsigned = row.fields().find(|(_, v)| matches!(v, line_protocol::FieldRef::Unsigned(_)));
-        if let Some((name, _)) = unsigned
-            && let Some(refused) = sink.refuse_unsigned(i, name)
-        {
-            return Err(refused);
-        }
-    }
-    let mut record = RecordBuf::with_capacity(64 * count as usize);
-    for (i, row) in view.rows().enumerate() {
-        line_protocol::encode_parts(view.measurement(), row.tags(), row.fields(), row.time(), record.lines())
-            .map_err(|m| StoreError::Invalid(format!("point {i}: {m}")))?;
-    }
-    outbox::append_record(&sink.outbox, record, count).await
 }
 
 fn table_from_wit(t: wit::Table) -> Table {
