@@ -184,6 +184,72 @@ async fn influxd_down_for_30s_during_writes_loses_and_duplicates_nothing() {
     host.shutdown().await;
 }
 
+/// `GET /api/store` once, as JSON.
+async fn store_status(addr: std::net::SocketAddr) -> serde_json::Value {
+    let (status, body) = get(addr, "/api/store").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_store_shows_the_outbox_rising_while_influxd_is_down_and_empty_once_it_is_back() {
+    let mut influxd = Influxd::start();
+    influxd.create_database(DB);
+    let (_setup, host) = start(&influx_section(&influxd)).await;
+    let addr = host.admin_addr();
+    let up = store_status(addr).await;
+    assert_eq!(up["backend"], "influxdb-v1", "{up}");
+    assert_eq!((up["outbox_depth"].as_u64(), up["reachable"].as_bool()), (Some(0), Some(true)), "{up}");
+    influxd = tokio::task::spawn_blocking(move || {
+        influxd.stop();
+        influxd
+    })
+    .await
+    .unwrap();
+    let write = |seq: i64| host.store().write(vec![point("down", &[], vec![("seq", FieldValue::Integer(seq))], T0 + seq)]);
+    write(0).await.unwrap();
+    let first = wait_for(Duration::from_secs(20), "the failed delivery to show", || async {
+        let s = store_status(addr).await;
+        (s["reachable"] == false && s["last_error"].is_string()).then_some(s)
+    })
+    .await;
+    assert_eq!(first["outbox_depth"], 1, "{first}");
+    assert!(first["outbox_bytes"].as_u64().unwrap() > 0, "{first}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    write(1).await.unwrap();
+    let second = store_status(addr).await;
+    assert_eq!(second["outbox_depth"], 2, "the depth rises with each write: {second}");
+    assert!(second["outbox_bytes"].as_u64() > first["outbox_bytes"].as_u64(), "{first} then {second}");
+    let (first_age, second_age) = (first["outbox_oldest_age_seconds"].as_f64(), second["outbox_oldest_age_seconds"].as_f64());
+    assert!(second_age.unwrap() >= first_age.unwrap() + 1.0, "the oldest point ages: {first} then {second}");
+    let (_, metrics) = get(addr, "/metrics").await;
+    let metrics = metrics.as_str().expect("metrics text").to_string();
+    assert_eq!(metric(&metrics, "wattedge_outbox_points"), 2.0, "/metrics shows the same status:\n{metrics}");
+    assert_eq!(metric(&metrics, "wattedge_influx_up"), 0.0, "{metrics}");
+    influxd = tokio::task::spawn_blocking(move || {
+        influxd.restart();
+        influxd
+    })
+    .await
+    .unwrap();
+    let back = wait_for(Duration::from_secs(30), "the outbox to drain", || async {
+        let s = store_status(addr).await;
+        (s["outbox_depth"] == 0).then_some(s)
+    })
+    .await;
+    let expected = serde_json::json!({
+        "backend": "influxdb-v1",
+        "outbox_depth": 0,
+        "outbox_bytes": 0,
+        "outbox_oldest_age_seconds": 0.0,
+        "reachable": true,
+        "last_error": null,
+    });
+    assert_eq!(back, expected);
+    assert_eq!(influxd.series(DB, "SELECT count(\"seq\") FROM \"down\"")[0]["values"][0][1], 2);
+    host.shutdown().await;
+}
+
 /// Helper process for the SIGKILL test: writes through the v1 backend from
 /// four tasks and prints `ok WRITER SEQ` after each acknowledged write.
 #[test]
