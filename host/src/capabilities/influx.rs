@@ -1,5 +1,7 @@
 //! The `influx` capability: guests write and query time series through the
-//! configured store, only for the measurements their grants name.
+//! configured store, only for the measurements their grants name. Every
+//! point a guest writes carries the host's `[host] tags`: a guest's tag of
+//! the same key is replaced by the host's value.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -49,15 +51,23 @@ pub struct InfluxCap {
     store: Arc<dyn TimeSeriesStore>,
     write_grants: HashSet<String>,
     read_grants: HashSet<String>,
+    /// `[host] tags`, keys ascending.
+    host_tags: Arc<[(String, String)]>,
 }
 
 impl InfluxCap {
-    pub fn new(guest: Arc<str>, grants: &Grants, store: Arc<dyn TimeSeriesStore>) -> InfluxCap {
+    pub fn new(
+        guest: Arc<str>,
+        grants: &Grants,
+        store: Arc<dyn TimeSeriesStore>,
+        host_tags: Arc<[(String, String)]>,
+    ) -> InfluxCap {
         InfluxCap {
             guest,
             store,
             write_grants: grants.influx_write.iter().cloned().collect(),
             read_grants: grants.influx_read.iter().cloned().collect(),
+            host_tags,
         }
     }
 
@@ -113,6 +123,9 @@ impl wit::Host for super::GuestCtx {
     async fn write(&mut self, mut points: Vec<WitPoint>) -> Result<u32, InfluxError> {
         let metrics = &self.shared.influx;
         self.influx.check_write(points.iter().map(|p| p.measurement.as_str()), &self.shared)?;
+        if !self.influx.host_tags.is_empty() {
+            points.iter_mut().for_each(|p| set_host_tags(&mut p.tags, &self.influx.host_tags));
+        }
         check_widths(&points, metrics)?;
         let began = Instant::now();
         let latest: Vec<Point> = latest_per_measurement(&points);
@@ -262,6 +275,13 @@ async fn write_to_store(store: &dyn TimeSeriesStore, points: Vec<WitPoint>) -> R
     }
 }
 
+/// Sets the host's tags (keys ascending) on a point's `tags`: a guest's
+/// tag with a host tag's key is dropped, so the host's value wins.
+fn set_host_tags(tags: &mut Vec<(String, String)>, host: &[(String, String)]) {
+    tags.retain(|(k, _)| host.binary_search_by(|(h, _)| h.as_str().cmp(k)).is_err());
+    tags.extend(host.iter().cloned());
+}
+
 /// Whether keys are strictly ascending: then they are already in the order
 /// a [`Point`]'s maps would give them, with no key repeated.
 fn ascending<T>(pairs: &[(String, T)]) -> bool {
@@ -406,6 +426,16 @@ mod tests {
         let mut tagged = wit_point(&[], &[("w", 1.0)]);
         tagged.tags = (0..=crate::store::MAX_POINT_TAGS).map(|i| (format!("t{i}"), "v".into())).collect();
         assert!(matches!(check_widths(&[tagged], &metrics), Err(InfluxError::Invalid(m)) if m.contains("tags")));
+    }
+
+    #[test]
+    fn host_tags_are_added_and_win_over_a_guest_s_tag_of_the_same_key() {
+        let host = [("site".to_string(), "cottage".to_string()), ("zone".to_string(), "n".to_string())];
+        let mut p = wit_point(&[("site", "guest"), ("phase", "L1"), ("site", "again")], &[("w", 1.0)]);
+        set_host_tags(&mut p.tags, &host);
+        sort_keys(&mut p);
+        let tags: Vec<(&str, &str)> = p.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(tags, [("phase", "L1"), ("site", "cottage"), ("zone", "n")]);
     }
 
     #[test]

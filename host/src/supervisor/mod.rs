@@ -6,6 +6,7 @@
 //! for, or a manual invoke; a trap or timeout discards the instance and the
 //! next trigger starts a fresh one (with `init` again).
 
+mod health;
 mod instance;
 mod record;
 mod runner;
@@ -104,6 +105,18 @@ impl Supervisor {
         }
         let services = runtime.services.clone();
         Supervisor { runtime, guests: handles, tasks: Mutex::new(tasks), services }
+    }
+
+    /// Writes the host's health rows (`wattedge_host`, see [`health`])
+    /// every `every` until `shutdown`; [`join`](Self::join) waits for it.
+    pub fn report_health(&self, every: std::time::Duration, shutdown: CancellationToken) {
+        let report = health::HealthReport {
+            guests: self.guests.clone(),
+            store: self.services.store.clone(),
+            host_tags: self.services.host_tags.clone(),
+        };
+        let task = tokio::spawn(report.run(every, shutdown));
+        self.tasks.lock().expect("tasks lock").push(task);
     }
 
     /// The guest named `name`.

@@ -29,13 +29,29 @@ impl InfluxCap {
         measurement: String,
         rows: wit::Table,
     ) -> Result<(u32, Option<Point>), StoreError> {
-        let table = table_from_wit(rows);
+        let mut table = table_from_wit(rows);
+        if !self.host_tags.is_empty() {
+            set_host_columns(&mut table, &self.host_tags);
+        }
         let latest = {
             let view = table.view(&measurement).map_err(StoreError::Invalid)?;
             view.rows().max_by_key(|r| r.time()).map(|r| r.to_point())
         };
         let written = self.store.write_table(measurement, table).await?;
         Ok((written, latest))
+    }
+}
+
+/// Sets the host's tags (keys ascending) on every row: a column per host
+/// tag, its value stored once; a guest's tag column with a host tag's key
+/// is dropped, so the host's value wins.
+fn set_host_columns(table: &mut Table, host: &[(String, String)]) {
+    table.tags.retain(|c| host.binary_search_by(|(h, _)| h.as_str().cmp(&c.key)).is_err());
+    let rows = table.len();
+    for (key, value) in host {
+        let Ok(index) = u32::try_from(table.strings.len()) else { return };
+        table.strings.push(value.clone());
+        table.tags.push(TagColumn { key: key.clone(), values: vec![Some(index); rows] });
     }
 }
 
@@ -85,5 +101,29 @@ fn cell_to_wit(c: Cell) -> wit::Cell {
         Cell::Unsigned(u) => wit::Cell::Unsigned(u),
         Cell::Boolean(b) => wit::Cell::Boolean(b),
         Cell::Text(i) => wit::Cell::Text(i),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_tags_become_columns_and_replace_a_guest_s_column_of_the_same_key() {
+        let mut table = Table {
+            times: vec![1, 2],
+            strings: vec!["guest".into(), "L1".into()],
+            tags: vec![
+                TagColumn { key: "site".into(), values: vec![Some(0), None] },
+                TagColumn { key: "phase".into(), values: vec![Some(1), Some(1)] },
+            ],
+            fields: vec![FieldColumn { key: "w".into(), values: vec![Some(Cell::Float(1.0)), Some(Cell::Float(2.0))] }],
+        };
+        set_host_columns(&mut table, &[("site".into(), "cottage".into())]);
+        let view = table.view("m").unwrap();
+        for row in view.rows() {
+            let tags: Vec<(&str, &str)> = row.tags().collect();
+            assert_eq!(tags, [("phase", "L1"), ("site", "cottage")]);
+        }
     }
 }
