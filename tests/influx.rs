@@ -250,6 +250,43 @@ async fn api_store_shows_the_outbox_rising_while_influxd_is_down_and_empty_once_
     host.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_tags_win_over_a_guest_s_and_health_rows_reach_influxd_with_them() {
+    let influxd = Influxd::start();
+    influxd.create_database(DB);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[host]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ntags = {{ site = \"cottage\", trigger = \"host\" }}\nhealth_interval = \"1s\"\n\n{}{}",
+        dir.path().join("state").display(),
+        influx_section(&influxd),
+        // In mode `wake` the probe tags its point `trigger = "scheduled"`: the host's value must win.
+        probe_guest("tagged", "every 1h", "mode = \"wake\", wake_after_ms = 3600000")
+    );
+    let path = dir.path().join("wattedge.toml");
+    std::fs::write(&path, config).unwrap();
+    let host = wattedge::start(wattedge::config::Config::load(&path).unwrap()).await.unwrap();
+    let snapshot = wait_runs(host.admin_addr(), "tagged", 1, Duration::from_secs(20)).await;
+    let probe = influxd.rows_of(DB, "probe", 1).await;
+    assert_eq!(probe.len(), 1, "{probe:?}");
+    assert_eq!((&probe[0]["site"], &probe[0]["trigger"]), (&"cottage".into(), &"host".into()), "{probe:?}");
+    let health = wait_for(Duration::from_secs(20), "health rows of the guest and the store", || async {
+        let rows = influxd.rows_of(DB, "wattedge_host", 2).await;
+        let guest = rows.iter().find(|r| r["guest"] == "tagged").cloned();
+        let store = rows.iter().find(|r| r["backend"] == "influxdb-v1").cloned();
+        guest.zip(store)
+    })
+    .await;
+    let (guest, store) = health;
+    assert_eq!(guest["site"], "cottage", "{guest}");
+    assert_eq!(guest["version"], snapshot["version"], "the version digest the admin API shows: {guest}");
+    assert_eq!(guest["state"], "ok", "{guest}");
+    assert!(guest["runs"].as_i64() >= Some(1) && guest["failures"] == 0, "{guest}");
+    assert_eq!(store["site"], "cottage", "{store}");
+    assert!(store["outbox_points"].is_i64() && store["reachable"] == true, "{store}");
+    assert!(store["guest"].is_null(), "the store's row names no guest: {store}");
+    host.shutdown().await;
+}
+
 /// Helper process for the SIGKILL test: writes through the v1 backend from
 /// four tasks and prints `ok WRITER SEQ` after each acknowledged write.
 #[test]

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::board::Profile;
 use crate::engine::EngineLimits;
 pub use capture::{CaptureRule, MAX_CAPTURED_LEN, host_internal};
-pub use fleet::{DEFAULT_HEALTH_INTERVAL, FleetConfig, GUEST_TAG};
+pub use fleet::{DEFAULT_HEALTH_INTERVAL, FleetConfig, GUEST_TAG, HEALTH_KEYS};
 pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig};
 pub use influx::OutboxConfig;
 pub use units::{Schedule, parse_duration, parse_size};

@@ -17,6 +17,20 @@ pub const MAX_HOST_TAGS: usize = 16;
 pub const MAX_HOST_TAG_LEN: usize = 128;
 /// The tag the host's health rows name a guest with: a host tag cannot use it.
 pub const GUEST_TAG: &str = "guest";
+/// The keys of the host's health rows (`supervisor::health`): a host tag
+/// with one of them would share its name with a field of those rows.
+pub const HEALTH_KEYS: [&str; 10] = [
+    GUEST_TAG,
+    "state",
+    "version",
+    "runs",
+    "failures",
+    "backend",
+    "outbox_points",
+    "outbox_bytes",
+    "outbox_oldest_age_seconds",
+    "reachable",
+];
 
 /// The `[host]` keys for a fleet of boards.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -57,7 +71,7 @@ impl Checker<'_> {
 
 /// A host tag: a key of letters, digits, `_`, `-` and `.` not starting
 /// with `_` (InfluxDB's own keys such as `_measurement`), not `time` (which
-/// InfluxDB 1.x drops) and not [`GUEST_TAG`]; a value of printable
+/// InfluxDB 1.x drops) and none of the [`HEALTH_KEYS`]; a value of printable
 /// characters without a backslash. Both 1..=[`MAX_HOST_TAG_LEN`] bytes.
 /// Stricter than line protocol, so a host tag can never make a guest's
 /// point unencodable.
@@ -68,8 +82,8 @@ fn check_tag(key: &str, value: &str) -> Result<(), String> {
             "tag key {key:?} is not 1-{MAX_HOST_TAG_LEN} of a-z A-Z 0-9 _ - . (not starting with _)"
         ));
     }
-    if key == "time" || key == GUEST_TAG {
-        return Err(format!("tag key {key:?} is reserved; pick another name"));
+    if key == "time" || HEALTH_KEYS.contains(&key) {
+        return Err(format!("tag key {key:?} is reserved (InfluxDB's time, the wattedge_host rows' keys); pick another name"));
     }
     let value_chars = value.chars().all(|c| !c.is_control() && c != '\\');
     if value.is_empty() || value.len() > MAX_HOST_TAG_LEN || !value_chars {
@@ -125,6 +139,7 @@ mod tests {
             ("_measurement", "x"),
             ("time", "x"),
             ("guest", "x"),
+            ("version", "x"),
             ("si te", "x"),
             ("site", ""),
             ("site", "a\nb"),

@@ -156,6 +156,18 @@ mod tests {
     }
 
     #[test]
+    fn every_key_of_the_rows_is_one_a_host_tag_may_not_take() {
+        let outbox = OutboxStatus { points: 0, bytes: 0, oldest_age_seconds: 0.0, reachable: true, last_error: None };
+        let rows = [
+            guest_point(&snapshot("meter", Some("ab12")), &[], 5),
+            store_point(&StoreStatus { kind: "influxdb-v1", outbox: Some(outbox) }, &[], 5),
+        ];
+        for key in rows.iter().flat_map(|p| p.tags.keys().chain(p.fields.keys())) {
+            assert!(crate::config::HEALTH_KEYS.contains(&key.as_str()), "{key} is not reserved in config::fleet");
+        }
+    }
+
+    #[test]
     fn counts_beyond_an_influxdb_integer_saturate() {
         assert_eq!(integer(u64::MAX), FieldValue::Integer(i64::MAX));
         assert_eq!(integer(3), FieldValue::Integer(3));
