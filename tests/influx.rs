@@ -206,7 +206,8 @@ async fn api_store_shows_the_outbox_rising_while_influxd_is_down_and_empty_once_
     })
     .await
     .unwrap();
-    let write = |seq: i64| host.store().write(vec![point("down", &[], vec![("seq", FieldValue::Integer(seq))], T0 + seq)]);
+    let write =
+        |seq: i64| host.store().write(vec![point("down", &[], vec![("seq", FieldValue::Integer(seq))], T0 + seq)]);
     write(0).await.unwrap();
     let first = wait_for(Duration::from_secs(20), "the failed delivery to show", || async {
         let s = store_status(addr).await;
@@ -220,7 +221,8 @@ async fn api_store_shows_the_outbox_rising_while_influxd_is_down_and_empty_once_
     let second = store_status(addr).await;
     assert_eq!(second["outbox_depth"], 2, "the depth rises with each write: {second}");
     assert!(second["outbox_bytes"].as_u64() > first["outbox_bytes"].as_u64(), "{first} then {second}");
-    let (first_age, second_age) = (first["outbox_oldest_age_seconds"].as_f64(), second["outbox_oldest_age_seconds"].as_f64());
+    let (first_age, second_age) =
+        (first["outbox_oldest_age_seconds"].as_f64(), second["outbox_oldest_age_seconds"].as_f64());
     assert!(second_age.unwrap() >= first_age.unwrap() + 1.0, "the oldest point ages: {first} then {second}");
     let (_, metrics) = get(addr, "/metrics").await;
     let metrics = metrics.as_str().expect("metrics text").to_string();

@@ -95,7 +95,12 @@ impl GuestCtx {
             http: http::HttpGate::new(name.clone(), &guest.grants, shared.clone(), gate_parts),
             table,
             limits,
-            influx: influx::InfluxCap::new(name.clone(), &guest.grants, services.store.clone(), services.host_tags.clone()),
+            influx: influx::InfluxCap::new(
+                name.clone(),
+                &guest.grants,
+                services.store.clone(),
+                services.host_tags.clone(),
+            ),
             secrets,
             state: state::StateCap::new(name.clone(), services.state.clone()),
             log,

@@ -78,12 +78,12 @@ impl Checker<'_> {
 fn check_tag(key: &str, value: &str) -> Result<(), String> {
     let key_chars = key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
     if key.is_empty() || key.len() > MAX_HOST_TAG_LEN || !key_chars || key.starts_with('_') {
-        return Err(format!(
-            "tag key {key:?} is not 1-{MAX_HOST_TAG_LEN} of a-z A-Z 0-9 _ - . (not starting with _)"
-        ));
+        return Err(format!("tag key {key:?} is not 1-{MAX_HOST_TAG_LEN} of a-z A-Z 0-9 _ - . (not starting with _)"));
     }
     if key == "time" || HEALTH_KEYS.contains(&key) {
-        return Err(format!("tag key {key:?} is reserved (InfluxDB's time, the wattedge_host rows' keys); pick another name"));
+        return Err(format!(
+            "tag key {key:?} is reserved (InfluxDB's time, the wattedge_host rows' keys); pick another name"
+        ));
     }
     let value_chars = value.chars().all(|c| !c.is_control() && c != '\\');
     if value.is_empty() || value.len() > MAX_HOST_TAG_LEN || !value_chars {

@@ -102,7 +102,8 @@ impl InfluxV1Backend {
         if let Err(e) = api.auth_header() {
             tracing::warn!("{e}");
         }
-        let forwarded = Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward, NO_UNSIGNED)?;
+        let forwarded =
+            Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward, NO_UNSIGNED)?;
         Ok(InfluxV1Backend { api, forwarded, field_types: Mutex::default() })
     }
 
@@ -110,8 +111,6 @@ impl InfluxV1Backend {
     pub fn outbox(&self) -> &Arc<Outbox> {
         self.forwarded.outbox()
     }
-
-
 
     async fn types(&self, measurement: &str, refresh: bool) -> Result<BTreeMap<String, String>, StoreError> {
         if !refresh && let Some(t) = self.field_types.lock().unwrap_or_else(|e| e.into_inner()).get(measurement) {

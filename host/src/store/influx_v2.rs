@@ -92,7 +92,8 @@ impl InfluxV2Backend {
         if let Err(e) = api.auth_header() {
             tracing::warn!("{e}");
         }
-        let forwarded = Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward, NO_UNSIGNED)?;
+        let forwarded =
+            Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward, NO_UNSIGNED)?;
         Ok(InfluxV2Backend { api, forwarded })
     }
 
@@ -100,7 +101,6 @@ impl InfluxV2Backend {
     pub fn outbox(&self) -> &Arc<Outbox> {
         self.forwarded.outbox()
     }
-
 
     async fn select(&self, q: Query) -> Result<Vec<Row>, StoreError> {
         if q.measurement.is_empty() {

@@ -104,7 +104,8 @@ impl Forwarded {
     /// are looked for first, in every point, so a write is refused for one
     /// before any line is encoded.
     fn encode<P: LinePoint>(&self, points: impl ExactSizeIterator<Item = P> + Clone) -> Result<Encoded, StoreError> {
-        let count = u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
+        let count =
+            u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
         if let Some(db) = self.no_unsigned {
             for (i, p) in points.clone().enumerate() {
                 if let Some(name) = p.unsigned_field() {
@@ -280,7 +281,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_database_without_unsigned_refuses_them_in_every_write_shape_and_stores_nothing() {
-        let message = "invalid: point 1: field \"u\" is unsigned, which InfluxDB 1.x cannot store; write it as an integer";
+        let message =
+            "invalid: point 1: field \"u\" is unsigned, which InfluxDB 1.x cannot store; write it as an integer";
         for shape in ["points", "sorted", "table"] {
             let dir = tempfile::tempdir().unwrap();
             let forwarded = start(dir.path(), Arc::new(Switch::default()), Some("InfluxDB 1.x"));

@@ -254,7 +254,9 @@ const COUNTERS: [MetricFamily; 9] = [
     ("wattedge_guest_influx_denied_total", "Store writes and queries refused by grants.", |s| {
         s.influx.writes_denied.load(Ordering::Relaxed) + s.influx.queries_denied.load(Ordering::Relaxed)
     }),
-    ("wattedge_guest_influx_errors_total", "Store operations that failed.", |s| s.influx.errors.load(Ordering::Relaxed)),
+    ("wattedge_guest_influx_errors_total", "Store operations that failed.", |s| {
+        s.influx.errors.load(Ordering::Relaxed)
+    }),
     ("wattedge_guest_http_requests_total", "Outbound HTTP requests attempted.", |s| {
         s.http.requests.load(Ordering::Relaxed)
     }),

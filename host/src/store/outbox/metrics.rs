@@ -19,11 +19,7 @@ impl Outbox {
                 &c.torn_records,
             ),
             ("wattedge_outbox_torn_bytes_total", "Bytes of torn or corrupt records cut off.", &c.torn_bytes),
-            (
-                "wattedge_outbox_fsyncs_total",
-                "fsyncs of appended records (shared by concurrent writers).",
-                &c.fsyncs,
-            ),
+            ("wattedge_outbox_fsyncs_total", "fsyncs of appended records (shared by concurrent writers).", &c.fsyncs),
         ];
         for (name, help, value) in rows {
             w.counter(name, help).value(value.load(Ordering::Relaxed));
