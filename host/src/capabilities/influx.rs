@@ -439,6 +439,20 @@ mod tests {
     }
 
     #[test]
+    fn a_guest_s_fields_become_store_fields_in_place() {
+        // `sorted_from_wit` collects `(String, WitField)` into `(String,
+        // FieldValue)`: with equal layouts the standard library reuses the
+        // vector's allocation, so handing a point to the store copies nothing.
+        use std::mem::{align_of, size_of};
+        assert_eq!(size_of::<(String, WitField)>(), size_of::<(String, FieldValue)>());
+        assert_eq!(align_of::<(String, WitField)>(), align_of::<(String, FieldValue)>());
+        let p = wit_point(&[], &[("a", 1.0), ("b", 2.0)]);
+        let before = p.fields.as_ptr() as usize;
+        let sorted = sorted_from_wit(p);
+        assert_eq!(sorted.fields.as_ptr() as usize, before, "the fields' vector was reused");
+    }
+
+    #[test]
     fn sorted_keys_give_the_point_the_maps_would() {
         let p = wit_point(&[("entity_id", "switch.a"), ("domain", "switch")], &[("w", 1.0), ("before", 2.0)]);
         let mut sorted = p.clone();

@@ -226,8 +226,10 @@ pub type StoreFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output =
 pub trait TimeSeriesStore: Send + Sync + 'static {
     /// Stores points; returns how many were accepted.
     fn write(&self, points: Vec<Point>) -> StoreFuture<'_, u32>;
-    /// [`write`](Self::write) for points with keys in order. The default
-    /// builds [`Point`]s; the embedded store stores them as they are.
+    /// [`write`](Self::write) for points with keys in order (what the
+    /// `influx` capability hands over). The default builds [`Point`]s; the
+    /// embedded store stores them as they are, a remote backend encodes
+    /// them into its outbox as they are.
     fn write_sorted(&self, points: Vec<SortedPoint>) -> StoreFuture<'_, u32> {
         self.write(points.into_iter().map(SortedPoint::into_point).collect())
     }
