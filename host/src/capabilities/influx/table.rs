@@ -4,7 +4,7 @@
 
 use crate::bindings::influx::{self as wit, InfluxError};
 use crate::store::table::{Cell, FieldColumn, Table, TagColumn};
-use crate::store::{Point, StoreError};
+use crate::store::{FieldValue, Point, StoreError};
 
 use super::{InfluxCap, InfluxMetrics, MAX_QUERY_ROWS, capped, finish_query, query_from_wit};
 
@@ -33,13 +33,32 @@ impl InfluxCap {
         if !self.host_tags.is_empty() {
             set_host_columns(&mut table, &self.host_tags);
         }
-        let latest = {
-            let view = table.view(&measurement).map_err(StoreError::Invalid)?;
-            view.rows().max_by_key(|r| r.time()).map(|r| r.to_point())
-        };
+        let latest = latest_row(&table, &measurement);
         let written = self.store.write_table(measurement, table).await?;
         Ok((written, latest))
     }
+}
+
+/// The latest row as a point (for the status page), read straight from
+/// the columns: the store checks the table (shape, string indexes, keys)
+/// once, as it writes it, and a table it refuses records no latest point,
+/// so an index out of range here only leaves the value out.
+fn latest_row(table: &Table, measurement: &str) -> Option<Point> {
+    let row = (0..table.times.len()).max_by_key(|&i| table.times[i])?;
+    let text = |i: u32| table.strings.get(i as usize).cloned();
+    let tags = table.tags.iter().filter_map(|c| Some((c.key.clone(), text((*c.values.get(row)?)?)?)));
+    let fields = table.fields.iter().filter_map(|c| {
+        let value = match (*c.values.get(row)?)? {
+            Cell::Float(f) => FieldValue::Float(f),
+            Cell::Integer(i) => FieldValue::Integer(i),
+            Cell::Unsigned(u) => FieldValue::Unsigned(u),
+            Cell::Boolean(b) => FieldValue::Boolean(b),
+            Cell::Text(i) => FieldValue::Text(text(i)?),
+        };
+        Some((c.key.clone(), value))
+    });
+    let (tags, fields) = (tags.collect(), fields.collect());
+    Some(Point { measurement: measurement.to_string(), tags, fields, time: table.times[row] })
 }
 
 /// Sets the host's tags (keys ascending) on every row: a column per host
@@ -107,6 +126,23 @@ fn cell_to_wit(c: Cell) -> wit::Cell {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latest_row_is_the_point_its_view_gives() {
+        let table = Table {
+            times: vec![5, 9, 9, 1],
+            strings: vec!["a".into(), "b".into(), "t".into()],
+            tags: vec![TagColumn { key: "site".into(), values: vec![Some(0), None, Some(1), Some(0)] }],
+            fields: vec![
+                FieldColumn { key: "w".into(), values: vec![Some(Cell::Float(1.0)); 4] },
+                FieldColumn { key: "note".into(), values: vec![None, None, Some(Cell::Text(2)), None] },
+            ],
+        };
+        let view = table.view("m").unwrap();
+        let expected = view.rows().max_by_key(|r| r.time()).map(|r| r.to_point());
+        assert_eq!(latest_row(&table, "m"), expected, "the last of the rows with the latest time");
+        assert_eq!(latest_row(&Table::default(), "m"), None);
+    }
 
     #[test]
     fn host_tags_become_columns_and_replace_a_guest_s_column_of_the_same_key() {
