@@ -1,7 +1,8 @@
 //! The InfluxDB v1 backend against a real influxd (Debian's 1.6.7, started
 //! per test by `support/influxd.rs`): exact round trips, structured
-//! queries, a 30 s outage, a SIGKILLed writer, a torn outbox record, grants
-//! and hostile names. Nothing is skipped: without influxd these tests fail
+//! queries, a 30 s outage, `/api/store` while influxd is down and after, a
+//! SIGKILLed writer, a torn outbox record, grants and hostile names, and a
+//! board's `[host] tags` and `wattedge_host` health rows. Nothing is skipped: without influxd these tests fail
 //! and say how to install it.
 
 #[allow(dead_code)]
