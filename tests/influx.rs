@@ -2,8 +2,8 @@
 //! per test by `support/influxd.rs`): exact round trips, structured
 //! queries, a 30 s outage, `/api/store` while influxd is down and after, a
 //! SIGKILLed writer, a torn outbox record, grants and hostile names, and a
-//! board's `[host] tags` and `wattedge_host` health rows. Nothing is skipped: without influxd these tests fail
-//! and say how to install it.
+//! board's `[host] tags` and `wattedge_host` health rows. Nothing is
+//! skipped: without influxd these tests fail and say how to install it.
 
 #[allow(dead_code)]
 #[path = "support/influxd.rs"]
