@@ -18,8 +18,12 @@ const SECOND: i64 = 1_000_000_000;
 
 /// Starts a host from `body` (guest sections) with state in `dir`.
 pub(crate) async fn start(dir: &Path, body: &str) -> anyhow::Result<wattedge::RunningHost> {
-    let text =
-        format!("[host]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n{body}", dir.join("state").display());
+    // No host health rows (`wattedge_host`): the figures count exactly the
+    // points the guests wrote, in the outbox and in influxd.
+    let text = format!(
+        "[host]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nhealth_interval = \"0s\"\n\n{body}",
+        dir.join("state").display()
+    );
     let path = dir.join("wattedge.toml");
     std::fs::write(&path, text)?;
     let config = Config::load(&path)?;

@@ -7,6 +7,7 @@
 
 mod capture;
 mod component;
+mod fleet;
 mod http_host;
 mod influx;
 mod locate;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use crate::board::Profile;
 use crate::engine::EngineLimits;
 pub use capture::{CaptureRule, MAX_CAPTURED_LEN, host_internal};
+pub use fleet::{DEFAULT_HEALTH_INTERVAL, FleetConfig, GUEST_TAG, HEALTH_KEYS};
 pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig};
 pub use influx::OutboxConfig;
 pub use units::{Schedule, parse_duration, parse_size};
@@ -70,6 +72,9 @@ pub struct HostConfig {
     pub board: Option<Profile>,
     /// What `board = "auto"` found (for the log and `check`).
     pub board_detection: Option<crate::board::Detection>,
+    /// `tags` and `health_interval`: what tells this board apart in a
+    /// shared InfluxDB.
+    pub fleet: FleetConfig,
 }
 
 impl HostConfig {
@@ -186,6 +191,9 @@ struct RawHost {
     http_max_body: Option<String>,
     #[serde(default)]
     resolve: BTreeMap<String, String>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    health_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,7 +319,8 @@ impl Checker<'_> {
                 self.error(&["host", "board"], format!("host.board: {e}, or \"auto\" to detect the board at start"))
             })?,
         };
-        Ok(HostConfig { admin_listen, state_dir, secrets_file, http, board, board_detection })
+        let fleet = self.fleet(&raw.tags, raw.health_interval.as_deref())?;
+        Ok(HostConfig { admin_listen, state_dir, secrets_file, http, board, board_detection, fleet })
     }
 
     fn influx(&self, raw: Option<RawInflux>) -> Result<InfluxConfig, ConfigError> {

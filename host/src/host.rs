@@ -122,6 +122,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
         secrets,
         state: open_state(&config)?,
         http: Arc::new(http),
+        host_tags: config.host.fleet.tags.clone().into(),
     };
     let store = services.store.clone();
     let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
@@ -141,6 +142,9 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let unix = bind_admin_socket(&config.host.state_dir);
     let shutdown = CancellationToken::new();
     let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, shutdown.child_token()));
+    if let Some(every) = config.host.fleet.health_interval {
+        supervisor.report_health(every, shutdown.child_token());
+    }
     let stop = shutdown.clone();
     let backend: Arc<dyn crate::admin::AdminBackend> = supervisor.clone();
     let token = Some(crate::admin::AdminToken::Secret(admin_secrets));

@@ -21,6 +21,7 @@ pub mod config;
 pub mod engine;
 pub mod guest_text;
 pub mod host;
+pub mod metrics;
 #[cfg(not(target_arch = "arm"))]
 pub mod precompile;
 pub mod private_dir;

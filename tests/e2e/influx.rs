@@ -1,9 +1,11 @@
 //! The InfluxDB v1 backend against a real influxd (Debian's 1.6.7, started
 //! per test by `support/influxd.rs`): exact round trips, structured
-//! queries, a 30 s outage, a SIGKILLed writer, a torn outbox record, grants
-//! and hostile names. Nothing is skipped: without influxd these tests fail
-//! and say how to install it. The outage takes 38 s, so it is `#[ignore]`d
-//! in the default run and run by `.ci/run` (`-- --ignored`).
+//! queries, a 30 s outage, `/api/store` while influxd is down and after, a
+//! SIGKILLed writer, a torn outbox record, grants and hostile names, and a
+//! board's `[host] tags` and `wattedge_host` health rows. Nothing is
+//! skipped: without influxd these tests fail and say how to install it. The
+//! outage takes 38 s, so it is `#[ignore]`d in the default run and run by
+//! `.ci/run` (`-- --ignored`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::BufRead;
@@ -178,6 +180,111 @@ async fn influxd_down_for_30s_during_writes_loses_and_duplicates_nothing() {
     assert_eq!(metric(&after, "wattedge_influx_up"), 1.0);
     assert_eq!(metric(&after, "wattedge_outbox_forwarded_total"), written as f64);
     assert_eq!(metric(&after, "wattedge_outbox_bytes"), 0.0);
+    host.shutdown().await;
+}
+
+/// `GET /api/store` once, as JSON.
+async fn store_status(addr: std::net::SocketAddr) -> serde_json::Value {
+    let (status, body) = get(addr, "/api/store").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_store_shows_the_outbox_rising_while_influxd_is_down_and_empty_once_it_is_back() {
+    let mut influxd = Influxd::start();
+    influxd.create_database(DB);
+    let (_setup, host) = start(&influx_section(&influxd)).await;
+    let addr = host.admin_addr();
+    let up = store_status(addr).await;
+    assert_eq!(up["backend"], "influxdb-v1", "{up}");
+    assert_eq!((up["outbox_depth"].as_u64(), up["reachable"].as_bool()), (Some(0), Some(true)), "{up}");
+    influxd = tokio::task::spawn_blocking(move || {
+        influxd.stop();
+        influxd
+    })
+    .await
+    .unwrap();
+    let write =
+        |seq: i64| host.store().write(vec![point("down", &[], vec![("seq", FieldValue::Integer(seq))], T0 + seq)]);
+    write(0).await.unwrap();
+    let first = wait_for(Duration::from_secs(20), "the failed delivery to show", || async {
+        let s = store_status(addr).await;
+        (s["reachable"] == false && s["last_error"].is_string()).then_some(s)
+    })
+    .await;
+    assert_eq!(first["outbox_depth"], 1, "{first}");
+    assert!(first["outbox_bytes"].as_u64().unwrap() > 0, "{first}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    write(1).await.unwrap();
+    let second = store_status(addr).await;
+    assert_eq!(second["outbox_depth"], 2, "the depth rises with each write: {second}");
+    assert!(second["outbox_bytes"].as_u64() > first["outbox_bytes"].as_u64(), "{first} then {second}");
+    let (first_age, second_age) =
+        (first["outbox_oldest_age_seconds"].as_f64(), second["outbox_oldest_age_seconds"].as_f64());
+    assert!(second_age.unwrap() >= first_age.unwrap() + 1.0, "the oldest point ages: {first} then {second}");
+    let (_, metrics) = get(addr, "/metrics").await;
+    let metrics = metrics.as_str().expect("metrics text").to_string();
+    assert_eq!(metric(&metrics, "wattedge_outbox_points"), 2.0, "/metrics shows the same status:\n{metrics}");
+    assert_eq!(metric(&metrics, "wattedge_influx_up"), 0.0, "{metrics}");
+    influxd = tokio::task::spawn_blocking(move || {
+        influxd.restart();
+        influxd
+    })
+    .await
+    .unwrap();
+    let back = wait_for(Duration::from_secs(30), "the outbox to drain", || async {
+        let s = store_status(addr).await;
+        (s["outbox_depth"] == 0).then_some(s)
+    })
+    .await;
+    let expected = serde_json::json!({
+        "backend": "influxdb-v1",
+        "outbox_depth": 0,
+        "outbox_bytes": 0,
+        "outbox_oldest_age_seconds": 0.0,
+        "reachable": true,
+        "last_error": null,
+    });
+    assert_eq!(back, expected);
+    assert_eq!(influxd.series(DB, "SELECT count(\"seq\") FROM \"down\"")[0]["values"][0][1], 2);
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_tags_win_over_a_guest_s_and_health_rows_reach_influxd_with_them() {
+    let influxd = Influxd::start();
+    influxd.create_database(DB);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[host]\nadmin_listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ntags = {{ site = \"cottage\", trigger = \"host\" }}\nhealth_interval = \"1s\"\n\n{}{}",
+        dir.path().join("state").display(),
+        influx_section(&influxd),
+        // In mode `wake` the probe tags its point `trigger = "scheduled"`: the host's value must win.
+        probe_guest("tagged", "every 1h", "mode = \"wake\", wake_after_ms = 3600000")
+    );
+    let path = dir.path().join("wattedge.toml");
+    std::fs::write(&path, config).unwrap();
+    let host = wattedge::start(wattedge::config::Config::load(&path).unwrap()).await.unwrap();
+    let snapshot = wait_runs(host.admin_addr(), "tagged", 1, Duration::from_secs(20)).await;
+    let probe = influxd.rows_of(DB, "probe", 1).await;
+    assert_eq!(probe.len(), 1, "{probe:?}");
+    assert_eq!((&probe[0]["site"], &probe[0]["trigger"]), (&"cottage".into(), &"host".into()), "{probe:?}");
+    let health = wait_for(Duration::from_secs(20), "health rows of the guest and the store", || async {
+        let rows = influxd.rows_of(DB, "wattedge_host", 2).await;
+        let guest = rows.iter().find(|r| r["guest"] == "tagged").cloned();
+        let store = rows.iter().find(|r| r["backend"] == "influxdb-v1").cloned();
+        guest.zip(store)
+    })
+    .await;
+    let (guest, store) = health;
+    assert_eq!(guest["site"], "cottage", "{guest}");
+    assert_eq!(guest["version"], snapshot["version"], "the version digest the admin API shows: {guest}");
+    assert_eq!(guest["state"], "ok", "{guest}");
+    assert!(guest["runs"].as_i64() >= Some(1) && guest["failures"] == 0, "{guest}");
+    assert_eq!(store["site"], "cottage", "{store}");
+    assert!(store["outbox_points"].is_i64() && store["reachable"] == true, "{store}");
+    assert!(store["guest"].is_null(), "the store's row names no guest: {store}");
     host.shutdown().await;
 }
 

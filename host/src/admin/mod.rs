@@ -53,15 +53,9 @@ pub trait AdminBackend: Send + Sync + 'static {
     fn reset_counters(&self, name: &str) -> Result<(), AdminError>;
     /// Extra Prometheus lines from other subsystems (store, http); may be empty.
     fn extra_metrics(&self) -> String;
-    /// State of the time-series store for the status page, as a JSON object.
-    ///
-    /// Keys the page shows when present: `backend` (kind), `outbox_depth`
-    /// (points waiting), `outbox_oldest_age_seconds`, `reachable` (bool) and
-    /// `last_error`. The default `{}` makes the page fall back to the backend
-    /// kind found in [`AdminBackend::extra_metrics`].
-    fn store_status(&self) -> serde_json::Value {
-        serde_json::json!({})
-    }
+    /// The time-series store's status (the store produces it), served as
+    /// JSON by `GET /api/store` for the status page.
+    fn store_status(&self) -> crate::store::StoreStatus;
     /// The newest points (oldest first, at most `limit`) of `measurement`, for
     /// the status page's charts; only for a measurement the guest's grants name.
     /// The default answers that this backend keeps no series.

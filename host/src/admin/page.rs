@@ -10,14 +10,14 @@
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /`, `GET /assets/{app.js,style.css}` | the page |
-//! | `GET /api/store` | [`AdminBackend::store_status`], with `backend` filled from the metrics when missing |
+//! | `GET /api/store` | [`AdminBackend::store_status`] as JSON (see [`crate::store::StoreStatus`]) |
 //! | `GET /api/guests/NAME/series?measurement=M[&limit=N]` | the newest N (default 300, max 1000) points of M, oldest first; only for a measurement in the guest's grants |
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::routes::{JSON, Resp, Shared};
 use super::{AdminBackend, AdminError};
@@ -68,30 +68,9 @@ pub(super) async fn serve(shared: &Shared, method: &Method, path: &str, query: O
     }
     Some(match route {
         PageRoute::Asset(content_type, body) => respond(StatusCode::OK, content_type, body),
-        PageRoute::Store => json(StatusCode::OK, &store_status(shared.backend.as_ref())),
+        PageRoute::Store => json(StatusCode::OK, &shared.backend.store_status()),
         PageRoute::Series(guest) => series(shared.backend.as_ref(), &guest, query.unwrap_or("")).await,
     })
-}
-
-/// The backend's store status, with `backend` taken from the metrics when the backend does not say.
-fn store_status(backend: &dyn AdminBackend) -> Value {
-    let mut status = match backend.store_status() {
-        Value::Object(map) => map,
-        _ => serde_json::Map::new(),
-    };
-    if !status.contains_key("backend")
-        && let Some(kind) = backend_from_metrics(&backend.extra_metrics())
-    {
-        status.insert("backend".into(), Value::String(kind));
-    }
-    Value::Object(status)
-}
-
-/// The `backend` label of `wattedge_store_info{backend="..."}` in Prometheus text.
-fn backend_from_metrics(text: &str) -> Option<String> {
-    let line = text.lines().find(|l| l.starts_with("wattedge_store_info{"))?;
-    let rest = &line[line.find("backend=\"")? + "backend=\"".len()..];
-    Some(rest[..rest.find('"')?].to_owned())
 }
 
 async fn series(backend: &dyn AdminBackend, guest: &str, query: &str) -> Resp {
@@ -174,7 +153,7 @@ fn error(err: &AdminError) -> Resp {
     json(err.status(), &json!({"error": err.to_string()}))
 }
 
-fn json(status: StatusCode, value: &Value) -> Resp {
+fn json(status: StatusCode, value: &impl serde::Serialize) -> Resp {
     respond(status, JSON, serde_json::to_vec(value).unwrap_or_default())
 }
 
@@ -215,13 +194,6 @@ mod tests {
             let err = SeriesParams::parse(bad).expect_err(bad);
             assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn backend_kind_from_metrics() {
-        let text = "# TYPE wattedge_store_info gauge\nwattedge_store_info{backend=\"embedded\"} 1\n";
-        assert_eq!(backend_from_metrics(text).as_deref(), Some("embedded"));
-        assert_eq!(backend_from_metrics("wattedge_other 1"), None);
     }
 
     #[test]

@@ -49,6 +49,16 @@ impl AdminBackend for Fake {
     fn extra_metrics(&self) -> String {
         "# TYPE wattedge_store_bytes gauge\nwattedge_store_bytes 4096".into()
     }
+    fn store_status(&self) -> crate::store::StoreStatus {
+        let outbox = crate::store::OutboxStatus {
+            points: 3,
+            bytes: 120,
+            oldest_age_seconds: 1.5,
+            reachable: false,
+            last_error: Some("cannot connect".into()),
+        };
+        crate::store::StoreStatus { kind: "influxdb-v1", outbox: Some(outbox) }
+    }
 }
 
 impl Fake {
@@ -249,6 +259,22 @@ async fn metrics_render_families_states_counters_and_escaping() {
     assert!(!text.contains("name=\"label\""), "non-numeric counter must be skipped");
     assert!(!text.contains(&format!("wattedge_guest_last_run_seconds{{{odd}}}")));
     assert!(text.ends_with("wattedge_store_bytes 4096\n"));
+}
+
+#[tokio::test]
+async fn api_store_serves_the_store_status_the_backend_reports() {
+    let srv = start(None).await;
+    let reply = get(srv.addr, "/api/store").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let expected = json!({
+        "backend": "influxdb-v1",
+        "outbox_depth": 3,
+        "outbox_bytes": 120,
+        "outbox_oldest_age_seconds": 1.5,
+        "reachable": false,
+        "last_error": "cannot connect",
+    });
+    assert_eq!(reply.json(), expected);
 }
 
 #[tokio::test]

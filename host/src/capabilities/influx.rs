@@ -1,5 +1,7 @@
 //! The `influx` capability: guests write and query time series through the
-//! configured store, only for the measurements their grants name.
+//! configured store, only for the measurements their grants name. Every
+//! point a guest writes carries the host's `[host] tags`: a guest's tag of
+//! the same key is replaced by the host's value.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -12,8 +14,6 @@ use crate::bindings::influx::{self as wit, InfluxError};
 use crate::bindings::types::{FieldValue as WitField, Point as WitPoint};
 use crate::config::Grants;
 use crate::guest_text::shown;
-use crate::store::line_protocol::{self, FieldRef};
-use crate::store::outbox::{self, OutboxSink, RecordBuf};
 use crate::store::{FieldValue, Point, Query, Row, Selector, SortedPoint, StoreError, TimeSeriesStore};
 
 mod multi;
@@ -51,15 +51,23 @@ pub struct InfluxCap {
     store: Arc<dyn TimeSeriesStore>,
     write_grants: HashSet<String>,
     read_grants: HashSet<String>,
+    /// `[host] tags`, keys ascending.
+    host_tags: Arc<[(String, String)]>,
 }
 
 impl InfluxCap {
-    pub fn new(guest: Arc<str>, grants: &Grants, store: Arc<dyn TimeSeriesStore>) -> InfluxCap {
+    pub fn new(
+        guest: Arc<str>,
+        grants: &Grants,
+        store: Arc<dyn TimeSeriesStore>,
+        host_tags: Arc<[(String, String)]>,
+    ) -> InfluxCap {
         InfluxCap {
             guest,
             store,
             write_grants: grants.influx_write.iter().cloned().collect(),
             read_grants: grants.influx_read.iter().cloned().collect(),
+            host_tags,
         }
     }
 
@@ -115,15 +123,15 @@ impl wit::Host for super::GuestCtx {
     async fn write(&mut self, mut points: Vec<WitPoint>) -> Result<u32, InfluxError> {
         let metrics = &self.shared.influx;
         self.influx.check_write(points.iter().map(|p| p.measurement.as_str()), &self.shared)?;
+        if !self.influx.host_tags.is_empty() {
+            points.iter_mut().for_each(|p| set_host_tags(&mut p.tags, &self.influx.host_tags));
+        }
         check_widths(&points, metrics)?;
         let began = Instant::now();
         let latest: Vec<Point> = latest_per_measurement(&points);
-        // Both paths take keys in order: sorted here, once, in place.
+        // Stores take keys in order: sorted here, once, in place.
         points.iter_mut().for_each(sort_keys);
-        let written = match self.influx.store.outbox_sink() {
-            Some(sink) => write_to_outbox(&sink, &points).await,
-            None => write_to_store(self.influx.store.as_ref(), points).await,
-        };
+        let written = write_to_store(self.influx.store.as_ref(), points).await;
         add_elapsed(&metrics.write_nanos, began);
         record_write(metrics, written.map(|n| (n, latest)))
     }
@@ -255,34 +263,10 @@ fn latest_per_measurement(points: &[WitPoint]) -> Vec<Point> {
     latest.into_values().map(|p| point_from_wit(p.clone())).collect()
 }
 
-/// Writes a guest's points (keys sorted) into a remote backend's outbox,
-/// encoded as line protocol straight from the WIT values: no [`Point`] (two
-/// maps and copies of every string) is built for them. Checks and errors are
-/// those of the store's own `write`: unsigned fields first (when the
-/// database has none), then each point as the line-protocol encoder checks it.
-async fn write_to_outbox(sink: &OutboxSink, points: &[WitPoint]) -> Result<u32, StoreError> {
-    if points.is_empty() {
-        return Ok(0);
-    }
-    let count = u32::try_from(points.len()).map_err(|_| StoreError::Invalid("too many points in one write".into()))?;
-    for (i, p) in points.iter().enumerate() {
-        if let Some(name) = unsigned_field(p)
-            && let Some(refused) = sink.refuse_unsigned(i, name)
-        {
-            return Err(refused);
-        }
-    }
-    let mut record = RecordBuf::with_capacity(64 * points.len());
-    for (i, p) in points.iter().enumerate() {
-        encode_wit(p, record.lines()).map_err(|m| StoreError::Invalid(format!("point {i}: {m}")))?;
-    }
-    outbox::append_record(&sink.outbox, record, count).await
-}
-
-/// Writes a guest's points (keys sorted) into a store that takes them
-/// directly (the embedded one), handed over as [`SortedPoint`]s, strings
-/// moved; a point with a repeated key goes through a [`Point`] (two maps),
-/// which resolves it.
+/// Writes a guest's points (keys sorted) into the store, handed over as
+/// [`SortedPoint`]s, strings moved (the embedded store stores them as they
+/// are, a remote one encodes them once into its outbox); a point with a
+/// repeated key goes through a [`Point`] (two maps), which resolves it.
 async fn write_to_store(store: &dyn TimeSeriesStore, points: Vec<WitPoint>) -> Result<u32, StoreError> {
     if points.iter().all(|p| ascending(&p.tags) && ascending(&p.fields)) {
         store.write_sorted(points.into_iter().map(sorted_from_wit).collect()).await
@@ -291,45 +275,17 @@ async fn write_to_store(store: &dyn TimeSeriesStore, points: Vec<WitPoint>) -> R
     }
 }
 
+/// Sets the host's tags (keys ascending) on a point's `tags`: a guest's
+/// tag with a host tag's key is dropped, so the host's value wins.
+fn set_host_tags(tags: &mut Vec<(String, String)>, host: &[(String, String)]) {
+    tags.retain(|(k, _)| host.binary_search_by(|(h, _)| h.as_str().cmp(k)).is_err());
+    tags.extend(host.iter().cloned());
+}
+
 /// Whether keys are strictly ascending: then they are already in the order
 /// a [`Point`]'s maps would give them, with no key repeated.
 fn ascending<T>(pairs: &[(String, T)]) -> bool {
     pairs.windows(2).all(|w| w[0].0 < w[1].0)
-}
-
-/// Appends `p` (keys sorted) as one line. A repeated key goes through a
-/// [`Point`], whose maps keep its last value, so the line is the one the
-/// [`Point`] path writes.
-fn encode_wit(p: &WitPoint, out: &mut String) -> Result<(), String> {
-    if !ascending(&p.tags) || !ascending(&p.fields) {
-        let point = point_from_wit(p.clone());
-        return line_protocol::encode_point(&point, out).map_err(|e| match e {
-            StoreError::Invalid(m) | StoreError::Unavailable(m) => m,
-        });
-    }
-    let tags = p.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let fields = p.fields.iter().map(|(k, v)| (k.as_str(), field_ref(v)));
-    line_protocol::encode_parts(&p.measurement, tags, fields, p.time, out)
-}
-
-/// The name of an unsigned field of `p`, after repeated keys are resolved.
-fn unsigned_field(p: &WitPoint) -> Option<&str> {
-    let unsigned = |v: &WitField| matches!(v, WitField::Unsigned(_));
-    if ascending(&p.fields) {
-        return p.fields.iter().find(|(_, v)| unsigned(v)).map(|(k, _)| k.as_str());
-    }
-    let fields: BTreeMap<&str, &WitField> = p.fields.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    fields.into_iter().find(|(_, v)| unsigned(v)).map(|(k, _)| k)
-}
-
-fn field_ref(v: &WitField) -> FieldRef<'_> {
-    match v {
-        WitField::Float(f) => FieldRef::Float(*f),
-        WitField::Integer(i) => FieldRef::Integer(*i),
-        WitField::Unsigned(u) => FieldRef::Unsigned(*u),
-        WitField::Boolean(b) => FieldRef::Boolean(*b),
-        WitField::Text(s) => FieldRef::Text(s),
-    }
 }
 
 fn store_error(e: StoreError) -> InfluxError {
@@ -473,6 +429,30 @@ mod tests {
     }
 
     #[test]
+    fn host_tags_are_added_and_win_over_a_guest_s_tag_of_the_same_key() {
+        let host = [("site".to_string(), "cottage".to_string()), ("zone".to_string(), "n".to_string())];
+        let mut p = wit_point(&[("site", "guest"), ("phase", "L1"), ("site", "again")], &[("w", 1.0)]);
+        set_host_tags(&mut p.tags, &host);
+        sort_keys(&mut p);
+        let tags: Vec<(&str, &str)> = p.tags.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(tags, [("phase", "L1"), ("site", "cottage"), ("zone", "n")]);
+    }
+
+    #[test]
+    fn a_guest_s_fields_become_store_fields_in_place() {
+        // `sorted_from_wit` collects `(String, WitField)` into `(String,
+        // FieldValue)`: with equal layouts the standard library reuses the
+        // vector's allocation, so handing a point to the store copies nothing.
+        use std::mem::{align_of, size_of};
+        assert_eq!(size_of::<(String, WitField)>(), size_of::<(String, FieldValue)>());
+        assert_eq!(align_of::<(String, WitField)>(), align_of::<(String, FieldValue)>());
+        let p = wit_point(&[], &[("a", 1.0), ("b", 2.0)]);
+        let before = p.fields.as_ptr() as usize;
+        let sorted = sorted_from_wit(p);
+        assert_eq!(sorted.fields.as_ptr() as usize, before, "the fields' vector was reused");
+    }
+
+    #[test]
     fn sorted_keys_give_the_point_the_maps_would() {
         let p = wit_point(&[("entity_id", "switch.a"), ("domain", "switch")], &[("w", 1.0), ("before", 2.0)]);
         let mut sorted = p.clone();
@@ -493,6 +473,7 @@ mod tests {
 
     #[test]
     fn a_point_sorted_in_place_encodes_the_line_its_point_would() {
+        use crate::store::line_protocol::{self, LinePoint};
         let unsorted = wit_point(&[("entity_id", "switch.a"), ("domain", "switch")], &[("w", 1.0), ("before", 2.0)]);
         let repeated = wit_point(&[], &[("w", 1.0), ("a", 0.0), ("w", 2.0)]);
         for p in [unsorted, repeated] {
@@ -500,8 +481,13 @@ mod tests {
             line_protocol::encode_point(&point_from_wit(p.clone()), &mut expected).unwrap();
             let mut sorted = p;
             sort_keys(&mut sorted);
+            // What `write_to_store` hands the store for this point.
             let mut line = String::new();
-            encode_wit(&sorted, &mut line).unwrap();
+            if ascending(&sorted.tags) && ascending(&sorted.fields) {
+                sorted_from_wit(sorted).encode_line(&mut line).unwrap();
+            } else {
+                point_from_wit(sorted).encode_line(&mut line).unwrap();
+            }
             assert_eq!(line, expected);
         }
     }

@@ -41,6 +41,8 @@ pub struct HostServices {
     pub state: Arc<state::StateStore>,
     /// Outbound HTTP settings from `[host]` (timeout, body limit, TLS roots).
     pub http: Arc<http::HttpSettings>,
+    /// `[host] tags`, keys ascending: set on every point a guest writes.
+    pub host_tags: Arc<[(String, String)]>,
 }
 
 /// Most host resources (streams, pollables, wasi:http requests, header
@@ -100,7 +102,12 @@ impl GuestCtx {
             http: http::HttpGate::new(name.clone(), &guest.grants, shared.clone(), gate_parts),
             table,
             limits,
-            influx: influx::InfluxCap::new(name.clone(), &guest.grants, services.store.clone()),
+            influx: influx::InfluxCap::new(
+                name.clone(),
+                &guest.grants,
+                services.store.clone(),
+                services.host_tags.clone(),
+            ),
             secrets,
             state: state::StateCap::new(name.clone(), services.state.clone()),
             log,

@@ -53,5 +53,11 @@ fn services(config: &Config) -> HostServices {
     let secrets = crate::secrets::SecretStore::open(&config.host.secrets_file).expect("secrets file");
     let state = super::state::StateStore::open(&dir.join("state.redb")).expect("state store");
     let http = super::http::HttpSettings::new(&config.host.http).expect("default HTTP settings");
-    HostServices { store: Arc::new(store), secrets: Arc::new(secrets), state: Arc::new(state), http: Arc::new(http) }
+    HostServices {
+        store: Arc::new(store),
+        secrets: Arc::new(secrets),
+        state: Arc::new(state),
+        http: Arc::new(http),
+        host_tags: config.host.fleet.tags.clone().into(),
+    }
 }

@@ -18,7 +18,6 @@
 //!   for a type conflict inside the batch) is split at `write`-call
 //!   boundaries until only the refused calls are left, and those are dropped.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbox::{After, Batch, Outbox};
 use super::{StoreError, now_ns};
+use crate::metrics::Writer;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How long the outbox must stay empty before its acknowledged segment is
@@ -67,7 +67,8 @@ pub struct ForwardSettings {
     pub retry_max_delay: Duration,
 }
 
-/// Forwarding counters, shown in `/metrics`.
+/// Forwarding counters, shown in `/metrics`, and the database's state as
+/// the forwarder last saw it, shown in the store's status.
 #[derive(Debug, Default)]
 pub struct ForwarderStats {
     pub forwarded: AtomicU64,
@@ -75,30 +76,38 @@ pub struct ForwarderStats {
     pub dropped: AtomicU64,
     /// 1 when the last contact with the database succeeded.
     pub up: AtomicU64,
+    /// Why the last delivery failed (shown as guest text: the database's
+    /// words), until one succeeds.
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl ForwarderStats {
-    /// Prometheus lines.
-    pub fn metrics(&self, out: &mut String) {
+    /// Whether the last contact with the database succeeded.
+    pub fn reachable(&self) -> bool {
+        self.up.load(Ordering::Relaxed) == 1
+    }
+
+    /// Why deliveries fail now; `None` once one succeeded.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records the outcome of a delivery: `Some(message)` for a failure.
+    fn set_last_error(&self, message: Option<&str>) {
+        let shown = message.map(|m| crate::guest_text::shown(m).to_string());
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = shown;
+    }
+
+    /// Writes the forwarder's counters (`wattedge_influx_up` comes from the
+    /// store's status).
+    pub fn write_counters(&self, w: &mut Writer) {
         let rows = [
-            ("wattedge_outbox_forwarded_total", "counter", "Points delivered to the database", &self.forwarded),
-            (
-                "wattedge_outbox_retried_total",
-                "counter",
-                "Batch deliveries that failed and will be retried",
-                &self.retried,
-            ),
-            (
-                "wattedge_outbox_dropped_total",
-                "counter",
-                "Points the database refused for good (HTTP 400)",
-                &self.dropped,
-            ),
-            ("wattedge_influx_up", "gauge", "1 when the last contact with InfluxDB succeeded", &self.up),
+            ("wattedge_outbox_forwarded_total", "Points delivered to the database.", &self.forwarded),
+            ("wattedge_outbox_retried_total", "Batch deliveries that failed and will be retried.", &self.retried),
+            ("wattedge_outbox_dropped_total", "Points the database refused for good (HTTP 400).", &self.dropped),
         ];
-        for (name, kind, help, value) in rows {
-            let _ =
-                writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}\n{name} {}", value.load(Ordering::Relaxed));
+        for (name, help, value) in rows {
+            w.counter(name, help).value(value.load(Ordering::Relaxed));
         }
     }
 }
@@ -273,6 +282,7 @@ impl Forwarder {
                     failures += 1;
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
                     self.stats.up.store(u64::from(reachable), Ordering::Relaxed);
+                    self.stats.set_last_error(Some(&message));
                     if failures == 1 || failures.is_multiple_of(20) {
                         tracing::warn!(failures, retry_in = ?delay, queued = self.outbox.depth().points, message = %crate::guest_text::shown(&message), "cannot deliver to InfluxDB; points stay in the outbox");
                     }
@@ -281,6 +291,7 @@ impl Forwarder {
                 }
                 answer => {
                     self.stats.up.store(1, Ordering::Relaxed);
+                    self.stats.set_last_error(None);
                     if failures > 0 {
                         tracing::info!(failures, points, "InfluxDB answers writes again");
                     }

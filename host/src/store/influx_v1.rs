@@ -26,12 +26,16 @@ use serde_json::Value;
 
 use super::forwarder::{Delivery, ForwardSettings, Sink, SinkFuture};
 use super::multi::{self, MultiQuery, MultiTable};
-use super::outbox::{Outbox, OutboxSink};
+use super::outbox::Outbox;
 use super::remote::Forwarded;
-use super::{FieldValue, Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, influxql};
+use super::table::Table;
+use super::{Point, Query, Row, SortedPoint, StoreError, StoreFuture, StoreStatus, TimeSeriesStore, influxql};
+use crate::metrics::Writer;
 use crate::secrets::SecretStore;
 use crate::secrets::scrub::{self, Scrubber};
 
+/// InfluxDB 1.x stores no unsigned integers: a point with one is refused at `write`.
+const NO_UNSIGNED: Option<&str> = Some("InfluxDB 1.x");
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -98,28 +102,14 @@ impl InfluxV1Backend {
         if let Err(e) = api.auth_header() {
             tracing::warn!("{e}");
         }
-        let forwarded = Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward)?;
+        let forwarded =
+            Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward, NO_UNSIGNED)?;
         Ok(InfluxV1Backend { api, forwarded, field_types: Mutex::default() })
     }
 
     /// The outbox (for tests and tools).
     pub fn outbox(&self) -> &Arc<Outbox> {
         self.forwarded.outbox()
-    }
-
-    /// InfluxDB 1.x stores no unsigned integers.
-    fn sink(&self) -> OutboxSink {
-        self.forwarded.sink(Some("InfluxDB 1.x"))
-    }
-
-    async fn append(&self, points: Vec<Point>) -> Result<u32, StoreError> {
-        if let Some((i, name)) = points.iter().enumerate().find_map(|(i, p)| {
-            p.fields.iter().find(|(_, v)| matches!(v, FieldValue::Unsigned(_))).map(|(k, _)| (i, k.clone()))
-        }) && let Some(refused) = self.sink().refuse_unsigned(i, &name)
-        {
-            return Err(refused);
-        }
-        self.forwarded.append(&points).await
     }
 
     async fn types(&self, measurement: &str, refresh: bool) -> Result<BTreeMap<String, String>, StoreError> {
@@ -193,7 +183,15 @@ fn has_unknown_columns(body: &Value, types: &BTreeMap<String, String>) -> bool {
 
 impl TimeSeriesStore for InfluxV1Backend {
     fn write(&self, points: Vec<Point>) -> StoreFuture<'_, u32> {
-        Box::pin(self.append(points))
+        self.forwarded.write(points)
+    }
+
+    fn write_sorted(&self, points: Vec<SortedPoint>) -> StoreFuture<'_, u32> {
+        self.forwarded.write(points)
+    }
+
+    fn write_table(&self, measurement: String, rows: Table) -> StoreFuture<'_, u32> {
+        self.forwarded.write_table(measurement, rows)
     }
 
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>> {
@@ -212,12 +210,12 @@ impl TimeSeriesStore for InfluxV1Backend {
         Box::pin(self.forwarded.stop())
     }
 
-    fn outbox_sink(&self) -> Option<OutboxSink> {
-        Some(self.sink())
+    fn status(&self) -> StoreStatus {
+        self.forwarded.status(self.kind())
     }
 
-    fn metrics(&self) -> String {
-        self.forwarded.metrics()
+    fn write_counters(&self, w: &mut Writer) {
+        self.forwarded.write_counters(w);
     }
 }
 

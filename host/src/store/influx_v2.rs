@@ -29,12 +29,16 @@ use serde_json::Value;
 use super::forwarder::{Delivery, ForwardSettings, Sink, SinkFuture};
 use super::influx_v1::client;
 use super::multi::{self, MultiQuery, MultiTable};
-use super::outbox::{Outbox, OutboxSink};
+use super::outbox::Outbox;
 use super::remote::Forwarded;
-use super::{Point, Query, Row, StoreError, StoreFuture, TimeSeriesStore, flux};
+use super::table::Table;
+use super::{Point, Query, Row, SortedPoint, StoreError, StoreFuture, StoreStatus, TimeSeriesStore, flux};
+use crate::metrics::Writer;
 use crate::secrets::SecretStore;
 use crate::secrets::scrub::{self, Scrubber};
 
+/// InfluxDB 2.x stores unsigned integers: nothing is refused for them.
+const NO_UNSIGNED: Option<&str> = None;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -88,17 +92,14 @@ impl InfluxV2Backend {
         if let Err(e) = api.auth_header() {
             tracing::warn!("{e}");
         }
-        let forwarded = Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward)?;
+        let forwarded =
+            Forwarded::start(outbox_dir, settings.outbox_max_bytes, api.clone(), settings.forward, NO_UNSIGNED)?;
         Ok(InfluxV2Backend { api, forwarded })
     }
 
     /// The outbox (for tests and tools).
     pub fn outbox(&self) -> &Arc<Outbox> {
         self.forwarded.outbox()
-    }
-
-    async fn append(&self, points: Vec<Point>) -> Result<u32, StoreError> {
-        self.forwarded.append(&points).await
     }
 
     async fn select(&self, q: Query) -> Result<Vec<Row>, StoreError> {
@@ -123,7 +124,15 @@ impl InfluxV2Backend {
 
 impl TimeSeriesStore for InfluxV2Backend {
     fn write(&self, points: Vec<Point>) -> StoreFuture<'_, u32> {
-        Box::pin(self.append(points))
+        self.forwarded.write(points)
+    }
+
+    fn write_sorted(&self, points: Vec<SortedPoint>) -> StoreFuture<'_, u32> {
+        self.forwarded.write(points)
+    }
+
+    fn write_table(&self, measurement: String, rows: Table) -> StoreFuture<'_, u32> {
+        self.forwarded.write_table(measurement, rows)
     }
 
     fn query(&self, query: Query) -> StoreFuture<'_, Vec<Row>> {
@@ -142,14 +151,12 @@ impl TimeSeriesStore for InfluxV2Backend {
         Box::pin(self.forwarded.stop())
     }
 
-    /// Guests' points go straight into the outbox, as for v1; InfluxDB 2.x
-    /// stores unsigned integers, so nothing is refused for them.
-    fn outbox_sink(&self) -> Option<OutboxSink> {
-        Some(self.forwarded.sink(None))
+    fn status(&self) -> StoreStatus {
+        self.forwarded.status(self.kind())
     }
 
-    fn metrics(&self) -> String {
-        self.forwarded.metrics()
+    fn write_counters(&self, w: &mut Writer) {
+        self.forwarded.write_counters(w);
     }
 }
 

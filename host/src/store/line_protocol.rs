@@ -26,7 +26,8 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{FieldValue, Point, StoreError};
+use super::table::TableRow;
+use super::{FieldValue, Point, SortedPoint, StoreError};
 
 mod encode;
 
@@ -42,9 +43,60 @@ const KEY_SPECIALS: &[char] = &[',', '=', ' '];
 /// Appends `p` as one line (ending with `\n`) to `out`. On error `out` is
 /// left unchanged.
 pub fn encode_point(p: &Point, out: &mut String) -> Result<(), StoreError> {
-    let tags = p.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-    let fields = p.fields.iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)));
-    encode_parts(&p.measurement, tags, fields, p.time, out).map_err(StoreError::Invalid)
+    p.encode_line(out).map_err(StoreError::Invalid)
+}
+
+/// A point the remote backends encode as one line, whichever shape it
+/// arrives in ([`Point`], [`SortedPoint`], a table's row): tags and fields
+/// in strictly ascending key order, borrowed, so nothing is copied or
+/// converted before encoding.
+pub trait LinePoint {
+    /// The first unsigned field's key, if any (a database without unsigned
+    /// integers refuses the point).
+    fn unsigned_field(&self) -> Option<&str>;
+    /// Appends the point as one line ([`encode_parts`]'s checks and messages).
+    fn encode_line(&self, out: &mut String) -> Result<(), String>;
+}
+
+impl<T: LinePoint + ?Sized> LinePoint for &T {
+    fn unsigned_field(&self) -> Option<&str> {
+        (**self).unsigned_field()
+    }
+    fn encode_line(&self, out: &mut String) -> Result<(), String> {
+        (**self).encode_line(out)
+    }
+}
+
+impl LinePoint for Point {
+    fn unsigned_field(&self) -> Option<&str> {
+        self.fields.iter().find(|(_, v)| matches!(v, FieldValue::Unsigned(_))).map(|(k, _)| k.as_str())
+    }
+    fn encode_line(&self, out: &mut String) -> Result<(), String> {
+        let tags = self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let fields = self.fields.iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)));
+        encode_parts(&self.measurement, tags, fields, self.time, out)
+    }
+}
+
+/// Its keys are in order by the type's contract ([`SortedPoint::is_sorted`]).
+impl LinePoint for SortedPoint {
+    fn unsigned_field(&self) -> Option<&str> {
+        self.fields.iter().find(|(_, v)| matches!(v, FieldValue::Unsigned(_))).map(|(k, _)| k.as_str())
+    }
+    fn encode_line(&self, out: &mut String) -> Result<(), String> {
+        let tags = self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        let fields = self.fields.iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)));
+        encode_parts(&self.measurement, tags, fields, self.time, out)
+    }
+}
+
+impl LinePoint for TableRow<'_> {
+    fn unsigned_field(&self) -> Option<&str> {
+        self.fields().find(|(_, v)| matches!(v, FieldRef::Unsigned(_))).map(|(k, _)| k)
+    }
+    fn encode_line(&self, out: &mut String) -> Result<(), String> {
+        encode_parts(self.measurement(), self.tags(), self.fields(), self.time(), out)
+    }
 }
 
 /// Encodes a batch, one line per point; fails on the first invalid point

@@ -4,6 +4,12 @@
 //! cargo feature `influx-v2`) behind the same outbox. The guest-facing `influx`
 //! capability translates WIT types into these and enforces grants; stores only
 //! store.
+//!
+//! A point flows one way: guest → `influx` capability (grants, widths) →
+//! [`TimeSeriesStore`] → the embedded store, or a remote backend that
+//! checks and encodes it once into its outbox (`remote`), which the
+//! forwarder delivers. Each store reports a typed [`StoreStatus`]
+//! (`status`) that the admin API, `/metrics` and the status page render.
 
 pub mod embedded;
 #[cfg(feature = "influx-v2")]
@@ -17,11 +23,15 @@ pub mod line_protocol;
 pub mod multi;
 pub mod outbox;
 mod remote;
+pub mod status;
 pub mod table;
 
 use std::collections::BTreeMap;
 
+pub use status::{OutboxStatus, StoreStatus};
 use table::{Table, TableBuilder};
+
+use crate::metrics::Writer;
 
 /// Nanoseconds since the Unix epoch.
 pub type Timestamp = i64;
@@ -216,8 +226,10 @@ pub type StoreFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output =
 pub trait TimeSeriesStore: Send + Sync + 'static {
     /// Stores points; returns how many were accepted.
     fn write(&self, points: Vec<Point>) -> StoreFuture<'_, u32>;
-    /// [`write`](Self::write) for points with keys in order. The default
-    /// builds [`Point`]s; the embedded store stores them as they are.
+    /// [`write`](Self::write) for points with keys in order (what the
+    /// `influx` capability hands over). The default builds [`Point`]s; the
+    /// embedded store stores them as they are, a remote backend encodes
+    /// them into its outbox as they are.
     fn write_sorted(&self, points: Vec<SortedPoint>) -> StoreFuture<'_, u32> {
         self.write(points.into_iter().map(SortedPoint::into_point).collect())
     }
@@ -255,8 +267,8 @@ pub trait TimeSeriesStore: Send + Sync + 'static {
         Box::pin(multi::by_measurement(self, query))
     }
     /// Writes each row of `rows` as a point of `measurement`. The default
-    /// builds [`Point`]s; the embedded store writes the rows as they are.
-    /// (A remote backend's outbox is written by the `influx` capability.)
+    /// builds [`Point`]s; the embedded store writes the rows as they are,
+    /// a remote backend encodes them into its outbox from the columns.
     fn write_table(&self, measurement: String, rows: Table) -> StoreFuture<'_, u32> {
         Box::pin(async move {
             let points = rows.to_points(&measurement).map_err(StoreError::Invalid)?;
@@ -265,23 +277,27 @@ pub trait TimeSeriesStore: Send + Sync + 'static {
     }
     /// A short name for logs and the status page (`embedded`, `influxdb-v1`).
     fn kind(&self) -> &'static str;
-    /// Prometheus lines about the backend (outbox depth, forwarding), for
-    /// the admin `/metrics`; empty for stores without such state.
+    /// What the store says about itself (kind; outbox and link of a remote
+    /// backend): what `/api/store`, `/metrics` and the status page show.
+    fn status(&self) -> StoreStatus {
+        StoreStatus::local(self.kind())
+    }
+    /// Writes the backend's counters (outbox and forwarding); nothing for
+    /// stores without such state.
+    fn write_counters(&self, _w: &mut Writer) {}
+    /// The store's Prometheus lines for the admin `/metrics`: its
+    /// [`status`](Self::status) as gauges, then its counters.
     fn metrics(&self) -> String {
-        String::new()
+        let mut w = Writer::default();
+        self.status().write_metrics(&mut w);
+        self.write_counters(&mut w);
+        w.finish()
     }
     /// Stops the store's background work (a remote backend's forwarder)
     /// and waits for it, so that once the store is dropped its files are
     /// free at once; what is still queued stays on disk for the next start.
     fn close(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
         Box::pin(async {})
-    }
-    /// The outbox of a remote backend, so that the `influx` capability can
-    /// encode a guest's points straight into an outbox record instead of
-    /// building [`Point`]s first (that conversion used to cost more than the
-    /// encoding); `None` for stores that take [`Point`]s.
-    fn outbox_sink(&self) -> Option<outbox::OutboxSink> {
-        None
     }
 }
 
@@ -366,13 +382,9 @@ impl TimeSeriesStore for EmbeddedBackend {
         "embedded"
     }
 
-    fn metrics(&self) -> String {
-        let name = "wattedge_store_points_beyond_retention_total";
-        format!(
-            "# HELP {name} Points written already older than the embedded store's retention (purged within the hour).\n\
-             # TYPE {name} counter\n{name} {}\n",
-            self.inner.points_beyond_retention()
-        )
+    fn write_counters(&self, w: &mut Writer) {
+        let help = "Points written already older than the embedded store's retention (purged within the hour).";
+        w.counter("wattedge_store_points_beyond_retention_total", help).value(self.inner.points_beyond_retention());
     }
 }
 

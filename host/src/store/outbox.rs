@@ -35,7 +35,7 @@ pub mod segment;
 mod sink;
 
 pub use segment::RecordBuf;
-pub use sink::{OutboxSink, append_points, append_record};
+pub use sink::append_record;
 
 use recover::{first_accepted, initial_state, lock_dir};
 

@@ -149,7 +149,7 @@ impl<'a> TableView<'a> {
     }
 
     /// Each row, in table order.
-    pub fn rows(&'a self) -> impl ExactSizeIterator<Item = TableRow<'a>> + 'a {
+    pub fn rows(&'a self) -> impl ExactSizeIterator<Item = TableRow<'a>> + Clone + 'a {
         (0..self.table.len()).map(move |row| TableRow { view: self, row })
     }
 }

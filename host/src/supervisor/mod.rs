@@ -8,6 +8,7 @@
 //! on the runtime's [`clock::Clock`]: the wall clock, or tokio's in tests.
 
 pub mod clock;
+mod health;
 mod instance;
 mod record;
 mod runner;
@@ -111,6 +112,18 @@ impl Supervisor {
         Supervisor { runtime, guests: handles, tasks: Mutex::new(tasks), services }
     }
 
+    /// Writes the host's health rows (`wattedge_host`, see [`health`])
+    /// every `every` until `shutdown`; [`join`](Self::join) waits for it.
+    pub fn report_health(&self, every: std::time::Duration, shutdown: CancellationToken) {
+        let report = health::HealthReport {
+            guests: self.guests.clone(),
+            store: self.services.store.clone(),
+            host_tags: self.services.host_tags.clone(),
+        };
+        let task = tokio::spawn(report.run(every, shutdown));
+        self.tasks.lock().expect("tasks lock").push(task);
+    }
+
     /// The guest named `name`.
     pub fn guest(&self, name: &str) -> Option<&Arc<GuestHandle>> {
         self.guests.iter().find(|g| g.config.name == name)
@@ -188,7 +201,11 @@ impl AdminBackend for Supervisor {
     }
 
     fn extra_metrics(&self) -> String {
-        record::store_metrics(&self.guests, self.services.store.kind()) + &self.services.store.metrics()
+        record::store_metrics(&self.guests) + &self.services.store.metrics()
+    }
+
+    fn store_status(&self) -> crate::store::StoreStatus {
+        self.services.store.status()
     }
 
     fn series(&self, guest: &str, measurement: &str, limit: u32) -> AdminFuture<'_, Vec<LatestPoint>> {

@@ -2,7 +2,6 @@
 //! admin API's snapshot and metrics.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +9,7 @@ use crate::admin::{AdminError, GuestSnapshot, GuestState, LatestPoint, Lifecycle
 use crate::capabilities::GuestShared;
 use crate::capabilities::status::Health;
 use crate::config::GuestConfig;
+use crate::metrics::Writer;
 use crate::store::{FieldValue, Point, Query, TimeSeriesStore};
 use crate::timefmt::{rfc3339, rfc3339_ns};
 
@@ -248,31 +248,33 @@ type MetricFamily = (&'static str, &'static str, fn(&GuestShared) -> u64);
 
 /// Store and HTTP counters per guest.
 const COUNTERS: [MetricFamily; 9] = [
-    ("wattedge_guest_influx_queries_total", "Store queries made by the guest", |s| {
+    ("wattedge_guest_influx_queries_total", "Store queries made by the guest.", |s| {
         s.influx.queries.load(Ordering::Relaxed)
     }),
-    ("wattedge_guest_influx_denied_total", "Store writes and queries refused by grants", |s| {
+    ("wattedge_guest_influx_denied_total", "Store writes and queries refused by grants.", |s| {
         s.influx.writes_denied.load(Ordering::Relaxed) + s.influx.queries_denied.load(Ordering::Relaxed)
     }),
-    ("wattedge_guest_influx_errors_total", "Store operations that failed", |s| s.influx.errors.load(Ordering::Relaxed)),
-    ("wattedge_guest_http_requests_total", "Outbound HTTP requests attempted", |s| {
+    ("wattedge_guest_influx_errors_total", "Store operations that failed.", |s| {
+        s.influx.errors.load(Ordering::Relaxed)
+    }),
+    ("wattedge_guest_http_requests_total", "Outbound HTTP requests attempted.", |s| {
         s.http.requests.load(Ordering::Relaxed)
     }),
-    ("wattedge_guest_http_denied_total", "Outbound HTTP requests refused by grants", |s| {
+    ("wattedge_guest_http_denied_total", "Outbound HTTP requests refused by grants.", |s| {
         s.http.denied.load(Ordering::Relaxed)
     }),
-    ("wattedge_guest_http_errors_total", "Outbound HTTP requests that failed", |s| {
+    ("wattedge_guest_http_errors_total", "Outbound HTTP requests that failed.", |s| {
         s.http.errors.load(Ordering::Relaxed)
     }),
-    ("wattedge_guest_http_sent_bytes_total", "Outbound HTTP request body bytes sent", |s| {
+    ("wattedge_guest_http_sent_bytes_total", "Outbound HTTP request body bytes sent.", |s| {
         s.http.bytes_out.load(Ordering::Relaxed)
     }),
-    ("wattedge_guest_http_received_bytes_total", "Outbound HTTP response body bytes received", |s| {
+    ("wattedge_guest_http_received_bytes_total", "Outbound HTTP response body bytes received.", |s| {
         s.http.bytes_in.load(Ordering::Relaxed)
     }),
     (
         "wattedge_guest_denied_warnings_dropped_total",
-        "Host warnings about the guest's denied requests dropped by its warning budget",
+        "Host warnings about the guest's denied requests dropped by its warning budget.",
         |s| s.denials.dropped_total(),
     ),
 ];
@@ -282,57 +284,44 @@ const COUNTERS: [MetricFamily; 9] = [
 const WAITED_NANOS: [MetricFamily; 3] = [
     (
         "wattedge_guest_influx_query_seconds_total",
-        "Seconds the guest's store queries waited on the store (not counting the copy of the answer into the guest)",
+        "Seconds the guest's store queries waited on the store (not counting the copy of the answer into the guest).",
         |s| s.influx.query_nanos.load(Ordering::Relaxed),
     ),
     (
         "wattedge_guest_influx_write_seconds_total",
-        "Seconds the guest's store writes took until the store or the outbox held the points",
+        "Seconds the guest's store writes took until the store or the outbox held the points.",
         |s| s.influx.write_nanos.load(Ordering::Relaxed),
     ),
     (
         "wattedge_guest_http_seconds_total",
-        "Seconds the guest's outbound HTTP requests took until their response or error",
+        "Seconds the guest's outbound HTTP requests took until their response or error.",
         |s| s.http.nanos.load(Ordering::Relaxed),
     ),
 ];
 
-/// Prometheus lines for store and HTTP activity per guest.
-pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>], backend: &str) -> String {
-    let mut out = String::new();
+/// Prometheus lines for store and HTTP activity per guest (the store's own
+/// status and counters come from the store).
+pub fn store_metrics(guests: &[std::sync::Arc<super::GuestHandle>]) -> String {
+    let mut w = Writer::default();
     for (name, help, count) in COUNTERS {
-        counter_family(&mut out, name, help, guests, |s| count(s).to_string());
-    }
-    for (name, help, nanos) in WAITED_NANOS {
-        counter_family(&mut out, name, help, guests, |s| (nanos(s) as f64 / 1e9).to_string());
-    }
-    let name = "wattedge_guest_http_failures_total";
-    let _ = writeln!(out, "# HELP {name} Outbound HTTP failures by kind.\n# TYPE {name} counter");
-    for g in guests {
-        for (kind, n) in g.shared.http.errors_by_kind() {
-            let _ = writeln!(out, "{name}{{guest=\"{}\",kind=\"{kind}\"}} {n}", g.config.name);
+        let mut family = w.counter(name, help);
+        for g in guests {
+            family.sample(&[("guest", &g.config.name)], count(&g.shared));
         }
     }
-    let _ = writeln!(
-        out,
-        "# HELP wattedge_store_info The configured time-series backend.\n# TYPE wattedge_store_info gauge"
-    );
-    let _ = writeln!(out, "wattedge_store_info{{backend=\"{backend}\"}} 1");
-    out
-}
-
-/// One counter family with a sample per guest, its value rendered by `value`.
-fn counter_family(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    guests: &[std::sync::Arc<super::GuestHandle>],
-    value: impl Fn(&GuestShared) -> String,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} counter");
-    for g in guests {
-        let _ = writeln!(out, "{name}{{guest=\"{}\"}} {}", g.config.name, value(&g.shared));
+    for (name, help, nanos) in WAITED_NANOS {
+        let mut family = w.counter(name, help);
+        for g in guests {
+            family.sample(&[("guest", &g.config.name)], nanos(&g.shared) as f64 / 1e9);
+        }
     }
+    let mut failures = w.counter("wattedge_guest_http_failures_total", "Outbound HTTP failures by kind.");
+    for g in guests {
+        for (kind, n) in g.shared.http.errors_by_kind() {
+            failures.sample(&[("guest", &g.config.name), ("kind", kind)], n);
+        }
+    }
+    w.finish()
 }
 
 #[cfg(test)]

@@ -293,7 +293,10 @@
       out.push(fact("Reachable", el("span", { class: `badge state-${s.reachable ? "ok" : "failed"}` },
         icon(s.reachable ? "check" : "cross"), el("span", { class: "words" }, s.reachable ? "yes" : "no"))));
     }
-    if (s.outbox_depth !== undefined) out.push(fact("Outbox depth", `${num(s.outbox_depth)} points`));
+    if (s.outbox_depth !== undefined) {
+      const bytes = s.outbox_bytes !== undefined ? ` (${num(s.outbox_bytes)} bytes)` : "";
+      out.push(fact("Outbox depth", `${num(s.outbox_depth)} points${bytes}`));
+    }
     if (s.outbox_oldest_age_seconds !== undefined && s.outbox_oldest_age_seconds !== null) {
       out.push(fact("Oldest waiting", `${num(s.outbox_oldest_age_seconds)} s`));
     }

@@ -3,10 +3,8 @@
 //! those of `query` and `write`; only the shape differs.
 
 use crate::bindings::influx::{self as wit, InfluxError};
-use crate::store::line_protocol;
-use crate::store::outbox::{self, OutboxSink, RecordBuf};
-use crate::store::table::{Cell, FieldColumn, Table, TableView, TagColumn};
-use crate::store::{Point, StoreError};
+use crate::store::table::{Cell, FieldColumn, Table, TagColumn};
+use crate::store::{FieldValue, Point, StoreError};
 
 use super::{InfluxCap, InfluxMetrics, MAX_QUERY_ROWS, capped, finish_query, query_from_wit};
 
@@ -31,42 +29,49 @@ impl InfluxCap {
         measurement: String,
         rows: wit::Table,
     ) -> Result<(u32, Option<Point>), StoreError> {
-        let table = table_from_wit(rows);
-        let view = table.view(&measurement).map_err(StoreError::Invalid)?;
-        let latest = view.rows().max_by_key(|r| r.time()).map(|r| r.to_point());
-        let written = match self.store.outbox_sink() {
-            Some(sink) => write_to_outbox(&sink, &view).await?,
-            None => {
-                drop(view);
-                self.store.write_table(measurement, table).await?
-            }
-        };
+        let mut table = table_from_wit(rows);
+        if !self.host_tags.is_empty() {
+            set_host_columns(&mut table, &self.host_tags);
+        }
+        let latest = latest_row(&table, &measurement);
+        let written = self.store.write_table(measurement, table).await?;
         Ok((written, latest))
     }
 }
 
-/// Encodes the rows as line protocol into one outbox record, with the
-/// checks and messages of a `write` of the same points.
-async fn write_to_outbox(sink: &OutboxSink, view: &TableView<'_>) -> Result<u32, StoreError> {
-    let count =
-        u32::try_from(view.rows().len()).map_err(|_| StoreError::Invalid("too many rows in one write".into()))?;
-    if count == 0 {
-        return Ok(0);
+/// The latest row as a point (for the status page), read straight from
+/// the columns: the store checks the table (shape, string indexes, keys)
+/// once, as it writes it, and a table it refuses records no latest point,
+/// so an index out of range here only leaves the value out.
+fn latest_row(table: &Table, measurement: &str) -> Option<Point> {
+    let row = (0..table.times.len()).max_by_key(|&i| table.times[i])?;
+    let text = |i: u32| table.strings.get(i as usize).cloned();
+    let tags = table.tags.iter().filter_map(|c| Some((c.key.clone(), text((*c.values.get(row)?)?)?)));
+    let fields = table.fields.iter().filter_map(|c| {
+        let value = match (*c.values.get(row)?)? {
+            Cell::Float(f) => FieldValue::Float(f),
+            Cell::Integer(i) => FieldValue::Integer(i),
+            Cell::Unsigned(u) => FieldValue::Unsigned(u),
+            Cell::Boolean(b) => FieldValue::Boolean(b),
+            Cell::Text(i) => FieldValue::Text(text(i)?),
+        };
+        Some((c.key.clone(), value))
+    });
+    let (tags, fields) = (tags.collect(), fields.collect());
+    Some(Point { measurement: measurement.to_string(), tags, fields, time: table.times[row] })
+}
+
+/// Sets the host's tags (keys ascending) on every row: a column per host
+/// tag, its value stored once; a guest's tag column with a host tag's key
+/// is dropped, so the host's value wins.
+fn set_host_columns(table: &mut Table, host: &[(String, String)]) {
+    table.tags.retain(|c| host.binary_search_by(|(h, _)| h.as_str().cmp(&c.key)).is_err());
+    let rows = table.len();
+    for (key, value) in host {
+        let Ok(index) = u32::try_from(table.strings.len()) else { return };
+        table.strings.push(value.clone());
+        table.tags.push(TagColumn { key: key.clone(), values: vec![Some(index); rows] });
     }
-    for (i, row) in view.rows().enumerate() {
-        let unsigned = row.fields().find(|(_, v)| matches!(v, line_protocol::FieldRef::Unsigned(_)));
-        if let Some((name, _)) = unsigned
-            && let Some(refused) = sink.refuse_unsigned(i, name)
-        {
-            return Err(refused);
-        }
-    }
-    let mut record = RecordBuf::with_capacity(64 * count as usize);
-    for (i, row) in view.rows().enumerate() {
-        line_protocol::encode_parts(view.measurement(), row.tags(), row.fields(), row.time(), record.lines())
-            .map_err(|m| StoreError::Invalid(format!("point {i}: {m}")))?;
-    }
-    outbox::append_record(&sink.outbox, record, count).await
 }
 
 fn table_from_wit(t: wit::Table) -> Table {
@@ -115,5 +120,46 @@ fn cell_to_wit(c: Cell) -> wit::Cell {
         Cell::Unsigned(u) => wit::Cell::Unsigned(u),
         Cell::Boolean(b) => wit::Cell::Boolean(b),
         Cell::Text(i) => wit::Cell::Text(i),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_latest_row_is_the_point_its_view_gives() {
+        let table = Table {
+            times: vec![5, 9, 9, 1],
+            strings: vec!["a".into(), "b".into(), "t".into()],
+            tags: vec![TagColumn { key: "site".into(), values: vec![Some(0), None, Some(1), Some(0)] }],
+            fields: vec![
+                FieldColumn { key: "w".into(), values: vec![Some(Cell::Float(1.0)); 4] },
+                FieldColumn { key: "note".into(), values: vec![None, None, Some(Cell::Text(2)), None] },
+            ],
+        };
+        let view = table.view("m").unwrap();
+        let expected = view.rows().max_by_key(|r| r.time()).map(|r| r.to_point());
+        assert_eq!(latest_row(&table, "m"), expected, "the last of the rows with the latest time");
+        assert_eq!(latest_row(&Table::default(), "m"), None);
+    }
+
+    #[test]
+    fn host_tags_become_columns_and_replace_a_guest_s_column_of_the_same_key() {
+        let mut table = Table {
+            times: vec![1, 2],
+            strings: vec!["guest".into(), "L1".into()],
+            tags: vec![
+                TagColumn { key: "site".into(), values: vec![Some(0), None] },
+                TagColumn { key: "phase".into(), values: vec![Some(1), Some(1)] },
+            ],
+            fields: vec![FieldColumn { key: "w".into(), values: vec![Some(Cell::Float(1.0)), Some(Cell::Float(2.0))] }],
+        };
+        set_host_columns(&mut table, &[("site".into(), "cottage".into())]);
+        let view = table.view("m").unwrap();
+        for row in view.rows() {
+            let tags: Vec<(&str, &str)> = row.tags().collect();
+            assert_eq!(tags, [("phase", "L1"), ("site", "cottage")]);
+        }
     }
 }
