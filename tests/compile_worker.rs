@@ -7,10 +7,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use wattedge::artifact_cache::ArtifactCache;
-use wattedge::compile_process::CompileIn;
-use wattedge::component::ComponentError;
-use wattedge::engine::{self, CompileMode, EngineLimits};
+use wattedge::compile::artifact_cache::ArtifactCache;
+use wattedge::compile::component::ComponentError;
+use wattedge::compile::engine::{self, CompileMode, EngineLimits};
+use wattedge::compile::worker::CompileIn;
 
 fn worker() -> CompileIn {
     CompileIn::ChildProcess(PathBuf::from(env!("CARGO_BIN_EXE_wattedge")))
@@ -59,7 +59,7 @@ fn a_worker_compiles_a_builtin_guest_into_the_cache_and_the_host_maps_it() {
 fn a_board_profile_s_engine_settings_reach_the_worker_and_the_in_process_compiler() {
     // armv7 reserves 16 MiB per guest memory, this machine 64 MiB: an
     // artifact compiled with this machine's settings would not map.
-    let limits = wattedge::board::profile("armv7").unwrap().limits;
+    let limits = wattedge::compile::board::profile("armv7").unwrap().limits;
     assert_ne!(limits, EngineLimits::native());
     let engine = engine::build(limits).unwrap();
     let native = engine::build(EngineLimits::native()).unwrap();
@@ -115,7 +115,7 @@ fn a_worker_compiles_bytes_sent_on_its_stdin() {
     let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(worker());
     let (wasm, _) = builtin("watttime");
     // Not named as a built-in: the bytes themselves go to the worker.
-    let digest = wattedge::component::sha256_hex(wasm);
+    let digest = wattedge::compile::component::sha256_hex(wasm);
     cache.get_or_compile(&engine, "/srv/watttime.wasm", &digest, wasm).unwrap();
     assert!(cache.path_for(&engine, &digest).exists());
 }
@@ -127,7 +127,7 @@ fn a_worker_reports_the_compiler_error_and_caches_nothing() {
     let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(worker());
     // A valid header with a truncated body.
     let broken = b"\0asm\x0d\0\x01\0\x01\x05\x00";
-    let digest = wattedge::component::sha256_hex(broken);
+    let digest = wattedge::compile::component::sha256_hex(broken);
     let err = cache.get_or_compile(&engine, "broken.wasm", &digest, broken).expect_err("refused");
     let ComponentError::Compile { source_name, error } = &err else { panic!("a compile error: {err}") };
     assert_eq!(source_name, "broken.wasm");
@@ -182,7 +182,7 @@ fn the_worker_exits_with_its_cannot_write_status() {
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
-    assert_eq!(status.code(), Some(i32::from(wattedge::compile_process::EXIT_CANNOT_WRITE)));
+    assert_eq!(status.code(), Some(i32::from(wattedge::compile::worker::EXIT_CANNOT_WRITE)));
 }
 
 /// Starts a host from a config whose one guest is the probe `.wasm`, with

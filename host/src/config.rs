@@ -7,10 +7,10 @@
 
 mod capture;
 mod component;
+pub mod grants;
 mod http_host;
 mod influx;
 mod locate;
-mod units;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::board::Profile;
-use crate::engine::EngineLimits;
+use crate::compile::board::Profile;
+pub use crate::compile::component::ComponentSource;
+use crate::compile::engine::EngineLimits;
+pub use crate::units::{Schedule, parse_duration, parse_size};
 pub use capture::{CaptureRule, MAX_CAPTURED_LEN, host_internal};
-pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig};
+pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig, load_pem};
 pub use influx::OutboxConfig;
-pub use units::{Schedule, parse_duration, parse_size};
 
 /// The default admin address: loopback only, so nothing is exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
@@ -69,7 +70,7 @@ pub struct HostConfig {
     /// board's precompiled artifacts were built with, and guest limits.
     pub board: Option<Profile>,
     /// What `board = "auto"` found (for the log and `check`).
-    pub board_detection: Option<crate::board::Detection>,
+    pub board_detection: Option<crate::compile::board::Detection>,
 }
 
 impl HostConfig {
@@ -114,7 +115,7 @@ pub struct GuestConfig {
     pub grants: Grants,
     pub restart: RestartPolicy,
     /// How the host compiles the guest from `.wasm` (`compile`).
-    pub compile: crate::engine::CompileMode,
+    pub compile: crate::compile::engine::CompileMode,
 }
 
 /// What happens after failed runs: scheduled runs back off exponentially,
@@ -132,15 +133,6 @@ impl Default for RestartPolicy {
     fn default() -> Self {
         RestartPolicy { backoff: Duration::from_secs(1), max_backoff: Duration::from_secs(300), degraded_after: 1 }
     }
-}
-
-/// Where a guest's component comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ComponentSource {
-    /// One of the guests compiled into this binary (`builtin:watttime`).
-    Builtin(String),
-    /// A `.wasm` component or a precompiled artifact on disk.
-    File(PathBuf),
 }
 
 /// What a guest may reach. Everything not named here is denied.
@@ -307,7 +299,7 @@ impl Checker<'_> {
         };
         let (board, board_detection) = match raw.board.as_deref() {
             None => (None, None),
-            Some(setting) => crate::board::resolve(setting).map_err(|e| {
+            Some(setting) => crate::compile::board::resolve(setting).map_err(|e| {
                 self.error(&["host", "board"], format!("host.board: {e}, or \"auto\" to detect the board at start"))
             })?,
         };
@@ -405,7 +397,7 @@ impl Checker<'_> {
         }
         restart.degraded_after = raw.degraded_after.unwrap_or(restart.degraded_after).max(1);
         let compile = match raw.compile.as_deref() {
-            None => crate::engine::CompileMode::default(),
+            None => crate::compile::engine::CompileMode::default(),
             Some(m) => m.parse().map_err(|e| err("compile", format!("guests.{name}.compile: {e}")))?,
         };
         self.check_grants(name, &raw.grants)?;
@@ -426,7 +418,7 @@ impl Checker<'_> {
     }
 
     fn check_grants(&self, name: &str, grants: &Grants) -> Result<(), ConfigError> {
-        use crate::capabilities::http::grants::HostGrant;
+        use grants::HostGrant;
         // The line of the grant's own key, else of the grants table.
         let err = |key: &str, message: String| {
             let line = locate::line_of(self.source, &["guests", name, "grants", key])

@@ -209,6 +209,14 @@ fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// Secret that holds the admin API's bearer token.
+pub const ADMIN_TOKEN_SECRET: &str = "admin.token";
+
+/// The admin token in `secrets`, when one is set and not a placeholder.
+pub fn admin_token(secrets: &SecretStore) -> Option<String> {
+    secrets.value(ADMIN_TOKEN_SECRET).filter(|t| !is_placeholder(t))
+}
+
 /// True for values that are clearly not real credentials: empty, or the
 /// placeholders that templates and examples use.
 pub fn is_placeholder(value: &str) -> bool {

@@ -19,8 +19,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
-use super::routes::{JSON, Resp, Shared};
-use super::{AdminBackend, AdminError};
+use super::{AdminBackend, AdminError, JSON, Resp, Shared};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");

@@ -56,7 +56,7 @@ fn add_cli_to_linker(l: &mut Linker<GuestCtx>) -> wasmtime::Result<()> {
 
 #[cfg(all(test, not(target_arch = "arm")))]
 mod tests {
-    use crate::engine::{self, EngineLimits};
+    use crate::compile::engine::{self, EngineLimits};
 
     /// A component importing one function `name` from instance `interface`.
     fn importing(interface: &str, name: &str, result: &str) -> Vec<u8> {

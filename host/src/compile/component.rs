@@ -1,52 +1,36 @@
-//! Loading guest components: compile a `.wasm` or deserialize a precompiled
+//! Loading guest components: read a source, compile a `.wasm` (through the
+//! artifact cache) or map a precompiled
 //! artifact, then type-check it against the `guest` world by pre-instantiating
 //! it with the host's linker. A component that imports something the host
 //! does not provide, or lacks `init`/`run`, is rejected here with a message
 //! that says so, before it can be scheduled.
 
 use std::borrow::Cow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::Linker;
 
-use crate::artifact_cache::ArtifactCache;
+use super::artifact_cache::ArtifactCache;
+pub use super::compiler::ComponentError;
+use super::compiler::{compile, deserialize};
 use crate::bindings::GuestPre;
-use crate::capabilities::GuestCtx;
-use crate::config::ComponentSource;
 
-/// Why a component could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ComponentError {
-    #[error("{source_name}: cannot read component: {error}")]
-    Read { source_name: String, error: std::io::Error },
-    #[error(
-        "{source_name}: not a WebAssembly component or wattedge artifact (it starts with {magic:02x?}); build it with `cargo build --target wasm32-wasip2`"
-    )]
-    NotWasm { source_name: String, magic: Vec<u8> },
-    #[error("{source_name}: invalid component: {error}")]
-    Compile { source_name: String, error: String },
-    #[error("{source_name}: does not match the wattedge `guest` world: {error}")]
-    World { source_name: String, error: String },
-    /// The artifact cache (native code the host runs) could be written by
-    /// someone else.
-    #[error("{source_name}: refusing the artifact cache: {error}")]
-    UnsafeCache { source_name: String, error: crate::private_dir::UnsafePath },
+/// Where a guest's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// One of the guests compiled into this binary (`builtin:watttime`).
+    Builtin(String),
+    /// A `.wasm` component or a precompiled artifact on disk.
+    File(PathBuf),
 }
 
-impl ComponentError {
-    /// wasmtime refused to compile or load `source_name`.
-    pub(crate) fn compile(source_name: &str, error: wasmtime::Error) -> ComponentError {
-        ComponentError::Compile { source_name: source_name.into(), error: format!("{error:#}") }
-    }
-}
-
-/// A compiled, type-checked component, ready to instantiate.
-#[derive(Clone)]
-pub struct LoadedComponent {
-    pub pre: GuestPre<GuestCtx>,
+/// A compiled, type-checked component, ready to instantiate in a store
+/// whose data is `T` (the host's `GuestCtx`; the linker decides).
+pub struct LoadedComponent<T: 'static> {
+    pub pre: GuestPre<T>,
     /// sha256 hex of the bytes it was loaded from.
     pub version: String,
     /// Where it came from, for messages.
@@ -54,6 +38,18 @@ pub struct LoadedComponent {
     /// Quick code standing in until the optimized code is compiled (see
     /// [`ArtifactCache::starting_quick`]).
     pub provisional: bool,
+}
+
+// By hand: a derive would demand `T: Clone`, which the store data is not.
+impl<T: 'static> Clone for LoadedComponent<T> {
+    fn clone(&self) -> Self {
+        LoadedComponent {
+            pre: self.pre.clone(),
+            version: self.version.clone(),
+            source_name: self.source_name.clone(),
+            provisional: self.provisional,
+        }
+    }
 }
 
 /// The bytes of `source`: borrowed from the binary for a built-in guest.
@@ -86,15 +82,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// stored there when it does not). A precompiled artifact read from `file` is
 /// mapped from that file rather than copied, so its code is file-backed
 /// memory the kernel can share and drop.
-pub fn load_cached(
+pub fn load_cached<T: 'static>(
     engine: &Engine,
-    linker: &Linker<GuestCtx>,
+    linker: &Linker<T>,
     source_name: &str,
     bytes: &[u8],
     version: &str,
     cache: Option<&ArtifactCache>,
     file: Option<&Path>,
-) -> Result<LoadedComponent, ComponentError> {
+) -> Result<LoadedComponent<T>, ComponentError> {
     let mut provisional = false;
     let component = if bytes.starts_with(b"\0asm") {
         match cache {
@@ -122,86 +118,13 @@ pub fn load_cached(
     Ok(LoadedComponent { pre, version: version.to_string(), source_name: source_name.into(), provisional })
 }
 
-/// A precompiled artifact: mapped from `file` when there is one.
-fn deserialize(
-    engine: &Engine,
-    source_name: &str,
-    bytes: &[u8],
-    file: Option<&Path>,
-) -> Result<Component, ComponentError> {
-    // SAFETY: artifacts are produced by `wattedge compile` and loaded from
-    // paths the operator configured; wasmtime checks the engine settings
-    // and target recorded in the artifact and refuses a mismatch. A file is
-    // mapped only after its bytes were read and checked above.
-    let result = match file {
-        Some(path) => unsafe { Component::deserialize_file(engine, path) },
-        None => unsafe { Component::deserialize(engine, bytes) },
-    };
-    result.map_err(|e| ComponentError::Compile {
-        source_name: source_name.into(),
-        error: format!(
-            "{e:#}; rebuild the artifact with `wattedge compile --target PROFILE` for this board, \
-             and set the same `board = \"PROFILE\"` in [host]"
-        ),
-    })
-}
-
-/// Compiles a `.wasm` component with Cranelift (see [`precompile`]).
-#[cfg(not(target_arch = "arm"))]
-fn compile(engine: &Engine, source_name: &str, bytes: &[u8]) -> Result<Component, ComponentError> {
-    let artifact = precompile(engine, source_name, bytes, crate::engine::CompileMode::Quick)?;
-    // SAFETY: compiled a moment ago by an engine with this engine's settings.
-    unsafe { Component::deserialize(engine, &artifact) }.map_err(|e| ComponentError::compile(source_name, e))
-}
-
-/// Compiles a `.wasm` component into an artifact for `engine`, with a
-/// throwaway compiler engine ([`crate::engine::compiler_like`]) so that
-/// Cranelift's working memory is freed afterwards.
-#[cfg(not(target_arch = "arm"))]
-pub(crate) fn precompile(
-    engine: &Engine,
-    source_name: &str,
-    bytes: &[u8],
-    mode: crate::engine::CompileMode,
-) -> Result<Vec<u8>, ComponentError> {
-    crate::engine::compiler_like(engine, mode)
-        .and_then(|compiler| compiler.precompile_component(bytes))
-        .map_err(|e| ComponentError::compile(source_name, e))
-}
-
-/// 32-bit ARM builds carry no compiler: guests must be precompiled.
-#[cfg(target_arch = "arm")]
-fn compile(_: &Engine, source_name: &str, _: &[u8]) -> Result<Component, ComponentError> {
-    Err(no_compiler(source_name))
-}
-
-#[cfg(target_arch = "arm")]
-pub(crate) fn precompile(
-    _: &Engine,
-    source_name: &str,
-    _: &[u8],
-    _: crate::engine::CompileMode,
-) -> Result<Vec<u8>, ComponentError> {
-    Err(no_compiler(source_name))
-}
-
-#[cfg(target_arch = "arm")]
-fn no_compiler(source_name: &str) -> ComponentError {
-    ComponentError::Compile {
-        source_name: source_name.into(),
-        error: "this 32-bit ARM build runs precompiled guests only; on the build machine run \
-                `wattedge compile --target armv7` and point `component` at the .cwasm artifact"
-            .into(),
-    }
-}
-
 /// Reads and loads `source` on a blocking thread, through `cache` if given.
-pub async fn load_source(
+pub async fn load_source<T: Send + 'static>(
     engine: Engine,
-    linker: Arc<Linker<GuestCtx>>,
+    linker: Arc<Linker<T>>,
     source: ComponentSource,
     cache: Option<ArtifactCache>,
-) -> Result<LoadedComponent, ComponentError> {
+) -> Result<LoadedComponent<T>, ComponentError> {
     crate::blocking::spawn_blocking(move || {
         let (name, bytes) = read_source(&source)?;
         // A built-in guest's digest comes from build.rs: with a warm cache its

@@ -19,11 +19,11 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use crate::admin::{AdminBackend, AdminError, AdminFuture, GuestSnapshot, InvokeAccepted, LatestPoint};
+use crate::api::{AdminBackend, AdminError, AdminFuture, GuestSnapshot, InvokeAccepted, LatestPoint};
 use crate::capabilities::{GuestCtx, GuestShared, HostServices};
-use crate::component::LoadedComponent;
+use crate::compile::component::LoadedComponent;
+use crate::compile::engine::EpochTicker;
 use crate::config::{ComponentSource, GuestConfig};
-use crate::engine::EpochTicker;
 
 pub use record::{GuestRecord, Outcome};
 
@@ -37,12 +37,12 @@ pub struct Runtime {
     pub services: HostServices,
     pub ticker: EpochTicker,
     /// Compiled guests from earlier starts (none for `check`).
-    pub cache: Option<crate::artifact_cache::ArtifactCache>,
+    pub cache: Option<crate::compile::artifact_cache::ArtifactCache>,
 }
 
 impl Runtime {
     /// The artifact cache as `guest` compiles through it (its `compile` mode).
-    pub fn cache_for(&self, guest: &GuestConfig) -> Option<crate::artifact_cache::ArtifactCache> {
+    pub fn cache_for(&self, guest: &GuestConfig) -> Option<crate::compile::artifact_cache::ArtifactCache> {
         self.cache.as_ref().map(|cache| cache.for_mode(guest.compile))
     }
 }
@@ -59,7 +59,7 @@ pub struct GuestHandle {
     /// for the guest's task (see `tier_up`).
     pub tier_up: swap::SwapSlot,
     /// The component the last swap replaced, for rollback.
-    pub previous: Mutex<Option<LoadedComponent>>,
+    pub previous: Mutex<Option<LoadedComponent<GuestCtx>>>,
 }
 
 impl GuestHandle {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use crate::admin::{AdminError, GuestSnapshot, GuestState, LatestPoint, Lifecycle, RecentRun, RunRecord};
+use crate::api::{AdminError, GuestSnapshot, GuestState, LatestPoint, Lifecycle, RecentRun, RunRecord};
 use crate::capabilities::GuestShared;
 use crate::capabilities::status::Health;
 use crate::config::GuestConfig;
