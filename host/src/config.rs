@@ -24,6 +24,7 @@ pub use crate::compile::component::ComponentSource;
 use crate::compile::engine::EngineLimits;
 pub use crate::units::{Schedule, parse_duration, parse_size};
 pub use capture::{CaptureRule, MAX_CAPTURED_LEN, host_internal};
+use grants::HostGrant;
 pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig, load_pem};
 pub use influx::OutboxConfig;
 
@@ -135,25 +136,41 @@ impl Default for RestartPolicy {
     }
 }
 
-/// What a guest may reach. Everything not named here is denied.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// What a guest may reach, parsed once at load: everything not named here
+/// is denied. The capabilities enforce these; they never parse grants.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grants {
     /// Hosts (`host`, `host:port`, `https://host`) the guest may call.
-    #[serde(default)]
-    pub http: Vec<String>,
+    pub http: Vec<HostGrant>,
     /// Secret name → hosts the secret may be sent to.
-    #[serde(default)]
-    pub secrets: BTreeMap<String, Vec<String>>,
+    pub secrets: BTreeMap<String, Vec<HostGrant>>,
     /// Measurements the guest may write.
-    #[serde(default)]
     pub influx_write: Vec<String>,
     /// Measurements the guest may query.
-    #[serde(default)]
     pub influx_read: Vec<String>,
     /// Secret name → the rule by which the host captures it from answers.
-    #[serde(default)]
     pub capture: BTreeMap<String, CaptureRule>,
+}
+
+/// `[guests.NAME.grants]` as written; [`Checker::grants`] parses it into [`Grants`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    /// Hosts (`host`, `host:port`, `https://host`) the guest may call.
+    #[serde(default)]
+    http: Vec<String>,
+    /// Secret name → hosts the secret may be sent to.
+    #[serde(default)]
+    secrets: BTreeMap<String, Vec<String>>,
+    /// Measurements the guest may write.
+    #[serde(default)]
+    influx_write: Vec<String>,
+    /// Measurements the guest may query.
+    #[serde(default)]
+    influx_read: Vec<String>,
+    /// Secret name → the rule by which the host captures it from answers.
+    #[serde(default)]
+    capture: BTreeMap<String, CaptureRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -213,7 +230,7 @@ struct RawGuest {
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     #[serde(default)]
-    grants: Grants,
+    grants: RawGrants,
 }
 
 impl Config {
@@ -400,9 +417,9 @@ impl Checker<'_> {
             None => crate::compile::engine::CompileMode::default(),
             Some(m) => m.parse().map_err(|e| err("compile", format!("guests.{name}.compile: {e}")))?,
         };
-        self.check_grants(name, &raw.grants)?;
-        self.check_secret_grants(name, &raw.grants, influx)?;
-        self.check_builtin_capture(name, &component, &raw.grants)?;
+        let grants = self.grants(name, raw.grants)?;
+        self.check_secret_grants(name, &grants, influx)?;
+        self.check_builtin_capture(name, &component, &grants)?;
         Ok(GuestConfig {
             name: name.to_string(),
             component,
@@ -411,44 +428,44 @@ impl Checker<'_> {
             run_timeout,
             enabled: raw.enabled.unwrap_or(true),
             config,
-            grants: raw.grants,
+            grants,
             restart,
             compile,
         })
     }
 
-    fn check_grants(&self, name: &str, grants: &Grants) -> Result<(), ConfigError> {
-        use grants::HostGrant;
+    /// Parses and checks `[guests.NAME.grants]`: the only place the grant
+    /// grammar is applied (`wattedge check` and the running host alike).
+    fn grants(&self, name: &str, raw: RawGrants) -> Result<Grants, ConfigError> {
         // The line of the grant's own key, else of the grants table.
         let err = |key: &str, message: String| {
             let line = locate::line_of(self.source, &["guests", name, "grants", key])
                 .or_else(|| locate::line_of(self.source, &["guests", name, "grants"]));
             ConfigError { file: self.path.to_path_buf(), line, message }
         };
-        let entries = grants.http.iter().map(|h| ("http", h));
-        for (key, entry) in entries.chain(grants.secrets.values().flatten().map(|h| ("secrets", h))) {
-            HostGrant::parse(entry).map_err(|e| err(key, format!("guests.{name}.grants.{key}: {e}")))?;
+        let parse = |key: &str, entries: &[String]| -> Result<Vec<HostGrant>, ConfigError> {
+            let parsed = entries.iter().map(|entry| HostGrant::parse(entry));
+            parsed.collect::<Result<_, _>>().map_err(|e| err(key, format!("guests.{name}.grants.{key}: {e}")))
+        };
+        let http = parse("http", &raw.http)?;
+        let secrets = raw.secrets.iter().map(|(secret, hosts)| Ok((secret.clone(), parse("secrets", hosts)?)));
+        let secrets: BTreeMap<String, Vec<HostGrant>> = secrets.collect::<Result<_, ConfigError>>()?;
+        if let Some(secret) = secrets.iter().find(|(s, hosts)| s.is_empty() || hosts.is_empty()).map(|(s, _)| s) {
+            let message = format!(
+                "guests.{name}.grants.secrets.{secret:?} must name at least one host the secret may be sent to"
+            );
+            return Err(err("secrets", message));
         }
-        for (secret, hosts) in &grants.secrets {
-            if secret.is_empty() || hosts.is_empty() {
-                return Err(err(
-                    "secrets",
-                    format!(
-                        "guests.{name}.grants.secrets.{secret:?} must name at least one host the secret may be sent to"
-                    ),
-                ));
-            }
+        let measurements = raw.influx_write.iter().map(|m| ("influx_write", m));
+        let invalid = measurements
+            .chain(raw.influx_read.iter().map(|m| ("influx_read", m)))
+            .find(|(_, measurement)| measurement.is_empty() || measurement.contains('\n'));
+        if let Some((key, measurement)) = invalid {
+            let message = format!("guests.{name}.grants.{key}: measurement {measurement:?} is not a valid name");
+            return Err(err(key, message));
         }
-        let measurements = grants.influx_write.iter().map(|m| ("influx_write", m));
-        for (key, measurement) in measurements.chain(grants.influx_read.iter().map(|m| ("influx_read", m))) {
-            if measurement.is_empty() || measurement.contains('\n') {
-                return Err(err(
-                    key,
-                    format!("guests.{name}.grants.{key}: measurement {measurement:?} is not a valid name"),
-                ));
-            }
-        }
-        Ok(())
+        let RawGrants { influx_write, influx_read, capture, .. } = raw;
+        Ok(Grants { http, secrets, influx_write, influx_read, capture })
     }
 }
 

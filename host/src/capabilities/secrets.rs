@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::bindings::secrets::{self as wit, SecretError};
 use crate::config::Grants;
+use crate::config::grants::HostGrant;
 use crate::secrets::SecretStore;
 
 /// One guest's view of the secrets store.
@@ -14,7 +15,7 @@ pub struct SecretsCap {
     guest: Arc<str>,
     store: Arc<SecretStore>,
     /// Secret name → hosts it may be sent to.
-    grants: BTreeMap<String, Vec<String>>,
+    grants: BTreeMap<String, Vec<HostGrant>>,
 }
 
 impl SecretsCap {
@@ -23,7 +24,7 @@ impl SecretsCap {
     }
 
     /// Hosts `name` may be sent to, if it is granted at all.
-    pub fn hosts_for(&self, name: &str) -> Option<&[String]> {
+    pub fn hosts_for(&self, name: &str) -> Option<&[HostGrant]> {
         self.grants.get(name).map(Vec::as_slice)
     }
 

@@ -86,18 +86,13 @@ pub struct GateParts {
 }
 
 impl HttpGate {
-    /// The gate for one guest store: its grants parsed once, the shared
+    /// The gate for one guest store: its grants (parsed at config load), the shared
     /// secrets and settings; capture rules come from its grants only.
     pub fn new(guest: Arc<str>, grants: &Grants, shared: Arc<super::GuestShared>, parts: GateParts) -> HttpGate {
-        let secret_grants = grants
-            .secrets
-            .iter()
-            .map(|(name, hosts)| (name.clone(), crate::config::grants::parse_all(hosts)))
-            .collect();
         let config = GateConfig {
             guest,
-            grants: crate::config::grants::parse_all(&grants.http),
-            secret_grants,
+            grants: grants.http.clone(),
+            secret_grants: grants.secrets.clone(),
             capture: grants.capture.clone(),
             secrets: parts.secrets,
             settings: parts.settings,
