@@ -23,6 +23,7 @@
 //! - `blocking`: running CPU-heavy work off the async threads.
 //! - [`builtin`]: the shipped guests compiled into the binary.
 //! - `guest_text`: guest-supplied text made safe for logs and answers.
+//! - `percent`: percent-encoding of query components and form values.
 //! - `private_dir`, `redb_file`: files and directories only the host's user
 //!   can touch.
 //! - [`secrets`]: the secrets file, its values and scrubbing them from text.
@@ -63,6 +64,7 @@ pub mod compile;
 pub mod config;
 pub(crate) mod guest_text;
 pub(crate) mod host;
+pub(crate) mod percent;
 pub(crate) mod private_dir;
 pub(crate) mod redb_file;
 pub mod secrets;
