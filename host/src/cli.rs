@@ -245,7 +245,8 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let limits = config.host.engine_limits();
-    let engine = crate::compile::engine::build(limits).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let engine = crate::compile::engine::build(limits, crate::compile::engine::Purpose::Native)
+        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let linker = Arc::new(crate::capabilities::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     for guest in &config.guests {
         let loaded =

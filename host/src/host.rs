@@ -117,7 +117,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let store = services.store.clone();
     let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
     let limits = config.host.engine_limits().growing_to(largest_memory);
-    let engine = engine::build_runtime(limits).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let runtime = Arc::new(Runtime {
         ticker: EpochTicker::start(engine.clone()),

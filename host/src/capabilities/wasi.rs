@@ -67,7 +67,7 @@ mod tests {
 
     /// The linker's verdict on a component that imports `interface`.
     fn link(interface: &str, name: &str, result: &str) -> Result<(), String> {
-        let engine = engine::build(EngineLimits::native()).unwrap();
+        let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
         let linker = crate::capabilities::linker(&engine).unwrap();
         let component = wasmtime::component::Component::new(&engine, importing(interface, name, result)).unwrap();
         linker.instantiate_pre(&component).map(|_| ()).map_err(|e| format!("{e:#}"))

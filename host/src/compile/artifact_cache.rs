@@ -320,7 +320,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("cache");
         let cache = ArtifactCache::new(dir.clone(), EngineLimits::native());
-        let engine = crate::compile::engine::build(EngineLimits::native()).unwrap();
+        let engine =
+            crate::compile::engine::build(EngineLimits::native(), crate::compile::engine::Purpose::Native).unwrap();
         let wasm = crate::builtin::component("correlator").expect("built-in guests");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();

@@ -128,7 +128,8 @@ mod tests {
             let p = profile(name).unwrap_or_else(|e| panic!("{e}"));
             assert!(p.default_memory_limit >= 1 << 20, "{name}");
             assert!(p.limits.memory_guard >= 64 << 10, "{name}: guard below one wasm page");
-            crate::compile::engine::build(p.limits).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            crate::compile::engine::build(p.limits, crate::compile::engine::Purpose::Native)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         }
         let err = profile("pi9").unwrap_err().to_string();
         assert!(err.contains("pi4") && err.contains("armv7"), "{err}");

@@ -54,7 +54,7 @@ pub fn compile(
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Vec<Artifact>, PrecompileError> {
     let target = profile.compiler_target().to_string();
-    let engine = engine::build_for_target(&target, profile.limits)
+    let engine = engine::build(profile.limits, engine::Purpose::Target(&target))
         .map_err(|e| PrecompileError::Engine { name: profile.name.clone(), message: format!("{e:#}") })?;
     std::fs::create_dir_all(out_dir)
         .map_err(|error| PrecompileError::Write { path: out_dir.display().to_string(), error })?;
@@ -98,7 +98,7 @@ mod tests {
         assert_eq!(seen, ["0/1 probe", "done probe"]);
         let bytes = std::fs::read(&artifacts[0].path).unwrap();
         assert!(wasmtime::Engine::detect_precompiled(&bytes).is_some(), "a wasmtime artifact");
-        let native = engine::build(engine::EngineLimits::native()).unwrap();
+        let native = engine::build(engine::EngineLimits::native(), engine::Purpose::Native).unwrap();
         // The artifact is refused before its imports are looked at: no host functions needed.
         let linker = wasmtime::component::Linker::<()>::new(&native);
         let version = crate::compile::component::sha256_hex(&bytes);

@@ -223,7 +223,7 @@ pub fn serve(out: &Path, builtin: Option<&str>, limits: EngineLimits, mode: Comp
             .ok_or_else(|| ServeError::Compile(format!("no built-in guest named {name:?}")))?,
         None => &input[..],
     };
-    let artifact = super::engine::build_compiler(limits, mode)
+    let artifact = super::engine::build(limits, super::engine::Purpose::Compiler(mode))
         .and_then(|compiler| compiler.precompile_component(wasm))
         .map_err(|e| ServeError::Compile(format!("{e:#}")))?;
     crate::secrets::write_atomic(out, &artifact)
