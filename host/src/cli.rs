@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use crate::compile::engine::{self, EngineLimits};
 use crate::compile::worker::CompileIn;
 use crate::config::Config;
 use crate::secrets::SecretStore;
@@ -101,7 +102,7 @@ pub enum Command {
         memory_guard: u64,
         /// `quick` or `optimized` (the guest's `compile` setting).
         #[arg(long, default_value = "quick")]
-        compile: crate::compile::engine::CompileMode,
+        compile: engine::CompileMode,
         /// Compile at the lowest CPU priority (a guest's optimized code
         /// while it already runs on quick code).
         #[arg(long)]
@@ -175,7 +176,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compile { target, out } => compile(&cli.config, target.as_deref(), &out),
         #[cfg(not(target_arch = "arm"))]
         Command::CompileWorker { out, builtin, memory_reservation, memory_guard, compile, background } => {
-            let limits = crate::compile::engine::EngineLimits::from_worker_args(memory_reservation, memory_guard);
+            let limits = EngineLimits::from_worker_args(memory_reservation, memory_guard);
             if background {
                 crate::compile::worker::lower_priority();
             }
@@ -189,8 +190,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 fn compile_worker(
     out: &Path,
     builtin: Option<&str>,
-    limits: crate::compile::engine::EngineLimits,
-    mode: crate::compile::engine::CompileMode,
+    limits: EngineLimits,
+    mode: engine::CompileMode,
 ) -> anyhow::Result<ExitCode> {
     match crate::compile::worker::serve(out, builtin, limits, mode) {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -245,8 +246,7 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let limits = config.host.engine_limits();
-    let engine = crate::compile::engine::build(limits, crate::compile::engine::Purpose::Native)
-        .map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let engine = engine::build(limits, engine::Purpose::Native).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let linker = Arc::new(crate::capabilities::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     for guest in &config.guests {
         let loaded =
@@ -274,7 +274,7 @@ fn board_origin(config: &Config) -> String {
 }
 
 /// The engine settings `check` reports, and where they come from.
-fn describe_engine(config: &Config, limits: crate::compile::engine::EngineLimits) -> String {
+fn describe_engine(config: &Config, limits: EngineLimits) -> String {
     let origin = board_origin(config);
     format!(
         "{} MiB reserved per guest memory, {} KiB guard ({origin})",

@@ -1,9 +1,9 @@
 //! Loading guest components: read a source, compile a `.wasm` (through the
-//! artifact cache) or map a precompiled
-//! artifact, then type-check it against the `guest` world by pre-instantiating
-//! it with the host's linker. A component that imports something the host
-//! does not provide, or lacks `init`/`run`, is rejected here with a message
-//! that says so, before it can be scheduled.
+//! artifact cache) or map a precompiled artifact, then type-check it against
+//! the `guest` world by pre-instantiating it with the linker the caller
+//! gives (the host's, over its `GuestCtx`). A component that imports
+//! something the host does not provide, or lacks `init`/`run`, is rejected
+//! here with a message that says so, before it can be scheduled.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
