@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub mod scrub;
+pub(crate) mod scrub;
 
 /// Table in the file that records when persisted captured values expire.
 const EXPIRES_TABLE: &str = "_expires";

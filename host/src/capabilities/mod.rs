@@ -5,16 +5,16 @@
 //! (health, counters, wake-ups, written-point totals) lives in
 //! [`GuestShared`], which the supervisor keeps across restarts and swaps.
 
-pub mod denials;
+pub(crate) mod denials;
 pub mod http;
 pub mod influx;
-pub mod limiter;
-pub mod log;
-pub mod schedule;
-pub mod secrets;
-pub mod state;
-pub mod status;
-pub mod wasi;
+pub(crate) mod limiter;
+pub(crate) mod log;
+pub(crate) mod schedule;
+pub(crate) mod secrets;
+pub(crate) mod state;
+pub(crate) mod status;
+pub(crate) mod wasi;
 
 use std::sync::Arc;
 

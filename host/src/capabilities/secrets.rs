@@ -23,16 +23,6 @@ impl SecretsCap {
         SecretsCap { guest, store, grants: grants.secrets.clone() }
     }
 
-    /// Hosts `name` may be sent to, if it is granted at all.
-    pub fn hosts_for(&self, name: &str) -> Option<&[HostGrant]> {
-        self.grants.get(name).map(Vec::as_slice)
-    }
-
-    /// The store, for the egress path.
-    pub fn store(&self) -> &Arc<SecretStore> {
-        &self.store
-    }
-
     fn check_granted(&self, name: &str, shared: &super::GuestShared) -> Result<(), SecretError> {
         if self.grants.contains_key(name) {
             return Ok(());
