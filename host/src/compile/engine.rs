@@ -320,6 +320,26 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_arch = "arm"))]
+    fn a_runtime_engine_cannot_compile_but_loads_what_a_compiler_with_its_limits_compiled() {
+        let limits = EngineLimits::native();
+        let runtime = build(limits, Purpose::Runtime).unwrap();
+        let empty = b"\0asm\x0d\0\x01\0"; // an empty component
+        assert!(runtime.precompile_component(empty).is_err(), "the runtime engine has no compiler");
+        for mode in [CompileMode::Quick, CompileMode::Optimized] {
+            let compiler = build(limits, Purpose::Compiler(mode)).unwrap();
+            let artifact = compiler.precompile_component(empty).unwrap();
+            // SAFETY: compiled just now by an engine with the runtime's settings.
+            let loaded = unsafe { wasmtime::component::Component::deserialize(&runtime, &artifact) };
+            assert!(loaded.is_ok(), "{mode:?}: {:?}", loaded.err());
+        }
+        let pulley = build(limits, Purpose::Target("pulley32")).unwrap();
+        let foreign = pulley.precompile_component(empty).unwrap();
+        // SAFETY: wasmtime checks the target recorded in the artifact first.
+        assert!(unsafe { wasmtime::component::Component::deserialize(&runtime, &foreign) }.is_err());
+    }
+
+    #[test]
     fn the_ticker_thread_ends_with_the_last_ticker() {
         let ticker = EpochTicker::start(build(EngineLimits::native(), Purpose::Native).unwrap());
         let ticking = Arc::downgrade(&ticker.ticking);

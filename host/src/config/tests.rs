@@ -103,6 +103,22 @@ fn a_bad_grant_names_the_line_of_its_key() {
 }
 
 #[test]
+fn grants_are_parsed_once_at_load_into_typed_entries() {
+    let source = format!(
+        "{MINIMAL}\n[guests.correlator.grants]\nhttp = [\"private:https://nas.lan:8123\"]\n\
+         secrets = {{ \"nas.token\" = [\"nas.lan\"] }}\n"
+    );
+    let grants = &parse(&source).unwrap().guests[0].grants;
+    let nas =
+        grants::HostGrant { scheme: Some("https".into()), host: "nas.lan".into(), port: Some(8123), private: true };
+    assert_eq!(grants.http, [nas]);
+    assert_eq!(grants.secrets["nas.token"], [grants::HostGrant::parse("nas.lan").unwrap()]);
+    let empty = format!("{MINIMAL}\n[guests.correlator.grants]\nsecrets = {{ \"nas.token\" = [] }}\n");
+    let err = parse(&empty).unwrap_err();
+    assert!(err.message.contains("must name at least one host"), "{}", err.message);
+}
+
+#[test]
 fn unknown_key_names_file_line_and_key() {
     let source = "[host]\nstate_dir = \"/tmp/x\"\nadmin_port = 9100\n";
     let err = parse(source).unwrap_err();
