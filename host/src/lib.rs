@@ -10,8 +10,9 @@
 //! # Layout
 //!
 //! Modules form layers; a module uses only modules of its own layer or of
-//! the layers above it in this list, never the other way round, and no two
-//! modules depend on each other (`.ci/module-cycles` checks it).
+//! the layers above it in this list, never the other way round, and no
+//! module depends on itself through others, at the top level or among the
+//! children of one module (`.ci/module-cycles` checks both).
 //!
 //! **leaf** — shared by several layers, depending on nothing of the crate
 //! (or only on another leaf):
