@@ -13,7 +13,7 @@ const GUEST_PACKAGES: &[&str] = &["wattedge-watttime", "wattedge-wattivahti", "w
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest_dir.parent().expect("host/ lives in the workspace root").to_path_buf();
-    for watched in ["guests", "wit", "tests/probe", "Cargo.lock"] {
+    for watched in ["guests", "crates", "wit", "tests/probe", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=WATTEDGE_GUEST_DIR");

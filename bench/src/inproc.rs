@@ -448,8 +448,11 @@ pub async fn guest_calls(calls: u64, points: u64, repeats: usize) -> anyhow::Res
 
 /// Precompiles `bytes` for this machine (what `wattedge compile` does for a board).
 pub fn precompile_native(bytes: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let engine =
-        wattedge::engine::build(wattedge::engine::EngineLimits::native()).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let engine = wattedge::compile::engine::build(
+        wattedge::compile::engine::EngineLimits::native(),
+        wattedge::compile::engine::Purpose::Native,
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}"))?;
     engine.precompile_component(bytes).map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::compile_process::CompileIn;
+use crate::compile::engine::{self, EngineLimits};
+use crate::compile::worker::CompileIn;
 use crate::config::Config;
 use crate::secrets::SecretStore;
 
@@ -101,7 +102,7 @@ pub enum Command {
         memory_guard: u64,
         /// `quick` or `optimized` (the guest's `compile` setting).
         #[arg(long, default_value = "quick")]
-        compile: crate::engine::CompileMode,
+        compile: engine::CompileMode,
         /// Compile at the lowest CPU priority (a guest's optimized code
         /// while it already runs on quick code).
         #[arg(long)]
@@ -175,24 +176,24 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compile { target, out } => compile(&cli.config, target.as_deref(), &out),
         #[cfg(not(target_arch = "arm"))]
         Command::CompileWorker { out, builtin, memory_reservation, memory_guard, compile, background } => {
-            let limits = crate::engine::EngineLimits::from_worker_args(memory_reservation, memory_guard);
+            let limits = EngineLimits::from_worker_args(memory_reservation, memory_guard);
             if background {
-                crate::compile_process::lower_priority();
+                crate::compile::worker::lower_priority();
             }
             compile_worker(&out, builtin.as_deref(), limits, compile)
         }
     }
 }
 
-/// The hidden `compile-worker` command (see [`crate::compile_process`]).
+/// The hidden `compile-worker` command (see [`crate::compile::worker`]).
 #[cfg(not(target_arch = "arm"))]
 fn compile_worker(
     out: &Path,
     builtin: Option<&str>,
-    limits: crate::engine::EngineLimits,
-    mode: crate::engine::CompileMode,
+    limits: EngineLimits,
+    mode: engine::CompileMode,
 ) -> anyhow::Result<ExitCode> {
-    match crate::compile_process::serve(out, builtin, limits, mode) {
+    match crate::compile::worker::serve(out, builtin, limits, mode) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("error: {e}");
@@ -220,7 +221,7 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// The binary compiles guests in a child process of itself (see
-/// [`crate::compile_process`]); where it cannot name itself, in-process.
+/// [`crate::compile::worker`]); where it cannot name itself, in-process.
 fn host_options() -> crate::HostOptions {
     let compile_in = match std::env::current_exe() {
         Ok(exe) if cfg!(not(target_arch = "arm")) => CompileIn::ChildProcess(exe),
@@ -245,10 +246,11 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let limits = config.host.engine_limits();
-    let engine = crate::engine::build(limits).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    let engine = engine::build(limits, engine::Purpose::Native).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let linker = Arc::new(crate::capabilities::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     for guest in &config.guests {
-        let loaded = crate::component::load_source(engine.clone(), linker.clone(), guest.component.clone(), None).await;
+        let loaded =
+            crate::compile::component::load_source(engine.clone(), linker.clone(), guest.component.clone(), None).await;
         if let Err(e) = loaded {
             let line = crate::config::locate_key(&config, &["guests", &guest.name, "component"]);
             eprintln!("error: {}{line}: guests.{}.component: {e}", config.path.display(), guest.name);
@@ -272,7 +274,7 @@ fn board_origin(config: &Config) -> String {
 }
 
 /// The engine settings `check` reports, and where they come from.
-fn describe_engine(config: &Config, limits: crate::engine::EngineLimits) -> String {
+fn describe_engine(config: &Config, limits: EngineLimits) -> String {
     let origin = board_origin(config);
     format!(
         "{} MiB reserved per guest memory, {} KiB guard ({origin})",
@@ -338,17 +340,17 @@ fn compile(config_path: &Path, target: Option<&str>, out: &Path) -> anyhow::Resu
         Err(code) => return Ok(code),
     };
     let profile = match (target, &config.host.board) {
-        (Some(name), _) => crate::board::profile(name)?,
+        (Some(name), _) => crate::compile::board::profile(name)?,
         (None, Some(board)) => board.clone(),
         (None, None) => anyhow::bail!(
             "name the board to compile for: --target PROFILE (profiles: {}), or set `board` in [host]",
-            crate::board::profile_names()
+            crate::compile::board::profile_names()
         ),
     };
     let guests: Vec<_> = config.guests.iter().map(|g| (g.name.clone(), g.component.clone())).collect();
     let started = std::time::Instant::now();
-    let artifacts = crate::precompile::compile(&profile, &guests, out, |step| match step {
-        crate::precompile::Progress::Start { index, total, guest } => {
+    let artifacts = crate::compile::precompile::compile(&profile, &guests, out, |step| match step {
+        crate::compile::precompile::Progress::Start { index, total, guest } => {
             eprint!(
                 "[{}/{total}] {guest}: compiling for {} ({})... ",
                 index + 1,
@@ -356,7 +358,7 @@ fn compile(config_path: &Path, target: Option<&str>, out: &Path) -> anyhow::Resu
                 profile.compiler_target()
             )
         }
-        crate::precompile::Progress::Done(a) => {
+        crate::compile::precompile::Progress::Done(a) => {
             eprintln!(
                 "{} KiB -> {} KiB in {:.1} s: {}",
                 a.input_bytes / 1024,

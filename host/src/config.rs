@@ -8,10 +8,10 @@
 mod capture;
 mod component;
 mod fleet;
+pub mod grants;
 mod http_host;
 mod influx;
 mod locate;
-mod units;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,13 +20,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::board::Profile;
-use crate::engine::EngineLimits;
+use crate::compile::board::Profile;
+pub use crate::compile::component::ComponentSource;
+use crate::compile::engine::EngineLimits;
+pub use crate::units::{Schedule, parse_duration, parse_size};
 pub use capture::{CaptureRule, MAX_CAPTURED_LEN, host_internal};
 pub use fleet::{DEFAULT_HEALTH_INTERVAL, FleetConfig, GUEST_TAG, HEALTH_KEYS};
-pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig};
+use grants::HostGrant;
+pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig, load_pem};
 pub use influx::OutboxConfig;
-pub use units::{Schedule, parse_duration, parse_size};
 
 /// The default admin address: loopback only, so nothing is exposed by accident.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9100";
@@ -71,7 +73,7 @@ pub struct HostConfig {
     /// board's precompiled artifacts were built with, and guest limits.
     pub board: Option<Profile>,
     /// What `board = "auto"` found (for the log and `check`).
-    pub board_detection: Option<crate::board::Detection>,
+    pub board_detection: Option<crate::compile::board::Detection>,
     /// `tags` and `health_interval`: what tells this board apart in a
     /// shared InfluxDB.
     pub fleet: FleetConfig,
@@ -119,7 +121,7 @@ pub struct GuestConfig {
     pub grants: Grants,
     pub restart: RestartPolicy,
     /// How the host compiles the guest from `.wasm` (`compile`).
-    pub compile: crate::engine::CompileMode,
+    pub compile: crate::compile::engine::CompileMode,
 }
 
 /// What happens after failed runs: scheduled runs back off exponentially,
@@ -139,34 +141,41 @@ impl Default for RestartPolicy {
     }
 }
 
-/// Where a guest's component comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ComponentSource {
-    /// One of the guests compiled into this binary (`builtin:watttime`).
-    Builtin(String),
-    /// A `.wasm` component or a precompiled artifact on disk.
-    File(PathBuf),
-}
-
-/// What a guest may reach. Everything not named here is denied.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+/// What a guest may reach, parsed once at load: everything not named here
+/// is denied. The capabilities enforce these; they never parse grants.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Grants {
     /// Hosts (`host`, `host:port`, `https://host`) the guest may call.
-    #[serde(default)]
-    pub http: Vec<String>,
+    pub http: Vec<HostGrant>,
     /// Secret name → hosts the secret may be sent to.
-    #[serde(default)]
-    pub secrets: BTreeMap<String, Vec<String>>,
+    pub secrets: BTreeMap<String, Vec<HostGrant>>,
     /// Measurements the guest may write.
-    #[serde(default)]
     pub influx_write: Vec<String>,
     /// Measurements the guest may query.
-    #[serde(default)]
     pub influx_read: Vec<String>,
     /// Secret name → the rule by which the host captures it from answers.
-    #[serde(default)]
     pub capture: BTreeMap<String, CaptureRule>,
+}
+
+/// `[guests.NAME.grants]` as written; [`Checker::grants`] parses it into [`Grants`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrants {
+    /// Hosts (`host`, `host:port`, `https://host`) the guest may call.
+    #[serde(default)]
+    http: Vec<String>,
+    /// Secret name → hosts the secret may be sent to.
+    #[serde(default)]
+    secrets: BTreeMap<String, Vec<String>>,
+    /// Measurements the guest may write.
+    #[serde(default)]
+    influx_write: Vec<String>,
+    /// Measurements the guest may query.
+    #[serde(default)]
+    influx_read: Vec<String>,
+    /// Secret name → the rule by which the host captures it from answers.
+    #[serde(default)]
+    capture: BTreeMap<String, CaptureRule>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,7 +238,7 @@ struct RawGuest {
     #[serde(default)]
     config: BTreeMap<String, toml::Value>,
     #[serde(default)]
-    grants: Grants,
+    grants: RawGrants,
 }
 
 impl Config {
@@ -315,7 +324,7 @@ impl Checker<'_> {
         };
         let (board, board_detection) = match raw.board.as_deref() {
             None => (None, None),
-            Some(setting) => crate::board::resolve(setting).map_err(|e| {
+            Some(setting) => crate::compile::board::resolve(setting).map_err(|e| {
                 self.error(&["host", "board"], format!("host.board: {e}, or \"auto\" to detect the board at start"))
             })?,
         };
@@ -414,12 +423,12 @@ impl Checker<'_> {
         }
         restart.degraded_after = raw.degraded_after.unwrap_or(restart.degraded_after).max(1);
         let compile = match raw.compile.as_deref() {
-            None => crate::engine::CompileMode::default(),
+            None => crate::compile::engine::CompileMode::default(),
             Some(m) => m.parse().map_err(|e| err("compile", format!("guests.{name}.compile: {e}")))?,
         };
-        self.check_grants(name, &raw.grants)?;
-        self.check_secret_grants(name, &raw.grants, influx)?;
-        self.check_builtin_capture(name, &component, &raw.grants)?;
+        let grants = self.grants(name, raw.grants)?;
+        self.check_secret_grants(name, &grants, influx)?;
+        self.check_builtin_capture(name, &component, &grants)?;
         Ok(GuestConfig {
             name: name.to_string(),
             component,
@@ -428,44 +437,44 @@ impl Checker<'_> {
             run_timeout,
             enabled: raw.enabled.unwrap_or(true),
             config,
-            grants: raw.grants,
+            grants,
             restart,
             compile,
         })
     }
 
-    fn check_grants(&self, name: &str, grants: &Grants) -> Result<(), ConfigError> {
-        use crate::capabilities::http::grants::HostGrant;
+    /// Parses and checks `[guests.NAME.grants]`: the only place the grant
+    /// grammar is applied (`wattedge check` and the running host alike).
+    fn grants(&self, name: &str, raw: RawGrants) -> Result<Grants, ConfigError> {
         // The line of the grant's own key, else of the grants table.
         let err = |key: &str, message: String| {
             let line = locate::line_of(self.source, &["guests", name, "grants", key])
                 .or_else(|| locate::line_of(self.source, &["guests", name, "grants"]));
             ConfigError { file: self.path.to_path_buf(), line, message }
         };
-        let entries = grants.http.iter().map(|h| ("http", h));
-        for (key, entry) in entries.chain(grants.secrets.values().flatten().map(|h| ("secrets", h))) {
-            HostGrant::parse(entry).map_err(|e| err(key, format!("guests.{name}.grants.{key}: {e}")))?;
+        let parse = |key: &str, entries: &[String]| -> Result<Vec<HostGrant>, ConfigError> {
+            let parsed = entries.iter().map(|entry| HostGrant::parse(entry));
+            parsed.collect::<Result<_, _>>().map_err(|e| err(key, format!("guests.{name}.grants.{key}: {e}")))
+        };
+        let http = parse("http", &raw.http)?;
+        let secrets = raw.secrets.iter().map(|(secret, hosts)| Ok((secret.clone(), parse("secrets", hosts)?)));
+        let secrets: BTreeMap<String, Vec<HostGrant>> = secrets.collect::<Result<_, ConfigError>>()?;
+        if let Some(secret) = secrets.iter().find(|(s, hosts)| s.is_empty() || hosts.is_empty()).map(|(s, _)| s) {
+            let message = format!(
+                "guests.{name}.grants.secrets.{secret:?} must name at least one host the secret may be sent to"
+            );
+            return Err(err("secrets", message));
         }
-        for (secret, hosts) in &grants.secrets {
-            if secret.is_empty() || hosts.is_empty() {
-                return Err(err(
-                    "secrets",
-                    format!(
-                        "guests.{name}.grants.secrets.{secret:?} must name at least one host the secret may be sent to"
-                    ),
-                ));
-            }
+        let measurements = raw.influx_write.iter().map(|m| ("influx_write", m));
+        let invalid = measurements
+            .chain(raw.influx_read.iter().map(|m| ("influx_read", m)))
+            .find(|(_, measurement)| measurement.is_empty() || measurement.contains('\n'));
+        if let Some((key, measurement)) = invalid {
+            let message = format!("guests.{name}.grants.{key}: measurement {measurement:?} is not a valid name");
+            return Err(err(key, message));
         }
-        let measurements = grants.influx_write.iter().map(|m| ("influx_write", m));
-        for (key, measurement) in measurements.chain(grants.influx_read.iter().map(|m| ("influx_read", m))) {
-            if measurement.is_empty() || measurement.contains('\n') {
-                return Err(err(
-                    key,
-                    format!("guests.{name}.grants.{key}: measurement {measurement:?} is not a valid name"),
-                ));
-            }
-        }
-        Ok(())
+        let RawGrants { influx_write, influx_read, capture, .. } = raw;
+        Ok(Grants { http, secrets, influx_write, influx_read, capture })
     }
 }
 

@@ -6,23 +6,15 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::artifact_cache::ArtifactCache;
 use crate::capabilities::{self, HostServices};
-use crate::compile_process::CompileIn;
+use crate::compile::artifact_cache::ArtifactCache;
+use crate::compile::engine::{self, EpochTicker};
+use crate::compile::worker::CompileIn;
 use crate::config::{Config, InfluxConfig};
-use crate::engine::{self, EpochTicker};
-use crate::secrets::SecretStore;
+use crate::secrets::{ADMIN_TOKEN_SECRET, SecretStore, admin_token};
 use crate::store::{EmbeddedBackend, TimeSeriesStore};
 use crate::supervisor::clock::Clock;
 use crate::supervisor::{Runtime, Supervisor};
-
-/// Secret that holds the admin API's bearer token.
-pub const ADMIN_TOKEN_SECRET: &str = "admin.token";
-
-/// The admin token in `secrets`, when one is set and not a placeholder.
-pub fn admin_token(secrets: &SecretStore) -> Option<String> {
-    secrets.value(ADMIN_TOKEN_SECRET).filter(|t| !crate::secrets::is_placeholder(t))
-}
 
 /// Why the host could not start.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +119,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let store = services.store.clone();
     let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
     let limits = config.host.engine_limits().growing_to(largest_memory);
-    let engine = engine::build_runtime(limits).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let runtime = Arc::new(Runtime {
         ticker: EpochTicker::start(engine.clone()),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub mod scrub;
+pub(crate) mod scrub;
 
 /// Table in the file that records when persisted captured values expire.
 const EXPIRES_TABLE: &str = "_expires";
@@ -207,6 +207,14 @@ fn valid_name(name: &str) -> bool {
         && name.len() <= 128
         && name != EXPIRES_TABLE
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// Secret that holds the admin API's bearer token.
+pub const ADMIN_TOKEN_SECRET: &str = "admin.token";
+
+/// The admin token in `secrets`, when one is set and not a placeholder.
+pub fn admin_token(secrets: &SecretStore) -> Option<String> {
+    secrets.value(ADMIN_TOKEN_SECRET).filter(|t| !is_placeholder(t))
 }
 
 /// True for values that are clearly not real credentials: empty, or the

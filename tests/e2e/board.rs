@@ -2,7 +2,7 @@
 //! a child process: by default the native debug build with `builtin:`
 //! guests; with `WATTEDGE_BOARD_BIN` and `WATTEDGE_BOARD_PROFILE` set, a
 //! cross-built board binary under qemu-user, loading guests precompiled here
-//! for that profile (`wattedge::precompile`), as on a Raspberry Pi; with
+//! for that profile (`wattedge::compile::precompile`), as on a Raspberry Pi; with
 //! `WATTEDGE_BOARD_ARTIFACTS` also set, loading the `GUEST.*.cwasm` files in
 //! that directory instead (packaging/test-deb: the arm64 package's files).
 //!
@@ -42,7 +42,7 @@ struct Board {
     /// Runner and its arguments (empty for the native binary), then the binary.
     command: Vec<String>,
     /// The board profile guests are precompiled for; `None` runs `builtin:` guests.
-    profile: Option<wattedge::board::Profile>,
+    profile: Option<wattedge::compile::board::Profile>,
 }
 
 impl Board {
@@ -54,7 +54,7 @@ impl Board {
             (None, None) => Board { command: vec![env!("CARGO_BIN_EXE_wattedge").into()], profile: None },
             (Some(bin), Some(name)) => {
                 assert!(Path::new(&bin).is_file(), "WATTEDGE_BOARD_BIN={bin} is not a file; cross-build it first");
-                let profile = wattedge::board::profile(&name).unwrap_or_else(|e| panic!("{e}"));
+                let profile = wattedge::compile::board::profile(&name).unwrap_or_else(|e| panic!("{e}"));
                 let mut command: Vec<String> =
                     qemu_runner(&profile.rust_target).iter().map(|s| s.to_string()).collect();
                 command.push(bin);
@@ -76,8 +76,8 @@ impl Board {
             return GUESTS.iter().map(|g| packaged_artifact(Path::new(&packaged), g)).collect();
         }
         let sources: Vec<_> = GUESTS.iter().map(|g| (g.to_string(), ComponentSource::Builtin(g.to_string()))).collect();
-        let artifacts = wattedge::precompile::compile(profile, &sources, &dir.join("artifacts"), |step| {
-            if let wattedge::precompile::Progress::Done(a) = step {
+        let artifacts = wattedge::compile::precompile::compile(profile, &sources, &dir.join("artifacts"), |step| {
+            if let wattedge::compile::precompile::Progress::Done(a) = step {
                 eprintln!("precompiled {} for {} in {:.1} s: {}", a.guest, profile.name, a.seconds, a.path.display());
             }
         })
@@ -139,7 +139,7 @@ impl Upstreams {
 
 /// `[host]` and `[influx]`: admin on `admin`, everything under `dir`; with a
 /// board profile, the host runs with its engine settings (as on the board).
-fn host_section(up: &Upstreams, admin: SocketAddr, profile: Option<&wattedge::board::Profile>) -> String {
+fn host_section(up: &Upstreams, admin: SocketAddr, profile: Option<&wattedge::compile::board::Profile>) -> String {
     let board = profile.map(|p| format!("board = \"{}\"\n", p.name)).unwrap_or_default();
     format!(
         r#"[host]
@@ -465,7 +465,7 @@ fn three_guests_end_to_end_then_sigterm() {
 fn probe_component(board: &Board, dir: &Path) -> String {
     let Some(profile) = &board.profile else { return support::probe() };
     let sources = [("probe".to_string(), ComponentSource::File(wattedge::builtin::probe_path()))];
-    let artifacts = wattedge::precompile::compile(profile, &sources, &dir.join("artifacts"), |_| {})
+    let artifacts = wattedge::compile::precompile::compile(profile, &sources, &dir.join("artifacts"), |_| {})
         .unwrap_or_else(|e| panic!("precompiling the probe for {}: {e}", profile.name));
     artifacts[0].path.display().to_string()
 }

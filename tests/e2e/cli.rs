@@ -126,7 +126,11 @@ fn a_board_sets_the_engine_that_check_and_compile_use() {
 #[test]
 fn an_artifact_built_with_other_engine_settings_than_the_board_s_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let native = wattedge::engine::build(wattedge::engine::EngineLimits::native()).unwrap();
+    let native = wattedge::compile::engine::build(
+        wattedge::compile::engine::EngineLimits::native(),
+        wattedge::compile::engine::Purpose::Native,
+    )
+    .unwrap();
     let wasm = wattedge::builtin::component("correlator").unwrap();
     std::fs::write(dir.path().join("correlator.cwasm"), native.precompile_component(wasm).unwrap()).unwrap();
     let config = GOOD.replace("builtin:correlator", "correlator.cwasm");

@@ -7,10 +7,10 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use wattedge::artifact_cache::ArtifactCache;
-use wattedge::compile_process::CompileIn;
-use wattedge::component::ComponentError;
-use wattedge::engine::{self, CompileMode, EngineLimits};
+use wattedge::compile::artifact_cache::ArtifactCache;
+use wattedge::compile::component::ComponentError;
+use wattedge::compile::engine::{self, CompileMode, EngineLimits};
+use wattedge::compile::worker::CompileIn;
 
 fn worker() -> CompileIn {
     CompileIn::ChildProcess(PathBuf::from(env!("CARGO_BIN_EXE_wattedge")))
@@ -33,7 +33,7 @@ fn script_worker(dir: &Path, body: &str) -> CompileIn {
 #[test]
 fn a_worker_compiles_a_builtin_guest_into_the_cache_and_the_host_maps_it() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine::build(EngineLimits::native()).unwrap();
+    let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
     let marker = dir.path().join("worker-ran");
     let spy = script_worker(dir.path(), &format!("echo \"$@\" > '{}'\nexec \"$REAL\" \"$@\"", marker.display()));
     let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(spy);
@@ -59,10 +59,10 @@ fn a_worker_compiles_a_builtin_guest_into_the_cache_and_the_host_maps_it() {
 fn a_board_profile_s_engine_settings_reach_the_worker_and_the_in_process_compiler() {
     // armv7 reserves 16 MiB per guest memory, this machine 64 MiB: an
     // artifact compiled with this machine's settings would not map.
-    let limits = wattedge::board::profile("armv7").unwrap().limits;
+    let limits = wattedge::compile::board::profile("armv7").unwrap().limits;
     assert_ne!(limits, EngineLimits::native());
-    let engine = engine::build(limits).unwrap();
-    let native = engine::build(EngineLimits::native()).unwrap();
+    let engine = engine::build(limits, engine::Purpose::Native).unwrap();
+    let native = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
     let linker = wattedge::capabilities::linker(&engine).unwrap();
     let (wasm, digest) = builtin("correlator");
     for compile_in in [worker(), CompileIn::ThisProcess] {
@@ -79,7 +79,7 @@ fn a_board_profile_s_engine_settings_reach_the_worker_and_the_in_process_compile
 
 #[test]
 fn a_guest_s_compile_mode_reaches_the_worker_and_the_in_process_compiler() {
-    let engine = engine::build(EngineLimits::native()).unwrap();
+    let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
     let (wasm, digest) = builtin("correlator");
     let mut artifacts = Vec::new();
     for compile_in in [worker(), CompileIn::ThisProcess] {
@@ -100,7 +100,7 @@ fn a_guest_s_compile_mode_reaches_the_worker_and_the_in_process_compiler() {
 #[test]
 fn a_worker_killed_by_the_kernel_is_reported_as_such() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine::build(EngineLimits::native()).unwrap();
+    let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
     let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native())
         .compiling_in(script_worker(dir.path(), "kill -9 $$"));
     let (wasm, digest) = builtin("correlator");
@@ -111,11 +111,11 @@ fn a_worker_killed_by_the_kernel_is_reported_as_such() {
 #[test]
 fn a_worker_compiles_bytes_sent_on_its_stdin() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine::build(EngineLimits::native()).unwrap();
+    let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
     let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(worker());
     let (wasm, _) = builtin("watttime");
     // Not named as a built-in: the bytes themselves go to the worker.
-    let digest = wattedge::component::sha256_hex(wasm);
+    let digest = wattedge::compile::component::sha256_hex(wasm);
     cache.get_or_compile(&engine, "/srv/watttime.wasm", &digest, wasm).unwrap();
     assert!(cache.path_for(&engine, &digest).exists());
 }
@@ -123,11 +123,11 @@ fn a_worker_compiles_bytes_sent_on_its_stdin() {
 #[test]
 fn a_worker_reports_the_compiler_error_and_caches_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine::build(EngineLimits::native()).unwrap();
+    let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
     let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(worker());
     // A valid header with a truncated body.
     let broken = b"\0asm\x0d\0\x01\0\x01\x05\x00";
-    let digest = wattedge::component::sha256_hex(broken);
+    let digest = wattedge::compile::component::sha256_hex(broken);
     let err = cache.get_or_compile(&engine, "broken.wasm", &digest, broken).expect_err("refused");
     let ComponentError::Compile { source_name, error } = &err else { panic!("a compile error: {err}") };
     assert_eq!(source_name, "broken.wasm");
@@ -139,7 +139,7 @@ fn a_worker_reports_the_compiler_error_and_caches_nothing() {
 #[test]
 fn a_worker_that_cannot_start_falls_back_to_compiling_in_process() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine::build(EngineLimits::native()).unwrap();
+    let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
     let missing = CompileIn::ChildProcess(dir.path().join("no-such-wattedge"));
     let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native()).compiling_in(missing);
     let (wasm, digest) = builtin("correlator");
@@ -150,7 +150,7 @@ fn a_worker_that_cannot_start_falls_back_to_compiling_in_process() {
 #[test]
 fn a_cache_that_cannot_be_written_still_gives_a_running_guest() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = engine::build(EngineLimits::native()).unwrap();
+    let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
     let linker = wattedge::capabilities::linker(&engine).unwrap();
     let (wasm, digest) = builtin("correlator");
     // The worker compiles, then cannot put the artifact where a directory
@@ -182,7 +182,7 @@ fn the_worker_exits_with_its_cannot_write_status() {
         .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
-    assert_eq!(status.code(), Some(i32::from(wattedge::compile_process::EXIT_CANNOT_WRITE)));
+    assert_eq!(status.code(), Some(i32::from(wattedge::compile::worker::EXIT_CANNOT_WRITE)));
 }
 
 /// Starts a host from a config whose one guest is the probe `.wasm`, with

@@ -138,40 +138,12 @@ impl Config {
     }
 }
 
-/// Parses `<number><unit>` groups (`ns`, `us`, `ms`, `s`, `m`, `h`, `d`) into
-/// nanoseconds; `0` alone is accepted.
+/// Parses a duration into nanoseconds, in the grammar the host's config
+/// uses too (`wattedge_units`: `30s`, `1h30m`, `1h 30m`, `500ms`, `0`);
+/// `None` when it is not one or exceeds `i64` nanoseconds (292 years).
 pub fn parse_duration_ns(text: &str) -> Option<i64> {
-    let text = text.trim();
-    if text == "0" {
-        return Some(0);
-    }
-    let mut total: i64 = 0;
-    let mut rest = text;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        if digits == 0 {
-            return None;
-        }
-        let number: i64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let scale: i64 = match &rest[..unit_len] {
-            "ns" => 1,
-            "us" => 1_000,
-            "ms" => 1_000_000,
-            "s" => 1_000_000_000,
-            "m" => 60_000_000_000,
-            "h" => 3_600_000_000_000,
-            "d" => 86_400_000_000_000,
-            _ => return None,
-        };
-        total = total.checked_add(number.checked_mul(scale)?)?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
+    let duration = wattedge_units::parse_duration(text).ok()?;
+    i64::try_from(duration.as_nanos()).ok()
 }
 
 /// True for a non-empty string of `A-Z`, `0-9` and `_` (`^[A-Z0-9_]+$`).

@@ -14,7 +14,8 @@ use std::net::SocketAddr;
 use hyper::StatusCode;
 use hyper::header::{self, HeaderMap};
 
-use super::routes::{Resp, error_json};
+use super::Resp;
+use super::routes::error_json;
 
 /// Most TCP connections served at once; more are answered 503 and closed.
 pub const MAX_TCP_CONNECTIONS: usize = 32;

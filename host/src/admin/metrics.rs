@@ -6,9 +6,6 @@ use crate::metrics::{Value, Writer};
 
 use super::{GuestSnapshot, GuestState};
 
-#[cfg(test)]
-pub(super) use crate::metrics::escape_label;
-
 pub(super) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// A family with one sample per guest (guests yielding `None` are skipped).

@@ -19,8 +19,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde_json::json;
 
-use super::routes::{JSON, Resp, Shared};
-use super::{AdminBackend, AdminError};
+use super::{AdminBackend, AdminError, JSON, Resp, Shared};
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -122,27 +121,7 @@ fn parse_limit(value: &str) -> Result<u32, AdminError> {
 
 /// Decodes `%XX` escapes and `+` (a space) of a query value.
 fn percent_decode(value: &str) -> Result<String, AdminError> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = value.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
-                out.push(hex.ok_or_else(|| bad(format!("bad percent escape in {value:?}")))?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).map_err(|_| bad(format!("{value:?} does not decode to UTF-8")))
+    crate::percent::decode_query_value(value).map_err(|e| bad(e.to_string()))
 }
 
 fn bad(message: String) -> AdminError {

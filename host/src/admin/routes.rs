@@ -1,8 +1,6 @@
 //! Request handling for the admin server: routing, authorization, body limits
 //! and JSON responses. Connection handling lives in the parent module.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -11,17 +9,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
 use serde_json::json;
 
-use super::{AdminBackend, AdminError, GuestSnapshot, MAX_BODY_BYTES, MAX_COMPONENT_BYTES, metrics};
-
-pub(super) const JSON: &str = "application/json";
-
-pub(super) type Resp = Response<Full<Bytes>>;
-
-/// State shared by every connection of one server.
-pub(super) struct Shared {
-    pub(super) backend: Arc<dyn AdminBackend>,
-    pub(super) token: Option<super::AdminToken>,
-}
+use super::{AdminError, GuestSnapshot, JSON, MAX_BODY_BYTES, MAX_COMPONENT_BYTES, Resp, Shared, metrics};
 
 /// Every endpoint; each has exactly one allowed method.
 #[derive(Debug, PartialEq)]

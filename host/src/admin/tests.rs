@@ -1,5 +1,6 @@
 //! End-to-end tests: `serve` on an ephemeral port with a fake backend.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -10,12 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::routes::{JSON, Route, bearer_token, constant_time_eq};
+use super::routes::{Route, bearer_token, constant_time_eq};
 use super::*;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Method, Request};
+use hyper::{Method, Request, StatusCode};
 use serde_json::json;
 
 const TOKEN: &str = "s3cret-token";
@@ -409,7 +410,7 @@ async fn shutdown_returns_promptly_with_open_connections() {
 
 #[test]
 fn helpers_escape_labels_and_compare_tokens() {
-    assert_eq!(metrics::escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
+    assert_eq!(crate::metrics::escape_label("a\\b\"c\nd"), "a\\\\b\\\"c\\nd");
     assert!(constant_time_eq(b"abc", b"abc"));
     assert!(!constant_time_eq(b"abd", b"abc"));
     assert!(!constant_time_eq(b"ab", b"abc"));

@@ -8,20 +8,20 @@
 //! In unit tests, `testing::TestGuest` builds a [`GuestCtx`] without wasm,
 //! so the host functions can be called directly (see `tests`).
 
-pub mod denials;
+pub(crate) mod denials;
 pub mod http;
 pub mod influx;
-pub mod limiter;
-pub mod log;
-pub mod schedule;
-pub mod secrets;
-pub mod state;
-pub mod status;
+pub(crate) mod limiter;
+pub(crate) mod log;
+pub(crate) mod schedule;
+pub(crate) mod secrets;
+pub(crate) mod state;
+pub(crate) mod status;
 #[cfg(test)]
 pub(crate) mod testing;
 #[cfg(test)]
 mod tests;
-pub mod wasi;
+pub(crate) mod wasi;
 
 use std::sync::Arc;
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::bindings::secrets::{self as wit, SecretError};
 use crate::config::Grants;
+use crate::config::grants::HostGrant;
 use crate::secrets::SecretStore;
 
 /// One guest's view of the secrets store.
@@ -14,22 +15,12 @@ pub struct SecretsCap {
     guest: Arc<str>,
     store: Arc<SecretStore>,
     /// Secret name → hosts it may be sent to.
-    grants: BTreeMap<String, Vec<String>>,
+    grants: BTreeMap<String, Vec<HostGrant>>,
 }
 
 impl SecretsCap {
     pub fn new(guest: Arc<str>, grants: &Grants, store: Arc<SecretStore>) -> SecretsCap {
         SecretsCap { guest, store, grants: grants.secrets.clone() }
-    }
-
-    /// Hosts `name` may be sent to, if it is granted at all.
-    pub fn hosts_for(&self, name: &str) -> Option<&[String]> {
-        self.grants.get(name).map(Vec::as_slice)
-    }
-
-    /// The store, for the egress path.
-    pub fn store(&self) -> &Arc<SecretStore> {
-        &self.store
     }
 
     fn check_granted(&self, name: &str, shared: &super::GuestShared) -> Result<(), SecretError> {

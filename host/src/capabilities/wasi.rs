@@ -56,7 +56,7 @@ fn add_cli_to_linker(l: &mut Linker<GuestCtx>) -> wasmtime::Result<()> {
 
 #[cfg(all(test, not(target_arch = "arm")))]
 mod tests {
-    use crate::engine::{self, EngineLimits};
+    use crate::compile::engine::{self, EngineLimits};
 
     /// A component importing one function `name` from instance `interface`.
     fn importing(interface: &str, name: &str, result: &str) -> Vec<u8> {
@@ -67,7 +67,7 @@ mod tests {
 
     /// The linker's verdict on a component that imports `interface`.
     fn link(interface: &str, name: &str, result: &str) -> Result<(), String> {
-        let engine = engine::build(EngineLimits::native()).unwrap();
+        let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
         let linker = crate::capabilities::linker(&engine).unwrap();
         let component = wasmtime::component::Component::new(&engine, importing(interface, name, result)).unwrap();
         linker.instantiate_pre(&component).map(|_| ()).map_err(|e| format!("{e:#}"))

@@ -109,7 +109,7 @@ async fn exchange(
 
 fn admin_token(config: &Config) -> Option<String> {
     let store = crate::secrets::SecretStore::open(&config.host.secrets_file).ok()?;
-    store.value(crate::host::ADMIN_TOKEN_SECRET)
+    store.value(crate::secrets::ADMIN_TOKEN_SECRET)
 }
 
 /// Text from the admin API (a guest's name, status, error, counters) made

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::grants::HostGrant;
 use super::{Checker, ComponentSource, ConfigError, Grants, InfluxConfig, locate, parse_duration};
-use crate::capabilities::http::grants::HostGrant;
 
 /// Longest captured value the host stores; a longer one is refused (and
 /// counted): no real token is this long, and every stored value is looked
@@ -72,7 +72,7 @@ impl TryFrom<RawCaptureRule> for CaptureRule {
 /// granted: the admin token, anything under `influx.`, and whatever
 /// secrets `[influx]` names.
 pub fn host_internal(name: &str, influx: &InfluxConfig) -> bool {
-    name == crate::host::ADMIN_TOKEN_SECRET || name.starts_with("influx.") || influx_secrets(influx).contains(name)
+    name == crate::secrets::ADMIN_TOKEN_SECRET || name.starts_with("influx.") || influx_secrets(influx).contains(name)
 }
 
 /// The secret names `[influx]` reads its credentials from.

@@ -3,8 +3,11 @@
 //! file as a whole.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
 
 use super::{Checker, ConfigError, RawHost, parse_duration, parse_size};
 
@@ -31,8 +34,7 @@ impl Checker<'_> {
     pub(super) fn http_host(&self, raw: &RawHost) -> Result<HttpHostConfig, ConfigError> {
         let extra_ca = raw.extra_ca.as_deref().map(|p| self.resolve(p));
         if let Some(path) = &extra_ca {
-            crate::capabilities::http::settings::load_pem(path)
-                .map_err(|e| self.error(&["host", "extra_ca"], format!("host.extra_ca: {e}")))?;
+            load_pem(path).map_err(|e| self.error(&["host", "extra_ca"], format!("host.extra_ca: {e}")))?;
         }
         let timeout = match raw.http_timeout.as_deref() {
             None => DEFAULT_HTTP_TIMEOUT,
@@ -58,4 +60,15 @@ impl Checker<'_> {
         }
         Ok(HttpHostConfig { extra_ca, timeout, max_body, resolve })
     }
+}
+
+/// Every certificate in a PEM file; an error names the file and the fix.
+pub fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    let certs = iter.collect::<Result<Vec<_>, _>>().map_err(|e| format!("{shown} is not valid PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!("{shown} contains no \"BEGIN CERTIFICATE\" block; point host.extra_ca at a PEM CA file"));
+    }
+    Ok(certs)
 }

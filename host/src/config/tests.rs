@@ -27,13 +27,13 @@ fn minimal_config_gets_defaults() {
     assert_eq!(guest.memory_limit, DEFAULT_MEMORY_LIMIT);
     assert_eq!(guest.run_timeout, DEFAULT_RUN_TIMEOUT);
     assert!(guest.grants.http.is_empty(), "grants default to nothing");
-    assert_eq!(guest.compile, crate::engine::CompileMode::Optimized);
+    assert_eq!(guest.compile, crate::compile::engine::CompileMode::Optimized);
 }
 
 #[test]
 fn a_compile_mode_is_read_and_a_wrong_one_is_named_with_its_line() {
     let quick = parse(&format!("{MINIMAL}compile = \"quick\"\n")).unwrap();
-    assert_eq!(quick.guests[0].compile, crate::engine::CompileMode::Quick);
+    assert_eq!(quick.guests[0].compile, crate::compile::engine::CompileMode::Quick);
     let err = parse(&format!("{MINIMAL}compile = \"fast\"\n")).unwrap_err();
     assert_eq!(err.line, Some(8), "{err}");
     assert!(err.message.contains("quick") && err.message.contains("optimized"), "{}", err.message);
@@ -43,7 +43,7 @@ fn a_compile_mode_is_read_and_a_wrong_one_is_named_with_its_line() {
 fn a_board_gives_its_engine_settings_and_default_guest_limits() {
     let source = MINIMAL.replace("[host]\n", "[host]\nboard = \"pi5\"\n");
     let config = parse(&source).unwrap();
-    let pi5 = crate::board::profile("pi5").unwrap();
+    let pi5 = crate::compile::board::profile("pi5").unwrap();
     assert_eq!(config.host.engine_limits(), pi5.limits);
     assert_eq!(config.guests[0].memory_limit, 32 << 20, "pi5's default, not {DEFAULT_MEMORY_LIMIT}");
     let armv7 = parse(&MINIMAL.replace("[host]\n", "[host]\nboard = \"armv7\"\n")).unwrap();
@@ -100,6 +100,22 @@ fn a_bad_grant_names_the_line_of_its_key() {
     let err = parse(&inline).unwrap_err();
     assert_eq!(err.line, Some(8), "inline grants: the grants line: {err}");
     assert!(err.message.contains("grants.influx_write"), "{}", err.message);
+}
+
+#[test]
+fn grants_are_parsed_once_at_load_into_typed_entries() {
+    let source = format!(
+        "{MINIMAL}\n[guests.correlator.grants]\nhttp = [\"private:https://nas.lan:8123\"]\n\
+         secrets = {{ \"nas.token\" = [\"nas.lan\"] }}\n"
+    );
+    let grants = &parse(&source).unwrap().guests[0].grants;
+    let nas =
+        grants::HostGrant { scheme: Some("https".into()), host: "nas.lan".into(), port: Some(8123), private: true };
+    assert_eq!(grants.http, [nas]);
+    assert_eq!(grants.secrets["nas.token"], [grants::HostGrant::parse("nas.lan").unwrap()]);
+    let empty = format!("{MINIMAL}\n[guests.correlator.grants]\nsecrets = {{ \"nas.token\" = [] }}\n");
+    let err = parse(&empty).unwrap_err();
+    assert!(err.message.contains("must name at least one host"), "{}", err.message);
 }
 
 #[test]

@@ -26,7 +26,6 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::table::TableRow;
 use super::{FieldValue, Point, SortedPoint, StoreError};
 
 mod encode;
@@ -87,15 +86,6 @@ impl LinePoint for SortedPoint {
         let tags = self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         let fields = self.fields.iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)));
         encode_parts(&self.measurement, tags, fields, self.time, out)
-    }
-}
-
-impl LinePoint for TableRow<'_> {
-    fn unsigned_field(&self) -> Option<&str> {
-        self.fields().find(|(_, v)| matches!(v, FieldRef::Unsigned(_))).map(|(k, _)| k)
-    }
-    fn encode_line(&self, out: &mut String) -> Result<(), String> {
-        encode_parts(self.measurement(), self.tags(), self.fields(), self.time(), out)
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::line_protocol::FieldRef;
+use super::line_protocol::{FieldRef, LinePoint, encode_parts};
 use super::{MAX_POINT_FIELDS, MAX_POINT_TAGS, Point, Row, Timestamp};
 
 /// One cell: a field value whose text is an index into [`Table::strings`].
@@ -344,6 +344,17 @@ fn column_for<'c, C: Keyed>(
     let column = &mut columns[at];
     debug_assert_eq!(column.len(), row, "one value per row");
     column
+}
+
+/// A table's row encodes as the point it stands for (the remote stores'
+/// outbox takes rows straight from the columns).
+impl LinePoint for TableRow<'_> {
+    fn unsigned_field(&self) -> Option<&str> {
+        self.fields().find(|(_, v)| matches!(v, FieldRef::Unsigned(_))).map(|(k, _)| k)
+    }
+    fn encode_line(&self, out: &mut String) -> Result<(), String> {
+        encode_parts(self.measurement(), self.tags(), self.fields(), self.time(), out)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::GuestHandle;
-use crate::admin::GuestSnapshot;
+use crate::api::GuestSnapshot;
 use crate::config::GUEST_TAG;
 use crate::store::{FieldValue, Point, StoreStatus, TimeSeriesStore, Timestamp, now_ns};
 
@@ -94,7 +94,7 @@ fn integer(n: u64) -> FieldValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::admin::GuestState;
+    use crate::api::GuestState;
     use crate::store::OutboxStatus;
 
     fn snapshot(name: &str, version: Option<&str>) -> GuestSnapshot {

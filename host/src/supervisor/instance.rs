@@ -11,8 +11,8 @@ use super::{GuestHandle, Runtime};
 use crate::bindings::Guest;
 use crate::bindings::types::GuestError;
 use crate::capabilities::GuestCtx;
-use crate::component::LoadedComponent;
-use crate::engine::install_deadline;
+use crate::compile::component::LoadedComponent;
+use crate::compile::engine::install_deadline;
 
 /// Extra wall-clock time after `run_timeout` before a call blocked in a host
 /// import is abandoned (epoch interruption only stops guest code).
@@ -27,7 +27,11 @@ pub struct Live {
 
 /// Instantiates `loaded` for `handle`'s guest and runs `init` within its
 /// `run_timeout`. The error is one line for status and API answers.
-pub async fn start(runtime: &Runtime, handle: &GuestHandle, loaded: &LoadedComponent) -> Result<Live, String> {
+pub async fn start(
+    runtime: &Runtime,
+    handle: &GuestHandle,
+    loaded: &LoadedComponent<GuestCtx>,
+) -> Result<Live, String> {
     let config = &handle.config;
     let ctx = GuestCtx::new(config, &runtime.services, handle.shared.clone());
     let mut store = Store::new(&runtime.engine, ctx);

@@ -23,11 +23,11 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::Engine;
 use wasmtime::component::Linker;
 
-use crate::admin::{AdminBackend, AdminError, AdminFuture, GuestSnapshot, InvokeAccepted, LatestPoint};
+use crate::api::{AdminBackend, AdminError, AdminFuture, GuestSnapshot, InvokeAccepted, LatestPoint};
 use crate::capabilities::{GuestCtx, GuestShared, HostServices};
-use crate::component::LoadedComponent;
+use crate::compile::component::LoadedComponent;
+use crate::compile::engine::EpochTicker;
 use crate::config::{ComponentSource, GuestConfig};
-use crate::engine::EpochTicker;
 
 pub use record::{GuestRecord, Outcome};
 
@@ -41,14 +41,14 @@ pub struct Runtime {
     pub services: HostServices,
     pub ticker: EpochTicker,
     /// Compiled guests from earlier starts (none for `check`).
-    pub cache: Option<crate::artifact_cache::ArtifactCache>,
+    pub cache: Option<crate::compile::artifact_cache::ArtifactCache>,
     /// What schedules are read on: the wall clock, or tokio's in tests.
     pub clock: clock::Clock,
 }
 
 impl Runtime {
     /// The artifact cache as `guest` compiles through it (its `compile` mode).
-    pub fn cache_for(&self, guest: &GuestConfig) -> Option<crate::artifact_cache::ArtifactCache> {
+    pub fn cache_for(&self, guest: &GuestConfig) -> Option<crate::compile::artifact_cache::ArtifactCache> {
         self.cache.as_ref().map(|cache| cache.for_mode(guest.compile))
     }
 }
@@ -65,7 +65,7 @@ pub struct GuestHandle {
     /// for the guest's task (see `tier_up`).
     pub tier_up: swap::SwapSlot,
     /// The component the last swap replaced, for rollback.
-    pub previous: Mutex<Option<LoadedComponent>>,
+    pub previous: Mutex<Option<LoadedComponent<GuestCtx>>>,
 }
 
 impl GuestHandle {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use crate::admin::{AdminError, GuestSnapshot, GuestState, LatestPoint, Lifecycle, RecentRun, RunRecord};
+use crate::api::{AdminError, GuestSnapshot, GuestState, LatestPoint, Lifecycle, RecentRun, RunRecord};
 use crate::capabilities::GuestShared;
 use crate::capabilities::status::Health;
 use crate::config::GuestConfig;

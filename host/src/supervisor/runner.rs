@@ -14,10 +14,11 @@ use super::record::FinishedRun;
 use super::swap::Prepared;
 use super::timetable::Timetable;
 use super::{GuestHandle, Outcome, Runtime};
-use crate::admin::GuestState;
-use crate::artifact_cache::ArtifactCache;
+use crate::api::GuestState;
 use crate::bindings::types::Trigger;
-use crate::component::{self, LoadedComponent};
+use crate::capabilities::GuestCtx;
+use crate::compile::artifact_cache::ArtifactCache;
+use crate::compile::component::{self, LoadedComponent};
 use crate::guest_text::shown;
 
 /// How long to wait before retrying a component that failed to load or init.
@@ -29,7 +30,7 @@ pub struct GuestTask {
     handle: Arc<GuestHandle>,
     invokes: mpsc::Receiver<Vec<(String, String)>>,
     shutdown: CancellationToken,
-    component: Option<LoadedComponent>,
+    component: Option<LoadedComponent<GuestCtx>>,
     live: Option<Live>,
     /// When the next scheduled run or wake-up is due.
     timetable: Timetable,
@@ -122,7 +123,7 @@ impl GuestTask {
                     r.initialized = true;
                     r.blocked = None;
                 });
-                crate::artifact_cache::release_freed_memory();
+                crate::compile::artifact_cache::release_freed_memory();
                 true
             }
             Err(message) => {
@@ -167,7 +168,7 @@ impl GuestTask {
             r.initialized = true;
             r.blocked = None;
         });
-        crate::artifact_cache::release_freed_memory();
+        crate::compile::artifact_cache::release_freed_memory();
     }
 
     /// Installs a validated, initialised component between runs.

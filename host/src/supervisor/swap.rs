@@ -13,7 +13,8 @@ use tokio::sync::{Notify, oneshot};
 
 use super::instance::{self, Live};
 use super::{GuestHandle, Runtime};
-use crate::component::{self, ComponentError, LoadedComponent};
+use crate::capabilities::GuestCtx;
+use crate::compile::component::{self, ComponentError, LoadedComponent};
 
 /// How often a component file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(2);
@@ -33,7 +34,7 @@ pub enum SwapError {
 
 /// A validated, initialised component waiting to be installed.
 pub struct Prepared {
-    pub loaded: LoadedComponent,
+    pub loaded: LoadedComponent<GuestCtx>,
     pub live: Live,
     /// Told when the task has installed it.
     pub installed: Option<oneshot::Sender<()>>,
@@ -104,7 +105,7 @@ pub async fn prepare_bytes(
 pub async fn prepare_loaded(
     runtime: &Runtime,
     handle: &GuestHandle,
-    loaded: LoadedComponent,
+    loaded: LoadedComponent<GuestCtx>,
 ) -> Result<Prepared, SwapError> {
     let live = instance::start(runtime, handle, &loaded).await.map_err(SwapError::Init)?;
     Ok(Prepared { loaded, live, installed: None })

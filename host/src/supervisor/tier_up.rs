@@ -15,8 +15,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use super::{GuestHandle, Runtime, swap};
-use crate::artifact_cache::ArtifactCache;
-use crate::component;
+use crate::compile::artifact_cache::ArtifactCache;
+use crate::compile::component;
 
 /// Compiles, loads and initialises the optimized code of `version` (the
 /// version the guest's configured source had when the guest started on its

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use super::grants::Destination;
+use crate::config::grants::Destination;
 
 /// Limits of one exchange.
 #[derive(Debug, Clone, Copy)]

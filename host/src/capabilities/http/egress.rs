@@ -170,17 +170,7 @@ pub fn encode(value: &str, encoding: Encoding) -> String {
             let quoted = serde_json::Value::String(value.to_string()).to_string();
             quoted[1..quoted.len() - 1].to_string()
         }
-        Encoding::Percent => {
-            let mut out = String::with_capacity(value.len());
-            for b in value.bytes() {
-                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                    out.push(b as char);
-                } else {
-                    out.push_str(&format!("%{b:02X}"));
-                }
-            }
-            out
-        }
+        Encoding::Percent => crate::percent::encode(value),
     }
 }
 

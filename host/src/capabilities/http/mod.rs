@@ -19,7 +19,6 @@ mod addr;
 mod capture;
 mod connect;
 mod egress;
-pub mod grants;
 mod metrics;
 pub mod settings;
 
@@ -31,8 +30,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
+pub use crate::config::grants::{Destination, HostGrant};
 pub use capture::{CAPTURED, REDACTED};
-pub use grants::{Destination, HostGrant};
 pub use metrics::{ERROR_KINDS, HttpMetrics};
 pub use settings::HttpSettings;
 
@@ -87,15 +86,13 @@ pub struct GateParts {
 }
 
 impl HttpGate {
-    /// The gate for one guest store: its grants parsed once, the shared
+    /// The gate for one guest store: its grants (parsed at config load), the shared
     /// secrets and settings; capture rules come from its grants only.
     pub fn new(guest: Arc<str>, grants: &Grants, shared: Arc<super::GuestShared>, parts: GateParts) -> HttpGate {
-        let secret_grants =
-            grants.secrets.iter().map(|(name, hosts)| (name.clone(), grants::parse_all(hosts))).collect();
         let config = GateConfig {
             guest,
-            grants: grants::parse_all(&grants.http),
-            secret_grants,
+            grants: grants.http.clone(),
+            secret_grants: grants.secrets.clone(),
             capture: grants.capture.clone(),
             secrets: parts.secrets,
             settings: parts.settings,

@@ -4,14 +4,12 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 
-use crate::config::HttpHostConfig;
+use crate::config::{HttpHostConfig, load_pem};
 
 /// What every guest's HTTP gate needs from the host config.
 #[derive(Clone)]
@@ -60,17 +58,6 @@ impl HttpSettings {
     pub fn guarding_admin(self, admin: std::net::SocketAddr) -> HttpSettings {
         HttpSettings { admin: Some(admin), ..self }
     }
-}
-
-/// Every certificate in a PEM file; an error names the file and the fix.
-pub fn load_pem(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let shown = path.display();
-    let iter = CertificateDer::pem_file_iter(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
-    let certs = iter.collect::<Result<Vec<_>, _>>().map_err(|e| format!("{shown} is not valid PEM: {e}"))?;
-    if certs.is_empty() {
-        return Err(format!("{shown} contains no \"BEGIN CERTIFICATE\" block; point host.extra_ca at a PEM CA file"));
-    }
-    Ok(certs)
 }
 
 fn client_config(extra: Vec<CertificateDer<'static>>) -> Result<rustls::ClientConfig, String> {

@@ -450,6 +450,8 @@ fn the_page_cache_stays_bounded_when_a_scan_reads_more() {
 }
 
 mod blocks;
+mod multi;
+mod table;
 
 fn wide(n: usize, prefix: &str, time: i64) -> Point {
     let fields: Vec<(String, FieldValue)> = (0..n).map(|i| (format!("{prefix}{i:05}"), f(i as f64))).collect();

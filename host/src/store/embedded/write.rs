@@ -107,7 +107,7 @@ impl EmbeddedStore {
             self.beyond_retention.fetch_add(old, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
                 points = old,
-                retention = %humantime::format_duration(retention),
+                retention = %wattedge_units::format_duration(retention),
                 "points older than the embedded store's retention were written and will be purged within the hour; \
                  raise influx.retention, or set it to \"forever\", to keep them"
             );

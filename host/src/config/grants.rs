@@ -1,8 +1,9 @@
-//! Grant entries for outbound HTTP (`grants.http` and the host lists of
+//! The grant grammar for outbound HTTP (`grants.http` and the host lists of
 //! `grants.secrets`) and the destination a request is checked against.
 //!
-//! Kept apart from the sending code so that `wattedge check` can validate
-//! entries with exactly the parser the gate uses.
+//! Config applies it once, at load ([`super::Grants`] holds the parsed
+//! entries); the HTTP gate in `capabilities::http` only matches requests
+//! against them, so `wattedge check` and the gate cannot disagree.
 
 /// Prefix that marks a grant entry as allowed to reach private addresses.
 pub const PRIVATE_PREFIX: &str = "private:";
@@ -108,11 +109,6 @@ fn split_port<'a>(rest: &'a str, entry: &str) -> Result<(&'a str, Option<u16>), 
         }
         _ => Ok((rest, None)),
     }
-}
-
-/// Parses every entry, dropping malformed ones (config validation reports those).
-pub fn parse_all<'a>(entries: impl IntoIterator<Item = &'a String>) -> Vec<HostGrant> {
-    entries.into_iter().filter_map(|e| HostGrant::parse(e).ok()).collect()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::engine::{CompileMode, EngineLimits};
+use super::engine::{CompileMode, EngineLimits};
 
 /// The hidden subcommand that compiles one component.
 pub const WORKER_COMMAND: &str = "compile-worker";
@@ -223,7 +223,7 @@ pub fn serve(out: &Path, builtin: Option<&str>, limits: EngineLimits, mode: Comp
             .ok_or_else(|| ServeError::Compile(format!("no built-in guest named {name:?}")))?,
         None => &input[..],
     };
-    let artifact = crate::engine::build_compiler(limits, mode)
+    let artifact = super::engine::build(limits, super::engine::Purpose::Compiler(mode))
         .and_then(|compiler| compiler.precompile_component(wasm))
         .map_err(|e| ServeError::Compile(format!("{e:#}")))?;
     crate::secrets::write_atomic(out, &artifact)

@@ -48,7 +48,7 @@ impl Schedule {
 impl std::fmt::Display for Schedule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
+            Schedule::Every(d) => write!(f, "every {}", wattedge_units::format_duration(*d)),
             Schedule::Cron(_, text) => f.write_str(text),
         }
     }
@@ -58,9 +58,10 @@ impl std::fmt::Display for Schedule {
 /// to the clock, which a duration of ages would overflow.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// Parses `90s`, `15m`, `1h 30m`, `90d` (at most [`MAX_DURATION`]).
+/// Parses `90s`, `15m`, `1h 30m`, `90d` (at most [`MAX_DURATION`]), in the
+/// grammar host and guests share (`wattedge_units`, README "Durations").
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text.trim()).map_err(|e| format!("{e} in duration {text:?}"))?;
+    let duration = wattedge_units::parse_duration(text).map_err(|e| format!("{e} in duration {text:?}"))?;
     if duration > MAX_DURATION {
         return Err(format!("{text:?} is longer than 100 years"));
     }

@@ -3,17 +3,16 @@
 //! 32-bit ARM, whose build has no compiler; on 64-bit boards it saves start-up
 //! time and the compiler's memory).
 //!
-//! Board profiles ([`crate::board`]) give the target and the engine settings.
+//! Board profiles ([`super::board`]) give the target and the engine settings.
 //! An artifact only loads into an engine with the same settings and target;
 //! wasmtime checks this and the host's error says how to rebuild.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::board::Profile;
-use crate::component::read_source;
-use crate::config::ComponentSource;
-use crate::engine;
+use super::board::Profile;
+use super::component::{ComponentSource, read_source};
+use super::engine;
 
 /// Why precompiling failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +20,7 @@ pub enum PrecompileError {
     #[error("board profile {name}: {message}")]
     Engine { name: String, message: String },
     #[error(transparent)]
-    Component(#[from] crate::component::ComponentError),
+    Component(#[from] super::component::ComponentError),
     #[error("{guest}: compiling for {target} failed: {message}")]
     Compile { guest: String, target: String, message: String },
     #[error("{path}: cannot write artifact: {error}")]
@@ -55,7 +54,7 @@ pub fn compile(
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Vec<Artifact>, PrecompileError> {
     let target = profile.compiler_target().to_string();
-    let engine = engine::build_for_target(&target, profile.limits)
+    let engine = engine::build(profile.limits, engine::Purpose::Target(&target))
         .map_err(|e| PrecompileError::Engine { name: profile.name.clone(), message: format!("{e:#}") })?;
     std::fs::create_dir_all(out_dir)
         .map_err(|error| PrecompileError::Write { path: out_dir.display().to_string(), error })?;
@@ -91,7 +90,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let guests = vec![("probe".to_string(), ComponentSource::File(crate::builtin::probe_path()))];
         let mut seen = Vec::new();
-        let artifacts = compile(&crate::board::profile("armv7").unwrap(), &guests, dir.path(), |p| match p {
+        let artifacts = compile(&crate::compile::board::profile("armv7").unwrap(), &guests, dir.path(), |p| match p {
             Progress::Start { index, total, guest } => seen.push(format!("{index}/{total} {guest}")),
             Progress::Done(a) => seen.push(format!("done {}", a.guest)),
         })
@@ -99,12 +98,14 @@ mod tests {
         assert_eq!(seen, ["0/1 probe", "done probe"]);
         let bytes = std::fs::read(&artifacts[0].path).unwrap();
         assert!(wasmtime::Engine::detect_precompiled(&bytes).is_some(), "a wasmtime artifact");
-        let native = engine::build(engine::EngineLimits::native()).unwrap();
-        let linker = crate::capabilities::linker(&native).unwrap();
-        let version = crate::component::sha256_hex(&bytes);
-        let err = crate::component::load_cached(&native, &linker, "probe.armv7.cwasm", &bytes, &version, None, None)
-            .err()
-            .expect("wrong target refused");
+        let native = engine::build(engine::EngineLimits::native(), engine::Purpose::Native).unwrap();
+        // The artifact is refused before its imports are looked at: no host functions needed.
+        let linker = wasmtime::component::Linker::<()>::new(&native);
+        let version = crate::compile::component::sha256_hex(&bytes);
+        let err =
+            crate::compile::component::load_cached(&native, &linker, "probe.armv7.cwasm", &bytes, &version, None, None)
+                .err()
+                .expect("wrong target refused");
         assert!(err.to_string().contains("wattedge compile"), "{err}");
     }
 }

@@ -126,7 +126,7 @@ mod tests {
         ];
         for (model, profile) in cases {
             assert_eq!(profile_for_model(model), Some(profile), "{model}");
-            crate::board::profile(profile).unwrap_or_else(|e| panic!("{model}: {e}"));
+            crate::compile::board::profile(profile).unwrap_or_else(|e| panic!("{model}: {e}"));
         }
         for other in ["Raspberry Pi Zero W Rev 1.1", "Pine64 RockPro64 v2.1", "Raspberry Pi", ""] {
             assert_eq!(profile_for_model(other), None, "{other}");
@@ -176,9 +176,9 @@ mod tests {
     fn every_aarch64_profile_has_the_engine_settings_of_the_baseline() {
         // The arm64 package ships one set of artifacts, compiled with the
         // baseline profile; wasmtime loads them only under equal settings.
-        let baseline = crate::board::profile(AARCH64_BASELINE).unwrap();
+        let baseline = crate::compile::board::profile(AARCH64_BASELINE).unwrap();
         for name in ["pi3", "pi4", "pi5"] {
-            let p = crate::board::profile(name).unwrap();
+            let p = crate::compile::board::profile(name).unwrap();
             assert_eq!((p.engine.as_str(), p.limits), (baseline.engine.as_str(), baseline.limits), "{name}");
         }
     }

@@ -22,11 +22,11 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use super::compiler::ComponentError;
+use super::engine::{CompileMode, EngineLimits};
 #[cfg(not(target_arch = "arm"))]
-use crate::compile_process::{self, WorkerError, WorkerInput};
-use crate::compile_process::{CompileIn, Priority};
-use crate::component::ComponentError;
-use crate::engine::{CompileMode, EngineLimits};
+use super::worker::{self, WorkerError, WorkerInput};
+use super::worker::{CompileIn, Priority};
 
 /// Most artifacts kept; the least recently written are removed beyond it.
 const MAX_ENTRIES: usize = 16;
@@ -199,7 +199,7 @@ impl ArtifactCache {
             Some(name) if crate::builtin::digest(name) == Some(digest) => WorkerInput::Builtin(name),
             _ => WorkerInput::Bytes(wasm),
         };
-        compile_process::compile_in_child(exe, input, (self.limits, self.mode, self.priority), path)?;
+        worker::compile_in_child(exe, input, (self.limits, self.mode, self.priority), path)?;
         self.prune();
         Ok(())
     }
@@ -213,7 +213,7 @@ impl ArtifactCache {
         wasm: &[u8],
         path: &Path,
     ) -> Result<Component, ComponentError> {
-        let artifact = crate::component::precompile(engine, source_name, wasm, self.mode)?;
+        let artifact = super::compiler::precompile(engine, source_name, wasm, self.mode)?;
         let stored = self.store(path, &artifact);
         let mapped = match stored {
             Ok(()) => map(engine, path).ok(),
@@ -320,7 +320,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("cache");
         let cache = ArtifactCache::new(dir.clone(), EngineLimits::native());
-        let engine = crate::engine::build(EngineLimits::native()).unwrap();
+        let engine =
+            crate::compile::engine::build(EngineLimits::native(), crate::compile::engine::Purpose::Native).unwrap();
         let wasm = crate::builtin::component("correlator").expect("built-in guests");
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();

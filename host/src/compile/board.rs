@@ -16,17 +16,17 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::{parse_duration, parse_size};
-use crate::engine::EngineLimits;
+use super::engine::EngineLimits;
+use crate::units::{parse_duration, parse_size};
 pub use detect::{AUTO, Detection, MODEL_PATH, MODEL_PATH_ENV, detect, model_path, profile_for_model};
 
 /// The board profiles shipped with this build: (name, TOML).
 const PROFILES: &[(&str, &str)] = &[
-    ("pi-zero-2w", include_str!("../../targets/pi-zero-2w.toml")),
-    ("pi3", include_str!("../../targets/pi3.toml")),
-    ("pi4", include_str!("../../targets/pi4.toml")),
-    ("pi5", include_str!("../../targets/pi5.toml")),
-    ("armv7", include_str!("../../targets/armv7.toml")),
+    ("pi-zero-2w", include_str!("../../../targets/pi-zero-2w.toml")),
+    ("pi3", include_str!("../../../targets/pi3.toml")),
+    ("pi4", include_str!("../../../targets/pi4.toml")),
+    ("pi5", include_str!("../../../targets/pi5.toml")),
+    ("armv7", include_str!("../../../targets/armv7.toml")),
 ];
 
 /// Why a board profile could not be used.
@@ -128,7 +128,8 @@ mod tests {
             let p = profile(name).unwrap_or_else(|e| panic!("{e}"));
             assert!(p.default_memory_limit >= 1 << 20, "{name}");
             assert!(p.limits.memory_guard >= 64 << 10, "{name}: guard below one wasm page");
-            crate::engine::build(p.limits).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            crate::compile::engine::build(p.limits, crate::compile::engine::Purpose::Native)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         }
         let err = profile("pi9").unwrap_err().to_string();
         assert!(err.contains("pi4") && err.contains("armv7"), "{err}");

@@ -75,24 +75,48 @@ impl EngineLimits {
     }
 }
 
-/// Builds an engine for this machine that can also compile (`check`,
-/// tests, the harness).
-pub fn build(limits: EngineLimits) -> wasmtime::Result<Engine> {
-    Engine::new(&config(limits))
+/// What an engine is for: with its [`EngineLimits`], the one parameter of
+/// [`build`]. Every engine starts from the same settings (`config`), which
+/// is what lets an artifact compiled by one load into another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose<'a> {
+    /// Compiles and runs on this machine (`check`, tests, the harness).
+    Native,
+    /// The engine every guest of the running host shares: it loads compiled
+    /// code only. Compiling happens in worker processes, or with a throwaway
+    /// [`compiler_like`] engine, so this long-lived one never builds
+    /// Cranelift's backend (its code and tables stay out of the host's memory).
+    Runtime,
+    /// Compiles in this mode for an engine built with the same limits (the
+    /// `compile-worker` process's engine).
+    Compiler(CompileMode),
+    /// Compiles for another target (`aarch64-unknown-linux-gnu`, `pulley32`,
+    /// ...) with that target's settings, for `wattedge compile`. Cranelift
+    /// then uses the target's baseline CPU features (no LSE atomics on
+    /// aarch64), so the artifact also runs on a Pi 3.
+    Target(&'a str),
 }
 
-/// Builds the engine every guest of the running host shares: it loads
-/// compiled code only. Compiling happens in worker processes, or with a
-/// throwaway [`compiler_like`] engine, so this long-lived one never builds
-/// Cranelift's backend (its code and tables stay out of the host's memory).
-pub fn build_runtime(limits: EngineLimits) -> wasmtime::Result<Engine> {
-    let config = config(limits);
-    #[cfg(not(target_arch = "arm"))]
-    let config = {
-        let mut config = config;
-        config.enable_compiler(false);
-        config
-    };
+/// Builds an engine with `limits` for `purpose`.
+pub fn build(limits: EngineLimits, purpose: Purpose<'_>) -> wasmtime::Result<Engine> {
+    let mut config = config(limits);
+    match purpose {
+        Purpose::Native => {}
+        #[cfg(not(target_arch = "arm"))]
+        Purpose::Runtime => {
+            config.enable_compiler(false);
+        }
+        #[cfg(not(target_arch = "arm"))]
+        Purpose::Compiler(mode) => mode.apply(&mut config),
+        // 32-bit ARM builds have no compiler to turn off or tune.
+        #[cfg(target_arch = "arm")]
+        Purpose::Runtime | Purpose::Compiler(_) => {}
+        Purpose::Target(target) => {
+            config.target(target)?;
+            #[cfg(not(target_arch = "arm"))]
+            CompileMode::Optimized.apply(&mut config);
+        }
+    }
     Engine::new(&config)
 }
 
@@ -144,15 +168,6 @@ impl std::str::FromStr for CompileMode {
     }
 }
 
-/// A compiler for artifacts that load into an engine built with `limits`,
-/// compiling in `mode` (the `compile-worker` process's engine).
-#[cfg(not(target_arch = "arm"))]
-pub fn build_compiler(limits: EngineLimits, mode: CompileMode) -> wasmtime::Result<Engine> {
-    let mut config = config(limits);
-    mode.apply(&mut config);
-    Engine::new(&config)
-}
-
 /// A short-lived engine with `engine`'s settings, for compiling only.
 /// Cranelift keeps its compilation contexts (megabytes, once it has compiled
 /// a large guest) for as long as its engine lives. Compiling with a
@@ -165,18 +180,6 @@ pub fn compiler_like(engine: &Engine, mode: CompileMode) -> wasmtime::Result<Eng
     let mut config = engine.config().clone();
     config.enable_compiler(true).cranelift_opt_level(GUEST_OPT_LEVEL);
     mode.apply(&mut config);
-    Engine::new(&config)
-}
-
-/// Builds an engine that compiles for another target (`aarch64-unknown-linux-gnu`,
-/// `pulley32`, ...) with that target's settings, for `wattedge compile`.
-/// Cranelift then uses the target's baseline CPU features (no LSE atomics on
-/// aarch64), so the artifact also runs on a Pi 3.
-pub fn build_for_target(target: &str, limits: EngineLimits) -> wasmtime::Result<Engine> {
-    let mut config = config(limits);
-    config.target(target)?;
-    #[cfg(not(target_arch = "arm"))]
-    CompileMode::Optimized.apply(&mut config);
     Engine::new(&config)
 }
 
@@ -317,8 +320,28 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_arch = "arm"))]
+    fn a_runtime_engine_cannot_compile_but_loads_what_a_compiler_with_its_limits_compiled() {
+        let limits = EngineLimits::native();
+        let runtime = build(limits, Purpose::Runtime).unwrap();
+        let empty = b"\0asm\x0d\0\x01\0"; // an empty component
+        assert!(runtime.precompile_component(empty).is_err(), "the runtime engine has no compiler");
+        for mode in [CompileMode::Quick, CompileMode::Optimized] {
+            let compiler = build(limits, Purpose::Compiler(mode)).unwrap();
+            let artifact = compiler.precompile_component(empty).unwrap();
+            // SAFETY: compiled just now by an engine with the runtime's settings.
+            let loaded = unsafe { wasmtime::component::Component::deserialize(&runtime, &artifact) };
+            assert!(loaded.is_ok(), "{mode:?}: {:?}", loaded.err());
+        }
+        let pulley = build(limits, Purpose::Target("pulley32")).unwrap();
+        let foreign = pulley.precompile_component(empty).unwrap();
+        // SAFETY: wasmtime checks the target recorded in the artifact first.
+        assert!(unsafe { wasmtime::component::Component::deserialize(&runtime, &foreign) }.is_err());
+    }
+
+    #[test]
     fn the_ticker_thread_ends_with_the_last_ticker() {
-        let ticker = EpochTicker::start(build(EngineLimits::native()).unwrap());
+        let ticker = EpochTicker::start(build(EngineLimits::native(), Purpose::Native).unwrap());
         let ticking = Arc::downgrade(&ticker.ticking);
         let clone = ticker.clone();
         drop(clone.running());

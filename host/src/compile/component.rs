@@ -1,0 +1,142 @@
+//! Loading guest components: read a source, compile a `.wasm` (through the
+//! artifact cache) or map a precompiled artifact, then type-check it against
+//! the `guest` world by pre-instantiating it with the linker the caller
+//! gives (the host's, over its `GuestCtx`). A component that imports
+//! something the host does not provide, or lacks `init`/`run`, is rejected
+//! here with a message that says so, before it can be scheduled.
+
+use std::borrow::Cow;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use super::artifact_cache::ArtifactCache;
+pub use super::compiler::ComponentError;
+use super::compiler::{compile, deserialize};
+use crate::bindings::GuestPre;
+
+/// Where a guest's component comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ComponentSource {
+    /// One of the guests compiled into this binary (`builtin:watttime`).
+    Builtin(String),
+    /// A `.wasm` component or a precompiled artifact on disk.
+    File(PathBuf),
+}
+
+/// A compiled, type-checked component, ready to instantiate in a store
+/// whose data is `T` (the host's `GuestCtx`; the linker decides).
+pub struct LoadedComponent<T: 'static> {
+    pub pre: GuestPre<T>,
+    /// sha256 hex of the bytes it was loaded from.
+    pub version: String,
+    /// Where it came from, for messages.
+    pub source_name: String,
+    /// Quick code standing in until the optimized code is compiled (see
+    /// [`ArtifactCache::starting_quick`]).
+    pub provisional: bool,
+}
+
+// By hand: a derive would demand `T: Clone`, which the store data is not.
+impl<T: 'static> Clone for LoadedComponent<T> {
+    fn clone(&self) -> Self {
+        LoadedComponent {
+            pre: self.pre.clone(),
+            version: self.version.clone(),
+            source_name: self.source_name.clone(),
+            provisional: self.provisional,
+        }
+    }
+}
+
+/// The bytes of `source`: borrowed from the binary for a built-in guest.
+pub fn read_source(source: &ComponentSource) -> Result<(String, Cow<'static, [u8]>), ComponentError> {
+    match source {
+        ComponentSource::Builtin(name) => {
+            let bytes = crate::builtin::component(name).ok_or_else(|| ComponentError::Read {
+                source_name: format!("builtin:{name}"),
+                error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such built-in guest"),
+            })?;
+            Ok((format!("builtin:{name}"), Cow::Borrowed(bytes)))
+        }
+        ComponentSource::File(path) => {
+            let source_name = path.display().to_string();
+            let bytes = std::fs::read(path)
+                .map_err(|error| ComponentError::Read { source_name: source_name.clone(), error })?;
+            Ok((source_name, Cow::Owned(bytes)))
+        }
+    }
+}
+
+/// The version of a component: the sha256 of its bytes, in hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Compiles (or deserializes) and type-checks `bytes`, whose sha256 is
+/// `version`; CPU-heavy, so call it from a blocking thread. A `.wasm`
+/// component's compiled code comes from `cache` when it has it (and is
+/// stored there when it does not). A precompiled artifact read from `file` is
+/// mapped from that file rather than copied, so its code is file-backed
+/// memory the kernel can share and drop.
+pub fn load_cached<T: 'static>(
+    engine: &Engine,
+    linker: &Linker<T>,
+    source_name: &str,
+    bytes: &[u8],
+    version: &str,
+    cache: Option<&ArtifactCache>,
+    file: Option<&Path>,
+) -> Result<LoadedComponent<T>, ComponentError> {
+    let mut provisional = false;
+    let component = if bytes.starts_with(b"\0asm") {
+        match cache {
+            Some(cache) => {
+                let cached = cache.load(engine, source_name, version, bytes)?;
+                provisional = cached.provisional;
+                cached.component
+            }
+            // Uncached compiles only type-check (`check`, tests): quick will do.
+            None => compile(engine, source_name, bytes)?,
+        }
+    } else if Engine::detect_precompiled(bytes).is_some() {
+        deserialize(engine, source_name, bytes, file)?
+    } else {
+        return Err(ComponentError::NotWasm {
+            source_name: source_name.into(),
+            magic: bytes.iter().take(4).copied().collect(),
+        });
+    };
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
+    let pre = GuestPre::new(instance_pre)
+        .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
+    Ok(LoadedComponent { pre, version: version.to_string(), source_name: source_name.into(), provisional })
+}
+
+/// Reads and loads `source` on a blocking thread, through `cache` if given.
+pub async fn load_source<T: Send + 'static>(
+    engine: Engine,
+    linker: Arc<Linker<T>>,
+    source: ComponentSource,
+    cache: Option<ArtifactCache>,
+) -> Result<LoadedComponent<T>, ComponentError> {
+    crate::blocking::spawn_blocking(move || {
+        let (name, bytes) = read_source(&source)?;
+        // A built-in guest's digest comes from build.rs: with a warm cache its
+        // bytes are never read, so they are never paged in.
+        let (file, version) = match &source {
+            ComponentSource::File(path) => (Some(path.as_path()), sha256_hex(&bytes)),
+            ComponentSource::Builtin(name) => {
+                (None, crate::builtin::digest(name).map_or_else(|| sha256_hex(&bytes), str::to_string))
+            }
+        };
+        load_cached(&engine, &linker, &name, &bytes, &version, cache.as_ref(), file)
+    })
+    .await
+    .unwrap_or_else(|e| Err(ComponentError::Compile { source_name: "component".into(), error: e.to_string() }))
+}
