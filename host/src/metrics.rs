@@ -5,13 +5,13 @@
 //! so `# HELP`/`# TYPE` headers, label escaping and number spellings are
 //! done once, here.
 //!
-//! ```
-//! let mut w = wattedge::metrics::Writer::default();
-//! w.counter("wattedge_guest_runs_total", "Runs of the guest.").sample(&[("guest", "a")], 3u64);
-//! let text = w.finish();
-//! let lines: Vec<&str> = text.lines().collect();
-//! assert_eq!(lines[1], "# TYPE wattedge_guest_runs_total counter");
-//! assert_eq!(lines[2], r#"wattedge_guest_runs_total{guest="a"} 3"#);
+//! `w.counter("wattedge_guest_runs_total", "Runs of the guest.").sample(&[("guest", "a")], 3u64)`
+//! writes (the tests below check it):
+//!
+//! ```text
+//! # HELP wattedge_guest_runs_total Runs of the guest.
+//! # TYPE wattedge_guest_runs_total counter
+//! wattedge_guest_runs_total{guest="a"} 3
 //! ```
 
 use std::fmt::{self, Write as _};
