@@ -7,6 +7,7 @@
 
 mod capture;
 mod component;
+mod fleet;
 mod http_host;
 mod influx;
 mod locate;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use crate::board::Profile;
 use crate::engine::EngineLimits;
 pub use capture::{CaptureRule, MAX_CAPTURED_LEN, host_internal};
+pub use fleet::{FleetConfig, RegistryCredentials};
 pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig};
 pub use influx::OutboxConfig;
 pub use units::{Schedule, parse_duration, parse_size};
@@ -55,6 +57,8 @@ pub struct Config {
     pub influx: InfluxConfig,
     /// Guests in file order.
     pub guests: Vec<GuestConfig>,
+    /// `[fleet]`: registries and trusted signing keys.
+    pub fleet: FleetConfig,
 }
 
 /// `[host]`: where the host keeps its state and serves its admin API.
@@ -141,6 +145,8 @@ pub enum ComponentSource {
     Builtin(String),
     /// A `.wasm` component or a precompiled artifact on disk.
     File(PathBuf),
+    /// A component in an OCI registry, resolved at start (see [`crate::fleet`]).
+    Oci(crate::fleet::OciReference),
 }
 
 /// What a guest may reach. Everything not named here is denied.
@@ -172,6 +178,8 @@ struct RawConfig {
     influx: Option<RawInflux>,
     #[serde(default)]
     guests: BTreeMap<String, RawGuest>,
+    #[serde(default)]
+    fleet: fleet::RawFleet,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -282,13 +290,14 @@ impl Checker<'_> {
     fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let host = self.host(raw.host)?;
         let influx = self.influx(raw.influx)?;
+        let fleet = self.fleet(raw.fleet)?;
         let mut guests = Vec::new();
         for (name, guest) in raw.guests {
             guests.push(self.guest(&name, guest, host.board.as_ref(), &influx)?);
         }
         // Keep the order in which guests appear in the file.
         guests.sort_by_key(|g| locate::line_of(self.source, &["guests", &g.name, ""]).unwrap_or(0));
-        Ok(Config { path: self.path.to_path_buf(), host, influx, guests })
+        Ok(Config { path: self.path.to_path_buf(), host, influx, guests, fleet })
     }
 
     fn host(&self, raw: RawHost) -> Result<HostConfig, ConfigError> {

@@ -133,6 +133,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
         linker: Arc::new(linker),
         services,
         cache: Some(ArtifactCache::new(config.host.state_dir.join("cache"), limits).compiling_in(options.compile_in)),
+        fleet: Arc::new(crate::fleet::Fleet::new(&config, Some(admin_secrets.clone()))),
     });
     // After the stores: their locks make sure no other host uses this
     // state_dir, whose socket this one replaces.

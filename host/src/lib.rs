@@ -19,6 +19,7 @@ pub mod compile_process;
 pub mod component;
 pub mod config;
 pub mod engine;
+pub mod fleet;
 pub mod guest_text;
 pub mod host;
 #[cfg(not(target_arch = "arm"))]

@@ -38,12 +38,23 @@ pub struct Runtime {
     pub ticker: EpochTicker,
     /// Compiled guests from earlier starts (none for `check`).
     pub cache: Option<crate::artifact_cache::ArtifactCache>,
+    /// Where `oci://` components are resolved and kept.
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 impl Runtime {
     /// The artifact cache as `guest` compiles through it (its `compile` mode).
     pub fn cache_for(&self, guest: &GuestConfig) -> Option<crate::artifact_cache::ArtifactCache> {
         self.cache.as_ref().map(|cache| cache.for_mode(guest.compile))
+    }
+
+    /// What to load for `guest`: an `oci://` reference becomes its verified
+    /// local copy (resolved once per process, see [`crate::fleet::Fleet::local`]).
+    pub async fn local_source(&self, guest: &GuestConfig) -> Result<ComponentSource, crate::component::ComponentError> {
+        match &guest.component {
+            ComponentSource::Oci(reference) => Ok(ComponentSource::File(self.fleet.local(reference).await?.path)),
+            other => Ok(other.clone()),
+        }
     }
 }
 

@@ -1,0 +1,146 @@
+//! `[fleet]`: how this host talks to OCI registries (which may be plain
+//! `http://`, whose credentials to use, which signing keys it trusts), and
+//! the checks of `oci://` component references.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::{Checker, ComponentSource, ConfigError};
+use crate::fleet::signature::TrustedKey;
+use crate::fleet::{OciReference, reference::valid_registry};
+
+/// The validated `[fleet]` section.
+#[derive(Debug, Clone, Default)]
+pub struct FleetConfig {
+    /// Registries (`HOST[:PORT]`) reached over plain `http://`.
+    pub insecure_registries: Vec<String>,
+    /// With keys, every reference must be signed by one of them.
+    pub trusted_keys: Vec<TrustedKey>,
+    /// Registry → Basic credentials for its token service.
+    pub credentials: BTreeMap<String, RegistryCredentials>,
+}
+
+/// `[fleet.credentials."REGISTRY"]`: a user name, and the secret holding
+/// the password or access token (a name, never the value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password_secret: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    #[serde(default)]
+    insecure_registries: Vec<String>,
+    #[serde(default)]
+    trusted_keys: Vec<String>,
+    #[serde(default)]
+    credentials: BTreeMap<String, RawCredentials>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredentials {
+    username: String,
+    password: String,
+}
+
+impl Checker<'_> {
+    pub(super) fn fleet(&self, raw: RawFleet) -> Result<FleetConfig, ConfigError> {
+        for registry in raw.insecure_registries.iter().chain(raw.credentials.keys()) {
+            if !valid_registry(registry) {
+                return Err(self.error(
+                    &["fleet", "insecure_registries"],
+                    format!("fleet: {registry:?} is not a registry; write HOST or HOST:PORT, e.g. \"127.0.0.1:5000\""),
+                ));
+            }
+        }
+        let trusted_keys = raw
+            .trusted_keys
+            .iter()
+            .map(|k| {
+                TrustedKey::parse(k)
+                    .map_err(|e| self.error(&["fleet", "trusted_keys"], format!("fleet.trusted_keys: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut credentials = BTreeMap::new();
+        for (registry, raw) in raw.credentials {
+            let password_secret = secret_name(&raw.password).ok_or_else(|| {
+                self.error(
+                    &["fleet", "credentials", &registry, "password"],
+                    format!(
+                        "fleet.credentials.\"{registry}\".password must be a secret reference such as \"${{secret:registry.password}}\", never the value itself; store it with `wattedge secrets set registry.password`"
+                    ),
+                )
+            })?;
+            credentials.insert(registry, RegistryCredentials { username: raw.username, password_secret });
+        }
+        Ok(FleetConfig { insecure_registries: raw.insecure_registries, trusted_keys, credentials })
+    }
+
+    /// `guests.NAME.component = "oci://…"`.
+    pub(super) fn oci_component(&self, name: &str, text: &str) -> Result<ComponentSource, ConfigError> {
+        OciReference::parse(text)
+            .map(ComponentSource::Oci)
+            .map_err(|e| self.error(&["guests", name, "component"], format!("guests.{name}.component: {e}")))
+    }
+}
+
+/// `${secret:NAME}` → `NAME`.
+fn secret_name(value: &str) -> Option<String> {
+    value
+        .strip_prefix("${secret:")
+        .and_then(|v| v.strip_suffix('}'))
+        .filter(|name| !name.is_empty() && !name.contains(['{', '}', '$']))
+        .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{ComponentSource, Config};
+
+    const KEY: &str = "ed25519:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(Path::new("/etc/wattedge/wattedge.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_oci_component_with_fleet_settings_is_accepted() {
+        let config = parse(&format!(
+            "[fleet]\ninsecure_registries = [\"127.0.0.1:5000\"]\ntrusted_keys = [\"{KEY}\"]\n\
+             [fleet.credentials.\"ghcr.io\"]\nusername = \"bot\"\npassword = \"${{secret:ghcr.token}}\"\n\
+             [guests.job]\ncomponent = \"oci://127.0.0.1:5000/wattedge/probe:stable\"\n"
+        ))
+        .unwrap();
+        let ComponentSource::Oci(reference) = &config.guests[0].component else { panic!("an oci source") };
+        assert_eq!(reference.to_string(), "oci://127.0.0.1:5000/wattedge/probe:stable");
+        assert_eq!(config.fleet.insecure_registries, ["127.0.0.1:5000"]);
+        assert_eq!(config.fleet.trusted_keys.len(), 1);
+        assert_eq!(config.fleet.credentials["ghcr.io"].password_secret, "ghcr.token");
+    }
+
+    #[test]
+    fn fleet_mistakes_name_the_key_line_and_fix() {
+        let cases = [
+            ("[guests.job]\ncomponent = \"oci://ghcr.io/me/probe\"\n", ":2: guests.job.component", "add :TAG"),
+            ("[fleet]\ntrusted_keys = [\"ed25519:nope\"]\n", ":2: fleet.trusted_keys", "wattedge keygen"),
+            ("[fleet]\ninsecure_registries = [\"http://x\"]\n", ":2:", "HOST:PORT"),
+            (
+                "[fleet.credentials.\"ghcr.io\"]\nusername = \"bot\"\npassword = \"hunter2\"\n",
+                "password must be a secret reference",
+                "wattedge secrets set",
+            ),
+            ("[fleet]\nfollow = true\n", "unknown field", "remove or rename"),
+        ];
+        for (text, at, fix) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(at) && err.contains(fix), "{text}: {err}");
+            assert!(!err.contains("hunter2"), "never echoes a secret value: {err}");
+        }
+    }
+}
