@@ -37,9 +37,15 @@ pub enum ComponentError {
     /// An `oci://` reference: the host resolves it to a local copy first
     /// (`supervisor::Runtime::local_source`); other commands cannot use it.
     #[error("{0}: a registry reference is resolved by the running host; this command needs a file or builtin:NAME")]
-    Unresolved(crate::fleet::OciReference),
+    Unresolved(Box<crate::fleet::OciReference>),
     #[error(transparent)]
-    Fleet(#[from] crate::fleet::FleetError),
+    Fleet(Box<crate::fleet::FleetError>),
+}
+
+impl From<crate::fleet::FleetError> for ComponentError {
+    fn from(error: crate::fleet::FleetError) -> Self {
+        ComponentError::Fleet(Box::new(error))
+    }
 }
 
 impl ComponentError {
@@ -78,7 +84,7 @@ pub fn read_source(source: &ComponentSource) -> Result<(String, Cow<'static, [u8
                 .map_err(|error| ComponentError::Read { source_name: source_name.clone(), error })?;
             Ok((source_name, Cow::Owned(bytes)))
         }
-        ComponentSource::Oci(reference) => Err(ComponentError::Unresolved(reference.clone())),
+        ComponentSource::Oci(reference) => Err(ComponentError::Unresolved(Box::new(reference.clone()))),
     }
 }
 
@@ -215,7 +221,7 @@ pub async fn load_source(
         // bytes are never read, so they are never paged in.
         let (file, version) = match &source {
             ComponentSource::File(path) => (Some(path.as_path()), sha256_hex(&bytes)),
-            ComponentSource::Oci(reference) => return Err(ComponentError::Unresolved(reference.clone())),
+            ComponentSource::Oci(reference) => return Err(ComponentError::Unresolved(Box::new(reference.clone()))),
             ComponentSource::Builtin(name) => {
                 (None, crate::builtin::digest(name).map_or_else(|| sha256_hex(&bytes), str::to_string))
             }

@@ -124,7 +124,7 @@ impl Fleet {
     /// warning. A pinned digest already cached needs no registry at all.
     pub async fn resolve(&self, reference: &OciReference) -> Result<Resolved, FleetError> {
         if reference.digest.is_some()
-            && let Ok(Some(cached)) = self.from_cache(reference)
+            && let Ok(Some(cached)) = self.cached_copy(reference)
         {
             return Ok(Resolved { offline: false, ..cached });
         }
@@ -132,7 +132,7 @@ impl Fleet {
             Ok(resolved) => return Ok(resolved),
             Err(error) => error,
         };
-        match self.from_cache(reference) {
+        match self.cached_copy(reference) {
             Ok(Some(cached)) => {
                 tracing::warn!(%reference, artifact = %cached.artifact, error = %error, "starting from the cached copy");
                 Ok(cached)
@@ -224,7 +224,7 @@ impl Fleet {
 
     /// The last verified copy of `reference`, if it is still intact and (with
     /// trusted keys) still signed by one of them.
-    fn from_cache(&self, reference: &OciReference) -> Result<Option<Resolved>, FleetError> {
+    fn cached_copy(&self, reference: &OciReference) -> Result<Option<Resolved>, FleetError> {
         let Some(record) = self.cache.record(&reference.to_string()) else { return Ok(None) };
         let top = descriptor_digest(reference, &record.top)?;
         let artifact = descriptor_digest(reference, &record.artifact)?;

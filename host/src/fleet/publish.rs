@@ -31,7 +31,7 @@ pub enum PublishError {
     #[error("{0}: publish to a tag (oci://REGISTRY/REPO:TAG), not to a digest")]
     NoTag(String),
     #[error(transparent)]
-    Precompile(#[from] crate::precompile::PrecompileError),
+    Precompile(Box<crate::precompile::PrecompileError>),
     #[error(transparent)]
     Registry(#[from] RegistryError),
     #[error(transparent)]
@@ -71,7 +71,8 @@ pub fn build(wasm: &Path, profiles: &[Profile], mut progress: impl FnMut(&str)) 
     let built = profiles.iter().try_for_each(|profile| {
         progress(&format!("compiling for {} ({})", profile.name, profile.compiler_target()));
         let guests = [("guest".to_string(), ComponentSource::File(wasm.to_path_buf()))];
-        let artifacts = crate::precompile::compile(profile, &guests, &scratch, |_| {})?;
+        let artifacts = crate::precompile::compile(profile, &guests, &scratch, |_| {})
+            .map_err(|e| PublishError::Precompile(Box::new(e)))?;
         for artifact in artifacts {
             let layer = std::fs::read(&artifact.path)
                 .map_err(|error| PublishError::Read { path: artifact.path.display().to_string(), error })?;

@@ -231,7 +231,8 @@ mod tests {
         assert_eq!(verify(&digest, std::slice::from_ref(&blob), std::slice::from_ref(&public)).unwrap(), public.id());
         let err = verify(&digest, std::slice::from_ref(&blob), std::slice::from_ref(&other)).unwrap_err();
         assert!(err.to_string().contains("untrusted key"), "{err}");
-        let err = verify(&Digest::of(b"other"), std::slice::from_ref(&blob), &[public.clone()]).unwrap_err();
+        let err =
+            verify(&Digest::of(b"other"), std::slice::from_ref(&blob), std::slice::from_ref(&public)).unwrap_err();
         assert!(err.to_string().contains("invalid signature"), "{err}");
         assert!(matches!(verify(&digest, &[], &[public]), Err(SignatureError::Unsigned(_))));
     }
