@@ -7,6 +7,8 @@
 
 #[path = "support/registry.rs"]
 mod registry;
+#[path = "support/registry_token.rs"]
+mod registry_token;
 mod support;
 
 use std::path::Path;
@@ -212,4 +214,51 @@ async fn layer_of(fleet: &wattedge::fleet::Fleet, registry: &Registry, profile: 
         index.manifests.iter().find(|m| m.annotations.get(PROFILE_ANNOTATION).map(String::as_str) == Some(profile));
     let manifest = client.manifest(REPO, &entry.expect("profile in the index").digest, 1 << 20).await.unwrap().unwrap();
     Document::parse(&manifest.bytes).unwrap().layers[0].digest.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_token_auth_is_used_with_credentials_from_the_secrets_store() {
+    const PASSWORD: &str = "s3cret-REGISTRY-7d41";
+    let tokens = registry_token::TokenService::start("publisher", PASSWORD).await;
+    let auth = registry::TokenAuth {
+        realm: tokens.realm(),
+        service: registry_token::SERVICE.into(),
+        issuer: registry_token::ISSUER.into(),
+        cert_pem: tokens.cert_pem.clone(),
+    };
+    let registry = Registry::start_with_token_auth(&auth);
+    let with_credentials = body(&registry, &[], &[("job", "stable")]).replacen(
+        "\n\n",
+        "\n\n[fleet.credentials.\"REGISTRY\"]\nusername = \"publisher\"\npassword = \"${secret:registry.password}\"\n\n"
+            .replace("REGISTRY", &registry.addr())
+            .as_str(),
+        1,
+    );
+    let setup = Setup::new("127.0.0.1:0", &with_credentials);
+    let secrets = wattedge::secrets::SecretStore::open(&setup.secrets_file()).unwrap();
+    secrets.set("registry.password", PASSWORD, None, true).unwrap();
+
+    // publish reads the same [fleet] credentials and secret.
+    let reference = format!("oci://{}/{REPO}:stable", registry.addr());
+    let output = Command::new(env!("CARGO_BIN_EXE_wattedge"))
+        .args(["--config", setup.config_path.to_str().unwrap(), "publish", &probe(), &reference])
+        .output()
+        .expect("run wattedge publish");
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{printed}");
+    assert!(!printed.contains(PASSWORD), "the password is never printed");
+    assert!(tokens.issued.load(std::sync::atomic::Ordering::SeqCst) > 0, "publish used tokens");
+
+    let host = wattedge::start(setup.config()).await.expect("start");
+    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    assert_eq!(snap["version"], probe_sha256(), "{snap}");
+    host.shutdown().await;
+
+    // Without credentials the token service refuses, and the host says so.
+    let (_anonymous, host) = start(&body(&registry, &[], &[("job", "stable")])).await;
+    let snap = wait_failed(host.admin_addr(), "job").await;
+    let detail = snap["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("token service") && detail.contains("HTTP 401"), "{snap}");
+    assert!(tokens.refused.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    host.shutdown().await;
 }

@@ -10,6 +10,14 @@ use std::time::{Duration, Instant};
 
 const REGISTRY: &str = "/usr/bin/docker-registry";
 
+/// A token service the registry trusts (see `registry_token.rs`).
+pub struct TokenAuth {
+    pub realm: String,
+    pub service: String,
+    pub issuer: String,
+    pub cert_pem: String,
+}
+
 /// A running (or stopped) registry.
 pub struct Registry {
     dir: tempfile::TempDir,
@@ -20,6 +28,15 @@ pub struct Registry {
 impl Registry {
     /// Starts the registry and waits for `GET /v2/` to answer.
     pub fn start() -> Registry {
+        Registry::start_with(None)
+    }
+
+    /// A registry that requires tokens from `auth`'s service.
+    pub fn start_with_token_auth(auth: &TokenAuth) -> Registry {
+        Registry::start_with(Some(auth))
+    }
+
+    fn start_with(auth: Option<&TokenAuth>) -> Registry {
         assert!(
             std::path::Path::new(REGISTRY).exists(),
             "{REGISTRY} is missing: these tests need a real OCI registry; run `apt-get install docker-registry` (Debian's CNCF distribution 2.8)"
@@ -29,7 +46,8 @@ impl Registry {
             let dir = tempfile::tempdir().expect("temp dir");
             let port = free_port();
             let mut registry = Registry { dir, port, child: None };
-            registry.write_config();
+            let auth = auth.map(|a| registry.token_section(a)).unwrap_or_default();
+            registry.write_config(&auth);
             if registry.spawn() {
                 return registry;
             }
@@ -37,9 +55,22 @@ impl Registry {
         panic!("docker-registry exited at start three times (ports taken?)")
     }
 
-    fn write_config(&self) {
+    /// The `auth: token:` section, with the service's certificate beside the config.
+    fn token_section(&self, auth: &TokenAuth) -> String {
+        let bundle = self.dir.path().join("token-service.pem");
+        std::fs::write(&bundle, &auth.cert_pem).expect("write cert bundle");
+        format!(
+            "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}\n",
+            auth.realm,
+            auth.service,
+            auth.issuer,
+            bundle.display()
+        )
+    }
+
+    fn write_config(&self, auth: &str) {
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n",
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{}\n{auth}",
             self.storage().display(),
             self.port
         );
@@ -66,7 +97,8 @@ impl Registry {
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
                 return false;
             }
-            if status_of(self.port, "/v2/").is_some_and(|status| status == 200) {
+            // 401 when it requires tokens: it answers all the same.
+            if status_of(self.port, "/v2/").is_some_and(|status| status == 200 || status == 401) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(50));
