@@ -164,25 +164,8 @@ impl Fleet {
             can_compile: cfg!(not(target_arch = "arm")),
             signed: signed_by.is_some(),
         };
-        let manifest = if document.is_index() {
-            let chosen = manifest::select(&document, &wanted)
-                .map_err(|error| FleetError::Select { reference: name.clone(), error })?;
-            let digest = descriptor_digest(reference, &chosen.digest)?;
-            let fetched = downloads.manifest(reference, &digest.to_string()).await?;
-            registry_check(reference, "the chosen manifest", &digest, &Digest::of(&fetched.bytes))?;
-            parse(reference, "the chosen manifest", &fetched.bytes)?
-        } else {
-            document
-        };
-        let (layer, precompiled) =
-            match (manifest.layer(manifest::ARTIFACT_LAYER), manifest.layer(manifest::WASM_LAYER)) {
-                (Some(artifact), _) if wanted.signed => (artifact, true),
-                (_, Some(wasm)) => (wasm, false),
-                (Some(_), None) => {
-                    return Err(FleetError::Select { reference: name, error: SelectError::ArtifactUnsigned });
-                }
-                (None, None) => return Err(FleetError::Select { reference: name, error: SelectError::NoWasm }),
-            };
+        let manifest = downloads.manifest_to_run(reference, document, &wanted).await?;
+        let (layer, precompiled) = layer_to_run(reference, &manifest, &wanted)?;
         let artifact = descriptor_digest(reference, &layer.digest)?;
         if layer.size > MAX_ARTIFACT_BYTES {
             let what = format!("layer {artifact}");
@@ -280,6 +263,26 @@ impl Downloads<'_> {
         }
     }
 
+    /// The manifest to run from `document`: itself when it is a manifest,
+    /// else the one [`manifest::select`] chooses from the index, fetched and
+    /// checked against its digest.
+    async fn manifest_to_run(
+        &self,
+        reference: &OciReference,
+        document: Document,
+        wanted: &Wanted,
+    ) -> Result<Document, FleetError> {
+        if !document.is_index() {
+            return Ok(document);
+        }
+        let chosen = manifest::select(&document, wanted)
+            .map_err(|error| FleetError::Select { reference: reference.to_string(), error })?;
+        let digest = descriptor_digest(reference, &chosen.digest)?;
+        let fetched = self.manifest(reference, &digest.to_string()).await?;
+        registry_check(reference, "the chosen manifest", &digest, &Digest::of(&fetched.bytes))?;
+        parse(reference, "the chosen manifest", &fetched.bytes)
+    }
+
     /// The signature blobs stored for `top` (none when it is unsigned).
     async fn signatures(&self, reference: &OciReference, top: &Digest) -> Result<Vec<Vec<u8>>, FleetError> {
         let name = reference.to_string();
@@ -304,6 +307,22 @@ impl Downloads<'_> {
             blobs.push(blob.to_vec());
         }
         Ok(blobs)
+    }
+}
+
+/// The layer of `manifest` this host runs, and whether it is precompiled:
+/// native code only from a signed reference.
+fn layer_to_run<'a>(
+    reference: &OciReference,
+    manifest: &'a Document,
+    wanted: &Wanted,
+) -> Result<(&'a manifest::Descriptor, bool), FleetError> {
+    let refuse = |error| Err(FleetError::Select { reference: reference.to_string(), error });
+    match (manifest.layer(manifest::ARTIFACT_LAYER), manifest.layer(manifest::WASM_LAYER)) {
+        (Some(artifact), _) if wanted.signed => Ok((artifact, true)),
+        (_, Some(wasm)) => Ok((wasm, false)),
+        (Some(_), None) => refuse(SelectError::ArtifactUnsigned),
+        (None, None) => refuse(SelectError::NoWasm),
     }
 }
 
