@@ -37,9 +37,13 @@ fn wattedge(args: &[&str]) -> String {
 
 /// `wattedge publish PROBE oci://…:TAG --insecure EXTRA…`; the index digest.
 fn publish(registry: &Registry, tag: &str, extra: &[&str]) -> String {
+    publish_file(registry, &probe(), tag, extra)
+}
+
+/// `wattedge publish WASM oci://…:TAG --insecure EXTRA…`; the index digest.
+fn publish_file(registry: &Registry, wasm: &str, tag: &str, extra: &[&str]) -> String {
     let reference = format!("oci://{}/{REPO}:{tag}", registry.addr());
-    let probe = probe();
-    let mut args = vec!["publish", probe.as_str(), reference.as_str(), "--insecure"];
+    let mut args = vec!["publish", wasm, reference.as_str(), "--insecure"];
     args.extend_from_slice(extra);
     let out = wattedge(&args);
     let digest = out.split("-> ").nth(1).and_then(|s| s.split([',', '\n']).next()).expect("index digest printed");
@@ -260,5 +264,55 @@ async fn a_registry_with_token_auth_is_used_with_credentials_from_the_secrets_st
     let detail = snap["detail"].as_str().unwrap_or_default();
     assert!(detail.contains("token service") && detail.contains("HTTP 401"), "{snap}");
     assert!(tokens.refused.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    host.shutdown().await;
+}
+
+/// The probe with a custom section appended: another version (sha256) that
+/// behaves the same.
+fn probe_variant(dir: &Path, tag: &str) -> (String, String) {
+    use sha2::Digest;
+    let mut bytes = std::fs::read(probe()).unwrap();
+    let name = b"wattedge-test-version";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    bytes.push(0);
+    bytes.push(payload.len() as u8); // < 128: one LEB128 byte
+    bytes.extend_from_slice(&payload);
+    let path = dir.join(format!("probe-{tag}.wasm"));
+    std::fs::write(&path, &bytes).unwrap();
+    (path.display().to_string(), hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_new_version_leaves_the_board_on_its_verified_copy() {
+    let logs = log_buffer();
+    let registry = Registry::start();
+    let keys = tempfile::tempdir().unwrap();
+    let public = keygen(keys.path(), "fleet.key");
+    let key = keys.path().join("fleet.key");
+    publish(&registry, "stable", &["--sign", key.to_str().unwrap()]);
+    let (setup, host) = start(&body(&registry, &[&public], &[("job", "stable")])).await;
+    wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    host.shutdown().await;
+
+    // v2 is pushed to the same tag without a signature: boards must not run it.
+    let (v2, v2_sha) = probe_variant(keys.path(), "v2");
+    publish_file(&registry, &v2, "stable", &[]);
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    assert_eq!(snap["version"], probe_sha256(), "still the signed v1, not {v2_sha}: {snap}");
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("starting from the cached copy") && logged.contains("is not signed"),
+        "the refusal is logged"
+    );
+    host.shutdown().await;
+
+    // Signed, v2 is taken at the next start.
+    publish_file(&registry, &v2, "stable", &["--sign", key.to_str().unwrap()]);
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    assert_eq!(snap["version"], v2_sha, "{snap}");
     host.shutdown().await;
 }
