@@ -205,7 +205,10 @@ impl Registry {
         dest: &Path,
     ) -> Result<u64, RegistryError> {
         let what = format!("blob {digest}");
-        let tmp = dest.with_extension(format!("part-{}", std::process::id()));
+        // Unique per download: two guests may pull the same blob at once.
+        static DOWNLOADS: AtomicU64 = AtomicU64::new(0);
+        let n = DOWNLOADS.fetch_add(1, Ordering::Relaxed);
+        let tmp = dest.with_extension(format!("part-{}-{n}", std::process::id()));
         let download = async {
             let response = self.blob_response(repository, digest, &what).await?;
             self.stream(response, limit, &what, &tmp).await
