@@ -89,7 +89,7 @@ impl OciCache {
         let mut records = self.records();
         records.insert(reference.to_string(), record);
         let path = self.records_path();
-        let text = serde_json::to_vec_pretty(&records).unwrap_or_default();
+        let text = serde_json::to_vec(&records).unwrap_or_default();
         crate::secrets::write_atomic(&path, &text)
             .map_err(|error| CacheError::Io { path: path.display().to_string(), error })
     }

@@ -10,6 +10,8 @@
 //! handful of requests, and no pool means no idle sockets on the board.
 //! Credentials and tokens are never logged or put in errors.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +24,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::Digest;
 
@@ -423,13 +424,15 @@ impl Registry {
         if content_length(&response).is_some_and(|n| n > limit) {
             return Err(too_large());
         }
-        let mut file = tokio::fs::OpenOptions::new()
+        // std::fs, not tokio::fs: page-cache writes of a few KB do not hold
+        // the worker up, and each tokio::fs operation would add its own copy
+        // of the blocking-task code to the board binary (see crate::blocking).
+        let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
             .open(path)
-            .await
             .map_err(|error| io_error(path, error))?;
         let (mut body, mut hasher, mut size) = (response.into_body(), Sha256::new(), 0u64);
         while let Some(frame) = body.frame().await {
@@ -443,9 +446,11 @@ impl Registry {
                 return Err(too_large());
             }
             hasher.update(&data);
-            file.write_all(&data).await.map_err(|error| io_error(path, error))?;
+            file.write_all(&data).map_err(|error| io_error(path, error))?;
         }
-        file.sync_all().await.map_err(|error| io_error(path, error))?;
+        // fsync can take a while on an SD card: off the runtime's workers.
+        let synced = crate::blocking::spawn_blocking(move || file.sync_all()).await;
+        synced.unwrap_or_else(|e| Err(std::io::Error::other(e))).map_err(|error| io_error(path, error))?;
         let digest =
             Digest::from_hex(&hex::encode(hasher.finalize())).map_err(|e| io_error(path, std::io::Error::other(e)))?;
         Ok((size, digest))
