@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 
 use super::Digest;
 
@@ -21,7 +21,7 @@ pub enum CacheError {
 }
 
 /// What a reference resolved to, as remembered.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// The digest of what the tag (or digest) named: an index or a manifest.
     pub top: String,
@@ -31,10 +31,40 @@ pub struct Record {
     pub precompiled: bool,
     /// The signature blobs seen, checked again against today's trusted keys
     /// when the record is used offline.
-    #[serde(default)]
     pub signatures: Vec<String>,
     /// Unix seconds of the resolution.
     pub resolved_at: u64,
+}
+
+impl Record {
+    fn from_json(value: &Value) -> Option<Record> {
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+        let signatures = value
+            .get("signatures")
+            .and_then(Value::as_array)
+            .map_or_else(Vec::new, |items| items.iter().filter_map(|s| s.as_str().map(str::to_string)).collect());
+        Some(Record {
+            top: text("top")?,
+            artifact: text("artifact")?,
+            precompiled: value.get("precompiled").and_then(Value::as_bool)?,
+            signatures,
+            resolved_at: value.get("resolved_at").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+}
+
+fn to_json(records: &BTreeMap<String, Record>) -> Value {
+    let entries = records.iter().map(|(reference, r)| {
+        let record = json!({
+            "top": r.top,
+            "artifact": r.artifact,
+            "precompiled": r.precompiled,
+            "signatures": r.signatures,
+            "resolved_at": r.resolved_at,
+        });
+        (reference.clone(), record)
+    });
+    Value::Object(entries.collect())
 }
 
 /// The cache directory.
@@ -89,16 +119,21 @@ impl OciCache {
         let mut records = self.records();
         records.insert(reference.to_string(), record);
         let path = self.records_path();
-        let text = serde_json::to_vec(&records).unwrap_or_default();
+        let text = serde_json::to_vec(&to_json(&records)).unwrap_or_default();
         crate::secrets::write_atomic(&path, &text)
             .map_err(|error| CacheError::Io { path: path.display().to_string(), error })
     }
 
+    /// Every record; an unreadable file is no records (a fresh resolve
+    /// writes it again). Read through `serde_json::Value`: see
+    /// `manifest::Document::parse` for why.
     fn records(&self) -> BTreeMap<String, Record> {
-        std::fs::read(self.records_path())
+        let value: Value = std::fs::read(self.records_path())
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let Some(map) = value.as_object() else { return BTreeMap::new() };
+        map.iter().filter_map(|(reference, v)| Some((reference.clone(), Record::from_json(v)?))).collect()
     }
 
     fn records_path(&self) -> PathBuf {

@@ -7,7 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 
 pub const INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -52,15 +53,15 @@ pub enum SelectError {
 }
 
 /// A pointer to content: what it is, its digest and its size.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
     pub media_type: String,
     pub digest: String,
     pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub platform: Option<Platform>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -77,8 +78,43 @@ impl Descriptor {
     }
 }
 
+impl Descriptor {
+    fn from_value(value: &Value) -> Result<Descriptor, SelectError> {
+        let field =
+            |key: &str| text(value, key).ok_or_else(|| SelectError::Parse(format!("a descriptor without {key}")));
+        let size = value.get("size").and_then(Value::as_u64);
+        let platform = value
+            .get("platform")
+            .and_then(|p| Some(Platform { architecture: text(p, "architecture")?, os: text(p, "os")? }));
+        Ok(Descriptor {
+            media_type: field("mediaType")?,
+            digest: field("digest")?,
+            size: size.ok_or_else(|| SelectError::Parse("a descriptor without size".into()))?,
+            platform,
+            annotations: annotations(value),
+        })
+    }
+}
+
+fn text(value: &Value, key: &str) -> Option<String> {
+    value.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
+fn descriptors(value: &Value, key: &str) -> Result<Vec<Descriptor>, SelectError> {
+    match value.get(key).and_then(Value::as_array) {
+        Some(items) => items.iter().map(Descriptor::from_value).collect(),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// String annotations (others are ignored).
+fn annotations(value: &Value) -> BTreeMap<String, String> {
+    let Some(map) = value.get("annotations").and_then(Value::as_object) else { return BTreeMap::new() };
+    map.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect()
+}
+
 /// The platform of an index entry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Platform {
     pub architecture: String,
     pub os: String,
@@ -91,33 +127,45 @@ pub fn wasm_platform() -> Platform {
 
 /// An image index, or an image manifest: a registry answers either for a
 /// tag. Both parse from the same JSON shape.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Document {
     pub schema_version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
     /// Index: the manifests.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub manifests: Vec<Descriptor>,
     /// Manifest: its config and layers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub config: Option<Descriptor>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Descriptor>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
 }
 
 impl Document {
+    /// Reads a registry's JSON through `serde_json::Value` rather than a
+    /// derived `Deserialize`: the board binary has Value's parser already,
+    /// and each derived one would add its own few KB (aarch64 is at its budget).
     pub fn parse(bytes: &[u8]) -> Result<Document, SelectError> {
-        let doc: Document = serde_json::from_slice(bytes).map_err(|e| SelectError::Parse(e.to_string()))?;
-        if doc.schema_version != 2 {
-            return Err(SelectError::Parse(format!("schemaVersion {} (expected 2)", doc.schema_version)));
+        let value: Value = serde_json::from_slice(bytes).map_err(|e| SelectError::Parse(e.to_string()))?;
+        let schema = value.get("schemaVersion").and_then(Value::as_u64);
+        if schema != Some(2) {
+            return Err(SelectError::Parse(format!("schemaVersion {schema:?} (expected 2)")));
         }
-        Ok(doc)
+        Ok(Document {
+            schema_version: 2,
+            media_type: text(&value, "mediaType"),
+            artifact_type: text(&value, "artifactType"),
+            manifests: descriptors(&value, "manifests")?,
+            config: value.get("config").map(Descriptor::from_value).transpose()?,
+            layers: descriptors(&value, "layers")?,
+            annotations: annotations(&value),
+        })
     }
 
     /// An index (as opposed to a single manifest).

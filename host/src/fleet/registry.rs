@@ -325,14 +325,10 @@ impl Registry {
             return Err(token_error(format!("HTTP {} from {realm}", response.status().as_u16())));
         }
         let body = self.read(response, MAX_TOKEN_BYTES as u64, "token").await?;
-        #[derive(serde::Deserialize)]
-        struct TokenAnswer {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let answer: TokenAnswer =
+        let answer: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| token_error(format!("unreadable answer from {realm}: {e}")))?;
-        let token = answer.token.or(answer.access_token).filter(|t| !t.is_empty());
+        let field = |key: &str| answer.get(key).and_then(serde_json::Value::as_str).filter(|t| !t.is_empty());
+        let token = field("token").or_else(|| field("access_token")).map(str::to_string);
         Ok(Some(format!("Bearer {}", token.ok_or_else(|| token_error(format!("{realm} sent no token")))?)))
     }
 

@@ -16,7 +16,8 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::Digest;
 
@@ -47,11 +48,20 @@ pub enum SignatureError {
 }
 
 /// One signature, as stored in the registry.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SignatureBlob {
     pub signed: String,
     pub key_id: String,
     pub signature: String,
+}
+
+impl SignatureBlob {
+    /// Through `serde_json::Value` (see `manifest::Document::parse` for why).
+    fn parse(bytes: &[u8]) -> Option<SignatureBlob> {
+        let value: Value = serde_json::from_slice(bytes).ok()?;
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+        Some(SignatureBlob { signed: text("signed")?, key_id: text("key_id")?, signature: text("signature")? })
+    }
 }
 
 /// A public key trusted to sign references.
@@ -105,7 +115,7 @@ pub fn verify(digest: &Digest, blobs: &[Vec<u8>], trusted: &[TrustedKey]) -> Res
     let message = message(digest);
     let mut found = Vec::new();
     for blob in blobs {
-        let Ok(sig) = serde_json::from_slice::<SignatureBlob>(blob) else {
+        let Some(sig) = SignatureBlob::parse(blob) else {
             found.push("an unreadable signature".to_string());
             continue;
         };
