@@ -1,10 +1,13 @@
-//! The command line: `run`, `check`, `secrets set`, `invoke`, `status`.
+//! The command line: `run`, `check`, `secrets`, `invoke`, `status`, `swap`,
+//! `rollback`, `compile`, and (feature `publish`) `publish` and `keygen`.
 //!
 //! This is the binary's edge, so errors here are `anyhow`; everything below
 //! it returns typed errors. Config errors exit with status 2 and one line
 //! naming the file, the key and the fix.
 
 mod client;
+#[cfg(feature = "publish")]
+mod fleet_cli;
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -84,6 +87,29 @@ pub enum Command {
         #[arg(long, default_value = "artifacts")]
         out: PathBuf,
     },
+    /// Push a .wasm guest to an OCI registry as one reference for every
+    /// board: the .wasm plus an artifact per board profile (see README,
+    /// "A fleet of boards").
+    #[cfg(all(feature = "publish", not(target_arch = "arm")))]
+    Publish {
+        /// The guest component (.wasm).
+        wasm: PathBuf,
+        /// Where to: oci://REGISTRY/REPO:TAG.
+        reference: String,
+        /// Board profiles to precompile for, comma-separated (e.g. pi4,armv7).
+        #[arg(long, value_delimiter = ',')]
+        profiles: Vec<String>,
+        /// Sign the index with this private key (from `wattedge keygen`).
+        #[arg(long)]
+        sign: Option<PathBuf>,
+        /// Talk plain http:// to this registry (also: [fleet] insecure_registries).
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Write a new Ed25519 signing key to PATH (mode 0600) and its public
+    /// key to PATH.pub, for `publish --sign` and `[fleet] trusted_keys`.
+    #[cfg(feature = "publish")]
+    Keygen { path: PathBuf },
     /// Internal: compile the component on stdin into an artifact at OUT
     /// (the host runs this as a child process of itself).
     #[cfg(not(target_arch = "arm"))]
@@ -174,6 +200,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Rollback { guest } => runtime.block_on(client::rollback(&cli.config, &guest)),
         #[cfg(not(target_arch = "arm"))]
         Command::Compile { target, out } => compile(&cli.config, target.as_deref(), &out),
+        #[cfg(all(feature = "publish", not(target_arch = "arm")))]
+        Command::Publish { wasm, reference, profiles, sign, insecure } => {
+            let request = fleet_cli::PublishArgs { wasm, reference, profiles, sign, insecure };
+            runtime.block_on(fleet_cli::publish(&cli.config, request))
+        }
+        #[cfg(feature = "publish")]
+        Command::Keygen { path } => fleet_cli::keygen(&path),
         #[cfg(not(target_arch = "arm"))]
         Command::CompileWorker { out, builtin, memory_reservation, memory_guard, compile, background } => {
             let limits = EngineLimits::from_worker_args(memory_reservation, memory_guard);
@@ -249,6 +282,11 @@ async fn check(path: &Path) -> anyhow::Result<ExitCode> {
     let engine = engine::build(limits, engine::Purpose::Native).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     let linker = Arc::new(crate::capabilities::linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?);
     for guest in &config.guests {
+        if let crate::config::ComponentSource::Oci(reference) = &guest.component {
+            // Resolving needs the registry and the host's state: `run` does it.
+            println!("guests.{}: {reference} is resolved when the host starts", guest.name);
+            continue;
+        }
         let loaded =
             crate::compile::component::load_source(engine.clone(), linker.clone(), guest.component.clone(), None).await;
         if let Err(e) = loaded {

@@ -10,6 +10,7 @@ mod component;
 mod fleet;
 pub mod grants;
 mod http_host;
+mod identity;
 mod influx;
 mod locate;
 
@@ -25,9 +26,10 @@ pub use crate::compile::component::ComponentSource;
 use crate::compile::engine::EngineLimits;
 pub use crate::units::{Schedule, parse_duration, parse_size};
 pub use capture::{CaptureRule, MAX_CAPTURED_LEN, host_internal};
-pub use fleet::{DEFAULT_HEALTH_INTERVAL, FleetConfig, GUEST_TAG, HEALTH_KEYS};
+pub use fleet::{FleetConfig, RegistryCredentials};
 use grants::HostGrant;
 pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig, load_pem};
+pub use identity::{DEFAULT_HEALTH_INTERVAL, GUEST_TAG, HEALTH_KEYS, HostIdentity};
 pub use influx::OutboxConfig;
 
 /// The default admin address: loopback only, so nothing is exposed by accident.
@@ -59,6 +61,8 @@ pub struct Config {
     pub influx: InfluxConfig,
     /// Guests in file order.
     pub guests: Vec<GuestConfig>,
+    /// `[fleet]`: registries and trusted signing keys.
+    pub fleet: FleetConfig,
 }
 
 /// `[host]`: where the host keeps its state and serves its admin API.
@@ -76,7 +80,7 @@ pub struct HostConfig {
     pub board_detection: Option<crate::compile::board::Detection>,
     /// `tags` and `health_interval`: what tells this board apart in a
     /// shared InfluxDB.
-    pub fleet: FleetConfig,
+    pub identity: HostIdentity,
 }
 
 impl HostConfig {
@@ -186,6 +190,8 @@ struct RawConfig {
     influx: Option<RawInflux>,
     #[serde(default)]
     guests: BTreeMap<String, RawGuest>,
+    #[serde(default)]
+    fleet: fleet::RawFleet,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,13 +305,14 @@ impl Checker<'_> {
     fn build(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let host = self.host(raw.host)?;
         let influx = self.influx(raw.influx)?;
+        let fleet = self.fleet(raw.fleet)?;
         let mut guests = Vec::new();
         for (name, guest) in raw.guests {
             guests.push(self.guest(&name, guest, host.board.as_ref(), &influx)?);
         }
         // Keep the order in which guests appear in the file.
         guests.sort_by_key(|g| locate::line_of(self.source, &["guests", &g.name, ""]).unwrap_or(0));
-        Ok(Config { path: self.path.to_path_buf(), host, influx, guests })
+        Ok(Config { path: self.path.to_path_buf(), host, influx, guests, fleet })
     }
 
     fn host(&self, raw: RawHost) -> Result<HostConfig, ConfigError> {
@@ -328,8 +335,8 @@ impl Checker<'_> {
                 self.error(&["host", "board"], format!("host.board: {e}, or \"auto\" to detect the board at start"))
             })?,
         };
-        let fleet = self.fleet(&raw.tags, raw.health_interval.as_deref())?;
-        Ok(HostConfig { admin_listen, state_dir, secrets_file, http, board, board_detection, fleet })
+        let identity = self.identity(&raw.tags, raw.health_interval.as_deref())?;
+        Ok(HostConfig { admin_listen, state_dir, secrets_file, http, board, board_detection, identity })
     }
 
     fn influx(&self, raw: Option<RawInflux>) -> Result<InfluxConfig, ConfigError> {

@@ -114,7 +114,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
         secrets,
         state: open_state(&config)?,
         http: Arc::new(http),
-        host_tags: config.host.fleet.tags.clone().into(),
+        host_tags: config.host.identity.tags.clone().into(),
     };
     let store = services.store.clone();
     let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
@@ -128,13 +128,14 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
         services,
         cache: Some(ArtifactCache::new(config.host.state_dir.join("cache"), limits).compiling_in(options.compile_in)),
         clock: Clock::Wall,
+        fleet: Arc::new(crate::fleet::Fleet::new(&config, Some(admin_secrets.clone()))),
     });
     // After the stores: their locks make sure no other host uses this
     // state_dir, whose socket this one replaces.
     let unix = bind_admin_socket(&config.host.state_dir);
     let shutdown = CancellationToken::new();
     let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, shutdown.child_token()));
-    if let Some(every) = config.host.fleet.health_interval {
+    if let Some(every) = config.host.identity.health_interval {
         supervisor.report_health(every, shutdown.child_token());
     }
     let stop = shutdown.clone();

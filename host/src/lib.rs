@@ -22,6 +22,8 @@
 //! - [`builtin`]: the shipped guests compiled into the binary.
 //! - `guest_text`: guest-supplied text made safe for logs and answers.
 //! - `metrics`: the one writer of Prometheus text.
+//! - [`oci`]: `oci://` references, digests and Ed25519 signatures over an
+//!   index digest (parsed by config, named by compile, used by fleet).
 //! - `percent`: percent-encoding of query components and form values.
 //! - `private_dir`, `redb_file`: files and directories only the host's user
 //!   can touch.
@@ -37,6 +39,10 @@
 //!
 //! **store** — [`store`]: the time-series store interface and its backends
 //! (embedded, InfluxDB v1/v2 through an outbox and forwarder).
+//!
+//! **fleet** — [`fleet`]: guests by reference: resolving `oci://` through
+//! a registry, verifying digests and signatures, the content-addressed
+//! copies under `state_dir/oci` (offline first), and `publish`.
 //!
 //! **api** — `api`: the admin API's contract: guest snapshots and states,
 //! the `AdminBackend` trait and its errors (produced by the supervisor,
@@ -65,9 +71,11 @@ pub mod capabilities;
 pub mod cli;
 pub mod compile;
 pub mod config;
+pub mod fleet;
 pub(crate) mod guest_text;
 pub(crate) mod host;
 pub(crate) mod metrics;
+pub mod oci;
 pub(crate) mod percent;
 pub(crate) mod private_dir;
 pub(crate) mod redb_file;

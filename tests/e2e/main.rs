@@ -18,6 +18,8 @@ mod cli;
 mod compile_worker;
 mod correlator;
 mod correlator_ha;
+#[cfg(feature = "publish")]
+mod fleet;
 mod foundation;
 mod hostile;
 mod http;

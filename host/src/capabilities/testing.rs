@@ -58,6 +58,6 @@ fn services(config: &Config) -> HostServices {
         secrets: Arc::new(secrets),
         state: Arc::new(state),
         http: Arc::new(http),
-        host_tags: config.host.fleet.tags.clone().into(),
+        host_tags: config.host.identity.tags.clone().into(),
     }
 }

@@ -25,6 +25,13 @@ pub enum ComponentError {
     /// someone else.
     #[error("{source_name}: refusing the artifact cache: {error}")]
     UnsafeCache { source_name: String, error: crate::private_dir::UnsafePath },
+    /// An `oci://` reference: the host resolves it to a local copy first
+    /// (`supervisor::Runtime::local_source`); other commands cannot use it.
+    #[error("{0}: a registry reference is resolved by the running host; this command needs a file or builtin:NAME")]
+    Unresolved(Box<crate::oci::OciReference>),
+    /// Resolving an `oci://` reference failed (`crate::fleet` says why).
+    #[error(transparent)]
+    Fetch(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl ComponentError {

@@ -25,6 +25,9 @@ pub enum ComponentSource {
     Builtin(String),
     /// A `.wasm` component or a precompiled artifact on disk.
     File(PathBuf),
+    /// A component in an OCI registry: the running host resolves it to a
+    /// verified local file first (`crate::fleet`).
+    Oci(crate::oci::OciReference),
 }
 
 /// A compiled, type-checked component, ready to instantiate in a store
@@ -68,6 +71,7 @@ pub fn read_source(source: &ComponentSource) -> Result<(String, Cow<'static, [u8
                 .map_err(|error| ComponentError::Read { source_name: source_name.clone(), error })?;
             Ok((source_name, Cow::Owned(bytes)))
         }
+        ComponentSource::Oci(reference) => Err(ComponentError::Unresolved(Box::new(reference.clone()))),
     }
 }
 
@@ -131,6 +135,7 @@ pub async fn load_source<T: Send + 'static>(
         // bytes are never read, so they are never paged in.
         let (file, version) = match &source {
             ComponentSource::File(path) => (Some(path.as_path()), sha256_hex(&bytes)),
+            ComponentSource::Oci(reference) => return Err(ComponentError::Unresolved(Box::new(reference.clone()))),
             ComponentSource::Builtin(name) => {
                 (None, crate::builtin::digest(name).map_or_else(|| sha256_hex(&bytes), str::to_string))
             }

@@ -1,6 +1,7 @@
 //! `guests.NAME.component`: where a guest's code comes from, checked
 //! before anything runs (a missing file, an unknown built-in, a board build
-//! asked for a built-in it does not carry).
+//! asked for a built-in it does not carry); `oci://` references are
+//! checked in `fleet`.
 
 use std::path::Path;
 
@@ -22,6 +23,9 @@ impl Checker<'_> {
     }
 
     pub(super) fn component(&self, name: &str, text: &str) -> Result<ComponentSource, ConfigError> {
+        if text.starts_with(crate::oci::OCI_PREFIX) {
+            return self.oci_component(name, text);
+        }
         if let Some(builtin) = text.strip_prefix(BUILTIN_PREFIX) {
             if !crate::builtin::NAMES.contains(&builtin) {
                 return Err(self.error(

@@ -44,12 +44,26 @@ pub struct Runtime {
     pub cache: Option<crate::compile::artifact_cache::ArtifactCache>,
     /// What schedules are read on: the wall clock, or tokio's in tests.
     pub clock: clock::Clock,
+    /// Where `oci://` components are resolved and kept.
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 impl Runtime {
     /// The artifact cache as `guest` compiles through it (its `compile` mode).
     pub fn cache_for(&self, guest: &GuestConfig) -> Option<crate::compile::artifact_cache::ArtifactCache> {
         self.cache.as_ref().map(|cache| cache.for_mode(guest.compile))
+    }
+
+    /// What to load for `guest`: an `oci://` reference becomes its verified
+    /// local copy (resolved once per process, see [`crate::fleet::Fleet::local`]).
+    pub async fn local_source(
+        &self,
+        guest: &GuestConfig,
+    ) -> Result<ComponentSource, crate::compile::component::ComponentError> {
+        match &guest.component {
+            ComponentSource::Oci(reference) => Ok(ComponentSource::File(self.fleet.local(reference).await?.path)),
+            other => Ok(other.clone()),
+        }
     }
 }
 

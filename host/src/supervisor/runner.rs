@@ -93,14 +93,14 @@ impl GuestTask {
     async fn prepare(&mut self) -> bool {
         if self.component.is_none() {
             let rt = &self.runtime;
-            match component::load_source(
-                rt.engine.clone(),
-                rt.linker.clone(),
-                self.handle.config.component.clone(),
-                rt.cache_for(&self.handle.config).map(ArtifactCache::starting_quick),
-            )
-            .await
-            {
+            let loaded = match rt.local_source(&self.handle.config).await {
+                Ok(source) => {
+                    let cache = rt.cache_for(&self.handle.config).map(ArtifactCache::starting_quick);
+                    component::load_source(rt.engine.clone(), rt.linker.clone(), source, cache).await
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
                 Ok(loaded) => {
                     self.record(|r| r.version = Some(loaded.version.clone()));
                     if loaded.provisional {

@@ -51,7 +51,8 @@ async fn prepare(
 ) -> Result<Option<swap::Prepared>, swap::SwapError> {
     let cache = runtime.cache_for(&handle.config).map(ArtifactCache::in_background);
     let (engine, linker) = (runtime.engine.clone(), runtime.linker.clone());
-    let loaded = component::load_source(engine, linker, handle.config.component.clone(), cache).await?;
+    let source = runtime.local_source(&handle.config).await?;
+    let loaded = component::load_source(engine, linker, source, cache).await?;
     if loaded.version != version || loaded.provisional {
         return Ok(None);
     }

@@ -6,6 +6,8 @@ pub mod https_server;
 #[cfg(feature = "influx-v2")]
 pub mod influx2_server;
 pub mod influxd;
+pub mod registry;
+pub mod registry_token;
 pub mod wattivahti_server;
 pub mod watttime_server;
 

@@ -1,0 +1,186 @@
+//! What a board keeps of its registry under `state_dir/oci`: verified
+//! blobs by content (`blobs/sha256/HEX`, 0600 in 0700 directories, like the
+//! artifact cache: a precompiled artifact is native code) and, in
+//! `refs.json`, what each reference last resolved to, so a board that boots
+//! without network runs what it ran before.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use super::Digest;
+
+/// Why the cache could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
+    #[error("oci cache: {0}")]
+    Unsafe(#[from] crate::private_dir::UnsafePath),
+}
+
+/// What a reference resolved to, as remembered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The digest of what the tag (or digest) named: an index or a manifest.
+    pub top: String,
+    /// The component or artifact the host chose from it.
+    pub artifact: String,
+    /// Whether `artifact` is precompiled (native) code rather than `.wasm`.
+    pub precompiled: bool,
+    /// The signature blobs seen, checked again against today's trusted keys
+    /// when the record is used offline.
+    pub signatures: Vec<String>,
+    /// Unix seconds of the resolution.
+    pub resolved_at: u64,
+}
+
+impl Record {
+    fn from_json(value: &Value) -> Option<Record> {
+        let text = |key: &str| value.get(key).and_then(Value::as_str).map(str::to_string);
+        let signatures = value
+            .get("signatures")
+            .and_then(Value::as_array)
+            .map_or_else(Vec::new, |items| items.iter().filter_map(|s| s.as_str().map(str::to_string)).collect());
+        Some(Record {
+            top: text("top")?,
+            artifact: text("artifact")?,
+            precompiled: value.get("precompiled").and_then(Value::as_bool)?,
+            signatures,
+            resolved_at: value.get("resolved_at").and_then(Value::as_u64).unwrap_or(0),
+        })
+    }
+}
+
+fn to_json(records: &BTreeMap<String, Record>) -> Value {
+    let entries = records.iter().map(|(reference, r)| {
+        let record = json!({
+            "top": r.top,
+            "artifact": r.artifact,
+            "precompiled": r.precompiled,
+            "signatures": r.signatures,
+            "resolved_at": r.resolved_at,
+        });
+        (reference.clone(), record)
+    });
+    Value::Object(entries.collect())
+}
+
+/// The cache directory.
+#[derive(Debug, Clone)]
+pub struct OciCache {
+    dir: PathBuf,
+}
+
+impl OciCache {
+    /// The cache in `state_dir/oci`.
+    pub fn new(state_dir: &Path) -> OciCache {
+        OciCache { dir: state_dir.join("oci") }
+    }
+
+    /// Where blob `digest` lives (whether or not it is there).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.blobs_dir().join(digest.hex())
+    }
+
+    /// The blob directory, created and checked private.
+    pub fn prepare(&self) -> Result<PathBuf, CacheError> {
+        let dir = self.blobs_dir();
+        for d in [&self.dir, &self.dir.join("blobs"), &dir] {
+            crate::private_dir::ensure_dir(d)?;
+        }
+        Ok(dir)
+    }
+
+    /// Whether blob `digest` is present and its bytes still hash to it (a
+    /// torn or altered file is removed, so it is fetched again).
+    pub fn verified(&self, digest: &Digest) -> bool {
+        let path = self.blob_path(digest);
+        match std::fs::File::open(&path).and_then(hash_file) {
+            Ok(actual) if &actual == digest => true,
+            Ok(_) => {
+                tracing::warn!(path = %path.display(), "cached blob does not match its digest; removed");
+                let _ = std::fs::remove_file(&path);
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The record of `reference`.
+    pub fn record(&self, reference: &str) -> Option<Record> {
+        self.records().remove(reference)
+    }
+
+    /// Remembers what `reference` resolved to.
+    pub fn save_record(&self, reference: &str, record: Record) -> Result<(), CacheError> {
+        self.prepare()?;
+        let mut records = self.records();
+        records.insert(reference.to_string(), record);
+        let path = self.records_path();
+        let text = serde_json::to_vec(&to_json(&records)).unwrap_or_default();
+        crate::secrets::write_atomic(&path, &text)
+            .map_err(|error| CacheError::Io { path: path.display().to_string(), error })
+    }
+
+    /// Every record; an unreadable file is no records (a fresh resolve
+    /// writes it again). Read through `serde_json::Value`: see
+    /// `manifest::Document::parse` for why.
+    fn records(&self) -> BTreeMap<String, Record> {
+        let value: Value = std::fs::read(self.records_path())
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        let Some(map) = value.as_object() else { return BTreeMap::new() };
+        map.iter().filter_map(|(reference, v)| Some((reference.clone(), Record::from_json(v)?))).collect()
+    }
+
+    fn records_path(&self) -> PathBuf {
+        self.dir.join("refs.json")
+    }
+
+    fn blobs_dir(&self) -> PathBuf {
+        self.dir.join("blobs").join("sha256")
+    }
+}
+
+fn hash_file(mut file: std::fs::File) -> std::io::Result<Digest> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Digest::from_hex(&hex::encode(hasher.finalize())).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_altered_blob_is_not_verified_and_is_removed() {
+        let state = tempfile::tempdir().unwrap();
+        let cache = OciCache::new(state.path());
+        cache.prepare().unwrap();
+        let digest = Digest::of(b"component");
+        std::fs::write(cache.blob_path(&digest), b"component").unwrap();
+        assert!(cache.verified(&digest));
+        std::fs::write(cache.blob_path(&digest), b"c0mponent").unwrap();
+        assert!(!cache.verified(&digest));
+        assert!(!cache.blob_path(&digest).exists());
+    }
+
+    #[test]
+    fn records_survive_a_new_cache_over_the_same_state_dir() {
+        let state = tempfile::tempdir().unwrap();
+        let record = Record {
+            top: "sha256:aa".into(),
+            artifact: "sha256:bb".into(),
+            precompiled: false,
+            signatures: vec![],
+            resolved_at: 1,
+        };
+        OciCache::new(state.path()).save_record("oci://r/x:stable", record.clone()).unwrap();
+        assert_eq!(OciCache::new(state.path()).record("oci://r/x:stable"), Some(record));
+        assert_eq!(OciCache::new(state.path()).record("oci://r/x:other"), None);
+    }
+}

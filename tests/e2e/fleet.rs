@@ -1,0 +1,314 @@
+//! Guests from an OCI registry, against a real one (Debian's
+//! `docker-registry`, CNCF distribution 2.8): `wattedge publish` and
+//! `wattedge keygen` as a user runs them, hosts whose guests name
+//! `oci://127.0.0.1:PORT/wattedge/probe:TAG`, signatures, a blob altered in
+//! the registry's storage, a registry that is down, and what an armv7 board
+//! downloads.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::registry::Registry;
+use crate::support::registry_token;
+use crate::support::*;
+use serde_json::Value;
+
+const REPO: &str = "wattedge/probe";
+
+/// Runs the wattedge binary without a config file; panics unless it succeeds.
+fn wattedge(args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_wattedge"))
+        .args(["--config", "/nonexistent/wattedge.toml"])
+        .args(args)
+        .env("WATTEDGE_LOG", "warn")
+        .output()
+        .expect("run wattedge");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "wattedge {args:?} failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+/// `wattedge publish PROBE oci://…:TAG --insecure EXTRA…`; the index digest.
+fn publish(registry: &Registry, tag: &str, extra: &[&str]) -> String {
+    publish_file(registry, &probe(), tag, extra)
+}
+
+/// `wattedge publish WASM oci://…:TAG --insecure EXTRA…`; the index digest.
+fn publish_file(registry: &Registry, wasm: &str, tag: &str, extra: &[&str]) -> String {
+    let reference = format!("oci://{}/{REPO}:{tag}", registry.addr());
+    let mut args = vec!["publish", wasm, reference.as_str(), "--insecure"];
+    args.extend_from_slice(extra);
+    let out = wattedge(&args);
+    let digest = out.split("-> ").nth(1).and_then(|s| s.split([',', '\n']).next()).expect("index digest printed");
+    assert!(digest.starts_with("sha256:"), "{out}");
+    digest.to_string()
+}
+
+/// `wattedge keygen DIR/NAME`; the public key it printed.
+fn keygen(dir: &Path, name: &str) -> String {
+    let path = dir.join(name);
+    wattedge(&["keygen", path.to_str().unwrap()]).trim().to_string()
+}
+
+/// `[fleet]` trusting `keys`, and a probe guest per `(name, tag)`.
+fn body(registry: &Registry, keys: &[&str], guests: &[(&str, &str)]) -> String {
+    let keys: Vec<String> = keys.iter().map(|k| format!("{k:?}")).collect();
+    let mut text =
+        format!("[fleet]\ninsecure_registries = [\"{}\"]\ntrusted_keys = [{}]\n\n", registry.addr(), keys.join(", "));
+    for (name, tag) in guests {
+        text.push_str(&format!(
+            "[guests.{name}]\ncomponent = \"oci://{}/{REPO}:{tag}\"\nschedule = \"every 1h\"\nrun_timeout = \"5s\"\nconfig = {{ mode = \"write\" }}\n\n[guests.{name}.grants]\ninflux_write = [\"probe\"]\n\n",
+            registry.addr()
+        ));
+    }
+    text
+}
+
+fn probe_sha256() -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(probe()).unwrap()))
+}
+
+/// Waits until `guest` is `failed`; its snapshot.
+async fn wait_failed(addr: std::net::SocketAddr, guest: &str) -> Value {
+    wait_for(Duration::from_secs(30), &format!("{guest} to fail"), || async move {
+        let (_, snap) = get(addr, &format!("/guests/{guest}")).await;
+        (snap["state"] == "failed").then_some(snap)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_published_guest_runs_on_a_host_that_names_its_tag() {
+    let registry = Registry::start();
+    publish(&registry, "stable", &[]);
+    let (setup, host) = start(&body(&registry, &[], &[("job", "stable")])).await;
+    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    assert_eq!(snap["state"], "ok", "{snap}");
+    assert_eq!(snap["version"], probe_sha256(), "runs exactly the published .wasm");
+    let blob = setup.dir.path().join("state/oci/blobs/sha256").join(probe_sha256());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&blob).expect("cached blob").permissions().mode() & 0o777, 0o600);
+    assert!(!rows(&host, "probe").await.is_empty(), "the guest wrote its points");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_trusted_keys_unsigned_and_wrongly_signed_references_are_refused() {
+    let registry = Registry::start();
+    let keys = tempfile::tempdir().unwrap();
+    let trusted = keygen(keys.path(), "trusted.key");
+    keygen(keys.path(), "stranger.key");
+    let trusted_key = keys.path().join("trusted.key");
+    let stranger_key = keys.path().join("stranger.key");
+    // Each index records when it was made: its own digest, its own signatures.
+    let digests = [
+        publish(&registry, "unsigned", &[]),
+        publish(&registry, "stranger", &["--sign", stranger_key.to_str().unwrap()]),
+        publish(&registry, "signed", &["--sign", trusted_key.to_str().unwrap()]),
+    ];
+    assert!(digests[0] != digests[1] && digests[1] != digests[2], "{digests:?}");
+    let guests = [("unsigned", "unsigned"), ("stranger", "stranger"), ("signed", "signed")];
+    let (_setup, host) = start(&body(&registry, &[&trusted], &guests)).await;
+    let addr = host.admin_addr();
+    let snap = wait_failed(addr, "unsigned").await;
+    let detail = snap["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("refused") && detail.contains("is not signed"), "{snap}");
+    let snap = wait_failed(addr, "stranger").await;
+    let detail = snap["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("not signed by a trusted key") && detail.contains("untrusted key"), "{snap}");
+    assert!(snap["version"].is_null(), "the refused version never ran: {snap}");
+    let snap = wait_runs(addr, "signed", 1, Duration::from_secs(60)).await;
+    assert_eq!(snap["state"], "ok", "a reference signed by a trusted key runs: {snap}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_altered_in_the_registry_storage_is_refused_for_its_digest() {
+    let registry = Registry::start();
+    publish(&registry, "stable", &[]);
+    let data = registry.blob_data(&probe_sha256());
+    let mut bytes = std::fs::read(&data).expect("the registry stores the .wasm layer");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let (setup, host) = start(&body(&registry, &[], &[("job", "stable")])).await;
+    let snap = wait_failed(host.admin_addr(), "job").await;
+    let detail = snap["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("digest mismatch") && detail.contains(&probe_sha256()), "{snap}");
+    let blobs = setup.dir.path().join("state/oci/blobs/sha256");
+    let kept: Vec<_> =
+        std::fs::read_dir(&blobs).map(|d| d.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(kept.is_empty(), "nothing unverified is kept: {kept:?}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_starts_from_its_cache_when_the_registry_is_down() {
+    let logs = log_buffer();
+    let mut registry = Registry::start();
+    publish(&registry, "stable", &[]);
+    let guests = body(&registry, &[], &[("job", "stable")]);
+    let (setup, host) = start(&guests).await;
+    wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    host.shutdown().await;
+    registry.stop();
+
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    assert_eq!(snap["state"], "ok", "{snap}");
+    assert_eq!(snap["version"], probe_sha256(), "the version it ran before");
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let warned = logged.lines().any(|l| l.contains("starting from the cached copy") && l.contains(&registry.addr()));
+    assert!(warned, "the offline start is logged with the reference");
+    host.shutdown().await;
+
+    // A board that never resolved the reference has nothing to fall back on.
+    let (_fresh, host) = start(&guests).await;
+    let snap = wait_failed(host.admin_addr(), "job").await;
+    let detail = snap["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("cannot be reached") && detail.contains("never resolved this reference"), "{snap}");
+    assert!(detail.contains(&format!("oci://{}/{REPO}:stable", registry.addr())), "names the reference: {snap}");
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_armv7_board_downloads_only_its_pulley32_artifact() {
+    let registry = Registry::start();
+    let keys = tempfile::tempdir().unwrap();
+    let public = keygen(keys.path(), "fleet.key");
+    let key = keys.path().join("fleet.key");
+    publish(&registry, "stable", &["--profiles", "pi4,armv7", "--sign", key.to_str().unwrap()]);
+    let board = Setup::new("127.0.0.1:0", &body(&registry, &[&public], &[("job", "stable")]));
+    // `board` belongs in [host]: rewrite the generated config with it.
+    let text =
+        std::fs::read_to_string(&board.config_path).unwrap().replacen("[host]\n", "[host]\nboard = \"armv7\"\n", 1);
+    std::fs::write(&board.config_path, text).unwrap();
+    let config = board.config();
+    let fleet = wattedge::fleet::Fleet::new(&config, None);
+    let reference = wattedge::fleet::OciReference::parse(&format!("oci://{}/{REPO}:stable", registry.addr())).unwrap();
+    let before = registry.access_lines();
+    let resolved = fleet.resolve(&reference).await.expect("resolved");
+    assert!(resolved.precompiled, "a signed index gives the board its precompiled artifact");
+    let gets = registry.blob_gets_after(before);
+    let artifact = resolved.artifact.to_string();
+    assert_eq!(gets.len(), 2, "one signature and one artifact, nothing else: {gets:?}");
+    assert!(gets.contains(&artifact), "{gets:?}");
+    assert!(!gets.iter().any(|g| g.ends_with(&probe_sha256())), "never the .wasm: {gets:?}");
+    let bytes = std::fs::read(&resolved.path).unwrap();
+    assert!(wasmtime::Engine::detect_precompiled(&bytes).is_some(), "a wasmtime artifact");
+    assert_eq!(layer_of(&fleet, &registry, "armv7").await, artifact, "the armv7 manifest's layer");
+    assert_ne!(layer_of(&fleet, &registry, "pi4").await, artifact);
+    assert_eq!(fleet.blob_downloads(), 2);
+}
+
+/// The layer digest of the manifest for board `profile` in the `stable` index.
+async fn layer_of(fleet: &wattedge::fleet::Fleet, registry: &Registry, profile: &str) -> String {
+    use wattedge::fleet::manifest::{Document, PROFILE_ANNOTATION};
+    let client = fleet.registry(&registry.addr()).unwrap();
+    let index = client.manifest(REPO, "stable", 1 << 20).await.unwrap().expect("index");
+    let index = Document::parse(&index.bytes).unwrap();
+    let entry =
+        index.manifests.iter().find(|m| m.annotations.get(PROFILE_ANNOTATION).map(String::as_str) == Some(profile));
+    let manifest = client.manifest(REPO, &entry.expect("profile in the index").digest, 1 << 20).await.unwrap().unwrap();
+    Document::parse(&manifest.bytes).unwrap().layers[0].digest.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_with_token_auth_is_used_with_credentials_from_the_secrets_store() {
+    const PASSWORD: &str = "s3cret-REGISTRY-7d41";
+    let tokens = registry_token::TokenService::start("publisher", PASSWORD).await;
+    let auth = registry::TokenAuth {
+        realm: tokens.realm(),
+        service: registry_token::SERVICE.into(),
+        issuer: registry_token::ISSUER.into(),
+        cert_pem: tokens.cert_pem.clone(),
+    };
+    let registry = Registry::start_with_token_auth(&auth);
+    let with_credentials = body(&registry, &[], &[("job", "stable")]).replacen(
+        "\n\n",
+        "\n\n[fleet.credentials.\"REGISTRY\"]\nusername = \"publisher\"\npassword = \"${secret:registry.password}\"\n\n"
+            .replace("REGISTRY", &registry.addr())
+            .as_str(),
+        1,
+    );
+    let setup = Setup::new("127.0.0.1:0", &with_credentials);
+    let secrets = wattedge::secrets::SecretStore::open(&setup.secrets_file()).unwrap();
+    secrets.set("registry.password", PASSWORD, None, true).unwrap();
+
+    // publish reads the same [fleet] credentials and secret.
+    let reference = format!("oci://{}/{REPO}:stable", registry.addr());
+    let output = Command::new(env!("CARGO_BIN_EXE_wattedge"))
+        .args(["--config", setup.config_path.to_str().unwrap(), "publish", &probe(), &reference])
+        .output()
+        .expect("run wattedge publish");
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{printed}");
+    assert!(!printed.contains(PASSWORD), "the password is never printed");
+    assert!(tokens.issued.load(std::sync::atomic::Ordering::SeqCst) > 0, "publish used tokens");
+
+    let host = wattedge::start(setup.config()).await.expect("start");
+    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    assert_eq!(snap["version"], probe_sha256(), "{snap}");
+    host.shutdown().await;
+
+    // Without credentials the token service refuses, and the host says so.
+    let (_anonymous, host) = start(&body(&registry, &[], &[("job", "stable")])).await;
+    let snap = wait_failed(host.admin_addr(), "job").await;
+    let detail = snap["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("token service") && detail.contains("HTTP 401"), "{snap}");
+    assert!(tokens.refused.load(std::sync::atomic::Ordering::SeqCst) > 0);
+    host.shutdown().await;
+}
+
+/// The probe with a custom section appended: another version (sha256) that
+/// behaves the same.
+fn probe_variant(dir: &Path, tag: &str) -> (String, String) {
+    use sha2::Digest;
+    let mut bytes = std::fs::read(probe()).unwrap();
+    let name = b"wattedge-test-version";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    bytes.push(0);
+    bytes.push(payload.len() as u8); // < 128: one LEB128 byte
+    bytes.extend_from_slice(&payload);
+    let path = dir.join(format!("probe-{tag}.wasm"));
+    std::fs::write(&path, &bytes).unwrap();
+    (path.display().to_string(), hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_new_version_leaves_the_board_on_its_verified_copy() {
+    let logs = log_buffer();
+    let registry = Registry::start();
+    let keys = tempfile::tempdir().unwrap();
+    let public = keygen(keys.path(), "fleet.key");
+    let key = keys.path().join("fleet.key");
+    publish(&registry, "stable", &["--sign", key.to_str().unwrap()]);
+    let (setup, host) = start(&body(&registry, &[&public], &[("job", "stable")])).await;
+    wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    host.shutdown().await;
+
+    // v2 is pushed to the same tag without a signature: boards must not run it.
+    let (v2, v2_sha) = probe_variant(keys.path(), "v2");
+    publish_file(&registry, &v2, "stable", &[]);
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    assert_eq!(snap["version"], probe_sha256(), "still the signed v1, not {v2_sha}: {snap}");
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let warned = logged.lines().any(|l| {
+        l.contains("starting from the cached copy") && l.contains(&registry.addr()) && l.contains("is not signed")
+    });
+    assert!(warned, "the refusal is logged with the reference");
+    host.shutdown().await;
+
+    // Signed, v2 is taken at the next start.
+    publish_file(&registry, &v2, "stable", &["--sign", key.to_str().unwrap()]);
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
+    assert_eq!(snap["version"], v2_sha, "{snap}");
+    host.shutdown().await;
+}
