@@ -190,8 +190,7 @@ struct RawConfig {
     influx: Option<RawInflux>,
     #[serde(default)]
     guests: BTreeMap<String, RawGuest>,
-    #[serde(default)]
-    fleet: fleet::RawFleet,
+    fleet: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]

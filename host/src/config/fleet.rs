@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
-
 use super::{Checker, ComponentSource, ConfigError};
 use crate::oci::signature::TrustedKey;
 use crate::oci::{OciReference, reference::valid_registry};
@@ -29,36 +27,19 @@ pub struct RegistryCredentials {
     pub password_secret: String,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawFleet {
-    #[serde(default)]
-    insecure_registries: Vec<String>,
-    #[serde(default)]
-    trusted_keys: Vec<String>,
-    #[serde(default)]
-    credentials: BTreeMap<String, RawCredentials>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCredentials {
-    username: String,
-    password: String,
-}
-
 impl Checker<'_> {
-    pub(super) fn fleet(&self, raw: RawFleet) -> Result<FleetConfig, ConfigError> {
-        for registry in raw.insecure_registries.iter().chain(raw.credentials.keys()) {
-            if !valid_registry(registry) {
-                return Err(self.error(
-                    &["fleet", "insecure_registries"],
-                    format!("fleet: {registry:?} is not a registry; write HOST or HOST:PORT, e.g. \"127.0.0.1:5000\""),
-                ));
-            }
+    /// `[fleet]`, read from its TOML value by hand rather than a derived
+    /// `Deserialize` (which costs the board binary several KB), with the
+    /// same refusal of unknown keys as every other table.
+    pub(super) fn fleet(&self, raw: Option<toml::Value>) -> Result<FleetConfig, ConfigError> {
+        let Some(raw) = raw else { return Ok(FleetConfig::default()) };
+        let table = self.table(&raw, &["fleet"], "[fleet]", &["insecure_registries", "trusted_keys", "credentials"])?;
+        let insecure_registries = self.strings(table, "insecure_registries")?;
+        for registry in &insecure_registries {
+            self.check_registry(registry, "insecure_registries")?;
         }
-        let trusted_keys = raw
-            .trusted_keys
+        let trusted_keys = self
+            .strings(table, "trusted_keys")?
             .iter()
             .map(|k| {
                 TrustedKey::parse(k)
@@ -66,18 +47,82 @@ impl Checker<'_> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut credentials = BTreeMap::new();
-        for (registry, raw) in raw.credentials {
-            let password_secret = secret_name(&raw.password).ok_or_else(|| {
-                self.error(
-                    &["fleet", "credentials", &registry, "password"],
-                    format!(
-                        "fleet.credentials.\"{registry}\".password must be a secret reference such as \"${{secret:registry.password}}\", never the value itself; store it with `wattedge secrets set registry.password`"
-                    ),
-                )
-            })?;
-            credentials.insert(registry, RegistryCredentials { username: raw.username, password_secret });
+        let empty = toml::Value::Table(toml::Table::new());
+        let registries = self.table(
+            table.get("credentials").unwrap_or(&empty),
+            &["fleet", "credentials"],
+            "[fleet.credentials]",
+            &[],
+        )?;
+        for (registry, entry) in registries {
+            self.check_registry(registry, "credentials")?;
+            credentials.insert(registry.clone(), self.credentials(registry, entry)?);
         }
-        Ok(FleetConfig { insecure_registries: raw.insecure_registries, trusted_keys, credentials })
+        Ok(FleetConfig { insecure_registries, trusted_keys, credentials })
+    }
+
+    /// `[fleet.credentials."REGISTRY"]`: `username` and a secret reference.
+    fn credentials(&self, registry: &str, entry: &toml::Value) -> Result<RegistryCredentials, ConfigError> {
+        let at = ["fleet", "credentials", registry];
+        let name = format!("[fleet.credentials.\"{registry}\"]");
+        let table = self.table(entry, &at, &name, &["username", "password"])?;
+        let text = |key: &str| {
+            table.get(key).and_then(toml::Value::as_str).map(str::to_string).ok_or_else(|| {
+                self.error(&at, format!("{name} needs {key} = \"...\" (the password as \"${{secret:NAME}}\")"))
+            })
+        };
+        let username = text("username")?;
+        let password_secret = secret_name(&text("password")?).ok_or_else(|| {
+            self.error(
+                &["fleet", "credentials", registry, "password"],
+                format!(
+                    "fleet.credentials.\"{registry}\".password must be a secret reference such as \"${{secret:registry.password}}\", never the value itself; store it with `wattedge secrets set registry.password`"
+                ),
+            )
+        })?;
+        Ok(RegistryCredentials { username, password_secret })
+    }
+
+    /// `value` as a table whose keys are all in `known` (any key when empty).
+    fn table<'v>(
+        &self,
+        value: &'v toml::Value,
+        at: &[&str],
+        name: &str,
+        known: &[&str],
+    ) -> Result<&'v toml::Table, ConfigError> {
+        let table = value.as_table().ok_or_else(|| self.error(at, format!("{name} must be a table")))?;
+        if let Some(key) = table.keys().find(|k| !known.is_empty() && !known.contains(&k.as_str())) {
+            let mut path = at.to_vec();
+            path.push(key);
+            return Err(self.error(
+                &path,
+                format!(
+                    "unknown field `{key}` in {name}, expected one of {}; remove or rename the key (see README, Configuration)",
+                    known.join(", ")
+                ),
+            ));
+        }
+        Ok(table)
+    }
+
+    /// `fleet.KEY`, a list of strings (empty when absent).
+    fn strings(&self, table: &toml::Table, key: &str) -> Result<Vec<String>, ConfigError> {
+        let Some(value) = table.get(key) else { return Ok(Vec::new()) };
+        let items = value.as_array().map(|items| items.iter().map(|i| i.as_str().map(str::to_string)).collect());
+        items.flatten().ok_or_else(|| {
+            self.error(&["fleet", key], format!("fleet.{key} must be a list of strings, e.g. {key} = [\"...\"]"))
+        })
+    }
+
+    fn check_registry(&self, registry: &str, key: &str) -> Result<(), ConfigError> {
+        if valid_registry(registry) {
+            return Ok(());
+        }
+        Err(self.error(
+            &["fleet", key],
+            format!("fleet.{key}: {registry:?} is not a registry; write HOST or HOST:PORT, e.g. \"127.0.0.1:5000\""),
+        ))
     }
 
     /// `guests.NAME.component = "oci://…"`.

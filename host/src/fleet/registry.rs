@@ -269,28 +269,31 @@ impl Registry {
         what: &str,
     ) -> Result<hyper::Response<Incoming>, RegistryError> {
         let target = Target { path: path.to_string(), ..self.base.clone() };
-        let known = self.authorization.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let response = self.send(method.clone(), &target, headers, body.clone(), known.as_deref()).await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(response);
+        let mut authorization = self.authorization.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let denied =
+            |status: u16| RegistryError::Denied { registry: self.name.clone(), what: what.to_string(), status };
+        // One send site (a smaller future): the second pass is the answered challenge.
+        for answered in [false, true] {
+            let response = self.send(method.clone(), &target, headers, body.clone(), authorization.as_deref()).await?;
+            let status = response.status();
+            let refused = status == StatusCode::UNAUTHORIZED || (answered && status == StatusCode::FORBIDDEN);
+            if !refused {
+                return Ok(response);
+            }
+            if answered {
+                return Err(denied(status.as_u16()));
+            }
+            let challenge = response
+                .headers()
+                .get(header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let fresh = self.answer(&challenge).await?.ok_or_else(|| denied(401))?;
+            *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+            authorization = Some(fresh);
         }
-        let challenge =
-            response.headers().get(header::WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        let authorization = self.answer(&challenge).await?.ok_or_else(|| RegistryError::Denied {
-            registry: self.name.clone(),
-            what: what.to_string(),
-            status: 401,
-        })?;
-        *self.authorization.lock().unwrap_or_else(|e| e.into_inner()) = Some(authorization.clone());
-        let response = self.send(method, &target, headers, body, Some(&authorization)).await?;
-        match response.status() {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(RegistryError::Denied {
-                registry: self.name.clone(),
-                what: what.to_string(),
-                status: response.status().as_u16(),
-            }),
-            _ => Ok(response),
-        }
+        Err(denied(401))
     }
 
     /// The `Authorization` value that answers `challenge`, if any can.
