@@ -16,6 +16,7 @@
 //! read-only data has one, and dropping it would lose the relocations).
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 /// Libraries that stay loaded for the whole process (never `dlclose`d).
 const RESIDENT_LIBRARIES: [&str; 4] = ["/libc.so", "/libm.so", "/ld-linux", "/libgcc_s.so"];
@@ -43,12 +44,31 @@ pub enum TrimError {
     Smaps(#[from] std::io::Error),
 }
 
+/// The mappings [`release_start_up_pages`] released, which
+/// [`release_host_pages_again`] releases again after each guest run.
+static HOST_MAPPINGS: OnceLock<Vec<(Range, u64)>> = OnceLock::new();
+
 /// Releases the clean, read-only pages of the executable and the C
-/// libraries (see the module docs).
+/// libraries (see the module docs), and remembers those mappings for
+/// [`release_host_pages_again`].
 pub fn release_start_up_pages() -> Result<Released, TrimError> {
     let exe = std::fs::read_link("/proc/self/exe")?;
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
-    Ok(release(&releasable(&smaps, &|_, path| is_resident_file(path, &exe))))
+    let ranges = releasable(&smaps, &|_, path| is_resident_file(path, &exe));
+    let released = release(&ranges);
+    let _ = HOST_MAPPINGS.set(ranges);
+    Ok(released)
+}
+
+/// Releases again the host's pages a guest's run touched (the store, the
+/// runtime's call path: a megabyte or more with the kernel's fault-around),
+/// once [`release_start_up_pages`] has run; otherwise does nothing. No
+/// `/proc` read: the executable's and the C libraries' mappings, and what
+/// they hold, do not change while the process lives.
+pub fn release_host_pages_again() {
+    if let Some(ranges) = HOST_MAPPINGS.get() {
+        release(ranges);
+    }
 }
 
 /// Releases the read-only pages of a guest's compiled code, mapped from its
