@@ -220,19 +220,65 @@ pub fn board_idle(binary: &Path, starts: usize, settle: Duration) -> anyhow::Res
     samples.sort_by(|a, b| a.0.total_cmp(&b.0));
     let (min, max) = (samples[0].0, samples[samples.len() - 1].0);
     let (median, breakdown) = &samples[samples.len() / 2];
-    Ok(vec![Figure::bounded(
-        "idle RSS, board-like build (x86_64, board profile, no built-in guests, guests from artifacts)",
-        *median,
+    let after_run = board_idle_after_run(binary, &prepare, settle)?;
+    Ok(vec![
+        after_run,
+        Figure::bounded(
+            "idle RSS, board-like build (x86_64, board profile, no built-in guests, guests from artifacts)",
+            *median,
+            "MiB",
+            10.0,
+            false,
+            format!(
+                "median of {} starts, spread {min:.2}–{max:.2} MiB; read {} s after /ready; {}",
+                samples.len(),
+                settle.as_secs(),
+                breakdown.summary()
+            ),
+        ),
+    ])
+}
+
+/// The board-like build's RSS `settle` after the correlator's first
+/// scheduled run (its schedule is `every 60s`): what an idle host holds
+/// between runs, not only right after start-up.
+fn board_idle_after_run(
+    binary: &Path,
+    prepare: &dyn Fn(&Path, &Path) -> anyhow::Result<()>,
+    settle: Duration,
+) -> anyhow::Result<Figure> {
+    let host = spawn_with(binary, prepare)?;
+    wait_ready(host.addr, Instant::now(), Duration::from_secs(30))?;
+    // Not polled meanwhile: answering the harness would page in the admin
+    // server's code, which an idle host does not run.
+    std::thread::sleep(CORRELATOR_EVERY + settle);
+    let pid = host.child.id();
+    let rss = proc_field(pid, "VmRSS:")? as f64 / 1024.0;
+    let breakdown = Breakdown::read(pid, binary)?;
+    let runs = correlator_runs(host.addr);
+    anyhow::ensure!(runs >= 2, "the correlator ran {runs} times in the {CORRELATOR_EVERY:?} after /ready, not twice");
+    Ok(Figure::bounded(
+        "idle RSS, board-like build, after the correlator's first scheduled run",
+        rss,
         "MiB",
         10.0,
         false,
         format!(
-            "median of {} starts, spread {min:.2}–{max:.2} MiB; read {} s after /ready; {}",
-            samples.len(),
-            settle.as_secs(),
+            "one start, read {} s after /ready (the correlator's start-up run and its next, every 60s); {}",
+            (CORRELATOR_EVERY + settle).as_secs(),
             breakdown.summary()
         ),
-    )])
+    ))
+}
+
+/// The correlator's schedule in the shipped config.
+const CORRELATOR_EVERY: Duration = Duration::from_secs(60);
+
+/// Runs the correlator has finished (0 when `/guests` does not say).
+fn correlator_runs(addr: SocketAddr) -> u64 {
+    let guests: Option<serde_json::Value> = get_body(addr, "/guests").and_then(|b| serde_json::from_str(&b).ok());
+    let all = guests.as_ref().and_then(|g| g.as_array()).cloned().unwrap_or_default();
+    all.iter().find(|g| g["name"] == "correlator").and_then(|g| g["runs"].as_u64()).unwrap_or(0)
 }
 
 /// Resident memory by what is mapped, in KiB (`Rss:` of `/proc/PID/smaps`).
