@@ -214,7 +214,7 @@ async fn throughput(server: &Server, sizes: &Sizes) -> anyhow::Result<Figure> {
         "end-to-end write throughput into influxd, share of its raw HTTP ingest",
         ratio,
         "of raw",
-        0.7,
+        0.85,
         true,
         note,
     ))

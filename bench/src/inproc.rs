@@ -269,7 +269,7 @@ async fn correlator_preset(
         cycle_split(&cycles),
     );
     let name = preset.name();
-    let figures = vec![
+    let mut figures = vec![
         Figure::bounded(
             &format!("correlator ({name}): events correlated per second"),
             median,
@@ -287,7 +287,51 @@ async fn correlator_preset(
             "counted by the host; the most of any cycle".into(),
         ),
     ];
+    if preset == Preset::HomeIq {
+        figures.push(native_share(&seeded, events, readings, repeats, median, &written)?);
+    }
     Ok((figures, median))
+}
+
+/// The guest's median rate as a share of the same cycle done natively in
+/// Rust ([`crate::native`]) on fresh copies of the same seeded store; the
+/// native cycle must write as many correlations as the guest did.
+fn native_share(
+    seeded: &Path,
+    events: usize,
+    readings: usize,
+    repeats: usize,
+    guest_rate: f64,
+    written: &str,
+) -> anyhow::Result<Figure> {
+    let lookback = lookback_hours(readings) as i64 * 3600 * SECOND;
+    let mut rates = Vec::new();
+    let mut native_written = 0;
+    for _ in 0..repeats.max(1) {
+        let dir = tempfile::tempdir()?;
+        let copy = dir.path().join("embedded.redb");
+        std::fs::copy(seeded, &copy).context("copying the seeded store")?;
+        let cycle = crate::native::homeiq_cycle(&copy, lookback, u32::try_from(events)?)?;
+        native_written = cycle.written;
+        rates.push(events as f64 / cycle.seconds);
+    }
+    anyhow::ensure!(
+        native_written.to_string() == written,
+        "the native cycle wrote {native_written} correlations, the guest {written}: not the same matching"
+    );
+    let (native, min, max) = crate::report::median_spread(&mut rates);
+    Ok(Figure::bounded(
+        "correlator (homeiq): guest events/s as a share of the same cycle in native Rust",
+        guest_rate / native,
+        "×",
+        0.5,
+        true,
+        format!(
+            "guest {guest_rate:.0} / native {native:.0} events/s (native: median of {}, spread {min:.0}–{max:.0}; \
+             same queries on the same store, the guest's matching.rs, same batched write; {native_written} correlations each)",
+            rates.len()
+        ),
+    ))
 }
 
 /// The probe component with a marker section, so each upload is a new version.

@@ -6,13 +6,16 @@
 //! harness works: fewer repetitions, smaller inputs, a debug build.
 //! `--only correlator` (or `swap`, `calls`) runs one in-process figure
 //! group alone, without building the host binary; `--only cold` builds it
-//! and times the two cold starts alone (report: `report-GROUP.md`).
+//! and times the two cold starts alone; `--only board` builds the board-like
+//! binary (`target/bench-board`) and measures its idle RSS alone (report:
+//! `report-GROUP.md`).
 //! Timings are medians of repeated runs with their spread; the machine is
 //! shared and noisy, so compare figures measured in the same run.
 
 mod influx;
 mod influx_server;
 mod inproc;
+mod native;
 mod process;
 mod report;
 mod sizes;
@@ -29,6 +32,8 @@ struct Plan {
     quick: bool,
     cold_starts: usize,
     idle: Duration,
+    /// Restarts (and board-like starts) whose idle RSS is measured.
+    restarts: usize,
     swaps: usize,
     events: usize,
     readings: usize,
@@ -49,6 +54,7 @@ impl Plan {
                 quick,
                 cold_starts: 2,
                 idle: Duration::from_secs(5),
+                restarts: 1,
                 swaps: 10,
                 events: 1_000,
                 readings: 10_000,
@@ -63,6 +69,7 @@ impl Plan {
                 quick,
                 cold_starts: 7,
                 idle: Duration::from_secs(60),
+                restarts: 5,
                 swaps: 50,
                 events: 10_000,
                 readings: 100_000,
@@ -108,23 +115,48 @@ fn only_group() -> Option<String> {
 /// The one group `--only` runs that needs the host binary.
 const COLD_GROUP: &str = "cold";
 
+/// The group that builds (unless `--no-build`) and measures the board-like
+/// binary alone, even with `--quick` (fewer starts).
+const BOARD_GROUP: &str = "board";
+
 /// Runs one figure group; only [`COLD_GROUP`] uses `binary`.
-async fn measure_only(plan: &Plan, group: &str, binary: &Path) -> Vec<Figure> {
+async fn measure_only(plan: &Plan, group: &str, binary: &Path, root: &Path) -> Vec<Figure> {
     let result = match group {
+        BOARD_GROUP => {
+            let no_build = std::env::args().any(|a| a == "--no-build");
+            let full = Plan { quick: false, ..Plan::from_args() };
+            return board_like_idle(&full, root, !no_build);
+        }
         "correlator" => inproc::correlator(plan.events, plan.readings, plan.repeats).await,
         "swap" => inproc::swap_latency(plan.swaps).await,
         "calls" => inproc::guest_calls(plan.calls, plan.points, plan.repeats).await,
         COLD_GROUP => process::cold_start(binary, plan.cold_starts)
             .and_then(|wasm| Ok(vec![wasm, process::cold_start_precompiled(binary, plan.cold_starts)?])),
-        other => Err(anyhow::anyhow!("--only {other:?}: unknown group; use correlator, swap, calls or cold")),
+        other => Err(anyhow::anyhow!("--only {other:?}: unknown group; use correlator, swap, calls, cold or board")),
     };
     result.unwrap_or_else(|e| vec![Figure::missing(group, "—", &format!("failed: {e:#}"))])
 }
 
+/// The board-like build's idle RSS: built in a full run; in quick mode
+/// not built (reported missing), with `--no-build` measured only when fresh.
+fn board_like_idle(plan: &Plan, root: &Path, build: bool) -> Vec<Figure> {
+    const NAME: &str = "idle RSS, board-like build";
+    const TARGET: &str = "≤ 10 MiB";
+    if plan.quick {
+        return vec![Figure::missing(NAME, TARGET, "not built in quick mode")];
+    }
+    match sizes::board_like(root, build) {
+        Ok(binary) => process::board_idle(&binary, plan.restarts, Duration::from_secs(2))
+            .unwrap_or_else(|e| vec![Figure::missing(NAME, TARGET, &format!("failed: {e:#}"))]),
+        Err(why) => vec![Figure::missing(NAME, TARGET, &why)],
+    }
+}
+
 async fn measure(plan: &Plan, binary: &Path, root: &Path, build_boards: bool) -> Vec<Figure> {
     let mut figures = sizes::sizes(root, profile(), build_boards);
+    figures.extend(board_like_idle(plan, root, build_boards));
     let mut steps: Vec<(&str, anyhow::Result<Vec<Figure>>)> = vec![
-        ("idle", process::idle(binary, plan.idle)),
+        ("idle", process::idle(binary, plan.idle, plan.restarts)),
         ("cold start", process::cold_start(binary, plan.cold_starts).map(|f| vec![f])),
         ("cold start, precompiled", process::cold_start_precompiled(binary, plan.cold_starts).map(|f| vec![f])),
         ("swap latency, precompiled", inproc::swap_latency_precompiled(plan.swaps).await.map(|f| vec![f])),
@@ -172,7 +204,7 @@ async fn main() -> anyhow::Result<()> {
         build_host(&root)?
     };
     let figures = match &only {
-        Some(group) => measure_only(&plan, group, &binary).await,
+        Some(group) => measure_only(&plan, group, &binary, &root).await,
         None => measure(&plan, &binary, &root, !plan.quick && !no_build).await,
     };
     let mode =

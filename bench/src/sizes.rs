@@ -3,7 +3,8 @@
 //! profile, no built-in guests). A full run builds the board binaries when
 //! the cross linker is installed; otherwise, and in quick mode, a binary
 //! older than the sources it is built from is reported as missing, never
-//! measured.
+//! measured. Also the board-like x86_64 binary whose idle RSS
+//! [`crate::process::board_idle`] measures ([`board_like`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -96,4 +97,35 @@ fn newest_in(path: &Path) -> Option<SystemTime> {
     }
     let children: Vec<PathBuf> = std::fs::read_dir(path).ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     children.iter().filter_map(|c| newest_in(c)).max()
+}
+
+/// The board-like build's own target directory (under the workspace's).
+const BOARD_LIKE_DIR: &str = "bench-board";
+
+/// The `cargo board` arguments, for the host triple, into `target/bench-board`.
+const BOARD_LIKE_ARGS: [&str; 8] =
+    ["build", "--profile", "board", "-p", "wattedge", "--no-default-features", "--features", "influx-v2"];
+
+/// The board-like x86_64 binary (what `cargo board` builds, for this
+/// machine): built now when `build`, else taken only when it is newer than
+/// its sources. The error says why there is none.
+pub fn board_like(root: &Path, build: bool) -> Result<PathBuf, String> {
+    let dir = crate::target_dir(root).join(BOARD_LIKE_DIR);
+    let binary = dir.join("board").join("wattedge");
+    if build {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo).current_dir(root).args(BOARD_LIKE_ARGS).arg("--target-dir").arg(&dir).status();
+        match built {
+            Ok(status) if status.success() => {}
+            Ok(status) => return Err(format!("cargo {} failed ({status})", BOARD_LIKE_ARGS.join(" "))),
+            Err(e) => return Err(format!("cannot run cargo: {e}")),
+        }
+    }
+    if !binary.exists() {
+        return Err(format!("not built: cargo {} --target-dir {}", BOARD_LIKE_ARGS.join(" "), dir.display()));
+    }
+    if is_stale(root, &binary, &[]) {
+        return Err("stale: built before the last source change; run without --no-build".into());
+    }
+    Ok(binary)
 }

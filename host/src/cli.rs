@@ -255,12 +255,13 @@ async fn run(path: &Path) -> anyhow::Result<ExitCode> {
 
 /// The binary compiles guests in a child process of itself (see
 /// [`crate::compile::worker`]); where it cannot name itself, in-process.
+/// It gives back the pages its start-up touched ([`crate::trim`]).
 fn host_options() -> crate::HostOptions {
     let compile_in = match std::env::current_exe() {
         Ok(exe) if cfg!(not(target_arch = "arm")) => CompileIn::ChildProcess(exe),
         _ => CompileIn::ThisProcess,
     };
-    crate::HostOptions { compile_in }
+    crate::HostOptions { compile_in, release_start_up_pages: true }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -88,6 +88,46 @@ pub struct HostOptions {
     /// Where `.wasm` guests are compiled on a cache miss; the binary compiles
     /// in a child process of itself so the host never holds the compiler.
     pub compile_in: CompileIn,
+    /// Once every guest has started, give back the pages of the binary
+    /// that start-up touched ([`crate::trim`]): for the `wattedge` process
+    /// itself; a program embedding the host decides about its own pages.
+    pub release_start_up_pages: bool,
+}
+
+/// How often [`release_after_start_up`] looks whether every guest started.
+const START_UP_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Longest [`release_after_start_up`] waits for the guests to start.
+const START_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether every guest has started: initialised and run once, or failed.
+fn guests_started(supervisor: &Supervisor) -> bool {
+    supervisor.guests().iter().all(|guest| {
+        let snapshot = guest.snapshot();
+        snapshot.runs >= 1 || snapshot.state == crate::api::GuestState::Failed
+    })
+}
+
+/// Waits until every guest has started (at most [`START_UP_LIMIT`]), then
+/// releases the pages start-up touched: the code that ran once is then
+/// counted in no one's memory until it runs again.
+async fn release_after_start_up(supervisor: Arc<Supervisor>, stop: CancellationToken) {
+    let began = std::time::Instant::now();
+    while !guests_started(&supervisor) && began.elapsed() < START_UP_LIMIT {
+        tokio::select! {
+            _ = tokio::time::sleep(START_UP_POLL) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+    match crate::blocking::spawn_blocking(crate::trim::release_start_up_pages).await {
+        Ok(Ok(released)) => tracing::debug!(
+            mappings = released.mappings,
+            kib = released.resident_kib,
+            "released the pages start-up touched"
+        ),
+        Ok(Err(error)) => tracing::debug!(%error, "cannot release the pages start-up touched"),
+        Err(error) => tracing::debug!(%error, "releasing the pages start-up touched did not finish"),
+    }
 }
 
 /// Starts everything `config` describes, compiling in-process. Must be
@@ -135,6 +175,9 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let unix = bind_admin_socket(&config.host.state_dir);
     let shutdown = CancellationToken::new();
     let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, shutdown.child_token()));
+    if options.release_start_up_pages {
+        tokio::spawn(release_after_start_up(supervisor.clone(), shutdown.child_token()));
+    }
     if let Some(every) = config.host.identity.health_interval {
         supervisor.report_health(every, shutdown.child_token());
     }

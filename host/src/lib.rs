@@ -29,6 +29,7 @@
 //!   can touch.
 //! - [`secrets`]: the secrets file, its values and scrubbing them from text.
 //! - `timefmt`: RFC 3339 timestamps.
+//! - `trim`: giving back the binary's pages that start-up touched.
 //!
 //! **compile** — [`compile`]: how a `.wasm` becomes running code: engine
 //! settings, board profiles, compiling and type-checking a component, the
@@ -83,6 +84,7 @@ pub mod secrets;
 pub mod store;
 pub(crate) mod supervisor;
 pub(crate) mod timefmt;
+pub(crate) mod trim;
 pub(crate) mod units;
 
 pub use host::{HostError, HostOptions, RunningHost, run, run_with, start, start_with};

@@ -195,7 +195,7 @@ async fn start_probe_host(dir: &Path, compile_in: CompileIn) -> wattedge::Runnin
     );
     std::fs::write(dir.join("wattedge.toml"), text).unwrap();
     let config = wattedge::config::Config::load(&dir.join("wattedge.toml")).unwrap();
-    wattedge::start_with(config, wattedge::HostOptions { compile_in }).await.unwrap()
+    wattedge::start_with(config, wattedge::HostOptions { compile_in, ..Default::default() }).await.unwrap()
 }
 
 /// Waits until the guest ran once on code that is not being replaced.

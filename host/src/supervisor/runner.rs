@@ -263,8 +263,22 @@ impl GuestTask {
             tracing::warn!(guest = %self.handle.config.name, trigger = %label, outcome = %shown(format!("{outcome:?}")), "run failed");
         }
         self.report_dropped_warnings();
+        self.release_code_pages();
         self.apply_backoff(&outcome, finished);
         self.record(|r| r.finish(FinishedRun { started, finished, trigger: label, outcome, version }));
+    }
+
+    /// Gives back the pages of the guest's code, and of the host's (when
+    /// the binary released its start-up pages), that the run touched: the
+    /// guest sleeps until its next trigger, which maps back what it runs
+    /// (see `crate::trim`; a fraction of a millisecond a run).
+    fn release_code_pages(&self) {
+        crate::trim::release_host_pages_again();
+        let Some(component) = &self.component else { return };
+        let image = component.pre.instance_pre().component().image_range();
+        if let Err(error) = crate::trim::release_image(image) {
+            tracing::debug!(guest = %self.handle.config.name, %error, "cannot release the guest's code pages");
+        }
     }
 
     /// Tells the timetable how the run ended: the least gap before a
