@@ -130,9 +130,12 @@ async fn measure_only(plan: &Plan, group: &str, binary: &Path, root: &Path) -> V
         "correlator" => inproc::correlator(plan.events, plan.readings, plan.repeats).await,
         "swap" => inproc::swap_latency(plan.swaps).await,
         "calls" => inproc::guest_calls(plan.calls, plan.points, plan.repeats).await,
+        INFLUX_GROUP => return influx_figures(plan).await,
         COLD_GROUP => process::cold_start(binary, plan.cold_starts)
             .and_then(|wasm| Ok(vec![wasm, process::cold_start_precompiled(binary, plan.cold_starts)?])),
-        other => Err(anyhow::anyhow!("--only {other:?}: unknown group; use correlator, swap, calls, cold or board")),
+        other => {
+            Err(anyhow::anyhow!("--only {other:?}: unknown group; use correlator, swap, calls, influx, cold or board"))
+        }
     };
     result.unwrap_or_else(|e| vec![Figure::missing(group, "—", &format!("failed: {e:#}"))])
 }
@@ -164,14 +167,30 @@ async fn measure(plan: &Plan, binary: &Path, root: &Path, build_boards: bool) ->
         ("correlator", inproc::correlator(plan.events, plan.readings, plan.repeats).await),
         ("guest calls and writes", inproc::guest_calls(plan.calls, plan.points, plan.repeats).await),
     ];
+    for (name, result) in steps {
+        match result {
+            Ok(mut f) => figures.append(&mut f),
+            Err(e) => figures.push(Figure::missing(name, "—", &format!("failed: {e:#}"))),
+        }
+    }
+    figures.append(&mut influx_figures(plan).await);
+    figures
+}
+
+/// The group of the figures against a real influxd (outbox write, end-to-end
+/// share of influxd's ceiling, outage replay): `--only influx`.
+const INFLUX_GROUP: &str = "influx";
+
+/// The figures against a real influxd; a piece that fails is reported as such.
+async fn influx_figures(plan: &Plan) -> Vec<Figure> {
     let sizes = influx::Sizes {
         outbox_points: plan.points,
         throughput_points: plan.throughput_points,
         outage_points: plan.outage_points,
         repeats: plan.repeats,
     };
-    steps.extend(influx::measure(&sizes).await);
-    for (name, result) in steps {
+    let mut figures = Vec::new();
+    for (name, result) in influx::measure(&sizes).await {
         match result {
             Ok(mut f) => figures.append(&mut f),
             Err(e) => figures.push(Figure::missing(name, "—", &format!("failed: {e:#}"))),
