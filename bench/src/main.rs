@@ -158,7 +158,7 @@ fn board_like_idle(plan: &Plan, root: &Path, build: bool) -> Vec<Figure> {
 async fn measure(plan: &Plan, binary: &Path, root: &Path, build_boards: bool) -> Vec<Figure> {
     let mut figures = sizes::sizes(root, profile(), build_boards);
     figures.extend(board_like_idle(plan, root, build_boards));
-    let mut steps: Vec<(&str, anyhow::Result<Vec<Figure>>)> = vec![
+    let steps: Vec<(&str, anyhow::Result<Vec<Figure>>)> = vec![
         ("idle", process::idle(binary, plan.idle, plan.restarts)),
         ("cold start", process::cold_start(binary, plan.cold_starts).map(|f| vec![f])),
         ("cold start, precompiled", process::cold_start_precompiled(binary, plan.cold_starts).map(|f| vec![f])),
