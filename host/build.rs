@@ -40,9 +40,8 @@ fn main() {
 
 /// 64-bit ARM: align the binary's segments to 16 KiB, not GNU ld's default
 /// 64 KiB. Every Raspberry Pi kernel uses 4 KiB or (Pi 5) 16 KiB pages, so
-/// 16 KiB loads on all of them; the smaller alignment takes about 100 KB
-/// of padding between segments out of the file (aarch64 board budget 8 MiB).
-/// A kernel with 64 KiB pages could not load such a binary.
+/// the binary loads on all of them with less padding in the file. A kernel
+/// with 64 KiB pages could not load it.
 fn link_for_16k_pages() {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
