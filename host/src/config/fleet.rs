@@ -3,10 +3,11 @@
 //! the checks of `oci://` component references.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Checker, ComponentSource, ConfigError};
+use super::{Checker, ComponentSource, ConfigError, parse_duration};
 use crate::oci::signature::TrustedKey;
 use crate::oci::{OciReference, reference::valid_registry};
 
@@ -19,6 +20,35 @@ pub struct FleetConfig {
     pub trusted_keys: Vec<TrustedKey>,
     /// Registry → Basic credentials for its token service.
     pub credentials: BTreeMap<String, RegistryCredentials>,
+    /// How a tag reference is followed while the host runs.
+    pub rollout: RolloutConfig,
+}
+
+/// `[fleet] poll_interval`, `poll_jitter`, `gate_runs`, `gate_window`:
+/// how often a followed tag is asked for, and the health gate a new
+/// digest must pass before it stays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    /// Between two asks of the registry (default 5 min).
+    pub poll_interval: Duration,
+    /// Up to this much is added to each wait at random, so that a fleet
+    /// does not ask the registry in lockstep (default 1 min).
+    pub poll_jitter: Duration,
+    /// The first runs of a new version that must all succeed (default 3).
+    pub gate_runs: u32,
+    /// How long after the swap the gate watches those runs (default 10 min).
+    pub gate_window: Duration,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            poll_interval: Duration::from_secs(300),
+            poll_jitter: Duration::from_secs(60),
+            gate_runs: 3,
+            gate_window: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `[fleet.credentials."REGISTRY"]`: a user name, and the secret holding
@@ -38,6 +68,10 @@ pub(super) struct RawFleet {
     trusted_keys: Vec<String>,
     #[serde(default)]
     credentials: BTreeMap<String, RawCredentials>,
+    poll_interval: Option<String>,
+    poll_jitter: Option<String>,
+    gate_runs: Option<u32>,
+    gate_window: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +83,7 @@ struct RawCredentials {
 
 impl Checker<'_> {
     pub(super) fn fleet(&self, raw: RawFleet) -> Result<FleetConfig, ConfigError> {
+        let rollout = self.rollout(&raw)?;
         for registry in raw.insecure_registries.iter().chain(raw.credentials.keys()) {
             if !valid_registry(registry) {
                 return Err(self.error(
@@ -77,7 +112,31 @@ impl Checker<'_> {
             })?;
             credentials.insert(registry, RegistryCredentials { username: raw.username, password_secret });
         }
-        Ok(FleetConfig { insecure_registries: raw.insecure_registries, trusted_keys, credentials })
+        Ok(FleetConfig { insecure_registries: raw.insecure_registries, trusted_keys, credentials, rollout })
+    }
+
+    /// The polling and gate settings, each defaulted when absent.
+    fn rollout(&self, raw: &RawFleet) -> Result<RolloutConfig, ConfigError> {
+        let defaults = RolloutConfig::default();
+        let duration = |key: &str, text: &Option<String>, default: Duration| match text {
+            None => Ok(default),
+            Some(t) => parse_duration(t)
+                .map_err(|e| self.error(&["fleet", key], format!("fleet.{key} = {t:?}: {e}; use e.g. \"5m\""))),
+        };
+        let poll_interval = duration("poll_interval", &raw.poll_interval, defaults.poll_interval)?;
+        if poll_interval < Duration::from_secs(1) {
+            return Err(self.error(&["fleet", "poll_interval"], "fleet.poll_interval must be at least 1s".to_string()));
+        }
+        let gate_runs = raw.gate_runs.unwrap_or(defaults.gate_runs);
+        if gate_runs == 0 || gate_runs > 32 {
+            return Err(self.error(&["fleet", "gate_runs"], "fleet.gate_runs must be 1 to 32".to_string()));
+        }
+        Ok(RolloutConfig {
+            poll_interval,
+            poll_jitter: duration("poll_jitter", &raw.poll_jitter, defaults.poll_jitter)?,
+            gate_runs,
+            gate_window: duration("gate_window", &raw.gate_window, defaults.gate_window)?,
+        })
     }
 
     /// `guests.NAME.component = "oci://…"`.

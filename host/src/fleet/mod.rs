@@ -26,7 +26,8 @@ pub use crate::oci::{Digest, OCI_PREFIX, OciReference, ReferenceError, reference
 
 use crate::config::FleetConfig;
 use crate::secrets::SecretStore;
-use cache::{OciCache, Record};
+use cache::OciCache;
+pub use cache::Record;
 use manifest::{Document, SelectError, Wanted};
 use registry::{Credentials, Registry, RegistryError};
 use signature::SignatureError;
@@ -122,6 +123,41 @@ impl Fleet {
         let resolved = self.resolve(reference).await?;
         self.resolved.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), resolved.clone());
         Ok(resolved)
+    }
+
+    /// How a followed tag is polled and gated (`[fleet]`).
+    pub fn rollout_config(&self) -> &crate::config::RolloutConfig {
+        &self.config.rollout
+    }
+
+    /// What `reference` runs as in this process, if it was resolved.
+    pub fn running(&self, reference: &OciReference) -> Option<Resolved> {
+        self.resolved.lock().unwrap_or_else(|e| e.into_inner()).get(reference).cloned()
+    }
+
+    /// Makes `resolved` what `reference` runs as from now on (a rollout
+    /// that passed its gate, or a rollback), here and in `refs.json`, so
+    /// that an instance restart or an offline start runs it.
+    pub fn adopt(&self, reference: &OciReference, resolved: Resolved, record: Option<Record>) {
+        if let Some(record) = record
+            && let Err(error) = self.cache.save_record(&reference.to_string(), record)
+        {
+            tracing::warn!(%reference, %error, "could not record the version in refs.json");
+        }
+        self.resolved.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), resolved);
+    }
+
+    /// What `refs.json` says `reference` resolved to (kept by a rollout so
+    /// that a rollback can restore it).
+    pub fn record(&self, reference: &OciReference) -> Option<Record> {
+        self.cache.record(&reference.to_string())
+    }
+
+    /// The registry's current answer for a followed tag, verified and
+    /// cached; unlike [`resolve`](Self::resolve) no fallback to the cache:
+    /// an error is a refusal (or an unreachable registry) to report.
+    pub async fn latest(&self, reference: &OciReference) -> Result<Resolved, FleetError> {
+        self.pull(reference).await
     }
 
     /// Asks the registry what `reference` is now and makes a verified
