@@ -174,7 +174,8 @@ impl Follower {
         let runs: Vec<&str> =
             record.recent.iter().filter(|(at, _, v)| v == version && *at >= since).map(|(_, o, _)| *o).collect();
         if runs.iter().take(gate_runs).any(|o| *o != "ok") {
-            let detail = record.last_run.as_ref().and_then(|r| r.outcome_detail()).unwrap_or_else(|| "a run failed".into());
+            let detail =
+                record.last_run.as_ref().and_then(|r| r.outcome_detail()).unwrap_or_else(|| "a run failed".into());
             return Some(Err(format!("run failed: {detail}")));
         }
         (runs.len() >= gate_runs).then_some(Ok(()))
