@@ -202,4 +202,32 @@ mod tests {
             assert!(!err.contains("hunter2"), "never echoes a secret value: {err}");
         }
     }
+
+    #[test]
+    fn a_followed_tag_polls_every_5m_with_jitter_and_gates_3_runs_in_10m_by_default() {
+        let rollout = parse("").unwrap().fleet.rollout;
+        assert_eq!(rollout, super::RolloutConfig::default());
+        assert_eq!(rollout.poll_interval, std::time::Duration::from_secs(300));
+        assert_eq!(rollout.gate_runs, 3);
+        assert_eq!(rollout.gate_window, std::time::Duration::from_secs(600));
+        let text = "[fleet]\npoll_interval = \"30s\"\npoll_jitter = \"0s\"\ngate_runs = 5\ngate_window = \"1h\"\n";
+        let rollout = parse(text).unwrap().fleet.rollout;
+        assert_eq!(rollout.poll_interval, std::time::Duration::from_secs(30));
+        assert_eq!(rollout.poll_jitter, std::time::Duration::ZERO);
+        assert_eq!((rollout.gate_runs, rollout.gate_window), (5, std::time::Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn rollout_settings_out_of_range_name_the_key() {
+        let cases = [
+            ("[fleet]\npoll_interval = \"500ms\"\n", "fleet.poll_interval must be at least 1s"),
+            ("[fleet]\npoll_jitter = \"soon\"\n", "fleet.poll_jitter = \"soon\""),
+            ("[fleet]\ngate_runs = 0\n", "fleet.gate_runs must be 1 to 32"),
+            ("[fleet]\ngate_runs = 33\n", "fleet.gate_runs must be 1 to 32"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
+        }
+    }
 }
