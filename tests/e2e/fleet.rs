@@ -469,6 +469,19 @@ async fn three_boards_follow_a_tag_roll_out_refuse_and_roll_back_by_themselves()
         assert_eq!(rollout(&snap)["state"], rolled_back.as_str(), "v4 is not tried again: {snap}");
     }
 
+    // A board restarted while the tag still names v4 starts on v2 (the
+    // refusal is kept in refs.json), without trying v4 again.
+    hosts.remove(0).shutdown().await;
+    hosts.insert(0, wattedge::start(setups[0].config()).await.expect("restart board"));
+    let restarted = &hosts[..1];
+    // (The digest shows from the follower's first poll.)
+    let runs_v2 =
+        |s: &Value| s["version"] == v2_sha.as_str() && s["runs"].as_u64() >= Some(2) && !rollout(s)["digest"].is_null();
+    let snap = on_every_board(restarted, long, "restarts on v2", runs_v2).await.remove(0);
+    let v4_ran = snap["recent_runs"].as_array().unwrap().iter().any(|r| r["version"] == v4_sha.as_str());
+    assert!(!v4_ran, "the restarted board never ran v4: {snap}");
+    assert_eq!(rollout(&snap)["digest"], d2.as_str(), "{snap}");
+
     // The tag moves to v5: v5 is tried (and passes).
     let d5 = publish_file(&registry, &v5, "stable", &[]);
     let on_v5 = |s: &Value| rollout(s)["digest"] == d5.as_str() && rollout(s)["state"] == "following";

@@ -64,6 +64,8 @@ pub enum FleetError {
     TooLarge { reference: String, what: String, size: u64, limit: u64 },
     #[error("{reference}: {error}")]
     Cache { reference: String, error: cache::CacheError },
+    #[error("{reference}: {digest} was refused on this board; it is not tried again until the tag moves")]
+    Refused { reference: String, digest: Digest },
 }
 
 /// A reference resolved to a verified local copy.
@@ -147,6 +149,14 @@ impl Fleet {
         self.resolved.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), resolved);
     }
 
+    /// Goes back to `kept` (what `reference` ran before a rollout) and
+    /// remembers `refused` in `refs.json`, so that neither the follower nor
+    /// a restart takes that digest again until the tag moves.
+    pub fn refuse(&self, reference: &OciReference, running: Resolved, kept: Option<Record>, refused: &Digest) {
+        let kept = kept.map(|record| Record { refused: Some(refused.to_string()), ..record });
+        self.adopt(reference, running, kept);
+    }
+
     /// What `refs.json` says `reference` resolved to (kept by a rollout so
     /// that a rollback can restore it).
     pub fn record(&self, reference: &OciReference) -> Option<Record> {
@@ -199,6 +209,9 @@ impl Fleet {
         let top_bytes = downloads.manifest(reference, &reference.manifest_reference()).await?;
         let top = Digest::of(&top_bytes.bytes);
         check_top(reference, &top, top_bytes.digest_header.as_deref())?;
+        if self.cache.record(&name).and_then(|r| r.refused).is_some_and(|refused| refused == top.to_string()) {
+            return Err(FleetError::Refused { reference: name, digest: top });
+        }
         let (signatures, signed_by) = self.check_signature(reference, &downloads, &top).await?;
         let document = parse(reference, "the manifest", &top_bytes.bytes)?;
         let wanted = Wanted {
@@ -224,6 +237,7 @@ impl Fleet {
             precompiled,
             signatures: signatures.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect(),
             resolved_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            refused: None,
         };
         self.cache.save_record(&name, record).map_err(|error| FleetError::Cache { reference: name.clone(), error })?;
         tracing::info!(%reference, %top, %artifact, precompiled, "resolved");

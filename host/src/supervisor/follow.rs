@@ -20,7 +20,7 @@ use crate::api::{GuestState, RolloutStatus};
 use crate::capabilities::GuestCtx;
 use crate::compile::component::{self, LoadedComponent};
 use crate::config::ComponentSource;
-use crate::fleet::{Digest, OciReference, Resolved};
+use crate::fleet::{Digest, FleetError, OciReference, Resolved};
 
 /// How often the gate looks at the new version's runs.
 const GATE_CHECK: Duration = Duration::from_millis(200);
@@ -41,7 +41,7 @@ pub async fn follow(
     reference: OciReference,
     shutdown: CancellationToken,
 ) {
-    let mut follower = Follower { runtime, handle, reference, refused: None, shutdown };
+    let mut follower = Follower { runtime, handle, reference, shutdown };
     follower.show(|s| s.state = "following".into());
     loop {
         let wait = follower.next_wait();
@@ -57,8 +57,6 @@ struct Follower {
     runtime: Arc<Runtime>,
     handle: Arc<GuestHandle>,
     reference: OciReference,
-    /// The digest last refused: not tried again until the tag moves.
-    refused: Option<Digest>,
     shutdown: CancellationToken,
 }
 
@@ -87,17 +85,18 @@ impl Follower {
         let kept = fleet.record(&self.reference);
         let latest = match fleet.latest(&self.reference).await {
             Ok(latest) => latest,
+            // Said when it was refused; the tag has not moved since.
+            Err(FleetError::Refused { .. }) => return,
             Err(error) => {
                 tracing::warn!(guest = %self.handle.config.name, %error, "followed tag not updated; the running version stays");
                 self.show(|s| s.last_refusal = Some(error.to_string()));
                 return;
             }
         };
-        if latest.top == running.top || self.refused.as_ref() == Some(&latest.top) {
+        if latest.top == running.top {
             fleet.adopt(&self.reference, running, kept);
             return;
         }
-        self.refused = None;
         let new = fleet.record(&self.reference);
         match self.roll_out(&running, &latest).await {
             Ok(()) => {
@@ -110,8 +109,7 @@ impl Follower {
             }
             Err(refusal) => {
                 tracing::error!(guest = %self.handle.config.name, error = %refusal, "rollout refused; running the previous digest");
-                fleet.adopt(&self.reference, running, kept);
-                self.refused = Some(latest.top.clone());
+                fleet.refuse(&self.reference, running, kept, &latest.top);
                 self.show(|s| s.last_refusal = Some(refusal.to_string()));
             }
         }
