@@ -513,3 +513,45 @@ async fn three_boards_follow_a_tag_roll_out_refuse_and_roll_back_by_themselves()
         host.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_tag_moved_to_an_unsigned_or_altered_digest_leaves_the_running_version() {
+    let registry = Registry::start();
+    let keys = tempfile::tempdir().unwrap();
+    let public = keygen(keys.path(), "fleet.key");
+    let key = keys.path().join("fleet.key");
+    let d1 = publish(&registry, "stable", &["--sign", key.to_str().unwrap()]);
+    let text = body(&registry, &[&public], &[("job", "stable")]).replacen(
+        "trusted_keys",
+        "poll_interval = \"1s\"\npoll_jitter = \"0s\"\ntrusted_keys",
+        1,
+    );
+    let (_setup, host) = start(&text).await;
+    let addr = host.admin_addr();
+    let hosts = std::slice::from_ref(&host);
+    let long = Duration::from_secs(60);
+    on_every_board(hosts, long, "follows v1", |s| s["runs"].as_u64() >= Some(1) && rollout(s)["digest"] == d1.as_str())
+        .await;
+
+    let (v2, _) = probe_variant(keys.path(), "v2");
+    let d2 = publish_file(&registry, &v2, "stable", &[]);
+    let unsigned = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains("is not signed"));
+    let snap = on_every_board(hosts, long, "refuses unsigned v2", unsigned).await.remove(0);
+    assert_eq!(snap["version"], probe_sha256(), "v1 keeps running: {snap}");
+    assert_eq!(rollout(&snap)["digest"], d1.as_str(), "not {d2}: {snap}");
+
+    let (v3, v3_sha) = probe_variant(keys.path(), "v3");
+    publish_file(&registry, &v3, "stable", &["--sign", key.to_str().unwrap()]);
+    let data = registry.blob_data(&v3_sha);
+    let mut bytes = std::fs::read(&data).expect("the registry stores v3's layer");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let altered = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains("digest mismatch"));
+    let snap = on_every_board(hosts, long, "refuses altered v3", altered).await.remove(0);
+    assert_eq!(snap["version"], probe_sha256(), "v1 keeps running: {snap}");
+    assert_eq!(rollout(&snap)["state"], "following", "{snap}");
+    let (_, snap) = get(addr, "/guests/job").await;
+    assert_eq!(snap["state"], "ok", "{snap}");
+    host.shutdown().await;
+}
