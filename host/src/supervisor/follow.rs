@@ -15,11 +15,11 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use super::swap::{self, SwapError};
-use super::{GuestHandle, Runtime};
+use super::{GuestHandle, GuestRecord, Runtime};
 use crate::api::{GuestState, RolloutStatus};
 use crate::capabilities::GuestCtx;
 use crate::compile::component::{self, LoadedComponent};
-use crate::config::ComponentSource;
+use crate::config::{ComponentSource, RolloutConfig};
 use crate::fleet::{Digest, FleetError, OciReference, Resolved};
 
 /// How often the gate looks at the new version's runs.
@@ -64,14 +64,9 @@ impl Follower {
     /// The poll interval plus a jitter drawn from the clock's nanoseconds
     /// and the guest's name (boards and guests spread differently).
     fn next_wait(&self) -> Duration {
-        let config = self.runtime.fleet.rollout_config();
-        let jitter_ms = config.poll_jitter.as_millis() as u64;
-        if jitter_ms == 0 {
-            return config.poll_interval;
-        }
         let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let name = self.handle.config.name.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-        config.poll_interval + Duration::from_millis((u64::from(nanos) ^ name) % (jitter_ms + 1))
+        wait_with_jitter(self.runtime.fleet.rollout_config(), u64::from(nanos) ^ name)
     }
 
     /// One ask of the registry, and a rollout when the tag moved.
@@ -165,18 +160,7 @@ impl Follower {
 
     /// The gate's verdict so far, or `None` while it is still open.
     fn verdict(&self, version: &str, since: SystemTime, gate_runs: usize) -> Option<Result<(), String>> {
-        let record = self.handle.record.lock().expect("record lock");
-        if let Some((GuestState::Failed, detail)) = &record.blocked {
-            return Some(Err(detail.clone()));
-        }
-        let runs: Vec<&str> =
-            record.recent.iter().filter(|(at, _, v)| v == version && *at >= since).map(|(_, o, _)| *o).collect();
-        if runs.iter().take(gate_runs).any(|o| *o != "ok") {
-            let detail =
-                record.last_run.as_ref().and_then(|r| r.outcome_detail()).unwrap_or_else(|| "a run failed".into());
-            return Some(Err(format!("run failed: {detail}")));
-        }
-        (runs.len() >= gate_runs).then_some(Ok(()))
+        gate_verdict(&self.handle.record.lock().expect("record lock"), version, since, gate_runs)
     }
 
     /// Reinstalls the version that ran before the rollout: the component
@@ -213,5 +197,92 @@ impl Follower {
             .rollout
             .get_or_insert_with(|| RolloutStatus { reference: self.reference.to_string(), ..RolloutStatus::default() });
         f(status);
+    }
+}
+
+/// The poll interval plus `seed` spread over `0..=poll_jitter`.
+fn wait_with_jitter(config: &RolloutConfig, seed: u64) -> Duration {
+    let jitter_ms = u64::try_from(config.poll_jitter.as_millis()).unwrap_or(u64::MAX);
+    match jitter_ms {
+        0 => config.poll_interval,
+        ms => config.poll_interval + Duration::from_millis(seed % ms.saturating_add(1)),
+    }
+}
+
+/// The gate's verdict on `version` from `record`, swapped in at `since`:
+/// a failure among its first `gate_runs` runs (or an instance that could
+/// not be initialised again) fails it, `gate_runs` successes pass it, and
+/// `None` while neither happened.
+fn gate_verdict(
+    record: &GuestRecord,
+    version: &str,
+    since: SystemTime,
+    gate_runs: usize,
+) -> Option<Result<(), String>> {
+    if let Some((GuestState::Failed, detail)) = &record.blocked {
+        return Some(Err(detail.clone()));
+    }
+    let runs: Vec<&str> =
+        record.recent.iter().filter(|(at, _, v)| v == version && *at >= since).map(|(_, o, _)| *o).collect();
+    if runs.iter().take(gate_runs).any(|o| *o != "ok") {
+        let detail = record.last_run.as_ref().and_then(|r| r.outcome_detail()).unwrap_or_else(|| "a run failed".into());
+        return Some(Err(format!("run failed: {detail}")));
+    }
+    (runs.len() >= gate_runs).then_some(Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::supervisor::Outcome;
+    use crate::supervisor::record::FinishedRun;
+
+    fn ran(record: &mut GuestRecord, version: &str, at: SystemTime, outcome: Outcome) {
+        let run =
+            FinishedRun { started: at, finished: at, trigger: "scheduled".into(), outcome, version: version.into() };
+        record.finish(run);
+    }
+
+    #[test]
+    fn the_gate_stays_open_until_the_new_version_ran_gate_runs_times() {
+        let since = SystemTime::now();
+        let mut record = GuestRecord::default();
+        ran(&mut record, "old", since - Duration::from_secs(1), Outcome::Error("old failure".into()));
+        assert_eq!(gate_verdict(&record, "new", since, 2), None, "the old version's runs do not count");
+        ran(&mut record, "new", since, Outcome::Ok);
+        assert_eq!(gate_verdict(&record, "new", since, 2), None);
+        ran(&mut record, "new", since + Duration::from_secs(1), Outcome::Ok);
+        assert_eq!(gate_verdict(&record, "new", since, 2), Some(Ok(())));
+    }
+
+    #[test]
+    fn a_failed_run_of_the_new_version_fails_the_gate_with_its_reason() {
+        let since = SystemTime::now();
+        let mut record = GuestRecord::default();
+        ran(&mut record, "new", since, Outcome::Ok);
+        ran(&mut record, "new", since + Duration::from_secs(1), Outcome::Trap("trapped: unreachable".into()));
+        let verdict = gate_verdict(&record, "new", since, 3);
+        assert_eq!(verdict, Some(Err("run failed: trapped: unreachable".into())));
+    }
+
+    #[test]
+    fn a_new_version_that_cannot_be_initialised_again_fails_the_gate() {
+        let record =
+            GuestRecord { blocked: Some((GuestState::Failed, "init failed".into())), ..GuestRecord::default() };
+        assert_eq!(gate_verdict(&record, "new", SystemTime::now(), 3), Some(Err("init failed".into())));
+    }
+
+    #[test]
+    fn the_wait_between_polls_is_the_interval_plus_at_most_the_jitter() {
+        let config = RolloutConfig {
+            poll_interval: Duration::from_secs(300),
+            poll_jitter: Duration::from_secs(60),
+            ..RolloutConfig::default()
+        };
+        let waits: Vec<Duration> = (0..1000u64).map(|seed| wait_with_jitter(&config, seed * 7919)).collect();
+        assert!(waits.iter().all(|w| (Duration::from_secs(300)..=Duration::from_secs(360)).contains(w)), "{waits:?}");
+        assert!(waits.iter().any(|w| *w != waits[0]), "the jitter spreads the polls");
+        let none = RolloutConfig { poll_jitter: Duration::ZERO, ..config };
+        assert_eq!(wait_with_jitter(&none, 12345), Duration::from_secs(300));
     }
 }
