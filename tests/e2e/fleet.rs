@@ -36,7 +36,7 @@ fn publish(registry: &Registry, tag: &str, extra: &[&str]) -> String {
 }
 
 /// `wattedge publish WASM oci://…:TAG --insecure EXTRA…`; the index digest.
-fn publish_file(registry: &Registry, wasm: &str, tag: &str, extra: &[&str]) -> String {
+pub(crate) fn publish_file(registry: &Registry, wasm: &str, tag: &str, extra: &[&str]) -> String {
     let reference = format!("oci://{}/{REPO}:{tag}", registry.addr());
     let mut args = vec!["publish", wasm, reference.as_str(), "--insecure"];
     args.extend_from_slice(extra);
@@ -265,7 +265,7 @@ async fn a_registry_with_token_auth_is_used_with_credentials_from_the_secrets_st
 
 /// The probe with a custom section appended: another version (sha256) that
 /// behaves the same.
-fn probe_variant(dir: &Path, tag: &str) -> (String, String) {
+pub(crate) fn probe_variant(dir: &Path, tag: &str) -> (String, String) {
     use sha2::Digest;
     let mut bytes = std::fs::read(probe()).unwrap();
     let name = b"wattedge-test-version";
@@ -316,7 +316,7 @@ async fn a_refused_new_version_leaves_the_board_on_its_verified_copy() {
 /// The probe with its build-time switch set to `behaviour` (8 bytes:
 /// `initfail` or `runfail_`, see tests/probe/src/lib.rs): another version
 /// whose `init` or runs fail whatever the config says.
-fn probe_switched(dir: &Path, behaviour: &[u8; 8]) -> (String, String) {
+pub(crate) fn probe_switched(dir: &Path, behaviour: &[u8; 8]) -> (String, String) {
     use sha2::Digest;
     let mut bytes = std::fs::read(probe()).unwrap();
     let marker = b"wattedge-probe-build-sw:normal__";
