@@ -70,8 +70,18 @@ pub(super) struct RawFleet {
     credentials: BTreeMap<String, RawCredentials>,
     poll_interval: Option<String>,
     poll_jitter: Option<String>,
-    gate_runs: Option<u32>,
+    gate_runs: Option<i64>,
     gate_window: Option<String>,
+}
+
+/// The rollout keys of `[fleet]` as written, apart from how the table is
+/// read (each absent key takes its default).
+#[derive(Debug, Default)]
+pub(super) struct RawRollout<'a> {
+    pub poll_interval: Option<&'a str>,
+    pub poll_jitter: Option<&'a str>,
+    pub gate_runs: Option<i64>,
+    pub gate_window: Option<&'a str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,7 +93,12 @@ struct RawCredentials {
 
 impl Checker<'_> {
     pub(super) fn fleet(&self, raw: RawFleet) -> Result<FleetConfig, ConfigError> {
-        let rollout = self.rollout(&raw)?;
+        let rollout = self.rollout(RawRollout {
+            poll_interval: raw.poll_interval.as_deref(),
+            poll_jitter: raw.poll_jitter.as_deref(),
+            gate_runs: raw.gate_runs,
+            gate_window: raw.gate_window.as_deref(),
+        })?;
         for registry in raw.insecure_registries.iter().chain(raw.credentials.keys()) {
             if !valid_registry(registry) {
                 return Err(self.error(
@@ -116,26 +131,29 @@ impl Checker<'_> {
     }
 
     /// The polling and gate settings, each defaulted when absent.
-    fn rollout(&self, raw: &RawFleet) -> Result<RolloutConfig, ConfigError> {
+    pub(super) fn rollout(&self, raw: RawRollout<'_>) -> Result<RolloutConfig, ConfigError> {
         let defaults = RolloutConfig::default();
-        let duration = |key: &str, text: &Option<String>, default: Duration| match text {
+        let duration = |key: &str, text: Option<&str>, default: Duration| match text {
             None => Ok(default),
             Some(t) => parse_duration(t)
                 .map_err(|e| self.error(&["fleet", key], format!("fleet.{key} = {t:?}: {e}; use e.g. \"5m\""))),
         };
-        let poll_interval = duration("poll_interval", &raw.poll_interval, defaults.poll_interval)?;
+        let poll_interval = duration("poll_interval", raw.poll_interval, defaults.poll_interval)?;
         if poll_interval < Duration::from_secs(1) {
             return Err(self.error(&["fleet", "poll_interval"], "fleet.poll_interval must be at least 1s".to_string()));
         }
-        let gate_runs = raw.gate_runs.unwrap_or(defaults.gate_runs);
-        if gate_runs == 0 || gate_runs > 32 {
-            return Err(self.error(&["fleet", "gate_runs"], "fleet.gate_runs must be 1 to 32".to_string()));
-        }
+        let gate_runs = match raw.gate_runs.map(u32::try_from) {
+            None => defaults.gate_runs,
+            Some(Ok(n @ 1..=32)) => n,
+            Some(_) => {
+                return Err(self.error(&["fleet", "gate_runs"], "fleet.gate_runs must be 1 to 32".to_string()));
+            }
+        };
         Ok(RolloutConfig {
             poll_interval,
-            poll_jitter: duration("poll_jitter", &raw.poll_jitter, defaults.poll_jitter)?,
+            poll_jitter: duration("poll_jitter", raw.poll_jitter, defaults.poll_jitter)?,
             gate_runs,
-            gate_window: duration("gate_window", &raw.gate_window, defaults.gate_window)?,
+            gate_window: duration("gate_window", raw.gate_window, defaults.gate_window)?,
         })
     }
 
@@ -224,6 +242,7 @@ mod tests {
             ("[fleet]\npoll_jitter = \"soon\"\n", "fleet.poll_jitter = \"soon\""),
             ("[fleet]\ngate_runs = 0\n", "fleet.gate_runs must be 1 to 32"),
             ("[fleet]\ngate_runs = 33\n", "fleet.gate_runs must be 1 to 32"),
+            ("[fleet]\ngate_runs = -1\n", "fleet.gate_runs must be 1 to 32"),
         ];
         for (text, expected) in cases {
             let err = parse(text).unwrap_err();
