@@ -474,7 +474,6 @@ async fn three_boards_follow_a_tag_roll_out_refuse_and_roll_back_by_themselves()
     hosts.remove(0).shutdown().await;
     hosts.insert(0, wattedge::start(setups[0].config()).await.expect("restart board"));
     let restarted = &hosts[..1];
-    // (The digest shows from the follower's first poll.)
     let runs_v2 =
         |s: &Value| s["version"] == v2_sha.as_str() && s["runs"].as_u64() >= Some(2) && !rollout(s)["digest"].is_null();
     let snap = on_every_board(restarted, long, "restarts on v2", runs_v2).await.remove(0);

@@ -22,6 +22,8 @@ use crate::compile::component::{self, LoadedComponent};
 use crate::config::{ComponentSource, RolloutConfig};
 use crate::fleet::{Digest, FleetError, OciReference, Resolved};
 
+/// How often the follower looks whether the guest has resolved at start.
+const SHOW_STARTED: Duration = Duration::from_millis(500);
 /// How often the gate looks at the new version's runs.
 const GATE_CHECK: Duration = Duration::from_millis(200);
 
@@ -43,6 +45,17 @@ pub async fn follow(
 ) {
     let mut follower = Follower { runtime, handle, reference, shutdown };
     follower.show(|s| s.state = "following".into());
+    // Show the digest the guest started with once it has resolved (the
+    // task resolves it, retrying while the registry is out of reach).
+    while follower.runtime.fleet.running(&follower.reference).is_none() {
+        tokio::select! {
+            _ = follower.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(SHOW_STARTED) => {}
+        }
+    }
+    if let Some(started) = follower.runtime.fleet.running(&follower.reference) {
+        follower.show(|s| s.digest = Some(started.top.to_string()));
+    }
     loop {
         let wait = follower.next_wait();
         tokio::select! {
@@ -104,8 +117,18 @@ impl Follower {
             }
             Err(refusal) => {
                 tracing::error!(guest = %self.handle.config.name, error = %refusal, "rollout refused; running the previous digest");
+                // State, digest and reason change together: a reader never
+                // sees "rolled back" without why.
+                let rolled_back = matches!(refusal, Refusal::Gate { .. });
+                self.show(|s| {
+                    s.state = match rolled_back {
+                        true => format!("rolled back from {}", latest.top),
+                        false => "following".into(),
+                    };
+                    s.digest = Some(running.top.to_string());
+                    s.last_refusal = Some(refusal.to_string());
+                });
                 fleet.refuse(&self.reference, running, kept, &latest.top);
-                self.show(|s| s.last_refusal = Some(refusal.to_string()));
             }
         }
     }
@@ -124,10 +147,6 @@ impl Follower {
         swap::install(&self.handle, prepared).await;
         let Err(detail) = self.gate(&version, installed_at).await else { return Ok(()) };
         self.roll_back(running, before.as_deref()).await;
-        self.show(|s| {
-            s.state = format!("rolled back from {digest}");
-            s.digest = Some(running.top.to_string());
-        });
         Err(Refusal::Gate { digest, detail })
     }
 
