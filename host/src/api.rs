@@ -89,6 +89,23 @@ pub struct Lifecycle {
     pub optimizing: bool,
     /// The most recent runs, oldest first (at most 32).
     pub recent_runs: Vec<RecentRun>,
+    /// For a guest following an `oci://` tag: what it follows and how the
+    /// rollout stands (README "A fleet of boards").
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// A followed tag as `/guests/NAME` and the status page show it.
+#[derive(Serialize, Clone, Debug, Default, PartialEq)]
+pub struct RolloutStatus {
+    /// The reference followed, `oci://REGISTRY/REPO:TAG`.
+    pub reference: String,
+    /// The digest (index or manifest) running now.
+    pub digest: Option<String>,
+    /// `following`, `gating sha256:…` or `rolled back from sha256:…`.
+    pub state: String,
+    /// Why the last new digest was refused (signature, digest mismatch,
+    /// failed `init`, failed runs), or the registry could not be asked.
+    pub last_refusal: Option<String>,
 }
 
 /// One recent run: when it started, how it ended, and which version ran.

@@ -26,7 +26,7 @@ pub use crate::compile::component::ComponentSource;
 use crate::compile::engine::EngineLimits;
 pub use crate::units::{Schedule, parse_duration, parse_size};
 pub use capture::{CaptureRule, MAX_CAPTURED_LEN, host_internal};
-pub use fleet::{FleetConfig, RegistryCredentials};
+pub use fleet::{FleetConfig, RegistryCredentials, RolloutConfig};
 use grants::HostGrant;
 pub use http_host::{DEFAULT_HTTP_MAX_BODY, DEFAULT_HTTP_TIMEOUT, HttpHostConfig, load_pem};
 pub use identity::{DEFAULT_HEALTH_INTERVAL, GUEST_TAG, HEALTH_KEYS, HostIdentity};

@@ -36,7 +36,7 @@ fn publish(registry: &Registry, tag: &str, extra: &[&str]) -> String {
 }
 
 /// `wattedge publish WASM oci://…:TAG --insecure EXTRA…`; the index digest.
-fn publish_file(registry: &Registry, wasm: &str, tag: &str, extra: &[&str]) -> String {
+pub(crate) fn publish_file(registry: &Registry, wasm: &str, tag: &str, extra: &[&str]) -> String {
     let reference = format!("oci://{}/{REPO}:{tag}", registry.addr());
     let mut args = vec!["publish", wasm, reference.as_str(), "--insecure"];
     args.extend_from_slice(extra);
@@ -265,7 +265,7 @@ async fn a_registry_with_token_auth_is_used_with_credentials_from_the_secrets_st
 
 /// The probe with a custom section appended: another version (sha256) that
 /// behaves the same.
-fn probe_variant(dir: &Path, tag: &str) -> (String, String) {
+pub(crate) fn probe_variant(dir: &Path, tag: &str) -> (String, String) {
     use sha2::Digest;
     let mut bytes = std::fs::read(probe()).unwrap();
     let name = b"wattedge-test-version";
@@ -310,5 +310,247 @@ async fn a_refused_new_version_leaves_the_board_on_its_verified_copy() {
     let host = wattedge::start(setup.config()).await.expect("restart");
     let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
     assert_eq!(snap["version"], v2_sha, "{snap}");
+    host.shutdown().await;
+}
+
+/// The probe with its build-time switch set to `behaviour` (8 bytes:
+/// `initfail` or `runfail_`, see tests/probe/src/lib.rs): another version
+/// whose `init` or runs fail whatever the config says.
+pub(crate) fn probe_switched(dir: &Path, behaviour: &[u8; 8]) -> (String, String) {
+    use sha2::Digest;
+    let mut bytes = std::fs::read(probe()).unwrap();
+    let marker = b"wattedge-probe-build-sw:normal__";
+    let at: Vec<usize> = bytes.windows(marker.len()).enumerate().filter(|(_, w)| w == marker).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 1, "the probe holds its build switch exactly once");
+    bytes[at[0] + 24..at[0] + 32].copy_from_slice(behaviour);
+    let path = dir.join(format!("probe-{}.wasm", String::from_utf8_lossy(behaviour)));
+    std::fs::write(&path, &bytes).unwrap();
+    (path.display().to_string(), hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+/// Seconds between a board's polls, and the most jitter added to one.
+const POLL: u64 = 2;
+const JITTER: u64 = 1;
+/// The gate: the first 2 runs of a new version within 20 s.
+const GATE_WINDOW: u64 = 20;
+/// Time a debug build may take to compile a new version (quick mode) on
+/// top of a poll: the test asserts the rollout within this.
+const COMPILE_SLACK: u64 = 20;
+
+/// A board following `stable` with a short poll, a run every second, and
+/// its own `site` tag and health rows into the central influxd.
+fn board(registry: &Registry, influxd: &crate::support::influxd::Influxd, site: &str) -> Setup {
+    let body = format!(
+        "[influx]\nbackend = \"v1\"\nurl = \"{}\"\ndatabase = \"fleet\"\nflush_interval = \"100ms\"\nretry_max_delay = \"1s\"\n\n\
+         [fleet]\ninsecure_registries = [\"{addr}\"]\npoll_interval = \"{POLL}s\"\npoll_jitter = \"{JITTER}s\"\ngate_runs = 2\ngate_window = \"{GATE_WINDOW}s\"\n\n\
+         [guests.job]\ncomponent = \"oci://{addr}/{REPO}:stable\"\nschedule = \"every 1s\"\nrun_timeout = \"5s\"\ncompile = \"quick\"\nconfig = {{ mode = \"write\" }}\n\n\
+         [guests.job.grants]\ninflux_write = [\"probe\"]\n",
+        influxd.url(),
+        addr = registry.addr()
+    );
+    let setup = Setup::new("127.0.0.1:0", &body);
+    let text = std::fs::read_to_string(&setup.config_path).unwrap().replacen(
+        "health_interval = \"0s\"\n",
+        &format!("health_interval = \"1s\"\ntags = {{ site = \"{site}\" }}\n"),
+        1,
+    );
+    std::fs::write(&setup.config_path, text).unwrap();
+    setup
+}
+
+/// Waits until every board's `job` snapshot passes `check`; the snapshots.
+async fn on_every_board(
+    hosts: &[wattedge::RunningHost],
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&Value) -> bool + Copy,
+) -> Vec<Value> {
+    let mut snaps = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let addr = host.admin_addr();
+        let what = format!("board {i}: {what}");
+        snaps.push(
+            wait_for(timeout, &what, || async move {
+                let (_, snap) = get(addr, "/guests/job").await;
+                check(&snap).then_some(snap)
+            })
+            .await,
+        );
+    }
+    snaps
+}
+
+fn rollout(snap: &Value) -> &Value {
+    &snap["rollout"]
+}
+
+/// Every scheduled run in the snapshot's recent runs started within
+/// `most` of the one before: none was skipped.
+fn no_scheduled_run_skipped(snap: &Value, most: Duration) {
+    let starts: Vec<chrono::DateTime<chrono::Utc>> = snap["recent_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["started"].as_str().unwrap().parse().unwrap())
+        .collect();
+    for pair in starts.windows(2) {
+        let gap = (pair[1] - pair[0]).to_std().unwrap();
+        assert!(gap <= most, "runs {gap:?} apart (schedule every 1s): {snap}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_boards_follow_a_tag_roll_out_refuse_and_roll_back_by_themselves() {
+    let registry = Registry::start();
+    let influxd = crate::support::influxd::Influxd::start();
+    influxd.create_database("fleet");
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v1_sha) = probe_variant(dir.path(), "v1");
+    let (v2, v2_sha) = probe_variant(dir.path(), "v2");
+    let (v3, _) = probe_switched(dir.path(), b"initfail");
+    let (v4, v4_sha) = probe_switched(dir.path(), b"runfail_");
+    let (v5, v5_sha) = probe_variant(dir.path(), "v5");
+    let d1 = publish_file(&registry, &v1, "stable", &[]);
+
+    // Three in-process hosts (`wattedge::start`), three state dirs.
+    let sites = ["north", "south", "east"];
+    let setups: Vec<Setup> = sites.iter().map(|site| board(&registry, &influxd, site)).collect();
+    let mut hosts = Vec::new();
+    for setup in &setups {
+        hosts.push(wattedge::start(setup.config()).await.expect("start board"));
+    }
+    let long = Duration::from_secs(90);
+    on_every_board(&hosts, long, "runs v1", |s| s["version"] == v1_sha.as_str() && s["runs"].as_u64() >= Some(2)).await;
+    for snap in on_every_board(&hosts, long, "follows v1", |s| rollout(s)["digest"] == d1.as_str()).await {
+        assert_eq!(rollout(&snap)["reference"], format!("oci://{}/{REPO}:stable", registry.addr()), "{snap}");
+        assert_eq!(rollout(&snap)["state"], "following", "{snap}");
+    }
+
+    // v2: every board within one poll plus jitter (plus compiling it).
+    let d2 = publish_file(&registry, &v2, "stable", &[]);
+    let moved = std::time::Instant::now();
+    let within = Duration::from_secs(POLL + JITTER + COMPILE_SLACK);
+    on_every_board(&hosts, within, "runs v2", |s| s["version"] == v2_sha.as_str()).await;
+    assert!(moved.elapsed() <= within, "rolled out in {:?}", moved.elapsed());
+    let following = |s: &Value| rollout(s)["digest"] == d2.as_str() && rollout(s)["state"] == "following";
+    for snap in on_every_board(&hosts, long, "v2 passes its gate", following).await {
+        no_scheduled_run_skipped(&snap, Duration::from_millis(2500));
+    }
+
+    // v3's init fails: refused, v2 keeps running.
+    let d3 = publish_file(&registry, &v3, "stable", &[]);
+    let refused_v3 = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains(&d3));
+    for snap in on_every_board(&hosts, long, "refuses v3", refused_v3).await {
+        let refusal = rollout(&snap)["last_refusal"].as_str().unwrap();
+        assert!(refusal.contains("init failed") && refusal.contains("probe built to fail init"), "{snap}");
+        assert_eq!(snap["version"], v2_sha.as_str(), "v2 keeps running: {snap}");
+        assert_eq!(rollout(&snap)["digest"], d2.as_str(), "{snap}");
+    }
+
+    // v4's runs fail: every board rolls back to v2 inside the gate window.
+    let d4 = publish_file(&registry, &v4, "stable", &[]);
+    let moved = std::time::Instant::now();
+    let rolled_back = format!("rolled back from {d4}");
+    let back = |s: &Value| rollout(s)["state"] == rolled_back.as_str();
+    let within = Duration::from_secs(POLL + JITTER + COMPILE_SLACK + GATE_WINDOW);
+    for snap in on_every_board(&hosts, within, "rolls back from v4", back).await {
+        assert_eq!(snap["version"], v2_sha.as_str(), "back on v2: {snap}");
+        assert_eq!(rollout(&snap)["digest"], d2.as_str(), "{snap}");
+        let refusal = rollout(&snap)["last_refusal"].as_str().unwrap();
+        assert!(refusal.contains("health gate") && refusal.contains("probe built to fail its runs"), "{snap}");
+        let v4_runs =
+            snap["recent_runs"].as_array().unwrap().iter().filter(|r| r["version"] == v4_sha.as_str()).count();
+        assert!(v4_runs >= 1, "v4 did run before the rollback: {snap}");
+    }
+    assert!(moved.elapsed() <= within, "rolled back in {:?}", moved.elapsed());
+    // Not retried while the tag stays on v4.
+    tokio::time::sleep(Duration::from_secs(2 * (POLL + JITTER))).await;
+    for snap in on_every_board(&hosts, long, "stays on v2", |s| s["version"] == v2_sha.as_str()).await {
+        assert_eq!(rollout(&snap)["state"], rolled_back.as_str(), "v4 is not tried again: {snap}");
+    }
+
+    // A board restarted while the tag still names v4 starts on v2 (the
+    // refusal is kept in refs.json), without trying v4 again.
+    hosts.remove(0).shutdown().await;
+    hosts.insert(0, wattedge::start(setups[0].config()).await.expect("restart board"));
+    let restarted = &hosts[..1];
+    let runs_v2 =
+        |s: &Value| s["version"] == v2_sha.as_str() && s["runs"].as_u64() >= Some(2) && !rollout(s)["digest"].is_null();
+    let snap = on_every_board(restarted, long, "restarts on v2", runs_v2).await.remove(0);
+    let v4_ran = snap["recent_runs"].as_array().unwrap().iter().any(|r| r["version"] == v4_sha.as_str());
+    assert!(!v4_ran, "the restarted board never ran v4: {snap}");
+    assert_eq!(rollout(&snap)["digest"], d2.as_str(), "{snap}");
+
+    // The tag moves to v5: v5 is tried (and passes).
+    let d5 = publish_file(&registry, &v5, "stable", &[]);
+    let on_v5 = |s: &Value| rollout(s)["digest"] == d5.as_str() && rollout(s)["state"] == "following";
+    for snap in on_every_board(&hosts, long, "follows v5", on_v5).await {
+        assert_eq!(snap["version"], v5_sha.as_str(), "{snap}");
+    }
+
+    // No point lost: each board's run numbers in the central influxd are
+    // 1..=n without a gap (the counter lives in guest state, across swaps).
+    for host in &hosts {
+        drained(host.store().as_ref(), long).await;
+    }
+    for site in sites {
+        let series = influxd.series("fleet", &format!("SELECT \"run\" FROM \"probe\" WHERE \"site\" = '{site}'"));
+        let runs: Vec<i64> = series
+            .iter()
+            .flat_map(|s| s["values"].as_array().cloned().unwrap_or_default())
+            .map(|row| row[1].as_i64().unwrap())
+            .collect();
+        assert!(runs.len() >= 5, "{site}: {runs:?}");
+        let expected: Vec<i64> = (1..=runs.len() as i64).collect();
+        let mut sorted = runs.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, expected, "{site}: every run's point arrived exactly once");
+        let health = influxd.series("fleet", &format!("SELECT * FROM \"wattedge_host\" WHERE \"site\" = '{site}'"));
+        assert!(!health.is_empty(), "{site}: health rows in the central influxd");
+    }
+    for host in hosts {
+        host.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_tag_moved_to_an_unsigned_or_altered_digest_leaves_the_running_version() {
+    let registry = Registry::start();
+    let keys = tempfile::tempdir().unwrap();
+    let public = keygen(keys.path(), "fleet.key");
+    let key = keys.path().join("fleet.key");
+    let d1 = publish(&registry, "stable", &["--sign", key.to_str().unwrap()]);
+    let text = body(&registry, &[&public], &[("job", "stable")]).replacen(
+        "trusted_keys",
+        "poll_interval = \"1s\"\npoll_jitter = \"0s\"\ntrusted_keys",
+        1,
+    );
+    let (_setup, host) = start(&text).await;
+    let addr = host.admin_addr();
+    let hosts = std::slice::from_ref(&host);
+    let long = Duration::from_secs(60);
+    on_every_board(hosts, long, "follows v1", |s| s["runs"].as_u64() >= Some(1) && rollout(s)["digest"] == d1.as_str())
+        .await;
+
+    let (v2, _) = probe_variant(keys.path(), "v2");
+    let d2 = publish_file(&registry, &v2, "stable", &[]);
+    let unsigned = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains("is not signed"));
+    let snap = on_every_board(hosts, long, "refuses unsigned v2", unsigned).await.remove(0);
+    assert_eq!(snap["version"], probe_sha256(), "v1 keeps running: {snap}");
+    assert_eq!(rollout(&snap)["digest"], d1.as_str(), "not {d2}: {snap}");
+
+    let (v3, v3_sha) = probe_variant(keys.path(), "v3");
+    publish_file(&registry, &v3, "stable", &["--sign", key.to_str().unwrap()]);
+    let data = registry.blob_data(&v3_sha);
+    let mut bytes = std::fs::read(&data).expect("the registry stores v3's layer");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let altered = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains("digest mismatch"));
+    let snap = on_every_board(hosts, long, "refuses altered v3", altered).await.remove(0);
+    assert_eq!(snap["version"], probe_sha256(), "v1 keeps running: {snap}");
+    assert_eq!(rollout(&snap)["state"], "following", "{snap}");
+    let (_, snap) = get(addr, "/guests/job").await;
+    assert_eq!(snap["state"], "ok", "{snap}");
     host.shutdown().await;
 }

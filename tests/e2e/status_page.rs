@@ -5,7 +5,9 @@
 //! every run, one whose `init` fails), adds a forecast to the store, opens the page in headless Chromium
 //! (Debian's `chromium`) and checks the DOM after the page's own JavaScript
 //! fetched `/guests` and rendered it. A phone-width screenshot is saved to
-//! `target/test-artifacts/status-page.png`.
+//! `target/test-artifacts/status-page.png`. A guest following an `oci://`
+//! tag on a real registry shows what it follows, the digest it runs, its
+//! rollout state and the last refusal.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -177,5 +179,42 @@ async fn status_page_renders_guests_in_mixed_states() {
     tokio::task::spawn_blocking(move || run_chromium(&url, &args)).await.expect("chromium task");
     let size = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(size > 0, "no screenshot at {}", shot.display());
+    host.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_a_followed_tag_its_digest_rollout_state_and_last_refusal() {
+    use crate::fleet::{probe_switched, probe_variant, publish_file};
+    chromium();
+    let registry = crate::support::registry::Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, _) = probe_variant(dir.path(), "v1");
+    let (v2, _) = probe_switched(dir.path(), b"initfail");
+    let d1 = publish_file(&registry, &v1, "stable", &[]);
+    let reference = format!("oci://{}/wattedge/probe:stable", registry.addr());
+    let body = format!(
+        "[fleet]\ninsecure_registries = [\"{}\"]\npoll_interval = \"1s\"\npoll_jitter = \"0s\"\n\n\
+         [guests.fleet]\ncomponent = \"{reference}\"\nschedule = \"every 1h\"\nconfig = {{ mode = \"write\" }}\n\n\
+         [guests.fleet.grants]\ninflux_write = [\"probe\"]\n",
+        registry.addr()
+    );
+    let (_setup, host) = start(&body).await;
+    let addr = host.admin_addr();
+    let d2 = publish_file(&registry, &v2, "stable", &[]);
+    let snap = wait_for(Duration::from_secs(60), "the refusal of v2", || async move {
+        let (_, snap) = get(addr, "/guests/fleet").await;
+        snap["rollout"]["last_refusal"].as_str().is_some_and(|r| r.contains("init failed")).then_some(snap)
+    })
+    .await;
+    assert_eq!(snap["rollout"]["digest"], d1.as_str(), "{snap}");
+
+    let url = format!("http://{addr}/");
+    let dom = tokio::task::spawn_blocking(move || run_chromium(&url, &["--dump-dom".to_string()]))
+        .await
+        .expect("chromium task");
+    let fleet = card(&dom, "fleet");
+    assert!(fleet.contains("<dt>Follows</dt>") && fleet.contains(&escaped(&reference)), "{fleet}");
+    assert!(fleet.contains("following, running ") && fleet.contains(&d1[..19]), "{fleet}");
+    assert!(fleet.contains("<dt>Last refusal</dt>") && fleet.contains(&d2), "{fleet}");
     host.shutdown().await;
 }

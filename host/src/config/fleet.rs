@@ -3,8 +3,9 @@
 //! the checks of `oci://` component references.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use super::{Checker, ComponentSource, ConfigError};
+use super::{Checker, ComponentSource, ConfigError, parse_duration};
 use crate::oci::signature::TrustedKey;
 use crate::oci::{OciReference, reference::valid_registry};
 
@@ -17,6 +18,35 @@ pub struct FleetConfig {
     pub trusted_keys: Vec<TrustedKey>,
     /// Registry → Basic credentials for its token service.
     pub credentials: BTreeMap<String, RegistryCredentials>,
+    /// How a tag reference is followed while the host runs.
+    pub rollout: RolloutConfig,
+}
+
+/// `[fleet] poll_interval`, `poll_jitter`, `gate_runs`, `gate_window`:
+/// how often a followed tag is asked for, and the health gate a new
+/// digest must pass before it stays.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    /// Between two asks of the registry (default 5 min).
+    pub poll_interval: Duration,
+    /// Up to this much is added to each wait at random, so that a fleet
+    /// does not ask the registry in lockstep (default 1 min).
+    pub poll_jitter: Duration,
+    /// The first runs of a new version that must all succeed (default 3).
+    pub gate_runs: u32,
+    /// How long after the swap the gate watches those runs (default 10 min).
+    pub gate_window: Duration,
+}
+
+impl Default for RolloutConfig {
+    fn default() -> Self {
+        RolloutConfig {
+            poll_interval: Duration::from_secs(300),
+            poll_jitter: Duration::from_secs(60),
+            gate_runs: 3,
+            gate_window: Duration::from_secs(600),
+        }
+    }
 }
 
 /// `[fleet.credentials."REGISTRY"]`: a user name, and the secret holding
@@ -27,13 +57,38 @@ pub struct RegistryCredentials {
     pub password_secret: String,
 }
 
+/// The rollout keys of `[fleet]` as written, apart from how the table is
+/// read (each absent key takes its default).
+#[derive(Debug, Default)]
+pub(super) struct RawRollout<'a> {
+    pub poll_interval: Option<&'a str>,
+    pub poll_jitter: Option<&'a str>,
+    pub gate_runs: Option<i64>,
+    pub gate_window: Option<&'a str>,
+}
+
 impl Checker<'_> {
     /// `[fleet]`, read from its TOML value by hand rather than a derived
     /// `Deserialize` (which costs the board binary several KB), with the
     /// same refusal of unknown keys as every other table.
     pub(super) fn fleet(&self, raw: Option<toml::Value>) -> Result<FleetConfig, ConfigError> {
         let Some(raw) = raw else { return Ok(FleetConfig::default()) };
-        let table = self.table(&raw, &["fleet"], "[fleet]", &["insecure_registries", "trusted_keys", "credentials"])?;
+        let keys = [
+            "insecure_registries",
+            "trusted_keys",
+            "credentials",
+            "poll_interval",
+            "poll_jitter",
+            "gate_runs",
+            "gate_window",
+        ];
+        let table = self.table(&raw, &["fleet"], "[fleet]", &keys)?;
+        let rollout = self.rollout(RawRollout {
+            poll_interval: self.text(table, "poll_interval")?,
+            poll_jitter: self.text(table, "poll_jitter")?,
+            gate_runs: self.integer(table, "gate_runs")?,
+            gate_window: self.text(table, "gate_window")?,
+        })?;
         let insecure_registries = self.strings(table, "insecure_registries")?;
         for registry in &insecure_registries {
             self.check_registry(registry, "insecure_registries")?;
@@ -58,7 +113,7 @@ impl Checker<'_> {
             self.check_registry(registry, "credentials")?;
             credentials.insert(registry.clone(), self.credentials(registry, entry)?);
         }
-        Ok(FleetConfig { insecure_registries, trusted_keys, credentials })
+        Ok(FleetConfig { insecure_registries, trusted_keys, credentials, rollout })
     }
 
     /// `[fleet.credentials."REGISTRY"]`: `username` and a secret reference.
@@ -125,6 +180,53 @@ impl Checker<'_> {
         ))
     }
 
+    /// The polling and gate settings, each defaulted when absent.
+    pub(super) fn rollout(&self, raw: RawRollout<'_>) -> Result<RolloutConfig, ConfigError> {
+        let defaults = RolloutConfig::default();
+        let duration = |key: &str, text: Option<&str>, default: Duration| match text {
+            None => Ok(default),
+            Some(t) => parse_duration(t)
+                .map_err(|e| self.error(&["fleet", key], format!("fleet.{key} = {t:?}: {e}; use e.g. \"5m\""))),
+        };
+        let poll_interval = duration("poll_interval", raw.poll_interval, defaults.poll_interval)?;
+        if poll_interval < Duration::from_secs(1) {
+            return Err(self.error(&["fleet", "poll_interval"], "fleet.poll_interval must be at least 1s".to_string()));
+        }
+        let gate_runs = match raw.gate_runs.map(u32::try_from) {
+            None => defaults.gate_runs,
+            Some(Ok(n @ 1..=32)) => n,
+            Some(_) => {
+                return Err(self.error(&["fleet", "gate_runs"], "fleet.gate_runs must be 1 to 32".to_string()));
+            }
+        };
+        Ok(RolloutConfig {
+            poll_interval,
+            poll_jitter: duration("poll_jitter", raw.poll_jitter, defaults.poll_jitter)?,
+            gate_runs,
+            gate_window: duration("gate_window", raw.gate_window, defaults.gate_window)?,
+        })
+    }
+
+    /// `fleet.KEY`, a string (absent: `None`; another type is refused).
+    fn text<'t>(&self, table: &'t toml::Table, key: &str) -> Result<Option<&'t str>, ConfigError> {
+        match table.get(key) {
+            None => Ok(None),
+            Some(value) => value.as_str().map(Some).ok_or_else(|| {
+                self.error(&["fleet", key], format!("fleet.{key} must be a string, e.g. {key} = \"5m\""))
+            }),
+        }
+    }
+
+    /// `fleet.KEY`, an integer (absent: `None`; another type is refused).
+    fn integer(&self, table: &toml::Table, key: &str) -> Result<Option<i64>, ConfigError> {
+        match table.get(key) {
+            None => Ok(None),
+            Some(value) => value.as_integer().map(Some).ok_or_else(|| {
+                self.error(&["fleet", key], format!("fleet.{key} must be a whole number, e.g. {key} = 3"))
+            }),
+        }
+    }
+
     /// `guests.NAME.component = "oci://…"`.
     pub(super) fn oci_component(&self, name: &str, text: &str) -> Result<ComponentSource, ConfigError> {
         OciReference::parse(text)
@@ -186,6 +288,37 @@ mod tests {
             let err = parse(text).unwrap_err();
             assert!(err.contains(at) && err.contains(fix), "{text}: {err}");
             assert!(!err.contains("hunter2"), "never echoes a secret value: {err}");
+        }
+    }
+
+    #[test]
+    fn a_followed_tag_polls_every_5m_with_jitter_and_gates_3_runs_in_10m_by_default() {
+        let rollout = parse("").unwrap().fleet.rollout;
+        assert_eq!(rollout, super::RolloutConfig::default());
+        assert_eq!(rollout.poll_interval, std::time::Duration::from_secs(300));
+        assert_eq!(rollout.gate_runs, 3);
+        assert_eq!(rollout.gate_window, std::time::Duration::from_secs(600));
+        let text = "[fleet]\npoll_interval = \"30s\"\npoll_jitter = \"0s\"\ngate_runs = 5\ngate_window = \"1h\"\n";
+        let rollout = parse(text).unwrap().fleet.rollout;
+        assert_eq!(rollout.poll_interval, std::time::Duration::from_secs(30));
+        assert_eq!(rollout.poll_jitter, std::time::Duration::ZERO);
+        assert_eq!((rollout.gate_runs, rollout.gate_window), (5, std::time::Duration::from_secs(3600)));
+    }
+
+    #[test]
+    fn rollout_settings_out_of_range_name_the_key() {
+        let cases = [
+            ("[fleet]\npoll_interval = \"500ms\"\n", "fleet.poll_interval must be at least 1s"),
+            ("[fleet]\npoll_jitter = \"soon\"\n", "fleet.poll_jitter = \"soon\""),
+            ("[fleet]\ngate_runs = 0\n", "fleet.gate_runs must be 1 to 32"),
+            ("[fleet]\ngate_runs = 33\n", "fleet.gate_runs must be 1 to 32"),
+            ("[fleet]\ngate_runs = -1\n", "fleet.gate_runs must be 1 to 32"),
+            ("[fleet]\ngate_runs = \"3\"\n", "fleet.gate_runs must be a whole number"),
+            ("[fleet]\npoll_interval = 300\n", "fleet.poll_interval must be a string"),
+        ];
+        for (text, expected) in cases {
+            let err = parse(text).unwrap_err();
+            assert!(err.contains(expected), "{text}: {err}");
         }
     }
 }

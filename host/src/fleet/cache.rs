@@ -34,6 +34,10 @@ pub struct Record {
     pub signatures: Vec<String>,
     /// Unix seconds of the resolution.
     pub resolved_at: u64,
+    /// A digest the tag named that this board refused (failed `init` or
+    /// health gate, see `supervisor::follow`): not taken again, at start
+    /// either, until the tag names another digest.
+    pub refused: Option<String>,
 }
 
 impl Record {
@@ -49,6 +53,7 @@ impl Record {
             precompiled: value.get("precompiled").and_then(Value::as_bool)?,
             signatures,
             resolved_at: value.get("resolved_at").and_then(Value::as_u64).unwrap_or(0),
+            refused: text("refused"),
         })
     }
 }
@@ -61,6 +66,7 @@ fn to_json(records: &BTreeMap<String, Record>) -> Value {
             "precompiled": r.precompiled,
             "signatures": r.signatures,
             "resolved_at": r.resolved_at,
+            "refused": r.refused,
         });
         (reference.clone(), record)
     });
@@ -178,6 +184,7 @@ mod tests {
             precompiled: false,
             signatures: vec![],
             resolved_at: 1,
+            refused: Some("sha256:cc".into()),
         };
         OciCache::new(state.path()).save_record("oci://r/x:stable", record.clone()).unwrap();
         assert_eq!(OciCache::new(state.path()).record("oci://r/x:stable"), Some(record));

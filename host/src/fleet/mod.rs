@@ -26,7 +26,8 @@ pub use crate::oci::{Digest, OCI_PREFIX, OciReference, ReferenceError, reference
 
 use crate::config::FleetConfig;
 use crate::secrets::SecretStore;
-use cache::{OciCache, Record};
+use cache::OciCache;
+pub use cache::Record;
 use manifest::{Document, SelectError, Wanted};
 use registry::{Credentials, Registry, RegistryError};
 use signature::SignatureError;
@@ -63,6 +64,8 @@ pub enum FleetError {
     TooLarge { reference: String, what: String, size: u64, limit: u64 },
     #[error("{reference}: {error}")]
     Cache { reference: String, error: cache::CacheError },
+    #[error("{reference}: {digest} was refused on this board; it is not tried again until the tag moves")]
+    Refused { reference: String, digest: Digest },
 }
 
 /// A reference resolved to a verified local copy.
@@ -124,6 +127,49 @@ impl Fleet {
         Ok(resolved)
     }
 
+    /// How a followed tag is polled and gated (`[fleet]`).
+    pub fn rollout_config(&self) -> &crate::config::RolloutConfig {
+        &self.config.rollout
+    }
+
+    /// What `reference` runs as in this process, if it was resolved.
+    pub fn running(&self, reference: &OciReference) -> Option<Resolved> {
+        self.resolved.lock().unwrap_or_else(|e| e.into_inner()).get(reference).cloned()
+    }
+
+    /// Makes `resolved` what `reference` runs as from now on (a rollout
+    /// that passed its gate, or a rollback), here and in `refs.json`, so
+    /// that an instance restart or an offline start runs it.
+    pub fn adopt(&self, reference: &OciReference, resolved: Resolved, record: Option<Record>) {
+        if let Some(record) = record
+            && let Err(error) = self.cache.save_record(&reference.to_string(), record)
+        {
+            tracing::warn!(%reference, %error, "could not record the version in refs.json");
+        }
+        self.resolved.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), resolved);
+    }
+
+    /// Goes back to `kept` (what `reference` ran before a rollout) and
+    /// remembers `refused` in `refs.json`, so that neither the follower nor
+    /// a restart takes that digest again until the tag moves.
+    pub fn refuse(&self, reference: &OciReference, running: Resolved, kept: Option<Record>, refused: &Digest) {
+        let kept = kept.map(|record| Record { refused: Some(refused.to_string()), ..record });
+        self.adopt(reference, running, kept);
+    }
+
+    /// What `refs.json` says `reference` resolved to (kept by a rollout so
+    /// that a rollback can restore it).
+    pub fn record(&self, reference: &OciReference) -> Option<Record> {
+        self.cache.record(&reference.to_string())
+    }
+
+    /// The registry's current answer for a followed tag, verified and
+    /// cached; unlike [`resolve`](Self::resolve) no fallback to the cache:
+    /// an error is a refusal (or an unreachable registry) to report.
+    pub async fn latest(&self, reference: &OciReference) -> Result<Resolved, FleetError> {
+        self.pull(reference).await
+    }
+
     /// Asks the registry what `reference` is now and makes a verified
     /// local copy; when the registry cannot be used (unreachable, or what
     /// it serves is refused) the last verified copy is the answer, with a
@@ -163,6 +209,9 @@ impl Fleet {
         let top_bytes = downloads.manifest(reference, &reference.manifest_reference()).await?;
         let top = Digest::of(&top_bytes.bytes);
         check_top(reference, &top, top_bytes.digest_header.as_deref())?;
+        if self.cache.record(&name).and_then(|r| r.refused).is_some_and(|refused| refused == top.to_string()) {
+            return Err(FleetError::Refused { reference: name, digest: top });
+        }
         let (signatures, signed_by) = self.check_signature(reference, &downloads, &top).await?;
         let document = parse(reference, "the manifest", &top_bytes.bytes)?;
         let wanted = Wanted {
@@ -188,6 +237,7 @@ impl Fleet {
             precompiled,
             signatures: signatures.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect(),
             resolved_at: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            refused: None,
         };
         self.cache.save_record(&name, record).map_err(|error| FleetError::Cache { reference: name.clone(), error })?;
         tracing::info!(%reference, %top, %artifact, precompiled, "resolved");

@@ -6,8 +6,11 @@
 //! for, or a manual invoke; a trap or timeout discards the instance and the
 //! next trigger starts a fresh one (with `init` again). Schedules are read
 //! on the runtime's [`clock::Clock`]: the wall clock, or tokio's in tests.
+//! A guest named by an `oci://` tag also has a follower (`follow`) that
+//! rolls new digests out through the swap path, gated.
 
 pub mod clock;
+mod follow;
 mod health;
 mod instance;
 mod record;
@@ -119,6 +122,12 @@ impl Supervisor {
             if let ComponentSource::File(path) = &config.component {
                 let watch = swap::watch_file(runtime.clone(), handle.clone(), path.clone(), shutdown.child_token());
                 tasks.push(tokio::spawn(watch));
+            }
+            if let ComponentSource::Oci(reference) = &config.component
+                && reference.digest.is_none()
+            {
+                let follow = follow::follow(runtime.clone(), handle.clone(), reference.clone(), shutdown.child_token());
+                tasks.push(tokio::spawn(follow));
             }
             handles.push(handle);
         }

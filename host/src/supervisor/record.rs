@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use crate::api::{AdminError, GuestSnapshot, GuestState, LatestPoint, Lifecycle, RecentRun, RunRecord};
+use crate::api::{AdminError, GuestSnapshot, GuestState, LatestPoint, Lifecycle, RecentRun, RolloutStatus, RunRecord};
 use crate::capabilities::GuestShared;
 use crate::capabilities::status::Health;
 use crate::config::GuestConfig;
@@ -55,6 +55,13 @@ pub struct FinishedRun {
     pub version: String,
 }
 
+impl FinishedRun {
+    /// Why the run failed (`None` for a success).
+    pub fn outcome_detail(&self) -> Option<String> {
+        self.outcome.detail()
+    }
+}
+
 /// Host-side bookkeeping of one guest.
 #[derive(Debug, Default)]
 pub struct GuestRecord {
@@ -80,6 +87,8 @@ pub struct GuestRecord {
     pub optimizing: bool,
     /// The latest runs: (started, outcome label, version), oldest first.
     pub recent: std::collections::VecDeque<(SystemTime, &'static str, String)>,
+    /// The followed tag's rollout (see `follow`), for an `oci://` tag.
+    pub rollout: Option<RolloutStatus>,
 }
 
 /// How many recent runs a record keeps.
@@ -193,6 +202,7 @@ impl GuestRecord {
                         version: version.clone(),
                     })
                     .collect(),
+                rollout: self.rollout.clone(),
             },
         }
     }

@@ -22,6 +22,12 @@
 //! | `forge`, `forge-init`, `deny-flood` | attacks on the host's log (see [`surface`]) |
 //! | `raw-http`, `wide-table`, `wide-point` | hostile calls against the host's limits (see [`limits`]) |
 //!
+//! A build-time switch, for tests that publish "another version" of the
+//! probe: the data segment holds [`BUILD_SWITCH`], whose last 8 bytes a test
+//! may overwrite in the component (same length, so the file stays valid):
+//! `normal__` behaves as configured, `initfail` fails `init`, `runfail_`
+//! fails every run (see `tests/e2e/fleet.rs`).
+//!
 //! Every run first increments the counter `probe_runs`. The run number
 //! (`run` field) is kept in guest state under `runs`, so it survives restarts
 //! and hot swaps. Sleeps use `wasi:clocks/monotonic-clock` pollables, so an
@@ -290,6 +296,16 @@ fn http_run(pairs: &[(String, String)]) -> Result<Summary, GuestError> {
     Ok(Summary { points_written: 1, detail: Some(format!("http status {}", outcome.status)) })
 }
 
+/// The build-time switch (see the module header): a marker a test finds
+/// in the component's bytes, followed by the behaviour.
+pub static BUILD_SWITCH: [u8; 32] = *b"wattedge-probe-build-sw:normal__";
+
+/// The behaviour [`BUILD_SWITCH`] names, read through `black_box` so the
+/// compiler cannot fold the comparison at build time.
+fn build_switch() -> &'static [u8] {
+    &black_box(&BUILD_SWITCH)[24..]
+}
+
 struct Probe;
 
 impl Guest for Probe {
@@ -297,6 +313,9 @@ impl Guest for Probe {
         let config_pairs = config.clone();
         let config = Config::new(config);
         let plan = Plan::from_config(&config)?;
+        if build_switch() == b"initfail" {
+            return Err(GuestError::Internal("probe built to fail init".into()));
+        }
         if plan.mode == Mode::SlowInit {
             clock::sleep_ms(plan.init_sleep_ms);
         }
@@ -310,6 +329,9 @@ impl Guest for Probe {
 
     fn run(trigger: Trigger) -> Result<Summary, GuestError> {
         report::inc("probe_runs");
+        if build_switch() == b"runfail_" {
+            return Err(GuestError::Internal("probe built to fail its runs".into()));
+        }
         let config = CONFIG.get()?;
         let plan = match &trigger {
             Trigger::Invoked(args) => Plan::from_config(&config.overridden(args))?,

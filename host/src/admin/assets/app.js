@@ -168,10 +168,24 @@
     return [fact("Version", ...value), rejected];
   }
 
+  // A guest following an oci:// tag: the reference, the digest running,
+  // the rollout state ("following", "gating sha256:…", "rolled back from
+  // sha256:…") and the last refusal.
+  function rolloutFacts(r) {
+    if (!r) return [];
+    const digest = r.digest ? el("code", { title: r.digest }, r.digest.slice(0, 19)) : "not resolved yet";
+    return [
+      fact("Follows", el("code", null, r.reference)),
+      fact("Rollout", r.state, ", running ", digest),
+      r.last_refusal ? fact("Last refusal", r.last_refusal) : [],
+    ];
+  }
+
   function facts(g) {
     const runs = `${g.runs} run${g.runs === 1 ? "" : "s"}, ${g.failures} failed` + (g.consecutive_failures ? ` (${g.consecutive_failures} in a row)` : "");
     return el("dl", { class: "facts" },
       versionFacts(g),
+      rolloutFacts(g.rollout),
       fact("Schedule", g.schedule),
       fact("Last run", lastRun(g.last_run)),
       fact("Last success", g.last_success ? when(g.last_success) : "never"),
