@@ -18,7 +18,7 @@ const BOARDS: [(&str, f64, &str, &str, &str); 2] = [
     ("aarch64-unknown-linux-gnu", 8.0, "Cranelift, HTTP, TLS", "aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
     (
         "armv7-unknown-linux-gnueabihf",
-        4.0,
+        4.5,
         "Pulley, runtime only",
         "arm-linux-gnueabihf-gcc",
         "gcc-arm-linux-gnueabihf",
