@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::{FieldValue, Point, SortedPoint, StoreError};
+use super::{FieldValue, Point, SortedPoint, StoreError, Timestamp};
 
 mod encode;
 
@@ -68,25 +68,40 @@ impl<T: LinePoint + ?Sized> LinePoint for &T {
 
 impl LinePoint for Point {
     fn unsigned_field(&self) -> Option<&str> {
-        self.fields.iter().find(|(_, v)| matches!(v, FieldValue::Unsigned(_))).map(|(k, _)| k.as_str())
+        first_unsigned(&self.fields)
     }
     fn encode_line(&self, out: &mut String) -> Result<(), String> {
-        let tags = self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let fields = self.fields.iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)));
-        encode_parts(&self.measurement, tags, fields, self.time, out)
+        encode_entries(&self.measurement, &self.tags, &self.fields, self.time, out)
     }
 }
 
 /// Its keys are in order by the type's contract ([`SortedPoint::is_sorted`]).
 impl LinePoint for SortedPoint {
     fn unsigned_field(&self) -> Option<&str> {
-        self.fields.iter().find(|(_, v)| matches!(v, FieldValue::Unsigned(_))).map(|(k, _)| k.as_str())
+        first_unsigned(self.fields.iter().map(|(k, v)| (k, v)))
     }
     fn encode_line(&self, out: &mut String) -> Result<(), String> {
-        let tags = self.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()));
-        let fields = self.fields.iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)));
-        encode_parts(&self.measurement, tags, fields, self.time, out)
+        let (tags, fields) = (self.tags.iter().map(|(k, v)| (k, v)), self.fields.iter().map(|(k, v)| (k, v)));
+        encode_entries(&self.measurement, tags, fields, self.time, out)
     }
+}
+
+/// The first unsigned field's key, of a point's owned fields (map or sorted list).
+fn first_unsigned<'a>(fields: impl IntoIterator<Item = (&'a String, &'a FieldValue)>) -> Option<&'a str> {
+    fields.into_iter().find(|(_, v)| matches!(v, FieldValue::Unsigned(_))).map(|(k, _)| k.as_str())
+}
+
+/// [`encode_parts`] over a point's owned tags and fields (map or sorted list).
+fn encode_entries<'a>(
+    measurement: &str,
+    tags: impl IntoIterator<Item = (&'a String, &'a String)>,
+    fields: impl IntoIterator<Item = (&'a String, &'a FieldValue)>,
+    time: Timestamp,
+    out: &mut String,
+) -> Result<(), String> {
+    let tags = tags.into_iter().map(|(k, v)| (k.as_str(), v.as_str()));
+    let fields = fields.into_iter().map(|(k, v)| (k.as_str(), FieldRef::from(v)));
+    encode_parts(measurement, tags, fields, time, out)
 }
 
 /// Encodes a batch, one line per point; fails on the first invalid point

@@ -294,4 +294,4 @@ pub fn flux_rows(csv: &str, q: &MultiQuery) -> Result<MultiTable, StoreError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -13,12 +13,14 @@ fn row(time: i64, entity: &str, state: &str) -> Row {
     }
 }
 
-fn query(measurements: &[&str]) -> MultiQuery {
+/// A query of `measurements` with the defaults (also used by the embedded
+/// store's query-multi tests).
+pub(crate) fn query(measurements: &[&str]) -> MultiQuery {
     MultiQuery { measurements: measurements.iter().map(|m| m.to_string()).collect(), ..MultiQuery::default() }
 }
 
 /// (measurement index, time, entity) of each row of `t`.
-fn shape(t: &MultiTable) -> Vec<(u32, i64, String)> {
+pub(crate) fn shape(t: &MultiTable) -> Vec<(u32, i64, String)> {
     let entity = t.rows.tags.iter().find(|c| c.key == "entity_id").expect("entity_id column");
     (0..t.rows.len())
         .map(|i| {

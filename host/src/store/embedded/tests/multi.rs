@@ -5,22 +5,8 @@ use std::collections::BTreeMap;
 
 use crate::store::FieldValue;
 use crate::store::embedded::EmbeddedStore;
-use crate::store::multi::{MultiQuery, MultiTable};
-
-fn query(measurements: &[&str]) -> MultiQuery {
-    MultiQuery { measurements: measurements.iter().map(|m| m.to_string()).collect(), ..MultiQuery::default() }
-}
-
-/// (measurement index, time, entity) of each row of `t`.
-fn shape(t: &MultiTable) -> Vec<(u32, i64, String)> {
-    let entity = t.rows.tags.iter().find(|c| c.key == "entity_id").expect("entity_id column");
-    (0..t.rows.len())
-        .map(|i| {
-            let name = entity.values[i].map(|s| t.rows.strings[s as usize].clone()).unwrap_or_default();
-            (t.measurement[i], t.rows.times[i], name)
-        })
-        .collect()
-}
+use crate::store::multi::MultiQuery;
+use crate::store::multi::tests::{query, shape};
 
 fn ha_point(measurement: &str, entity: &str, state: &str, time: i64) -> crate::store::Point {
     crate::store::Point {
