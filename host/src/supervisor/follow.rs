@@ -106,6 +106,9 @@ impl Follower {
             return;
         }
         let new = fleet.record(&self.reference);
+        let noticed = crate::timefmt::rfc3339(SystemTime::now());
+        tracing::info!(guest = %self.handle.config.name, digest = %latest.top, %noticed, "followed tag moved; rolling out");
+        self.show(|s| s.noticed = Some(noticed));
         match self.roll_out(&running, &latest).await {
             Ok(()) => {
                 fleet.adopt(&self.reference, latest.clone(), new);
@@ -131,6 +134,7 @@ impl Follower {
                 fleet.refuse(&self.reference, running, kept, &latest.top);
             }
         }
+        fleet.collect_garbage().await;
     }
 
     /// Swaps `latest` in and gates it; rolls back to `running` when the
