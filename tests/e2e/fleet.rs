@@ -296,20 +296,84 @@ async fn a_refused_new_version_leaves_the_board_on_its_verified_copy() {
     let (v2, v2_sha) = probe_variant(keys.path(), "v2");
     publish_file(&registry, &v2, "stable", &[]);
     let host = wattedge::start(setup.config()).await.expect("restart");
-    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
-    assert_eq!(snap["version"], probe_sha256(), "still the signed v1, not {v2_sha}: {snap}");
+    let unsigned = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains("is not signed"));
+    let snap = on_every_board(&[host.admin_addr()], Duration::from_secs(60), "refuses unsigned v2", unsigned).await;
+    assert_eq!(snap[0]["version"], probe_sha256(), "still the signed v1, not {v2_sha}: {}", snap[0]);
     let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    let warned = logged.lines().any(|l| {
-        l.contains("starting from the cached copy") && l.contains(&registry.addr()) && l.contains("is not signed")
-    });
+    let warned = logged
+        .lines()
+        .any(|l| l.contains("followed tag not updated") && l.contains(&registry.addr()) && l.contains("is not signed"));
     assert!(warned, "the refusal is logged with the reference");
     host.shutdown().await;
 
-    // Signed, v2 is taken at the next start.
-    publish_file(&registry, &v2, "stable", &["--sign", key.to_str().unwrap()]);
+    // Signed, v2 is rolled out right after the next start, through the gate.
+    let d2 = publish_file(&registry, &v2, "stable", &["--sign", key.to_str().unwrap()]);
     let host = wattedge::start(setup.config()).await.expect("restart");
-    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
-    assert_eq!(snap["version"], v2_sha, "{snap}");
+    let gating = format!("gating {d2}");
+    let on_v2 = |s: &Value| s["version"] == v2_sha.as_str() && rollout(s)["state"] == gating.as_str();
+    on_every_board(&[host.admin_addr()], Duration::from_secs(60), "rolls out signed v2", on_v2).await;
+    host.shutdown().await;
+}
+
+/// A board following `stable` with a 1 s poll, a run every second and a
+/// gate of `gate_runs` runs in 60 s.
+fn quick_board(registry: &Registry, gate_runs: u32) -> String {
+    format!(
+        "[fleet]\ninsecure_registries = [\"{addr}\"]\npoll_interval = \"1s\"\npoll_jitter = \"0s\"\ngate_runs = {gate_runs}\ngate_window = \"60s\"\n\n\
+         [guests.job]\ncomponent = \"oci://{addr}/{REPO}:stable\"\nschedule = \"every 1s\"\nrun_timeout = \"5s\"\ncompile = \"quick\"\nconfig = {{ mode = \"write\" }}\n\n\
+         [guests.job.grants]\ninflux_write = [\"probe\"]\n",
+        addr = registry.addr()
+    )
+}
+
+/// Lines logged about `registry` that contain `what`.
+fn logged_lines(logs: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>, registry: &Registry, what: &str) -> Vec<String> {
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    logged.lines().filter(|l| l.contains(&registry.addr()) && l.contains(what)).map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_started_after_the_tag_moved_runs_what_it_ran_and_gates_the_new_digest() {
+    let logs = log_buffer();
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v1_sha) = probe_variant(dir.path(), "v1");
+    let (v2, v2_sha) = probe_variant(dir.path(), "v2");
+    let (bad, _) = probe_switched(dir.path(), b"runfail_");
+    let d1 = publish_file(&registry, &v1, "stable", &[]);
+    let (setup, host) = start(&quick_board(&registry, 32)).await;
+    let long = Duration::from_secs(60);
+    let on_v1 = |s: &Value| s["version"] == v1_sha.as_str() && rollout(s)["digest"] == d1.as_str();
+    on_every_board(&[host.admin_addr()], long, "runs v1", on_v1).await;
+    host.shutdown().await;
+    let started_from_v1 = || logged_lines(&logs, &registry, "starting from the cached copy it ran before");
+
+    // While the board is off the tag moves to a version whose runs fail:
+    // it starts v1 and rolls out the new digest through the gate, which
+    // fails it.
+    let bad_digest = publish_file(&registry, &bad, "stable", &[]);
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    let rolled_back = format!("rolled back from {bad_digest}");
+    let back = |s: &Value| rollout(s)["state"] == rolled_back.as_str();
+    let snap = on_every_board(&[host.admin_addr()], long, "rolls back from the bad digest", back).await.remove(0);
+    assert_eq!(snap["version"], v1_sha.as_str(), "back on v1: {snap}");
+    assert!(rollout(&snap)["last_refusal"].as_str().unwrap().contains("health gate"), "{snap}");
+    let started = started_from_v1();
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert!(started[0].contains(&v1_sha), "started from v1: {started:#?}");
+
+    // v2 is published and the board shut down while v2 is in its gate: not
+    // gated, so the next start runs v1 again and gates v2 again.
+    let d2 = publish_file(&registry, &v2, "stable", &[]);
+    let gating = format!("gating {d2}");
+    let in_gate = |s: &Value| s["version"] == v2_sha.as_str() && rollout(s)["state"] == gating.as_str();
+    on_every_board(&[host.admin_addr()], long, "gates v2", in_gate).await;
+    host.shutdown().await;
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    on_every_board(&[host.admin_addr()], long, "gates v2 again", in_gate).await;
+    let started = started_from_v1();
+    assert_eq!(started.len(), 2, "{started:#?}");
+    assert!(started[1].contains(&v1_sha), "started from v1, not the ungated v2: {started:#?}");
     host.shutdown().await;
 }
 

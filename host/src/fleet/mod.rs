@@ -94,7 +94,9 @@ pub struct Resolved {
     pub path: PathBuf,
     /// Precompiled (native) code rather than `.wasm`.
     pub precompiled: bool,
-    /// Taken from the cache because the registry could not be used.
+    /// Taken from the cache without the registry's current answer: the
+    /// registry could not be used, or a followed tag started from the copy
+    /// it ran before (see [`Fleet::local`]).
     pub offline: bool,
     /// The id of the trusted key whose signature was verified.
     pub signed_by: Option<String>,
@@ -146,14 +148,32 @@ impl Fleet {
 
     /// What `reference` runs as in this process: resolved on first use,
     /// then the same copy (so a tier-up or restart of the instance never
-    /// changes version behind the guest's back).
+    /// changes version behind the guest's back). A followed tag starts from
+    /// the copy it ran before when there is one (see [`Fleet::start_copy`]).
     pub async fn local(&self, reference: &OciReference) -> Result<Resolved, FleetError> {
         if let Some(known) = self.resolved.lock().unwrap_or_else(|e| e.into_inner()).get(reference) {
             return Ok(known.clone());
         }
-        let resolved = self.resolve(reference).await?;
+        let resolved = match self.start_copy(reference) {
+            Some(copy) => copy,
+            None => self.resolve(reference).await?,
+        };
         self.resolved.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), resolved.clone());
         Ok(resolved)
+    }
+
+    /// The verified copy a followed tag ran before (`refs.json`), if it is
+    /// intact and signed as today's `trusted_keys` want: a digest the tag
+    /// moved to while the board was off then reaches it through the
+    /// follower's first poll, so through the health gate, like on a board
+    /// that was on. A pinned digest, or a tag never resolved, has none.
+    fn start_copy(&self, reference: &OciReference) -> Option<Resolved> {
+        if reference.digest.is_some() {
+            return None;
+        }
+        let copy = self.cached_copy(reference).ok().flatten()?;
+        tracing::info!(%reference, artifact = %copy.artifact, "starting from the cached copy it ran before; a new digest of the tag is rolled out through the health gate");
+        Some(copy)
     }
 
     /// How a followed tag is polled and gated (`[fleet]`).
