@@ -744,13 +744,17 @@ async fn a_followed_tag_moved_to_an_unsigned_or_altered_digest_leaves_the_runnin
     assert_eq!(rollout(&snap)["digest"], d1.as_str(), "not {d2}: {snap}");
     a_refused_digest_costs_one_manifest_request_per_poll(&registry, &logs, "is not signed").await;
 
+    // v3's layer is altered in the registry's storage before the tag
+    // names it (pushed under another tag first; the second publish finds
+    // the blob there and does not upload it again).
     let (v3, v3_sha) = probe_variant(keys.path(), "v3");
-    publish_file(&registry, &v3, "stable", &["--sign", key.to_str().unwrap()]);
+    publish_file(&registry, &v3, "staging", &["--sign", key.to_str().unwrap()]);
     let data = registry.blob_data(&v3_sha);
     let mut bytes = std::fs::read(&data).expect("the registry stores v3's layer");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&data, bytes).unwrap();
+    publish_file(&registry, &v3, "stable", &["--sign", key.to_str().unwrap()]);
     let altered = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains("digest mismatch"));
     let snap = on_every_board(hosts, long, "refuses altered v3", altered).await.remove(0);
     assert_eq!(snap["version"], probe_sha256(), "v1 keeps running: {snap}");

@@ -290,6 +290,11 @@ impl Fleet {
                 self.refused_content.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), top);
                 Err(error)
             }
+            Ok(resolved) => {
+                // The tag moved on: a refusal of an older digest is history.
+                self.refused_content.lock().unwrap_or_else(|e| e.into_inner()).remove(reference);
+                Ok(resolved)
+            }
             other => other,
         }
     }

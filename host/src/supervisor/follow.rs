@@ -8,6 +8,9 @@
 //! `gate_window` rolls the guest back to the digest it ran before. A digest
 //! refused (signature, digest mismatch, failed `init`, failed gate) is not
 //! tried again until the tag moves; the running version stays throughout.
+//! A board started from the copy it ran before (see `Fleet::local`) asks
+//! at once, so a digest the tag moved to while it was off is gated too; a
+//! shutdown during a gate leaves the previous digest recorded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
