@@ -106,6 +106,10 @@ pub struct RolloutStatus {
     /// Why the last new digest was refused (signature, digest mismatch,
     /// failed `init`, failed runs), or the registry could not be asked.
     pub last_refusal: Option<String>,
+    /// When this board's poll found the tag naming a new digest (RFC 3339,
+    /// once it was fetched and verified): a rollout's start, before the
+    /// compile, `init` and gate.
+    pub noticed: Option<String>,
 }
 
 /// One recent run: when it started, how it ended, and which version ran.

@@ -296,20 +296,84 @@ async fn a_refused_new_version_leaves_the_board_on_its_verified_copy() {
     let (v2, v2_sha) = probe_variant(keys.path(), "v2");
     publish_file(&registry, &v2, "stable", &[]);
     let host = wattedge::start(setup.config()).await.expect("restart");
-    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
-    assert_eq!(snap["version"], probe_sha256(), "still the signed v1, not {v2_sha}: {snap}");
+    let unsigned = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains("is not signed"));
+    let snap = on_every_board(&[host.admin_addr()], Duration::from_secs(60), "refuses unsigned v2", unsigned).await;
+    assert_eq!(snap[0]["version"], probe_sha256(), "still the signed v1, not {v2_sha}: {}", snap[0]);
     let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
-    let warned = logged.lines().any(|l| {
-        l.contains("starting from the cached copy") && l.contains(&registry.addr()) && l.contains("is not signed")
-    });
+    let warned = logged
+        .lines()
+        .any(|l| l.contains("followed tag not updated") && l.contains(&registry.addr()) && l.contains("is not signed"));
     assert!(warned, "the refusal is logged with the reference");
     host.shutdown().await;
 
-    // Signed, v2 is taken at the next start.
-    publish_file(&registry, &v2, "stable", &["--sign", key.to_str().unwrap()]);
+    // Signed, v2 is rolled out right after the next start, through the gate.
+    let d2 = publish_file(&registry, &v2, "stable", &["--sign", key.to_str().unwrap()]);
     let host = wattedge::start(setup.config()).await.expect("restart");
-    let snap = wait_runs(host.admin_addr(), "job", 1, Duration::from_secs(60)).await;
-    assert_eq!(snap["version"], v2_sha, "{snap}");
+    let gating = format!("gating {d2}");
+    let on_v2 = |s: &Value| s["version"] == v2_sha.as_str() && rollout(s)["state"] == gating.as_str();
+    on_every_board(&[host.admin_addr()], Duration::from_secs(60), "rolls out signed v2", on_v2).await;
+    host.shutdown().await;
+}
+
+/// A board following `stable` with a 1 s poll, a run every second and a
+/// gate of `gate_runs` runs in 60 s.
+fn quick_board(registry: &Registry, gate_runs: u32) -> String {
+    format!(
+        "[fleet]\ninsecure_registries = [\"{addr}\"]\npoll_interval = \"1s\"\npoll_jitter = \"0s\"\ngate_runs = {gate_runs}\ngate_window = \"60s\"\n\n\
+         [guests.job]\ncomponent = \"oci://{addr}/{REPO}:stable\"\nschedule = \"every 1s\"\nrun_timeout = \"5s\"\ncompile = \"quick\"\nconfig = {{ mode = \"write\" }}\n\n\
+         [guests.job.grants]\ninflux_write = [\"probe\"]\n",
+        addr = registry.addr()
+    )
+}
+
+/// Lines logged about `registry` that contain `what`.
+fn logged_lines(logs: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>, registry: &Registry, what: &str) -> Vec<String> {
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    logged.lines().filter(|l| l.contains(&registry.addr()) && l.contains(what)).map(str::to_string).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_board_started_after_the_tag_moved_runs_what_it_ran_and_gates_the_new_digest() {
+    let logs = log_buffer();
+    let registry = Registry::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (v1, v1_sha) = probe_variant(dir.path(), "v1");
+    let (v2, v2_sha) = probe_variant(dir.path(), "v2");
+    let (bad, _) = probe_switched(dir.path(), b"runfail_");
+    let d1 = publish_file(&registry, &v1, "stable", &[]);
+    let (setup, host) = start(&quick_board(&registry, 32)).await;
+    let long = Duration::from_secs(60);
+    let on_v1 = |s: &Value| s["version"] == v1_sha.as_str() && rollout(s)["digest"] == d1.as_str();
+    on_every_board(&[host.admin_addr()], long, "runs v1", on_v1).await;
+    host.shutdown().await;
+    let started_from_v1 = || logged_lines(&logs, &registry, "starting from the cached copy it ran before");
+
+    // While the board is off the tag moves to a version whose runs fail:
+    // it starts v1 and rolls out the new digest through the gate, which
+    // fails it.
+    let bad_digest = publish_file(&registry, &bad, "stable", &[]);
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    let rolled_back = format!("rolled back from {bad_digest}");
+    let back = |s: &Value| rollout(s)["state"] == rolled_back.as_str();
+    let snap = on_every_board(&[host.admin_addr()], long, "rolls back from the bad digest", back).await.remove(0);
+    assert_eq!(snap["version"], v1_sha.as_str(), "back on v1: {snap}");
+    assert!(rollout(&snap)["last_refusal"].as_str().unwrap().contains("health gate"), "{snap}");
+    let started = started_from_v1();
+    assert_eq!(started.len(), 1, "{started:#?}");
+    assert!(started[0].contains(&v1_sha), "started from v1: {started:#?}");
+
+    // v2 is published and the board shut down while v2 is in its gate: not
+    // gated, so the next start runs v1 again and gates v2 again.
+    let d2 = publish_file(&registry, &v2, "stable", &[]);
+    let gating = format!("gating {d2}");
+    let in_gate = |s: &Value| s["version"] == v2_sha.as_str() && rollout(s)["state"] == gating.as_str();
+    on_every_board(&[host.admin_addr()], long, "gates v2", in_gate).await;
+    host.shutdown().await;
+    let host = wattedge::start(setup.config()).await.expect("restart");
+    on_every_board(&[host.admin_addr()], long, "gates v2 again", in_gate).await;
+    let started = started_from_v1();
+    assert_eq!(started.len(), 2, "{started:#?}");
+    assert!(started[1].contains(&v1_sha), "started from v1, not the ungated v2: {started:#?}");
     host.shutdown().await;
 }
 
@@ -336,10 +400,15 @@ const GATE_WINDOW: u64 = 20;
 /// Time a debug build may take to compile a new version (quick mode) on
 /// top of a poll: the test asserts the rollout within this.
 const COMPILE_SLACK: u64 = 20;
+/// What a poll that finds a new digest takes besides its wait: the
+/// manifest, the index and the layer from a loopback registry, and the
+/// previous poll (one manifest request) before the wait started.
+const FETCH_SLACK: Duration = Duration::from_secs(1);
 
 /// A board following `stable` with a short poll, a run every second, and
-/// its own `site` tag and health rows into the central influxd.
-fn board(registry: &Registry, influxd: &crate::support::influxd::Influxd, site: &str) -> Setup {
+/// its own `site` tag and health rows into the central influxd; its admin
+/// API on `admin`.
+fn board(registry: &Registry, influxd: &crate::support::influxd::Influxd, site: &str, admin: &str) -> Setup {
     let body = format!(
         "[influx]\nbackend = \"v1\"\nurl = \"{}\"\ndatabase = \"fleet\"\nflush_interval = \"100ms\"\nretry_max_delay = \"1s\"\n\n\
          [fleet]\ninsecure_registries = [\"{addr}\"]\npoll_interval = \"{POLL}s\"\npoll_jitter = \"{JITTER}s\"\ngate_runs = 2\ngate_window = \"{GATE_WINDOW}s\"\n\n\
@@ -348,7 +417,7 @@ fn board(registry: &Registry, influxd: &crate::support::influxd::Influxd, site: 
         influxd.url(),
         addr = registry.addr()
     );
-    let setup = Setup::new("127.0.0.1:0", &body);
+    let setup = Setup::new(admin, &body);
     let text = std::fs::read_to_string(&setup.config_path).unwrap().replacen(
         "health_interval = \"0s\"\n",
         &format!("health_interval = \"1s\"\ntags = {{ site = \"{site}\" }}\n"),
@@ -358,16 +427,109 @@ fn board(registry: &Registry, influxd: &crate::support::influxd::Influxd, site: 
     setup
 }
 
+/// A `wattedge run --config F` process, as a board runs it; its log
+/// (`WATTEDGE_LOG=info`) in `wattedge.log` next to the config. Killed when
+/// dropped, so a failed test leaves no process behind.
+struct BoardProcess {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl BoardProcess {
+    /// Spawns the host for `setup` and waits until its admin API answers.
+    async fn start(setup: &Setup, admin: std::net::SocketAddr) -> BoardProcess {
+        let log = setup.dir.path().join("wattedge.log");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_wattedge"))
+            .args(["run", "--config", setup.config_path.to_str().unwrap()])
+            .env("WATTEDGE_LOG", "info,cranelift=warn,wasmtime=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn wattedge run");
+        let board = BoardProcess { child, log };
+        wait_for(Duration::from_secs(30), &format!("the board on {admin} to answer"), || async move {
+            tokio::net::TcpStream::connect(admin).await.ok()?;
+            (get(admin, "/health").await.0 == 200).then_some(())
+        })
+        .await;
+        board
+    }
+
+    /// SIGTERM, and the clean exit a service manager expects.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let asked = std::time::Instant::now();
+        let exit = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(asked.elapsed() < Duration::from_secs(10), "board {pid} did not stop within 10 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(exit.success(), "clean exit: {exit:?}\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for BoardProcess {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `GET /api/store` of a remote backend, typed: what the test reads of it.
+#[derive(serde::Deserialize, Debug)]
+struct StoreStatus {
+    backend: String,
+    outbox_depth: u64,
+}
+
+/// Waits until the board's outbox is empty: every point it accepted has
+/// reached the database.
+async fn outbox_drained(admin: std::net::SocketAddr, timeout: Duration) {
+    wait_for(timeout, &format!("the outbox of the board on {admin} to drain"), || async move {
+        let (_, body) = get(admin, "/api/store").await;
+        let status: StoreStatus = serde_json::from_value(body).ok()?;
+        assert_eq!(status.backend, "influxdb-v1", "{status:?}");
+        (status.outbox_depth == 0).then_some(())
+    })
+    .await;
+}
+
+/// The blobs a board keeps in `state_dir/oci` (hex digests).
+fn cached_blobs(setup: &Setup) -> std::collections::BTreeSet<String> {
+    let dir = setup.dir.path().join("state/oci/blobs/sha256");
+    std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect()
+}
+
+/// Waits until every board keeps exactly the blobs `wanted`.
+async fn caches_hold(setups: &[Setup], wanted: &[&str], what: &str) {
+    let wanted: std::collections::BTreeSet<String> = wanted.iter().map(|s| s.to_string()).collect();
+    for (i, setup) in setups.iter().enumerate() {
+        let wanted = &wanted;
+        let what = format!("board {i}'s cache to hold only {what}");
+        wait_for(Duration::from_secs(10), &what, || async move { (cached_blobs(setup) == *wanted).then_some(()) })
+            .await;
+    }
+}
+
 /// Waits until every board's `job` snapshot passes `check`; the snapshots.
 async fn on_every_board(
-    hosts: &[wattedge::RunningHost],
+    boards: &[std::net::SocketAddr],
     timeout: Duration,
     what: &str,
     check: impl Fn(&Value) -> bool + Copy,
 ) -> Vec<Value> {
     let mut snaps = Vec::new();
-    for (i, host) in hosts.iter().enumerate() {
-        let addr = host.admin_addr();
+    for (i, addr) in boards.iter().copied().enumerate() {
         let what = format!("board {i}: {what}");
         snaps.push(
             wait_for(timeout, &what, || async move {
@@ -384,68 +546,103 @@ fn rollout(snap: &Value) -> &Value {
     &snap["rollout"]
 }
 
+fn time_of(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    value.as_str().and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("not a time: {value}"))
+}
+
 /// Every scheduled run in the snapshot's recent runs started within
 /// `most` of the one before: none was skipped.
 fn no_scheduled_run_skipped(snap: &Value, most: Duration) {
-    let starts: Vec<chrono::DateTime<chrono::Utc>> = snap["recent_runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["started"].as_str().unwrap().parse().unwrap())
-        .collect();
+    let starts: Vec<chrono::DateTime<chrono::Utc>> =
+        snap["recent_runs"].as_array().unwrap().iter().map(|r| time_of(&r["started"])).collect();
     for pair in starts.windows(2) {
         let gap = (pair[1] - pair[0]).to_std().unwrap();
         assert!(gap <= most, "runs {gap:?} apart (schedule every 1s): {snap}");
     }
 }
 
+/// The board noticed the tag move within one poll plus jitter of
+/// `published`, and ran the new `version` within the compile slack after.
+fn noticed_within_a_poll(snap: &Value, published: chrono::DateTime<chrono::Utc>, version: &str) {
+    let noticed = time_of(&rollout(snap)["noticed"]);
+    let detected = (noticed - published).to_std().unwrap_or_default();
+    let poll = Duration::from_secs(POLL + JITTER) + FETCH_SLACK;
+    assert!(detected <= poll, "noticed {detected:?} after the publish (poll {POLL}s + jitter {JITTER}s): {snap}");
+    let first_run = snap["recent_runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["version"] == version)
+        .map(|r| time_of(&r["started"]))
+        .min()
+        .expect("a run of the new version");
+    let running = (first_run - noticed).to_std().unwrap_or_default();
+    assert!(running <= Duration::from_secs(COMPILE_SLACK), "first run {running:?} after noticing: {snap}");
+    eprintln!("noticed {detected:?} after the publish, ran {running:?} after that");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_boards_follow_a_tag_roll_out_refuse_and_roll_back_by_themselves() {
+    let test_started = std::time::Instant::now();
     let registry = Registry::start();
     let influxd = crate::support::influxd::Influxd::start();
     influxd.create_database("fleet");
     let dir = tempfile::tempdir().unwrap();
     let (v1, v1_sha) = probe_variant(dir.path(), "v1");
     let (v2, v2_sha) = probe_variant(dir.path(), "v2");
-    let (v3, _) = probe_switched(dir.path(), b"initfail");
+    let (v3, v3_sha) = probe_switched(dir.path(), b"initfail");
     let (v4, v4_sha) = probe_switched(dir.path(), b"runfail_");
     let (v5, v5_sha) = probe_variant(dir.path(), "v5");
     let d1 = publish_file(&registry, &v1, "stable", &[]);
 
-    // Three in-process hosts (`wattedge::start`), three state dirs.
+    // Three `wattedge run` processes, three state dirs and admin ports.
     let sites = ["north", "south", "east"];
-    let setups: Vec<Setup> = sites.iter().map(|site| board(&registry, &influxd, site)).collect();
-    let mut hosts = Vec::new();
-    for setup in &setups {
-        hosts.push(wattedge::start(setup.config()).await.expect("start board"));
+    let admins: Vec<std::net::SocketAddr> =
+        sites.iter().map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
+    let setups: Vec<Setup> =
+        sites.iter().zip(&admins).map(|(site, admin)| board(&registry, &influxd, site, &admin.to_string())).collect();
+    let mut boards = Vec::new();
+    for (setup, admin) in setups.iter().zip(&admins) {
+        boards.push(BoardProcess::start(setup, *admin).await);
     }
     let long = Duration::from_secs(90);
-    on_every_board(&hosts, long, "runs v1", |s| s["version"] == v1_sha.as_str() && s["runs"].as_u64() >= Some(2)).await;
-    for snap in on_every_board(&hosts, long, "follows v1", |s| rollout(s)["digest"] == d1.as_str()).await {
+    on_every_board(&admins, long, "runs v1", |s| s["version"] == v1_sha.as_str() && s["runs"].as_u64() >= Some(2))
+        .await;
+    for snap in on_every_board(&admins, long, "follows v1", |s| rollout(s)["digest"] == d1.as_str()).await {
         assert_eq!(rollout(&snap)["reference"], format!("oci://{}/{REPO}:stable", registry.addr()), "{snap}");
         assert_eq!(rollout(&snap)["state"], "following", "{snap}");
     }
 
-    // v2: every board within one poll plus jitter (plus compiling it).
+    // v2: every board notices within one poll plus jitter and runs it
+    // after compiling it.
     let d2 = publish_file(&registry, &v2, "stable", &[]);
+    let published = chrono::Utc::now();
     let moved = std::time::Instant::now();
     let within = Duration::from_secs(POLL + JITTER + COMPILE_SLACK);
-    on_every_board(&hosts, within, "runs v2", |s| s["version"] == v2_sha.as_str()).await;
+    let runs_v2 = |s: &Value| {
+        let ran = s["recent_runs"].as_array().is_some_and(|runs| runs.iter().any(|r| r["version"] == v2_sha.as_str()));
+        s["version"] == v2_sha.as_str() && ran
+    };
+    for snap in on_every_board(&admins, within, "runs v2", runs_v2).await {
+        noticed_within_a_poll(&snap, published, &v2_sha);
+    }
     assert!(moved.elapsed() <= within, "rolled out in {:?}", moved.elapsed());
     let following = |s: &Value| rollout(s)["digest"] == d2.as_str() && rollout(s)["state"] == "following";
-    for snap in on_every_board(&hosts, long, "v2 passes its gate", following).await {
+    for snap in on_every_board(&admins, long, "v2 passes its gate", following).await {
         no_scheduled_run_skipped(&snap, Duration::from_millis(2500));
     }
+    caches_hold(&setups, &[&v1_sha, &v2_sha], "v2 and v1 (the rollback target)").await;
 
     // v3's init fails: refused, v2 keeps running.
     let d3 = publish_file(&registry, &v3, "stable", &[]);
     let refused_v3 = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains(&d3));
-    for snap in on_every_board(&hosts, long, "refuses v3", refused_v3).await {
+    for snap in on_every_board(&admins, long, "refuses v3", refused_v3).await {
         let refusal = rollout(&snap)["last_refusal"].as_str().unwrap();
         assert!(refusal.contains("init failed") && refusal.contains("probe built to fail init"), "{snap}");
         assert_eq!(snap["version"], v2_sha.as_str(), "v2 keeps running: {snap}");
         assert_eq!(rollout(&snap)["digest"], d2.as_str(), "{snap}");
     }
+    caches_hold(&setups, &[&v1_sha, &v2_sha], &format!("v2 and v1, not the refused v3 {v3_sha}")).await;
 
     // v4's runs fail: every board rolls back to v2 inside the gate window.
     let d4 = publish_file(&registry, &v4, "stable", &[]);
@@ -453,7 +650,7 @@ async fn three_boards_follow_a_tag_roll_out_refuse_and_roll_back_by_themselves()
     let rolled_back = format!("rolled back from {d4}");
     let back = |s: &Value| rollout(s)["state"] == rolled_back.as_str();
     let within = Duration::from_secs(POLL + JITTER + COMPILE_SLACK + GATE_WINDOW);
-    for snap in on_every_board(&hosts, within, "rolls back from v4", back).await {
+    for snap in on_every_board(&admins, within, "rolls back from v4", back).await {
         assert_eq!(snap["version"], v2_sha.as_str(), "back on v2: {snap}");
         assert_eq!(rollout(&snap)["digest"], d2.as_str(), "{snap}");
         let refusal = rollout(&snap)["last_refusal"].as_str().unwrap();
@@ -465,15 +662,17 @@ async fn three_boards_follow_a_tag_roll_out_refuse_and_roll_back_by_themselves()
     assert!(moved.elapsed() <= within, "rolled back in {:?}", moved.elapsed());
     // Not retried while the tag stays on v4.
     tokio::time::sleep(Duration::from_secs(2 * (POLL + JITTER))).await;
-    for snap in on_every_board(&hosts, long, "stays on v2", |s| s["version"] == v2_sha.as_str()).await {
+    for snap in on_every_board(&admins, long, "stays on v2", |s| s["version"] == v2_sha.as_str()).await {
         assert_eq!(rollout(&snap)["state"], rolled_back.as_str(), "v4 is not tried again: {snap}");
     }
+    caches_hold(&setups, &[&v1_sha, &v2_sha], &format!("v2 and v1, not the rolled back v4 {v4_sha}")).await;
 
-    // A board restarted while the tag still names v4 starts on v2 (the
-    // refusal is kept in refs.json), without trying v4 again.
-    hosts.remove(0).shutdown().await;
-    hosts.insert(0, wattedge::start(setups[0].config()).await.expect("restart board"));
-    let restarted = &hosts[..1];
+    // A board restarted (SIGTERM, a new process) while the tag still names
+    // v4 starts on v2 (the refusal is kept in refs.json), without trying v4
+    // again.
+    boards.remove(0).stop();
+    boards.insert(0, BoardProcess::start(&setups[0], admins[0]).await);
+    let restarted = &admins[..1];
     let runs_v2 =
         |s: &Value| s["version"] == v2_sha.as_str() && s["runs"].as_u64() >= Some(2) && !rollout(s)["digest"].is_null();
     let snap = on_every_board(restarted, long, "restarts on v2", runs_v2).await.remove(0);
@@ -484,14 +683,17 @@ async fn three_boards_follow_a_tag_roll_out_refuse_and_roll_back_by_themselves()
     // The tag moves to v5: v5 is tried (and passes).
     let d5 = publish_file(&registry, &v5, "stable", &[]);
     let on_v5 = |s: &Value| rollout(s)["digest"] == d5.as_str() && rollout(s)["state"] == "following";
-    for snap in on_every_board(&hosts, long, "follows v5", on_v5).await {
+    for snap in on_every_board(&admins, long, "follows v5", on_v5).await {
         assert_eq!(snap["version"], v5_sha.as_str(), "{snap}");
     }
+    // Five versions pulled; each board keeps two: v5 and v2 to roll back to.
+    caches_hold(&setups, &[&v2_sha, &v5_sha], "v5 and v2").await;
 
     // No point lost: each board's run numbers in the central influxd are
-    // 1..=n without a gap (the counter lives in guest state, across swaps).
-    for host in &hosts {
-        drained(host.store().as_ref(), long).await;
+    // 1..=n without a gap (the counter lives in guest state, across swaps
+    // and the restart).
+    for admin in &admins {
+        outbox_drained(*admin, long).await;
     }
     for site in sites {
         let series = influxd.series("fleet", &format!("SELECT \"run\" FROM \"probe\" WHERE \"site\" = '{site}'"));
@@ -508,13 +710,15 @@ async fn three_boards_follow_a_tag_roll_out_refuse_and_roll_back_by_themselves()
         let health = influxd.series("fleet", &format!("SELECT * FROM \"wattedge_host\" WHERE \"site\" = '{site}'"));
         assert!(!health.is_empty(), "{site}: health rows in the central influxd");
     }
-    for host in hosts {
-        host.shutdown().await;
+    for board in boards {
+        board.stop();
     }
+    eprintln!("three boards, v1..v5: {:?}", test_started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_followed_tag_moved_to_an_unsigned_or_altered_digest_leaves_the_running_version() {
+    let logs = log_buffer();
     let registry = Registry::start();
     let keys = tempfile::tempdir().unwrap();
     let public = keygen(keys.path(), "fleet.key");
@@ -527,7 +731,7 @@ async fn a_followed_tag_moved_to_an_unsigned_or_altered_digest_leaves_the_runnin
     );
     let (_setup, host) = start(&text).await;
     let addr = host.admin_addr();
-    let hosts = std::slice::from_ref(&host);
+    let hosts = &[addr];
     let long = Duration::from_secs(60);
     on_every_board(hosts, long, "follows v1", |s| s["runs"].as_u64() >= Some(1) && rollout(s)["digest"] == d1.as_str())
         .await;
@@ -538,19 +742,74 @@ async fn a_followed_tag_moved_to_an_unsigned_or_altered_digest_leaves_the_runnin
     let snap = on_every_board(hosts, long, "refuses unsigned v2", unsigned).await.remove(0);
     assert_eq!(snap["version"], probe_sha256(), "v1 keeps running: {snap}");
     assert_eq!(rollout(&snap)["digest"], d1.as_str(), "not {d2}: {snap}");
+    a_refused_digest_costs_one_manifest_request_per_poll(&registry, &logs, "is not signed").await;
 
+    // v3's layer is altered in the registry's storage before the tag
+    // names it (pushed under another tag first; the second publish finds
+    // the blob there and does not upload it again).
     let (v3, v3_sha) = probe_variant(keys.path(), "v3");
-    publish_file(&registry, &v3, "stable", &["--sign", key.to_str().unwrap()]);
+    publish_file(&registry, &v3, "staging", &["--sign", key.to_str().unwrap()]);
     let data = registry.blob_data(&v3_sha);
     let mut bytes = std::fs::read(&data).expect("the registry stores v3's layer");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0xff;
     std::fs::write(&data, bytes).unwrap();
+    publish_file(&registry, &v3, "stable", &["--sign", key.to_str().unwrap()]);
     let altered = |s: &Value| rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains("digest mismatch"));
     let snap = on_every_board(hosts, long, "refuses altered v3", altered).await.remove(0);
     assert_eq!(snap["version"], probe_sha256(), "v1 keeps running: {snap}");
     assert_eq!(rollout(&snap)["state"], "following", "{snap}");
+    a_refused_digest_costs_one_manifest_request_per_poll(&registry, &logs, "digest mismatch").await;
     let (_, snap) = get(addr, "/guests/job").await;
     assert_eq!(snap["state"], "ok", "{snap}");
+    host.shutdown().await;
+}
+
+/// Over the next polls (1 s apart) a board that refused what the tag names
+/// asks only for the tag's manifest, downloads nothing, and logs the
+/// refusal (`why`) once.
+async fn a_refused_digest_costs_one_manifest_request_per_poll(
+    registry: &Registry,
+    logs: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    why: &str,
+) {
+    let before = registry.access_lines();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let requests: Vec<String> = registry
+        .access_log()
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains("\"GET /v2/") || l.contains("\"HEAD /v2/"))
+        .map(str::to_string)
+        .collect();
+    assert!((2..=4).contains(&requests.len()), "one request per poll: {requests:#?}");
+    let manifest = format!("/v2/{REPO}/manifests/stable ");
+    assert!(requests.iter().all(|r| r.contains(&manifest)), "only the tag's manifest: {requests:#?}");
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let said: Vec<&str> = logged.lines().filter(|l| l.contains(&registry.addr()) && l.contains(why)).collect();
+    assert_eq!(said.len(), 1, "the refusal is logged once: {said:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_or_rollback_by_hand_of_a_guest_that_follows_a_tag_is_refused_naming_the_tag() {
+    let registry = Registry::start();
+    publish(&registry, "stable", &[]);
+    let (setup, host) = start(&body(&registry, &[], &[("job", "stable")])).await;
+    let addr = host.admin_addr();
+    wait_runs(addr, "job", 1, Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (v2, _) = probe_variant(dir.path(), "v2");
+    let reference = format!("oci://{}/{REPO}:stable", registry.addr());
+    let bytes = std::fs::read(&v2).unwrap();
+    let (status, reply) = crate::swap::raw_post(addr, "/guests/job/swap", &bytes, Some(&setup.admin_token())).await;
+    assert_eq!(status, 409, "{reply}");
+    let text = reply.to_string();
+    assert!(text.contains(&format!("follows {reference}")) && text.contains("wattedge publish"), "{text}");
+    let (status, reply) = setup.post(addr, "/guests/job/rollback", "").await;
+    assert_eq!(status, 409, "{reply}");
+    assert!(reply.to_string().contains("a rollback by hand is refused"), "{reply}");
+    let (_, snap) = get(addr, "/guests/job").await;
+    assert_eq!(snap["version"], probe_sha256(), "the tag's version keeps running: {snap}");
+    assert_eq!(rollout(&snap)["state"], "following", "{snap}");
     host.shutdown().await;
 }

@@ -41,7 +41,7 @@ async fn swap(setup: &Setup, addr: std::net::SocketAddr, guest: &str, bytes: &[u
 }
 
 /// POST with a binary body.
-async fn raw_post(addr: std::net::SocketAddr, path: &str, body: &[u8], token: Option<&str>) -> (u16, Value) {
+pub(crate) async fn raw_post(addr: std::net::SocketAddr, path: &str, body: &[u8], token: Option<&str>) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();

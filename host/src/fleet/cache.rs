@@ -4,7 +4,7 @@
 //! `refs.json`, what each reference last resolved to, so a board that boots
 //! without network runs what it ran before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -133,7 +133,7 @@ impl OciCache {
     /// Every record; an unreadable file is no records (a fresh resolve
     /// writes it again). Read through `serde_json::Value`: see
     /// `manifest::Document::parse` for why.
-    fn records(&self) -> BTreeMap<String, Record> {
+    pub fn records(&self) -> BTreeMap<String, Record> {
         let value: Value = std::fs::read(self.records_path())
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
@@ -142,12 +142,43 @@ impl OciCache {
         map.iter().filter_map(|(reference, v)| Some((reference.clone(), Record::from_json(v)?))).collect()
     }
 
+    /// Deletes every blob not in `keep`, and the partial downloads an
+    /// earlier process left (`HEX.part-PID-N` of another pid; a download
+    /// of this process may be under way); the number of files removed.
+    pub fn collect_garbage(&self, keep: &HashSet<Digest>) -> Result<usize, CacheError> {
+        let dir = self.blobs_dir();
+        let io = |error| CacheError::Io { path: dir.display().to_string(), error };
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(error) => return Err(io(error)),
+        };
+        let mut removed = 0;
+        for entry in entries {
+            let entry = entry.map_err(io)?;
+            let name = entry.file_name();
+            if unused(&name.to_string_lossy(), keep) {
+                std::fs::remove_file(entry.path()).map_err(io)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn records_path(&self) -> PathBuf {
         self.dir.join("refs.json")
     }
 
     fn blobs_dir(&self) -> PathBuf {
         self.dir.join("blobs").join("sha256")
+    }
+}
+
+/// Whether blob file `name` is neither kept nor a download of this process.
+fn unused(name: &str, keep: &HashSet<Digest>) -> bool {
+    match name.split_once(".part-") {
+        Some((_, part)) => part.split('-').next() != Some(std::process::id().to_string().as_str()),
+        None => Digest::from_hex(name).is_ok_and(|digest| !keep.contains(&digest)),
     }
 }
 
@@ -173,6 +204,38 @@ mod tests {
         std::fs::write(cache.blob_path(&digest), b"c0mponent").unwrap();
         assert!(!cache.verified(&digest));
         assert!(!cache.blob_path(&digest).exists());
+    }
+
+    #[test]
+    fn garbage_collection_keeps_only_the_blobs_named_and_this_process_s_downloads() {
+        let state = tempfile::tempdir().unwrap();
+        let cache = OciCache::new(state.path());
+        let dir = cache.prepare().unwrap();
+        let [running, previous, old] = [b"v3", b"v2", b"v1"].map(|bytes| {
+            let digest = Digest::of(bytes);
+            std::fs::write(cache.blob_path(&digest), bytes).unwrap();
+            digest
+        });
+        let ours = format!("{}.part-{}-7", old.hex(), std::process::id());
+        let earlier = format!("{}.part-1-3", old.hex());
+        for name in [&ours, &earlier, &"notes.txt".to_string()] {
+            std::fs::write(dir.join(name), b"x").unwrap();
+        }
+        let keep = HashSet::from([running.clone(), previous.clone()]);
+        assert_eq!(cache.collect_garbage(&keep).unwrap(), 2, "v1 and the earlier process's partial download");
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut wanted = vec![running.hex().to_string(), previous.hex().to_string(), ours, "notes.txt".to_string()];
+        wanted.sort();
+        assert_eq!(left, wanted);
+        assert_eq!(cache.collect_garbage(&keep).unwrap(), 0, "nothing more to collect");
+    }
+
+    #[test]
+    fn garbage_collection_of_a_cache_never_used_removes_nothing() {
+        let state = tempfile::tempdir().unwrap();
+        assert_eq!(OciCache::new(state.path()).collect_garbage(&HashSet::new()).unwrap(), 0);
     }
 
     #[test]

@@ -68,6 +68,21 @@ pub enum FleetError {
     Refused { reference: String, digest: Digest },
 }
 
+impl FleetError {
+    /// Whether the registry answered and what it serves for the digest is
+    /// refused for its content (signature, a digest that does not match,
+    /// nothing for this board, malformed or too large): asking again for
+    /// the same digest gives the same answer. An unreachable registry or a
+    /// refused login is not: that may change by the next poll.
+    fn refuses_the_content(&self) -> bool {
+        match self {
+            Self::Signature { .. } | Self::Select { .. } | Self::Malformed { .. } | Self::TooLarge { .. } => true,
+            Self::Registry { error, .. } => matches!(error, RegistryError::DigestMismatch { .. }),
+            Self::NeverResolved { .. } | Self::Cache { .. } | Self::Refused { .. } => false,
+        }
+    }
+}
+
 /// A reference resolved to a verified local copy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
@@ -79,7 +94,9 @@ pub struct Resolved {
     pub path: PathBuf,
     /// Precompiled (native) code rather than `.wasm`.
     pub precompiled: bool,
-    /// Taken from the cache because the registry could not be used.
+    /// Taken from the cache without the registry's current answer: the
+    /// registry could not be used, or a followed tag started from the copy
+    /// it ran before (see [`Fleet::local`]).
     pub offline: bool,
     /// The id of the trusted key whose signature was verified.
     pub signed_by: Option<String>,
@@ -93,6 +110,17 @@ pub struct Fleet {
     /// The board profile's engine key (precompiled artifacts it can load).
     engine: Option<String>,
     resolved: Mutex<HashMap<OciReference, Resolved>>,
+    /// The artifact each reference ran before its last rollout in this
+    /// process (the rollback target), kept by [`Fleet::collect_garbage`].
+    previous: Mutex<HashMap<OciReference, Digest>>,
+    /// The digest a followed tag named when its content was refused
+    /// ([`FleetError::refuses_the_content`]): not fetched again until the
+    /// tag moves. In memory: a restart asks once more, and says so.
+    refused_content: Mutex<HashMap<OciReference, Digest>>,
+    /// Held (shared) by every pull from its first request until its record
+    /// is saved, and (exclusively) by the garbage collection: a blob just
+    /// downloaded is never collected before a record names it.
+    pulls: tokio::sync::RwLock<()>,
     blob_downloads: AtomicU64,
 }
 
@@ -106,6 +134,9 @@ impl Fleet {
             secrets,
             engine: config.host.board.as_ref().map(manifest::engine_key),
             resolved: Mutex::new(HashMap::new()),
+            previous: Mutex::new(HashMap::new()),
+            refused_content: Mutex::new(HashMap::new()),
+            pulls: tokio::sync::RwLock::new(()),
             blob_downloads: AtomicU64::new(0),
         }
     }
@@ -117,14 +148,32 @@ impl Fleet {
 
     /// What `reference` runs as in this process: resolved on first use,
     /// then the same copy (so a tier-up or restart of the instance never
-    /// changes version behind the guest's back).
+    /// changes version behind the guest's back). A followed tag starts from
+    /// the copy it ran before when there is one (see [`Fleet::start_copy`]).
     pub async fn local(&self, reference: &OciReference) -> Result<Resolved, FleetError> {
         if let Some(known) = self.resolved.lock().unwrap_or_else(|e| e.into_inner()).get(reference) {
             return Ok(known.clone());
         }
-        let resolved = self.resolve(reference).await?;
+        let resolved = match self.start_copy(reference) {
+            Some(copy) => copy,
+            None => self.resolve(reference).await?,
+        };
         self.resolved.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), resolved.clone());
         Ok(resolved)
+    }
+
+    /// The verified copy a followed tag ran before (`refs.json`), if it is
+    /// intact and signed as today's `trusted_keys` want: a digest the tag
+    /// moved to while the board was off then reaches it through the
+    /// follower's first poll, so through the health gate, like on a board
+    /// that was on. A pinned digest, or a tag never resolved, has none.
+    fn start_copy(&self, reference: &OciReference) -> Option<Resolved> {
+        if reference.digest.is_some() {
+            return None;
+        }
+        let copy = self.cached_copy(reference).ok().flatten()?;
+        tracing::info!(%reference, artifact = %copy.artifact, "starting from the cached copy it ran before; a new digest of the tag is rolled out through the health gate");
+        Some(copy)
     }
 
     /// How a followed tag is polled and gated (`[fleet]`).
@@ -146,7 +195,28 @@ impl Fleet {
         {
             tracing::warn!(%reference, %error, "could not record the version in refs.json");
         }
-        self.resolved.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), resolved);
+        let artifact = resolved.artifact.clone();
+        let before = self.resolved.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), resolved);
+        if let Some(before) = before.filter(|b| b.artifact != artifact) {
+            self.previous.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), before.artifact);
+        }
+    }
+
+    /// Deletes the cached blobs nothing needs any more (after a rollout was
+    /// adopted or refused): kept are what every `refs.json` record names
+    /// (what runs, what a pinned reference resolved to), what this process
+    /// runs, and what each reference ran before its last rollout.
+    pub async fn collect_garbage(&self) {
+        let _no_pull = self.pulls.write().await;
+        let mut keep: std::collections::HashSet<Digest> =
+            self.cache.records().values().filter_map(|r| Digest::parse(&r.artifact).ok()).collect();
+        keep.extend(self.resolved.lock().unwrap_or_else(|e| e.into_inner()).values().map(|r| r.artifact.clone()));
+        keep.extend(self.previous.lock().unwrap_or_else(|e| e.into_inner()).values().cloned());
+        match self.cache.collect_garbage(&keep) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, kept = keep.len(), "oci cache: unused blobs removed"),
+            Err(error) => tracing::warn!(%error, "oci cache: unused blobs not removed"),
+        }
     }
 
     /// Goes back to `kept` (what `reference` ran before a rollout) and
@@ -166,8 +236,10 @@ impl Fleet {
     /// The registry's current answer for a followed tag, verified and
     /// cached; unlike [`resolve`](Self::resolve) no fallback to the cache:
     /// an error is a refusal (or an unreachable registry) to report.
+    /// A digest whose content was refused is not fetched again while the
+    /// tag names it: one manifest request, and [`FleetError::Refused`].
     pub async fn latest(&self, reference: &OciReference) -> Result<Resolved, FleetError> {
-        self.pull(reference).await
+        self.pull(reference, Remember::Refusals).await
     }
 
     /// Asks the registry what `reference` is now and makes a verified
@@ -180,7 +252,7 @@ impl Fleet {
         {
             return Ok(Resolved { offline: false, ..cached });
         }
-        let error = match self.pull(reference).await {
+        let error = match self.pull(reference, Remember::Nothing).await {
             Ok(resolved) => return Ok(resolved),
             Err(error) => error,
         };
@@ -199,21 +271,55 @@ impl Fleet {
     }
 
     /// The registry's current answer for `reference`, verified and cached.
-    async fn pull(&self, reference: &OciReference) -> Result<Resolved, FleetError> {
+    async fn pull(&self, reference: &OciReference, remember: Remember) -> Result<Resolved, FleetError> {
+        let _pulling = self.pulls.read().await;
         let name = reference.to_string();
         let fail = |error| FleetError::Registry { reference: name.clone(), error };
         self.cache.prepare().map_err(|error| FleetError::Cache { reference: name.clone(), error })?;
         let registry = self.registry(&reference.registry).map_err(fail)?;
         let downloads = Downloads { fleet: self, registry: &registry };
-        let repo = reference.repository.as_str();
         let top_bytes = downloads.manifest(reference, &reference.manifest_reference()).await?;
         let top = Digest::of(&top_bytes.bytes);
         check_top(reference, &top, top_bytes.digest_header.as_deref())?;
-        if self.cache.record(&name).and_then(|r| r.refused).is_some_and(|refused| refused == top.to_string()) {
+        if self.is_refused(reference, &top) {
             return Err(FleetError::Refused { reference: name, digest: top });
         }
-        let (signatures, signed_by) = self.check_signature(reference, &downloads, &top).await?;
-        let document = parse(reference, "the manifest", &top_bytes.bytes)?;
+        let pulled = self.pull_content(reference, &downloads, &top, &top_bytes.bytes).await;
+        match pulled {
+            Err(error) if remember == Remember::Refusals && error.refuses_the_content() => {
+                self.refused_content.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), top);
+                Err(error)
+            }
+            Ok(resolved) => {
+                // The tag moved on: a refusal of an older digest is history.
+                self.refused_content.lock().unwrap_or_else(|e| e.into_inner()).remove(reference);
+                Ok(resolved)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this board refused `top` for `reference`: its `init` or gate
+    /// failed (kept in `refs.json`), or its content (kept in memory).
+    fn is_refused(&self, reference: &OciReference, top: &Digest) -> bool {
+        let recorded = self.cache.record(&reference.to_string()).and_then(|r| r.refused);
+        let content = self.refused_content.lock().unwrap_or_else(|e| e.into_inner()).get(reference).cloned();
+        recorded.is_some_and(|refused| refused == top.to_string()) || content.as_ref() == Some(top)
+    }
+
+    /// What `top` (its bytes `top_bytes`) names for this board, verified,
+    /// downloaded and recorded.
+    async fn pull_content(
+        &self,
+        reference: &OciReference,
+        downloads: &Downloads<'_>,
+        top: &Digest,
+        top_bytes: &[u8],
+    ) -> Result<Resolved, FleetError> {
+        let name = reference.to_string();
+        let fail = |error| FleetError::Registry { reference: name.clone(), error };
+        let (signatures, signed_by) = self.check_signature(reference, downloads, top).await?;
+        let document = parse(reference, "the manifest", top_bytes)?;
         let wanted = Wanted {
             engine: self.engine.clone(),
             can_compile: cfg!(not(target_arch = "arm")),
@@ -229,7 +335,7 @@ impl Fleet {
         let path = self.cache.blob_path(&artifact);
         if !self.cache.verified(&artifact) {
             self.blob_downloads.fetch_add(1, Ordering::Relaxed);
-            registry.blob_to_file(repo, &artifact, layer.size, &path).await.map_err(fail)?;
+            downloads.registry.blob_to_file(&reference.repository, &artifact, layer.size, &path).await.map_err(fail)?;
         }
         let record = Record {
             top: top.to_string(),
@@ -241,7 +347,7 @@ impl Fleet {
         };
         self.cache.save_record(&name, record).map_err(|error| FleetError::Cache { reference: name.clone(), error })?;
         tracing::info!(%reference, %top, %artifact, precompiled, "resolved");
-        Ok(Resolved { top, artifact, path, precompiled, offline: false, signed_by })
+        Ok(Resolved { top: top.clone(), artifact, path, precompiled, offline: false, signed_by })
     }
 
     /// With trusted keys: the signature blobs of `top` and the key that
@@ -294,6 +400,16 @@ impl Fleet {
         });
         Registry::new(registry, insecure, credentials)
     }
+}
+
+/// Whether a pull remembers a digest refused for its content.
+#[derive(Clone, Copy, PartialEq)]
+enum Remember {
+    /// The start path: a refusal falls back to the cached copy, and the
+    /// follower asks again (and shows why).
+    Nothing,
+    /// The follower: a refused digest is not fetched again.
+    Refusals,
 }
 
 /// Downloads for one pull, counted.

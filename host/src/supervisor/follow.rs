@@ -8,6 +8,9 @@
 //! `gate_window` rolls the guest back to the digest it ran before. A digest
 //! refused (signature, digest mismatch, failed `init`, failed gate) is not
 //! tried again until the tag moves; the running version stays throughout.
+//! A board started from the copy it ran before (see `Fleet::local`) asks
+//! at once, so a digest the tag moved to while it was off is gated too; a
+//! shutdown during a gate leaves the previous digest recorded.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -26,6 +29,15 @@ use crate::fleet::{Digest, FleetError, OciReference, Resolved};
 const SHOW_STARTED: Duration = Duration::from_millis(500);
 /// How often the gate looks at the new version's runs.
 const GATE_CHECK: Duration = Duration::from_millis(200);
+
+/// How a gate that did not fail ended.
+#[derive(Debug, PartialEq)]
+enum Passed {
+    /// `gate_runs` successes, or a window without a failure.
+    Gate,
+    /// The host shut down before the verdict.
+    Interrupted,
+}
 
 /// Why a new digest did not stay.
 #[derive(Debug, thiserror::Error)]
@@ -53,8 +65,12 @@ pub async fn follow(
             _ = tokio::time::sleep(SHOW_STARTED) => {}
         }
     }
-    if let Some(started) = follower.runtime.fleet.running(&follower.reference) {
-        follower.show(|s| s.digest = Some(started.top.to_string()));
+    let Some(started) = follower.runtime.fleet.running(&follower.reference) else { return };
+    follower.show(|s| s.digest = Some(started.top.to_string()));
+    // Started from the copy it ran before: ask the tag now, so a digest it
+    // moved to while the board was off is rolled out (and gated) at once.
+    if started.offline {
+        follower.poll_once().await;
     }
     loop {
         let wait = follower.next_wait();
@@ -106,8 +122,18 @@ impl Follower {
             return;
         }
         let new = fleet.record(&self.reference);
+        let noticed = crate::timefmt::rfc3339(SystemTime::now());
+        tracing::info!(guest = %self.handle.config.name, digest = %latest.top, %noticed, "followed tag moved; rolling out");
+        self.show(|s| s.noticed = Some(noticed));
         match self.roll_out(&running, &latest).await {
-            Ok(()) => {
+            Ok(Passed::Interrupted) => {
+                // Not gated: the next start runs what ran before and gates
+                // this digest again.
+                tracing::info!(guest = %self.handle.config.name, digest = %latest.top, "shut down during the gate; the next start gates it again");
+                fleet.adopt(&self.reference, running, kept);
+                return;
+            }
+            Ok(Passed::Gate) => {
                 fleet.adopt(&self.reference, latest.clone(), new);
                 tracing::info!(guest = %self.handle.config.name, digest = %latest.top, "rollout passed its gate");
                 self.show(|s| {
@@ -131,11 +157,12 @@ impl Follower {
                 fleet.refuse(&self.reference, running, kept, &latest.top);
             }
         }
+        fleet.collect_garbage().await;
     }
 
     /// Swaps `latest` in and gates it; rolls back to `running` when the
     /// gate fails. A version whose `init` fails never replaces `running`.
-    async fn roll_out(&self, running: &Resolved, latest: &Resolved) -> Result<(), Refusal> {
+    async fn roll_out(&self, running: &Resolved, latest: &Resolved) -> Result<Passed, Refusal> {
         let digest = latest.top.clone();
         let prepare = |error| Refusal::Prepare { digest: digest.clone(), error };
         let loaded = self.load(latest).await.map_err(|e| prepare(e.into()))?;
@@ -145,7 +172,10 @@ impl Follower {
         self.show(|s| s.state = format!("gating {digest}"));
         let installed_at = SystemTime::now();
         swap::install(&self.handle, prepared).await;
-        let Err(detail) = self.gate(&version, installed_at).await else { return Ok(()) };
+        let detail = match self.gate(&version, installed_at).await {
+            Ok(passed) => return Ok(passed),
+            Err(detail) => detail,
+        };
         self.roll_back(running, before.as_deref()).await;
         Err(Refusal::Gate { digest, detail })
     }
@@ -160,18 +190,18 @@ impl Follower {
     /// Watches the runs of `version` since `since`: the first failure (or
     /// an instance that cannot be re-initialised) fails the gate; `gate_runs`
     /// successes, or a window with no failure, pass it.
-    async fn gate(&self, version: &str, since: SystemTime) -> Result<(), String> {
+    async fn gate(&self, version: &str, since: SystemTime) -> Result<Passed, String> {
         let config = self.runtime.fleet.rollout_config();
         let deadline = Instant::now() + config.gate_window;
         loop {
             if let Some(verdict) = self.verdict(version, since, config.gate_runs as usize) {
-                return verdict;
+                return verdict.map(|()| Passed::Gate);
             }
             if Instant::now() >= deadline {
-                return Ok(());
+                return Ok(Passed::Gate);
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = self.shutdown.cancelled() => return Ok(Passed::Interrupted),
                 _ = tokio::time::sleep(GATE_CHECK) => {}
             }
         }

@@ -196,6 +196,7 @@ impl AdminBackend for Supervisor {
         let name = name.to_string();
         Box::pin(async move {
             let guest = self.guest(&name).ok_or_else(|| self.not_found(&name))?.clone();
+            refuse_if_followed(&guest, "swap")?;
             let source = format!("uploaded component for {name}");
             let prepared =
                 swap::prepare_bytes(&self.runtime, &guest, source, component.to_vec()).await.map_err(rejected)?;
@@ -207,6 +208,7 @@ impl AdminBackend for Supervisor {
         let name = name.to_string();
         Box::pin(async move {
             let guest = self.guest(&name).ok_or_else(|| self.not_found(&name))?.clone();
+            refuse_if_followed(&guest, "rollback")?;
             if let Some(pending) = guest.swap.withdraw() {
                 // The swap to undo is still waiting for a run to finish:
                 // withdrawing it is the rollback, and the running version stays.
@@ -238,6 +240,23 @@ impl AdminBackend for Supervisor {
             record::series(&handle.config, self.services.store.as_ref(), &measurement, limit).await
         })
     }
+}
+
+/// A guest that follows a tag runs what the tag names (see
+/// [`follow`]): a version swapped in (or rolled back) by hand would run
+/// under the tag's name on one board only, until the next tag move
+/// replaced it. Such a swap is refused (409) with what to do instead.
+fn refuse_if_followed(guest: &GuestHandle, action: &str) -> Result<(), AdminError> {
+    let ComponentSource::Oci(reference) = &guest.config.component else { return Ok(()) };
+    if reference.digest.is_some() {
+        return Ok(());
+    }
+    Err(AdminError::Conflict(format!(
+        "guest '{}' follows {reference}: a {action} by hand is refused, the board runs what the tag names; \
+         publish the version to the tag (`wattedge publish GUEST.wasm {reference}`) to roll it out, \
+         or name a file or an `@sha256:` digest in its `component` to take it off the tag",
+        guest.config.name
+    )))
 }
 
 /// A refused swap: 400 with the reason; the old version keeps running.

@@ -170,13 +170,14 @@
 
   // A guest following an oci:// tag: the reference, the digest running,
   // the rollout state ("following", "gating sha256:…", "rolled back from
-  // sha256:…") and the last refusal.
+  // sha256:…"), when the last tag move was noticed, and the last refusal.
   function rolloutFacts(r) {
     if (!r) return [];
     const digest = r.digest ? el("code", { title: r.digest }, r.digest.slice(0, 19)) : "not resolved yet";
     return [
       fact("Follows", el("code", null, r.reference)),
       fact("Rollout", r.state, ", running ", digest),
+      r.noticed ? fact("Tag moved", "noticed ", when(r.noticed)) : [],
       r.last_refusal ? fact("Last refusal", r.last_refusal) : [],
     ];
   }
