@@ -21,7 +21,7 @@
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -120,7 +120,7 @@ pub fn spawn(
     cancel: CancellationToken,
 ) -> (Arc<ForwarderStats>, tokio::task::JoinHandle<()>) {
     let stats = Arc::new(ForwarderStats::default());
-    let forwarder = Forwarder { outbox, sink, settings, stats: stats.clone() };
+    let forwarder = Forwarder { outbox, sink, settings, stats: stats.clone(), acking: AtomicU64::new(0) };
     let task = tokio::spawn(async move {
         tokio::select! {
             _ = forwarder.run() => {}
@@ -141,6 +141,8 @@ struct Forwarder {
     sink: Arc<dyn Sink>,
     settings: ForwardSettings,
     stats: Arc<ForwarderStats>,
+    /// Points of the delivered batch being acknowledged, while it is.
+    acking: AtomicU64,
 }
 
 impl Forwarder {
@@ -148,10 +150,16 @@ impl Forwarder {
         let up = self.sink.ping().await;
         self.stats.up.store(u64::from(up), Ordering::Relaxed);
         let mut next: Option<Prepared> = None;
+        let mut delivered: Option<Batch> = None;
         loop {
             let current = match next.take() {
                 Some(prepared) => prepared,
                 None => {
+                    // Reading at the cursor needs the delivered batch
+                    // acknowledged first, or it would be read again.
+                    if let Some(batch) = delivered.take() {
+                        self.ack(batch).await;
+                    }
                     self.linger().await;
                     match self.read(None).await {
                         Some(prepared) => prepared,
@@ -159,10 +167,47 @@ impl Forwarder {
                     }
                 }
             };
-            let (_, after) = tokio::join!(self.deliver(&current.batch, current.body), self.prefetch(&current.batch));
-            self.ack(current.batch).await;
-            next = after;
+            let (batch, after) = self.forward(current, delivered.take()).await;
+            (delivered, next) = (Some(batch), after);
         }
+    }
+
+    /// Delivers `current` while acknowledging `previous` (delivered just
+    /// before it: the acknowledgement, a file written and renamed on a
+    /// blocking thread, is kept out of the gap between two requests) and
+    /// preparing the batch behind `current` (see [`Forwarder::prefetch`]).
+    /// Returns `current`'s batch, delivered and to be acknowledged, and the
+    /// prepared one.
+    async fn forward(&self, current: Prepared, previous: Option<Batch>) -> (Batch, Option<Prepared>) {
+        let Prepared { batch, body } = current;
+        let acked = async {
+            if let Some(previous) = previous {
+                self.acking.store(previous.points, Ordering::Relaxed);
+                self.ack(previous).await;
+                self.acking.store(0, Ordering::Relaxed);
+            }
+        };
+        let ((), next) = tokio::join!(acked, self.deliver_and_prefetch(&batch, body));
+        (batch, next)
+    }
+
+    /// Delivers `batch` and meanwhile prepares the one behind it. Once
+    /// delivered, a prefetch still waiting for a full batch is dropped (the
+    /// next round lingers as usual); one already reading is awaited, its
+    /// work is not thrown away.
+    async fn deliver_and_prefetch(&self, batch: &Batch, body: Bytes) -> Option<Prepared> {
+        let reading = AtomicBool::new(false);
+        let deliver = self.deliver(batch, body);
+        let prefetch = self.prefetch(batch, &reading);
+        tokio::pin!(deliver, prefetch);
+        let (mut delivered, mut next, mut prefetched) = (false, None, false);
+        while !delivered || (!prefetched && reading.load(Ordering::Relaxed)) {
+            tokio::select! {
+                () = &mut deliver, if !delivered => delivered = true,
+                after = &mut prefetch, if !prefetched => (next, prefetched) = (after, true),
+            }
+        }
+        next
     }
 
     /// Reads the batch at the outbox cursor (or right after `previous`) and
@@ -187,13 +232,22 @@ impl Forwarder {
     }
 
     /// The batch after `current`, read and compressed while `current` is in
-    /// flight, so that under a backlog the database is never kept waiting
-    /// for the outbox; only when a full batch already waits behind it (a
-    /// partial one waits in [`Forwarder::linger`] as usual).
-    async fn prefetch(&self, current: &Batch) -> Option<Prepared> {
-        if self.outbox.depth().points < current.points + self.settings.batch_points {
-            return None;
+    /// flight, so that the database is never kept waiting for the outbox
+    /// (nor for gzip) while points keep coming: it waits, as long as
+    /// `current` is in flight, until a full batch is queued behind it, then
+    /// sets `reading` and reads it. A partial batch waits in
+    /// [`Forwarder::linger`] as usual. Waiting only for a batch already
+    /// queued when `current` was sent left the read and the compression
+    /// between two requests whenever a guest wrote about as fast as the
+    /// database took points (issue 26).
+    async fn prefetch(&self, current: &Batch, reading: &AtomicBool) -> Option<Prepared> {
+        // The outbox still counts a batch whose acknowledgement is under way.
+        while self.outbox.depth().points
+            < self.acking.load(Ordering::Relaxed) + current.points + self.settings.batch_points
+        {
+            self.outbox.appended().await;
         }
+        reading.store(true, Ordering::Relaxed);
         self.read(Some(current.after())).await
     }
 

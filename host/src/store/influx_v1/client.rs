@@ -92,7 +92,7 @@ impl Client {
     }
 
     async fn exchange(&self, request: http::Request<Full<Bytes>>) -> Result<Response, String> {
-        let mut sender = match self.take_idle() {
+        let mut sender = match self.take_idle().await {
             Some(s) => s,
             None => self.connect().await?,
         };
@@ -119,14 +119,18 @@ impl Client {
         Ok(Response { status, body: body.to_bytes() })
     }
 
-    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(s) = idle.pop() {
-            if s.is_ready() {
-                return Some(s);
+    /// An idle connection that is still open. One whose last answer was
+    /// read only just now may not be ready yet (its connection task has
+    /// not yet seen the end of that answer): it is waited for, not dropped,
+    /// or a forwarder sending batches back to back would open a new
+    /// connection for many of them.
+    async fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        loop {
+            let mut sender = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if !sender.is_closed() && sender.ready().await.is_ok() {
+                return Some(sender);
             }
         }
-        None
     }
 
     async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {

@@ -122,16 +122,33 @@ pub fn read_at(file: &mut std::fs::File, offset: u64, end: u64) -> io::Result<Op
         return Ok(None);
     }
     file.seek(SeekFrom::Start(offset))?;
-    let mut header = [0u8; HEADER as usize];
-    file.read_exact(&mut header)?;
-    let len = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes")) as u64;
-    if len > MAX_PAYLOAD || offset + HEADER + len > end {
+    let mut head = [0u8; FRAME];
+    let framed = offset + FRAME as u64 <= end;
+    file.read_exact(if framed { &mut head[..] } else { &mut head[..HEADER as usize] })?;
+    let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as u64;
+    if !framed || len < PREFIX as u64 || len > MAX_PAYLOAD || offset + HEADER + len > end {
         return Ok(None);
     }
-    let mut buf = header.to_vec();
-    buf.resize((HEADER + len) as usize, 0);
-    file.read_exact(&mut buf[HEADER as usize..])?;
-    Ok(decode(&buf))
+    // The lines are read straight into their own buffer (no zero fill, no
+    // copy out of a framed one): they are the batch the forwarder sends.
+    let want = len as usize - PREFIX;
+    let mut lines = Vec::with_capacity(want);
+    file.take(want as u64).read_to_end(&mut lines)?;
+    if lines.len() != want {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&head[HEADER as usize..]);
+    crc.update(&lines);
+    if crc.finalize() != u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) {
+        return Ok(None);
+    }
+    Ok(Some(Record {
+        accepted_ns: i64::from_le_bytes(head[8..16].try_into().expect("8 bytes")),
+        points: u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")),
+        lines,
+        size: HEADER + len,
+    }))
 }
 
 /// What the recovery scan found in one segment.
@@ -217,6 +234,23 @@ mod tests {
         buf.lines().push_str("m f=1 1\nm f=2 2\n");
         assert_eq!(buf.lines_len(), 16);
         assert_eq!(buf.seal(42, 2), encode(42, 2, b"m f=1 1\nm f=2 2\n"));
+    }
+
+    #[test]
+    fn a_record_read_from_its_file_is_the_decoded_record_and_a_bad_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = path(dir.path(), 1);
+        let a = encode(7, 2, b"m f=1 1\nm f=2 2\n");
+        let mut flipped = encode(8, 1, b"m f=3 3\n");
+        *flipped.last_mut().unwrap() ^= 1;
+        let end = (a.len() + flipped.len()) as u64;
+        std::fs::write(&file, [a.clone(), flipped].concat()).unwrap();
+        let mut f = std::fs::File::open(&file).unwrap();
+        assert_eq!(read_at(&mut f, 0, end).unwrap(), decode(&a));
+        assert!(read_at(&mut f, 0, end).unwrap().is_some());
+        assert_eq!(read_at(&mut f, 0, a.len() as u64 - 1).unwrap(), None, "a record cut by the end");
+        assert_eq!(read_at(&mut f, 0, 10).unwrap(), None, "shorter than a frame");
+        assert_eq!(read_at(&mut f, a.len() as u64, end).unwrap(), None, "a flipped bit fails the CRC");
     }
 
     #[test]
