@@ -20,6 +20,16 @@ pub async fn spawn_blocking<T: Send + 'static>(
     Ok(*out.downcast::<T>().expect("a blocking job returns the type its closure does"))
 }
 
+/// [`spawn_blocking`], started at once rather than when first polled: the
+/// work goes on while the caller does something else before awaiting it.
+pub fn start<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl Future<Output = Result<T, tokio::task::JoinError>> {
+    let job: Job = Box::new(move || Box::new(f()) as Erased);
+    let handle = tokio::task::spawn_blocking(job);
+    async move { Ok(*handle.await?.downcast::<T>().expect("a blocking job returns the type its closure does")) }
+}
+
 async fn run(job: Job) -> Result<Erased, tokio::task::JoinError> {
     tokio::task::spawn_blocking(job).await
 }

@@ -139,28 +139,25 @@ pub async fn start(config: Config) -> Result<RunningHost, HostError> {
 /// [`start`] with `options`.
 pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningHost, HostError> {
     crate::private_dir::ensure_dir(&config.host.state_dir)?;
-    let secrets = Arc::new(SecretStore::open(&config.host.secrets_file)?);
-    let listen = config.host.admin_listen;
-    ensure_admin_token(&secrets, listen)?;
+    // The state file opens on a blocking thread meanwhile: its fsyncs
+    // overlap the secrets', the store's and building the engine. It is
+    // awaited before any error is returned, so a failed start leaves no
+    // thread holding its lock.
+    let state_path = config.host.state_dir.join("state.redb");
+    let path = state_path.display().to_string();
+    let state = crate::blocking::start(move || open_state(&state_path));
+    let before_state = start_before_state(&config).await;
+    let state = state.await.unwrap_or_else(|e| Err(HostError::State { path, message: e.to_string() }));
+    let Started { secrets, listener, admin_addr, http, store, engine, linker, limits } = before_state?;
     let admin_secrets = secrets.clone();
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.map_err(|error| HostError::Listen { addr: listen, error })?;
-    let admin_addr = listener.local_addr().map_err(|error| HostError::Listen { addr: listen, error })?;
-    let http = capabilities::http::HttpSettings::new(&config.host.http).map_err(HostError::Http)?;
-    // Whatever its grants, no guest reaches the admin API.
-    let http = http.guarding_admin(admin_addr);
     let services = HostServices {
-        store: open_store(&config, &secrets)?,
+        store,
         secrets,
-        state: open_state(&config)?,
+        state: state?,
         http: Arc::new(http),
         host_tags: config.host.identity.tags.clone().into(),
     };
     let store = services.store.clone();
-    let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
-    let limits = config.host.engine_limits().growing_to(largest_memory);
-    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-    let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
     let runtime = Arc::new(Runtime {
         ticker: EpochTicker::start(engine.clone()),
         engine,
@@ -189,6 +186,39 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
         tokio::spawn(crate::admin::serve_all(listeners, backend, token, async move { stop.cancelled().await }));
     tracing::info!(admin = %admin_addr, guests = config.guests.len(), "wattedge started");
     Ok(RunningHost { admin_addr, supervisor, store, shutdown, admin_task })
+}
+
+/// What [`start_before_state`] sets up.
+struct Started {
+    secrets: Arc<SecretStore>,
+    listener: tokio::net::TcpListener,
+    admin_addr: SocketAddr,
+    http: capabilities::http::HttpSettings,
+    store: Arc<dyn TimeSeriesStore>,
+    engine: wasmtime::Engine,
+    linker: wasmtime::component::Linker<capabilities::GuestCtx>,
+    limits: engine::EngineLimits,
+}
+
+/// Everything of a start but the state file: secrets and the admin token,
+/// the admin listener, outbound HTTP settings, the store, the engine and
+/// the linker.
+async fn start_before_state(config: &Config) -> Result<Started, HostError> {
+    let secrets = Arc::new(SecretStore::open(&config.host.secrets_file)?);
+    let listen = config.host.admin_listen;
+    ensure_admin_token(&secrets, listen)?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|error| HostError::Listen { addr: listen, error })?;
+    let admin_addr = listener.local_addr().map_err(|error| HostError::Listen { addr: listen, error })?;
+    let http = capabilities::http::HttpSettings::new(&config.host.http).map_err(HostError::Http)?;
+    // Whatever its grants, no guest reaches the admin API.
+    let http = http.guarding_admin(admin_addr);
+    let store = open_store(config, &secrets)?;
+    let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
+    let limits = config.host.engine_limits().growing_to(largest_memory);
+    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    Ok(Started { secrets, listener, admin_addr, http, store, engine, linker, limits })
 }
 
 /// Runs the host until `shutdown` resolves.
@@ -255,9 +285,8 @@ fn open_store(config: &Config, secrets: &Arc<SecretStore>) -> Result<Arc<dyn Tim
     }
 }
 
-fn open_state(config: &Config) -> Result<Arc<capabilities::state::StateStore>, HostError> {
-    let path = config.host.state_dir.join("state.redb");
-    capabilities::state::StateStore::open(&path)
+fn open_state(path: &std::path::Path) -> Result<Arc<capabilities::state::StateStore>, HostError> {
+    capabilities::state::StateStore::open(path)
         .map(Arc::new)
         .map_err(|message| HostError::State { path: path.display().to_string(), message })
 }

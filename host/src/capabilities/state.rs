@@ -29,11 +29,9 @@ impl StateStore {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         }
         // Guests hold at most 1 MiB each: a small cache (redb's default is 1 GiB).
-        let db = crate::redb_file::open(path, 4 << 20)
+        // The table is created with the file, so read transactions never see it missing.
+        let db = crate::redb_file::open(path, 4 << 20, TABLE)
             .map_err(|e| format!("{}: cannot open state file: {e}", path.display()))?;
-        let txn = db.begin_write().map_err(|e| e.to_string())?;
-        txn.open_table(TABLE).map_err(|e| e.to_string())?;
-        txn.commit().map_err(|e| e.to_string())?;
         Ok(StateStore { db })
     }
 

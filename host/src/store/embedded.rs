@@ -95,18 +95,14 @@ impl EmbeddedStore {
                 StoreError::Unavailable(format!("creating directory {} for embedded store: {e}", parent.display()))
             })?;
         }
-        let db = crate::redb_file::open(path, CACHE_BYTES).map_err(|e| {
+        // The table is created with the file, so read transactions never see it missing.
+        let db = crate::redb_file::open(path, CACHE_BYTES, BLOCKS).map_err(|e| {
             StoreError::Unavailable(format!(
                 "opening embedded store {}: {e} (the file is locked exclusively while open)",
                 path.display()
             ))
         })?;
-        let store = Self { db, path: path.to_path_buf(), retention, beyond_retention: Default::default() };
-        // Create the tables up front so read transactions never see them missing.
-        let txn = store.db.begin_write().map_err(store.err("begin write"))?;
-        txn.open_table(BLOCKS).map_err(store.err("open blocks table"))?;
-        txn.commit().map_err(store.err("commit table creation"))?;
-        Ok(store)
+        Ok(Self { db, path: path.to_path_buf(), retention, beyond_retention: Default::default() })
     }
 
     /// Writes a batch in one transaction; returns the number of points written.
