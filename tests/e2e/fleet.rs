@@ -742,7 +742,7 @@ async fn a_followed_tag_moved_to_an_unsigned_or_altered_digest_leaves_the_runnin
     let snap = on_every_board(hosts, long, "refuses unsigned v2", unsigned).await.remove(0);
     assert_eq!(snap["version"], probe_sha256(), "v1 keeps running: {snap}");
     assert_eq!(rollout(&snap)["digest"], d1.as_str(), "not {d2}: {snap}");
-    a_refused_digest_costs_one_manifest_request_per_poll(&registry, &logs, "is not signed").await;
+    a_refused_digest_costs_only_manifest_requests(&registry, &logs, "is not signed", &[&signature_tag(&d2)]).await;
 
     // v3's layer is altered in the registry's storage before the tag
     // names it (pushed under another tag first; the second publish finds
@@ -759,19 +759,50 @@ async fn a_followed_tag_moved_to_an_unsigned_or_altered_digest_leaves_the_runnin
     let snap = on_every_board(hosts, long, "refuses altered v3", altered).await.remove(0);
     assert_eq!(snap["version"], probe_sha256(), "v1 keeps running: {snap}");
     assert_eq!(rollout(&snap)["state"], "following", "{snap}");
-    a_refused_digest_costs_one_manifest_request_per_poll(&registry, &logs, "digest mismatch").await;
+    a_refused_digest_costs_only_manifest_requests(&registry, &logs, "digest mismatch", &[]).await;
     let (_, snap) = get(addr, "/guests/job").await;
     assert_eq!(snap["state"], "ok", "{snap}");
+
+    // Signed after the tag moved (cosign's order): v4 is refused while it
+    // has no signature, and followed once it has one.
+    let (v4, v4_sha) = probe_variant(keys.path(), "v4");
+    let d4 = publish_file(&registry, &v4, "stable", &[]);
+    let unsigned_v4 = |s: &Value| {
+        rollout(s)["last_refusal"].as_str().is_some_and(|r| r.contains("is not signed") && r.contains(d4.as_str()))
+    };
+    on_every_board(hosts, long, "refuses v4 while unsigned", unsigned_v4).await;
+    sign_later(&registry, &d4, &key).await;
+    // Its gate (3 runs of an hourly guest in 10 minutes) is not waited out:
+    // running v4 in it is following it.
+    let gating_v4 = format!("gating {d4}");
+    let follows_v4 = |s: &Value| s["version"] == v4_sha.as_str() && rollout(s)["state"] == gating_v4.as_str();
+    on_every_board(hosts, long, "runs v4 once it is signed", follows_v4).await;
     host.shutdown().await;
 }
 
+/// The cosign tag of `digest`'s signatures (`sha256-HEX.sig`).
+fn signature_tag(digest: &str) -> String {
+    format!("{}.sig", digest.replacen(':', "-", 1))
+}
+
+/// Signs the index `digest` already pushed, as a separate signing step
+/// after the push would.
+async fn sign_later(registry: &Registry, digest: &str, key: &Path) {
+    let client = wattedge::fleet::registry::Registry::new(&registry.addr(), true, None).unwrap();
+    let signer = wattedge::fleet::signature::signing::SigningKey::read(key).unwrap();
+    let digest = wattedge::fleet::Digest::parse(digest).unwrap();
+    wattedge::fleet::publish::sign(&client, REPO, &digest, &signer).await.unwrap();
+}
+
 /// Over the next polls (1 s apart) a board that refused what the tag names
-/// asks only for the tag's manifest, downloads nothing, and logs the
-/// refusal (`why`) once.
-async fn a_refused_digest_costs_one_manifest_request_per_poll(
+/// asks only for the tag's manifest (and, for a missing signature, the
+/// manifests in `also`: whether one arrived since), downloads nothing, and
+/// logs the refusal (`why`) once.
+async fn a_refused_digest_costs_only_manifest_requests(
     registry: &Registry,
     logs: &std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
     why: &str,
+    also: &[&str],
 ) {
     let before = registry.access_lines();
     tokio::time::sleep(Duration::from_millis(3500)).await;
@@ -782,9 +813,14 @@ async fn a_refused_digest_costs_one_manifest_request_per_poll(
         .filter(|l| l.contains("\"GET /v2/") || l.contains("\"HEAD /v2/"))
         .map(str::to_string)
         .collect();
-    assert!((2..=4).contains(&requests.len()), "one request per poll: {requests:#?}");
     let manifest = format!("/v2/{REPO}/manifests/stable ");
-    assert!(requests.iter().all(|r| r.contains(&manifest)), "only the tag's manifest: {requests:#?}");
+    let polls = requests.iter().filter(|r| r.contains(&manifest)).count();
+    assert!((2..=4).contains(&polls), "one request for the tag per poll: {requests:#?}");
+    let asked = |r: &String| {
+        r.contains(&manifest) || also.iter().any(|tag| r.contains(&format!("/v2/{REPO}/manifests/{tag} ")))
+    };
+    assert!(requests.iter().all(asked), "only the tag's manifest and {also:?}: {requests:#?}");
+    assert!(requests.len() <= polls * (1 + also.len()), "at most one request each per poll: {requests:#?}");
     let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     let said: Vec<&str> = logged.lines().filter(|l| l.contains(&registry.addr()) && l.contains(why)).collect();
     assert_eq!(said.len(), 1, "the refusal is logged once: {said:#?}");

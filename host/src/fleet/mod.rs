@@ -116,7 +116,7 @@ pub struct Fleet {
     /// The digest a followed tag named when its content was refused
     /// ([`FleetError::refuses_the_content`]): not fetched again until the
     /// tag moves. In memory: a restart asks once more, and says so.
-    refused_content: Mutex<HashMap<OciReference, Digest>>,
+    refused_content: Mutex<HashMap<OciReference, ContentRefusal>>,
     /// Held (shared) by every pull from its first request until its record
     /// is saved, and (exclusively) by the garbage collection: a blob just
     /// downloaded is never collected before a record names it.
@@ -281,14 +281,27 @@ impl Fleet {
         let top_bytes = downloads.manifest(reference, &reference.manifest_reference()).await?;
         let top = Digest::of(&top_bytes.bytes);
         check_top(reference, &top, top_bytes.digest_header.as_deref())?;
-        if self.is_refused(reference, &top) {
-            return Err(FleetError::Refused { reference: name, digest: top });
-        }
+        let unsigned = match self.refusal_of(reference, &top) {
+            Some(ContentRefusal { signature: None, .. }) => {
+                return Err(FleetError::Refused { reference: name, digest: top });
+            }
+            Some(ContentRefusal { signature: Some(said), .. }) => Some(said),
+            None => None,
+        };
         let pulled = self.pull_content(reference, &downloads, &top, &top_bytes.bytes).await;
         match pulled {
             Err(error) if remember == Remember::Refusals && error.refuses_the_content() => {
-                self.refused_content.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), top);
-                Err(error)
+                // A signature may be added after the tag moved (signing
+                // after pushing is how cosign works): such a digest is
+                // asked about again every poll, but said only once.
+                let signature = matches!(error, FleetError::Signature { .. }).then(|| error.to_string());
+                let again = signature.is_some() && signature == unsigned;
+                let refusal = ContentRefusal { digest: top.clone(), signature };
+                self.refused_content.lock().unwrap_or_else(|e| e.into_inner()).insert(reference.clone(), refusal);
+                match again {
+                    true => Err(FleetError::Refused { reference: name, digest: top }),
+                    false => Err(error),
+                }
             }
             Ok(resolved) => {
                 // The tag moved on: a refusal of an older digest is history.
@@ -299,12 +312,15 @@ impl Fleet {
         }
     }
 
-    /// Whether this board refused `top` for `reference`: its `init` or gate
-    /// failed (kept in `refs.json`), or its content (kept in memory).
-    fn is_refused(&self, reference: &OciReference, top: &Digest) -> bool {
+    /// Why this board refused `top` for `reference`, if it did: its `init`
+    /// or gate failed (kept in `refs.json`), or its content (kept in memory).
+    fn refusal_of(&self, reference: &OciReference, top: &Digest) -> Option<ContentRefusal> {
         let recorded = self.cache.record(&reference.to_string()).and_then(|r| r.refused);
+        if recorded.is_some_and(|refused| refused == top.to_string()) {
+            return Some(ContentRefusal { digest: top.clone(), signature: None });
+        }
         let content = self.refused_content.lock().unwrap_or_else(|e| e.into_inner()).get(reference).cloned();
-        recorded.is_some_and(|refused| refused == top.to_string()) || content.as_ref() == Some(top)
+        content.filter(|refusal| refusal.digest == *top)
     }
 
     /// What `top` (its bytes `top_bytes`) names for this board, verified,
@@ -400,6 +416,15 @@ impl Fleet {
         });
         Registry::new(registry, insecure, credentials)
     }
+}
+
+/// A followed tag's digest refused for its content.
+#[derive(Debug, Clone)]
+struct ContentRefusal {
+    digest: Digest,
+    /// Refused for its signature (what was said): asked about again, since
+    /// a signature can arrive after the tag. `None`: refused for good.
+    signature: Option<String>,
 }
 
 /// Whether a pull remembers a digest refused for its content.

@@ -115,7 +115,11 @@ pub async fn push(
         manifests.push((part.label, digest, size));
     }
     let index = to_json(&Document::index(entries));
-    let index_digest = registry.push_manifest(repo, &tag, manifest::INDEX, index).await?;
+    // The index goes up by its digest first and the tag moves last, after
+    // the signature: a board polling in between would otherwise see the tag
+    // on an index that is not signed yet.
+    let index_digest = Digest::of(&index);
+    registry.push_manifest(repo, &index_digest.to_string(), manifest::INDEX, index.clone()).await?;
     let signed_by = match signer {
         Some(signer) => {
             progress("signing");
@@ -123,12 +127,21 @@ pub async fn push(
         }
         None => None,
     };
+    progress(&format!("tagging {tag}"));
+    registry.push_manifest(repo, &tag, manifest::INDEX, index).await?;
     Ok(Published { index: index_digest, manifests, signed_by })
 }
 
 /// Adds `signer`'s signature of `index` to the signature manifest under
-/// `sha256-HEX.sig`, keeping signatures other keys put there.
-async fn sign(registry: &Registry, repo: &str, index: &Digest, signer: &SigningKey) -> Result<String, PublishError> {
+/// `sha256-HEX.sig`, keeping signatures other keys put there. Also what a
+/// signing step after the push does (cosign's order): boards that refused
+/// the index as unsigned take it at their next poll.
+pub async fn sign(
+    registry: &Registry,
+    repo: &str,
+    index: &Digest,
+    signer: &SigningKey,
+) -> Result<String, PublishError> {
     let tag = signature::signature_tag(index);
     let mut layers: Vec<Descriptor> = match registry.manifest(repo, &tag, super::MAX_MANIFEST_BYTES).await? {
         Some(existing) => Document::parse(&existing.bytes).map(|d| d.layers).unwrap_or_default(),
