@@ -311,3 +311,42 @@ fn to_ns(t: SystemTime) -> i64 {
 fn from_ns(ns: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
 }
+
+#[cfg(all(test, feature = "builtin-guests"))]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::compile::component::{ComponentSource, sha256_hex};
+    use crate::compile::digests::{SETTLE, Stamp};
+    use crate::compile::engine::{self, EngineLimits};
+
+    /// The version a guest task's load of the file at `path` reports.
+    async fn loaded_version(engine: &wasmtime::Engine, path: &Path, cache: &ArtifactCache) -> String {
+        let linker = Arc::new(crate::capabilities::linker(engine).unwrap());
+        let source = ComponentSource::File(path.to_path_buf());
+        let loaded = component::load_source(engine.clone(), linker, source, Some(cache.clone())).await;
+        loaded.map(|l| l.version).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn an_artifact_replaced_after_its_digest_was_remembered_reports_the_new_file_s_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
+        let artifact = engine.precompile_component(&std::fs::read(crate::builtin::probe_path()).unwrap()).unwrap();
+        let path = dir.path().join("probe.cwasm");
+        std::fs::write(&path, &artifact).unwrap();
+        let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native());
+        // As if hashed long after it was written; not its sha256, to tell
+        // a remembered digest from a computed one.
+        let remembered = "ab".repeat(32);
+        cache.digests().remember(&Stamp::of(&path).unwrap(), SystemTime::now() + SETTLE * 4, &remembered);
+        assert_eq!(loaded_version(&engine, &path, &cache).await, remembered);
+
+        let next = dir.path().join("probe.next");
+        std::fs::write(&next, &artifact).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_eq!(loaded_version(&engine, &path, &cache).await, sha256_hex(&artifact));
+    }
+}
