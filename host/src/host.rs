@@ -146,9 +146,14 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let state_path = config.host.state_dir.join("state.redb");
     let path = state_path.display().to_string();
     let state = crate::blocking::start(move || open_state(&state_path));
+    // So is the engine and its linker (CPU, where the stores wait on the disk).
+    let limits = engine_limits(&config);
+    let machine = crate::blocking::start(move || build_engine(limits));
     let before_state = start_before_state(&config).await;
+    let machine = machine.await.unwrap_or_else(|e| Err(HostError::Engine(e.to_string())));
     let state = state.await.unwrap_or_else(|e| Err(HostError::State { path, message: e.to_string() }));
-    let Started { secrets, listener, admin_addr, http, store, engine, linker, limits } = before_state?;
+    let Started { secrets, listener, admin_addr, http, store } = before_state?;
+    let (engine, linker) = machine?;
     let admin_secrets = secrets.clone();
     let services = HostServices {
         store,
@@ -195,14 +200,25 @@ struct Started {
     admin_addr: SocketAddr,
     http: capabilities::http::HttpSettings,
     store: Arc<dyn TimeSeriesStore>,
-    engine: wasmtime::Engine,
-    linker: wasmtime::component::Linker<capabilities::GuestCtx>,
-    limits: engine::EngineLimits,
 }
 
-/// Everything of a start but the state file: secrets and the admin token,
-/// the admin listener, outbound HTTP settings, the store, the engine and
-/// the linker.
+/// The engine's limits: room for the largest guest memory configured.
+fn engine_limits(config: &Config) -> engine::EngineLimits {
+    let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
+    config.host.engine_limits().growing_to(largest_memory)
+}
+
+/// The engine every guest shares and the linker of the host's capabilities.
+fn build_engine(
+    limits: engine::EngineLimits,
+) -> Result<(wasmtime::Engine, wasmtime::component::Linker<capabilities::GuestCtx>), HostError> {
+    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    Ok((engine, linker))
+}
+
+/// Everything of a start but the state file and the engine: secrets and
+/// the admin token, the admin listener, outbound HTTP settings and the store.
 async fn start_before_state(config: &Config) -> Result<Started, HostError> {
     let secrets = Arc::new(SecretStore::open(&config.host.secrets_file)?);
     let listen = config.host.admin_listen;
@@ -214,11 +230,7 @@ async fn start_before_state(config: &Config) -> Result<Started, HostError> {
     // Whatever its grants, no guest reaches the admin API.
     let http = http.guarding_admin(admin_addr);
     let store = open_store(config, &secrets)?;
-    let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
-    let limits = config.host.engine_limits().growing_to(largest_memory);
-    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-    let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-    Ok(Started { secrets, listener, admin_addr, http, store, engine, linker, limits })
+    Ok(Started { secrets, listener, admin_addr, http, store })
 }
 
 /// Runs the host until `shutdown` resolves.
