@@ -94,11 +94,20 @@ pub struct HostOptions {
     pub release_start_up_pages: bool,
 }
 
-/// How often [`release_after_start_up`] looks whether every guest started.
+/// How often [`after_start_up`] looks whether every guest loaded or started.
 const START_UP_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Longest [`release_after_start_up`] waits for the guests to start.
+/// Longest [`after_start_up`] waits for the guests to load and start.
 const START_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether every guest has loaded: initialised, or failed (what `/ready`
+/// waits for, failures aside).
+fn guests_loaded(supervisor: &Supervisor) -> bool {
+    supervisor.guests().iter().all(|guest| {
+        let snapshot = guest.snapshot();
+        snapshot.initialized || snapshot.state == crate::api::GuestState::Failed
+    })
+}
 
 /// Whether every guest has started: initialised and run once, or failed.
 fn guests_started(supervisor: &Supervisor) -> bool {
@@ -108,16 +117,37 @@ fn guests_started(supervisor: &Supervisor) -> bool {
     })
 }
 
-/// Waits until every guest has started (at most [`START_UP_LIMIT`]), then
-/// releases the pages start-up touched: the code that ran once is then
-/// counted in no one's memory until it runs again.
-async fn release_after_start_up(supervisor: Arc<Supervisor>, stop: CancellationToken) {
-    let began = std::time::Instant::now();
-    while !guests_started(&supervisor) && began.elapsed() < START_UP_LIMIT {
+/// Waits until `done(supervisor)` (at most [`START_UP_LIMIT`] from `began`);
+/// false when `stop` came first.
+async fn wait_for(
+    supervisor: &Supervisor,
+    done: fn(&Supervisor) -> bool,
+    began: std::time::Instant,
+    stop: &CancellationToken,
+) -> bool {
+    while !done(supervisor) && began.elapsed() < START_UP_LIMIT {
         tokio::select! {
             _ = tokio::time::sleep(START_UP_POLL) => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return false,
         }
+    }
+    true
+}
+
+/// Ends start-up once every guest has loaded ([`crate::trim::end_start_up`]:
+/// what waited for it is released, and the heap start-up freed given
+/// back); then, with `release_pages`, waits until every guest has started
+/// and releases the pages start-up touched: the code that ran once is then
+/// counted in no one's memory until it runs again.
+async fn after_start_up(supervisor: Arc<Supervisor>, stop: CancellationToken, release_pages: bool) {
+    let began = std::time::Instant::now();
+    if !wait_for(&supervisor, guests_loaded, began, &stop).await {
+        return;
+    }
+    crate::trim::end_start_up();
+    let _ = crate::blocking::spawn_blocking(crate::compile::artifact_cache::release_freed_memory).await;
+    if !release_pages || !wait_for(&supervisor, guests_started, began, &stop).await {
+        return;
     }
     match crate::blocking::spawn_blocking(crate::trim::release_start_up_pages).await {
         Ok(Ok(released)) => tracing::debug!(
@@ -177,9 +207,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let unix = bind_admin_socket(&config.host.state_dir);
     let shutdown = CancellationToken::new();
     let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, shutdown.child_token()));
-    if options.release_start_up_pages {
-        tokio::spawn(release_after_start_up(supervisor.clone(), shutdown.child_token()));
-    }
+    tokio::spawn(after_start_up(supervisor.clone(), shutdown.child_token(), options.release_start_up_pages));
     if let Some(every) = config.host.identity.health_interval {
         supervisor.report_health(every, shutdown.child_token());
     }

@@ -24,6 +24,12 @@ use crate::guest_text::shown;
 /// How long to wait before retrying a component that failed to load or init.
 const RETRY_LOAD: Duration = Duration::from_secs(30);
 
+/// How often a run during start-up looks whether it is over, to release
+/// its guest's code pages; and how long it waits at most (an embedder's
+/// host that never says).
+const START_UP_POLL: Duration = Duration::from_millis(50);
+const START_UP_WAIT: Duration = Duration::from_secs(30);
+
 /// The per-guest task.
 pub struct GuestTask {
     runtime: Arc<Runtime>,
@@ -123,7 +129,10 @@ impl GuestTask {
                     r.initialized = true;
                     r.blocked = None;
                 });
-                crate::compile::artifact_cache::release_freed_memory();
+                // During start-up, once for all guests (`crate::trim::start_up_over`).
+                if crate::trim::start_up_over() {
+                    crate::compile::artifact_cache::release_freed_memory();
+                }
                 true
             }
             Err(message) => {
@@ -275,10 +284,21 @@ impl GuestTask {
     fn release_code_pages(&self) {
         crate::trim::release_host_pages_again();
         let Some(component) = &self.component else { return };
-        let image = component.pre.instance_pre().component().image_range();
-        if let Err(error) = crate::trim::release_image(image) {
-            tracing::debug!(guest = %self.handle.config.name, %error, "cannot release the guest's code pages");
+        if crate::trim::start_up_over() {
+            release_image(&self.handle.config.name, component);
+            return;
         }
+        // Other guests may still be loading (see `crate::trim::start_up_over`):
+        // the pages go once start-up is over. The clone keeps the code
+        // mapped until then, whatever this task installs meanwhile.
+        let (name, component) = (self.handle.config.name.clone(), component.clone());
+        tokio::spawn(async move {
+            let began = std::time::Instant::now();
+            while !crate::trim::start_up_over() && began.elapsed() < START_UP_WAIT {
+                tokio::time::sleep(START_UP_POLL).await;
+            }
+            release_image(&name, &component);
+        });
     }
 
     /// Tells the timetable how the run ended: the least gap before a
@@ -301,6 +321,14 @@ impl GuestTask {
 
     fn record(&self, f: impl FnOnce(&mut super::GuestRecord)) {
         f(&mut self.handle.record.lock().expect("record lock"));
+    }
+}
+
+/// Releases the pages of `component`'s code (see `crate::trim::release_image`).
+fn release_image(guest: &str, component: &LoadedComponent<GuestCtx>) {
+    let image = component.pre.instance_pre().component().image_range();
+    if let Err(error) = crate::trim::release_image(image) {
+        tracing::debug!(%guest, %error, "cannot release the guest's code pages");
     }
 }
 
