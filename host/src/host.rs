@@ -94,11 +94,20 @@ pub struct HostOptions {
     pub release_start_up_pages: bool,
 }
 
-/// How often [`release_after_start_up`] looks whether every guest started.
+/// How often [`after_start_up`] looks whether every guest loaded or started.
 const START_UP_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Longest [`release_after_start_up`] waits for the guests to start.
+/// Longest [`after_start_up`] waits for the guests to load and start.
 const START_UP_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Whether every guest has loaded: initialised, or failed (what `/ready`
+/// waits for, failures aside).
+fn guests_loaded(supervisor: &Supervisor) -> bool {
+    supervisor.guests().iter().all(|guest| {
+        let snapshot = guest.snapshot();
+        snapshot.initialized || snapshot.state == crate::api::GuestState::Failed
+    })
+}
 
 /// Whether every guest has started: initialised and run once, or failed.
 fn guests_started(supervisor: &Supervisor) -> bool {
@@ -108,16 +117,37 @@ fn guests_started(supervisor: &Supervisor) -> bool {
     })
 }
 
-/// Waits until every guest has started (at most [`START_UP_LIMIT`]), then
-/// releases the pages start-up touched: the code that ran once is then
-/// counted in no one's memory until it runs again.
-async fn release_after_start_up(supervisor: Arc<Supervisor>, stop: CancellationToken) {
-    let began = std::time::Instant::now();
-    while !guests_started(&supervisor) && began.elapsed() < START_UP_LIMIT {
+/// Waits until `done(supervisor)` (at most [`START_UP_LIMIT`] from `began`);
+/// false when `stop` came first.
+async fn wait_for(
+    supervisor: &Supervisor,
+    done: fn(&Supervisor) -> bool,
+    began: std::time::Instant,
+    stop: &CancellationToken,
+) -> bool {
+    while !done(supervisor) && began.elapsed() < START_UP_LIMIT {
         tokio::select! {
             _ = tokio::time::sleep(START_UP_POLL) => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => return false,
         }
+    }
+    true
+}
+
+/// Ends start-up once every guest has loaded ([`crate::trim::end_start_up`]:
+/// what waited for it is released, and the heap start-up freed given
+/// back); then, with `release_pages`, waits until every guest has started
+/// and releases the pages start-up touched: the code that ran once is then
+/// counted in no one's memory until it runs again.
+async fn after_start_up(supervisor: Arc<Supervisor>, stop: CancellationToken, release_pages: bool) {
+    let began = std::time::Instant::now();
+    if !wait_for(&supervisor, guests_loaded, began, &stop).await {
+        return;
+    }
+    crate::trim::end_start_up();
+    let _ = crate::blocking::spawn_blocking(crate::compile::artifact_cache::release_freed_memory).await;
+    if !release_pages || !wait_for(&supervisor, guests_started, began, &stop).await {
+        return;
     }
     match crate::blocking::spawn_blocking(crate::trim::release_start_up_pages).await {
         Ok(Ok(released)) => tracing::debug!(
@@ -146,9 +176,14 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let state_path = config.host.state_dir.join("state.redb");
     let path = state_path.display().to_string();
     let state = crate::blocking::start(move || open_state(&state_path));
+    // So is the engine and its linker (CPU, where the stores wait on the disk).
+    let limits = engine_limits(&config);
+    let machine = crate::blocking::start(move || build_engine(limits));
     let before_state = start_before_state(&config).await;
+    let machine = machine.await.unwrap_or_else(|e| Err(HostError::Engine(e.to_string())));
     let state = state.await.unwrap_or_else(|e| Err(HostError::State { path, message: e.to_string() }));
-    let Started { secrets, listener, admin_addr, http, store, engine, linker, limits } = before_state?;
+    let Started { secrets, listener, admin_addr, http, store } = before_state?;
+    let (engine, linker) = machine?;
     let admin_secrets = secrets.clone();
     let services = HostServices {
         store,
@@ -172,9 +207,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let unix = bind_admin_socket(&config.host.state_dir);
     let shutdown = CancellationToken::new();
     let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, shutdown.child_token()));
-    if options.release_start_up_pages {
-        tokio::spawn(release_after_start_up(supervisor.clone(), shutdown.child_token()));
-    }
+    tokio::spawn(after_start_up(supervisor.clone(), shutdown.child_token(), options.release_start_up_pages));
     if let Some(every) = config.host.identity.health_interval {
         supervisor.report_health(every, shutdown.child_token());
     }
@@ -195,14 +228,25 @@ struct Started {
     admin_addr: SocketAddr,
     http: capabilities::http::HttpSettings,
     store: Arc<dyn TimeSeriesStore>,
-    engine: wasmtime::Engine,
-    linker: wasmtime::component::Linker<capabilities::GuestCtx>,
-    limits: engine::EngineLimits,
 }
 
-/// Everything of a start but the state file: secrets and the admin token,
-/// the admin listener, outbound HTTP settings, the store, the engine and
-/// the linker.
+/// The engine's limits: room for the largest guest memory configured.
+fn engine_limits(config: &Config) -> engine::EngineLimits {
+    let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
+    config.host.engine_limits().growing_to(largest_memory)
+}
+
+/// The engine every guest shares and the linker of the host's capabilities.
+fn build_engine(
+    limits: engine::EngineLimits,
+) -> Result<(wasmtime::Engine, wasmtime::component::Linker<capabilities::GuestCtx>), HostError> {
+    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+    Ok((engine, linker))
+}
+
+/// Everything of a start but the state file and the engine: secrets and
+/// the admin token, the admin listener, outbound HTTP settings and the store.
 async fn start_before_state(config: &Config) -> Result<Started, HostError> {
     let secrets = Arc::new(SecretStore::open(&config.host.secrets_file)?);
     let listen = config.host.admin_listen;
@@ -214,11 +258,7 @@ async fn start_before_state(config: &Config) -> Result<Started, HostError> {
     // Whatever its grants, no guest reaches the admin API.
     let http = http.guarding_admin(admin_addr);
     let store = open_store(config, &secrets)?;
-    let largest_memory = config.guests.iter().map(|g| g.memory_limit).max().unwrap_or(0);
-    let limits = config.host.engine_limits().growing_to(largest_memory);
-    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-    let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-    Ok(Started { secrets, listener, admin_addr, http, store, engine, linker, limits })
+    Ok(Started { secrets, listener, admin_addr, http, store })
 }
 
 /// Runs the host until `shutdown` resolves.

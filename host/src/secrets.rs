@@ -295,16 +295,27 @@ pub fn is_atomic_temp(path: &Path) -> bool {
 /// Writes `bytes` to `path` atomically with mode 0600: temp file in the same
 /// directory, fsync, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// [`write_atomic`] without its `fsync`s, for a cache that may be lost or
+/// garbled in a crash (a reader ignores what does not parse): a reader
+/// sees the old file or the new one, never half of it.
+pub fn replace_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let dir = parent_dir(path);
     crate::private_dir::create_dir(dir)?;
     let (tmp, file) = create_temp(dir, path)?;
-    let written = fill(file, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    let written = fill(file, bytes, sync).and_then(|()| std::fs::rename(&tmp, path));
     if written.is_err() {
         // A full disk must not also fill up with half-written copies.
         let _ = std::fs::remove_file(&tmp);
     }
     written?;
-    std::fs::File::open(dir)?.sync_all()
+    if sync { std::fs::File::open(dir)?.sync_all() } else { Ok(()) }
 }
 
 /// The directory `path` is in.
@@ -341,10 +352,10 @@ fn create_temp(dir: &Path, path: &Path) -> std::io::Result<(PathBuf, std::fs::Fi
 
 /// Writes `bytes` into the new temp `file` (set to 0600 whatever the
 /// umask) and flushes it to disk.
-fn fill(mut file: std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+fn fill(mut file: std::fs::File, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)?;
-    file.sync_all()
+    if sync { file.sync_all() } else { Ok(()) }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@
 
 use std::path::Path;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Libraries that stay loaded for the whole process (never `dlclose`d).
 const RESIDENT_LIBRARIES: [&str; 4] = ["/libc.so", "/libm.so", "/ld-linux", "/libgcc_s.so"];
@@ -42,6 +43,26 @@ pub struct Released {
 pub enum TrimError {
     #[error("reading /proc/self/smaps: {0}")]
     Smaps(#[from] std::io::Error),
+}
+
+/// Whether the host's start-up is over: every guest loaded (initialised or
+/// failed). Until then a guest's run leaves its code pages, and start-up
+/// its freed heap, for later (see [`end_start_up`]).
+static START_UP_OVER: AtomicBool = AtomicBool::new(false);
+
+/// Says start-up is over (process-wide, once and for all): from now on
+/// pages are released as soon as they may be.
+pub fn end_start_up() {
+    START_UP_OVER.store(true, Ordering::Release);
+}
+
+/// Whether [`end_start_up`] was called. Before it, releasing waits: the
+/// `/proc/self/smaps` walk behind [`release_image`] costs about a
+/// millisecond of kernel CPU, and `malloc_trim` gives back heap pages the
+/// next guest's load faults in again, both while other guests still load
+/// on the same cores and `/ready` waits for them.
+pub fn start_up_over() -> bool {
+    START_UP_OVER.load(Ordering::Acquire)
 }
 
 /// The mappings [`release_start_up_pages`] released, which

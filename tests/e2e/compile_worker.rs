@@ -212,10 +212,12 @@ async fn settled(host: &wattedge::RunningHost) -> wattedge::admin::GuestSnapshot
     }
 }
 
+/// The compiled artifacts in the cache (not its `digests` file).
 fn cached_artifacts(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir.join("state/cache"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".cwasm"))
         .collect();
     names.sort();
     names

@@ -223,7 +223,11 @@ async fn compiled_guests_are_cached_and_a_corrupt_cache_entry_is_recompiled() {
     let host = wattedge::start(setup.config()).await.unwrap();
     let first = wait_runs(host.admin_addr(), "cached", 1, Duration::from_secs(10)).await;
     host.shutdown().await;
-    let entries: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().path()).collect();
+    let entries: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|x| x == "cwasm"))
+        .collect();
     assert_eq!(entries.len(), 1, "one compiled artifact cached: {entries:?}");
     let artifact = entries[0].clone();
     let original = std::fs::read(&artifact).unwrap();

@@ -31,6 +31,9 @@ use super::worker::{CompileIn, Priority};
 /// Most artifacts kept; the least recently written are removed beyond it.
 const MAX_ENTRIES: usize = 16;
 
+/// The file of remembered component digests, next to the artifacts.
+const DIGESTS_FILE: &str = "digests";
+
 /// The cache directory, and where its misses are compiled.
 #[derive(Debug, Clone)]
 pub struct ArtifactCache {
@@ -94,6 +97,12 @@ impl ArtifactCache {
     /// Removes the quick artifact of `digest` that optimized code replaced.
     pub fn remove_provisional(&self, engine: &Engine, digest: &str) {
         let _ = std::fs::remove_file(self.for_mode(CompileMode::Quick).path_for(engine, digest));
+    }
+
+    /// The component files' digests remembered in this cache's directory
+    /// (see [`super::digests`]).
+    pub fn digests(&self) -> super::digests::Digests {
+        super::digests::Digests::new(self.dir.join(DIGESTS_FILE))
     }
 
     /// This cache, compiling its misses where `compile_in` says.

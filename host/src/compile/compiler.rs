@@ -51,7 +51,7 @@ pub(super) fn deserialize(
     // SAFETY: artifacts are produced by `wattedge compile` and loaded from
     // paths the operator configured; wasmtime checks the engine settings
     // and target recorded in the artifact and refuses a mismatch. A file is
-    // mapped only after its bytes were read and checked above.
+    // mapped only after its header was checked (`detect_precompiled_file`).
     let result = match file {
         Some(path) => unsafe { Component::deserialize_file(engine, path) },
         None => unsafe { Component::deserialize(engine, bytes) },

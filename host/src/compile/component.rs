@@ -11,11 +11,12 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::Linker;
+use wasmtime::component::{Component, Linker};
 
 use super::artifact_cache::ArtifactCache;
 pub use super::compiler::ComponentError;
 use super::compiler::{compile, deserialize};
+use super::digests::{self, Stamp};
 use crate::bindings::GuestPre;
 
 /// Where a guest's component comes from.
@@ -114,12 +115,82 @@ pub fn load_cached<T: 'static>(
             magic: bytes.iter().take(4).copied().collect(),
         });
     };
-    let instance_pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
-    let pre = GuestPre::new(instance_pre)
-        .map_err(|e| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") })?;
+    type_check(linker, source_name, &component, version, provisional)
+}
+
+/// Type-checks `component` against the `guest` world of `linker`.
+fn type_check<T: 'static>(
+    linker: &Linker<T>,
+    source_name: &str,
+    component: &Component,
+    version: &str,
+    provisional: bool,
+) -> Result<LoadedComponent<T>, ComponentError> {
+    let world = |e: wasmtime::Error| ComponentError::World { source_name: source_name.into(), error: format!("{e:#}") };
+    let pre = GuestPre::new(linker.instantiate_pre(component).map_err(world)?).map_err(world)?;
     Ok(LoadedComponent { pre, version: version.to_string(), source_name: source_name.into(), provisional })
+}
+
+/// How often [`load_file`] loads a file that changes while it is loaded
+/// before it gives up (the file watcher tries again once it settles).
+const LOAD_ATTEMPTS: usize = 3;
+
+/// Loads the component file at `path`. Its version comes from the digests
+/// remembered in `cache` when the file has not changed since it was hashed
+/// ([`digests`]), else from hashing it; a precompiled artifact is mapped,
+/// never read whole. The file's stamp is checked again once it is loaded,
+/// so the version is always that of the bytes loaded, even when the file
+/// was replaced meanwhile.
+fn load_file<T: 'static>(
+    engine: &Engine,
+    linker: &Linker<T>,
+    path: &Path,
+    cache: Option<&ArtifactCache>,
+) -> Result<LoadedComponent<T>, ComponentError> {
+    let source_name = path.display().to_string();
+    let read_error = |error| ComponentError::Read { source_name: source_name.clone(), error };
+    let digests = cache.map(ArtifactCache::digests);
+    for _ in 0..LOAD_ATTEMPTS {
+        let (version, stamp) = digests::of_file(path, digests.as_ref()).map_err(read_error)?;
+        let loaded = load_hashed(engine, linker, &source_name, path, &version, cache)?;
+        if Stamp::of(path).is_ok_and(|now| now == stamp) {
+            return Ok(loaded);
+        }
+    }
+    Err(read_error(std::io::Error::other(
+        "the file kept changing while it was loaded; it is tried again once it settles",
+    )))
+}
+
+/// Loads the file at `path`, whose sha256 is `version`: a `.wasm` is read
+/// (to compile it, or find its code in `cache`), an artifact mapped.
+fn load_hashed<T: 'static>(
+    engine: &Engine,
+    linker: &Linker<T>,
+    source_name: &str,
+    path: &Path,
+    version: &str,
+    cache: Option<&ArtifactCache>,
+) -> Result<LoadedComponent<T>, ComponentError> {
+    let read_error = |error| ComponentError::Read { source_name: source_name.into(), error };
+    let magic = magic(path).map_err(read_error)?;
+    if magic == *b"\0asm" {
+        let bytes = std::fs::read(path).map_err(read_error)?;
+        return load_cached(engine, linker, source_name, &bytes, version, cache, Some(path));
+    }
+    if !matches!(Engine::detect_precompiled_file(path), Ok(Some(_))) {
+        return Err(ComponentError::NotWasm { source_name: source_name.into(), magic });
+    }
+    let component = deserialize(engine, source_name, &[], Some(path))?;
+    type_check(linker, source_name, &component, version, false)
+}
+
+/// The first four bytes of the file at `path` (fewer if it is shorter).
+fn magic(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut magic = Vec::with_capacity(4);
+    std::fs::File::open(path)?.take(4).read_to_end(&mut magic)?;
+    Ok(magic)
 }
 
 /// Reads and loads `source` on a blocking thread, through `cache` if given.
@@ -129,18 +200,16 @@ pub async fn load_source<T: Send + 'static>(
     source: ComponentSource,
     cache: Option<ArtifactCache>,
 ) -> Result<LoadedComponent<T>, ComponentError> {
-    crate::blocking::spawn_blocking(move || {
-        let (name, bytes) = read_source(&source)?;
-        // A built-in guest's digest comes from build.rs: with a warm cache its
-        // bytes are never read, so they are never paged in.
-        let (file, version) = match &source {
-            ComponentSource::File(path) => (Some(path.as_path()), sha256_hex(&bytes)),
-            ComponentSource::Oci(reference) => return Err(ComponentError::Unresolved(Box::new(reference.clone()))),
-            ComponentSource::Builtin(name) => {
-                (None, crate::builtin::digest(name).map_or_else(|| sha256_hex(&bytes), str::to_string))
-            }
-        };
-        load_cached(&engine, &linker, &name, &bytes, &version, cache.as_ref(), file)
+    crate::blocking::spawn_blocking(move || match &source {
+        ComponentSource::File(path) => load_file(&engine, &linker, path, cache.as_ref()),
+        ComponentSource::Oci(reference) => Err(ComponentError::Unresolved(Box::new(reference.clone()))),
+        ComponentSource::Builtin(name) => {
+            let (source_name, bytes) = read_source(&source)?;
+            // A built-in guest's digest comes from build.rs: with a warm cache its
+            // bytes are never read, so they are never paged in.
+            let version = crate::builtin::digest(name).map_or_else(|| sha256_hex(&bytes), str::to_string);
+            load_cached(&engine, &linker, &source_name, &bytes, &version, cache.as_ref(), None)
+        }
     })
     .await
     .unwrap_or_else(|e| Err(ComponentError::Compile { source_name: "component".into(), error: e.to_string() }))

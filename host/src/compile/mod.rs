@@ -3,7 +3,8 @@
 //! target of a board's artifacts ([`board`]), compiling and loading a
 //! component and type-checking it against a linker ([`component`]), the
 //! on-disk cache of compiled code ([`artifact_cache`]), the worker process
-//! that compiles off the host's memory ([`worker`]) and `wattedge compile`'s
+//! that compiles off the host's memory ([`worker`]), the guests' versions
+//! remembered across starts ([`digests`]) and `wattedge compile`'s
 //! precompiling for a board ([`precompile`]).
 //!
 //! It knows nothing of capabilities, config files or the supervisor: the
@@ -17,6 +18,7 @@ pub mod artifact_cache;
 pub mod board;
 mod compiler;
 pub mod component;
+pub mod digests;
 pub mod engine;
 #[cfg(not(target_arch = "arm"))]
 pub mod precompile;

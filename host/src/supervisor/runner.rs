@@ -24,6 +24,12 @@ use crate::guest_text::shown;
 /// How long to wait before retrying a component that failed to load or init.
 const RETRY_LOAD: Duration = Duration::from_secs(30);
 
+/// How often a run during start-up looks whether it is over, to release
+/// its guest's code pages; and how long it waits at most (an embedder's
+/// host that never says).
+const START_UP_POLL: Duration = Duration::from_millis(50);
+const START_UP_WAIT: Duration = Duration::from_secs(30);
+
 /// The per-guest task.
 pub struct GuestTask {
     runtime: Arc<Runtime>,
@@ -123,7 +129,10 @@ impl GuestTask {
                     r.initialized = true;
                     r.blocked = None;
                 });
-                crate::compile::artifact_cache::release_freed_memory();
+                // During start-up, once for all guests (`crate::trim::start_up_over`).
+                if crate::trim::start_up_over() {
+                    crate::compile::artifact_cache::release_freed_memory();
+                }
                 true
             }
             Err(message) => {
@@ -275,10 +284,21 @@ impl GuestTask {
     fn release_code_pages(&self) {
         crate::trim::release_host_pages_again();
         let Some(component) = &self.component else { return };
-        let image = component.pre.instance_pre().component().image_range();
-        if let Err(error) = crate::trim::release_image(image) {
-            tracing::debug!(guest = %self.handle.config.name, %error, "cannot release the guest's code pages");
+        if crate::trim::start_up_over() {
+            release_image(&self.handle.config.name, component);
+            return;
         }
+        // Other guests may still be loading (see `crate::trim::start_up_over`):
+        // the pages go once start-up is over. The clone keeps the code
+        // mapped until then, whatever this task installs meanwhile.
+        let (name, component) = (self.handle.config.name.clone(), component.clone());
+        tokio::spawn(async move {
+            let began = std::time::Instant::now();
+            while !crate::trim::start_up_over() && began.elapsed() < START_UP_WAIT {
+                tokio::time::sleep(START_UP_POLL).await;
+            }
+            release_image(&name, &component);
+        });
     }
 
     /// Tells the timetable how the run ended: the least gap before a
@@ -304,10 +324,57 @@ impl GuestTask {
     }
 }
 
+/// Releases the pages of `component`'s code (see `crate::trim::release_image`).
+fn release_image(guest: &str, component: &LoadedComponent<GuestCtx>) {
+    let image = component.pre.instance_pre().component().image_range();
+    if let Err(error) = crate::trim::release_image(image) {
+        tracing::debug!(%guest, %error, "cannot release the guest's code pages");
+    }
+}
+
 fn to_ns(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 fn from_ns(ns: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(ns.max(0) as u64)
+}
+
+#[cfg(all(test, feature = "builtin-guests"))]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::compile::component::{ComponentSource, sha256_hex};
+    use crate::compile::digests::{SETTLE, Stamp};
+    use crate::compile::engine::{self, EngineLimits};
+
+    /// The version a guest task's load of the file at `path` reports.
+    async fn loaded_version(engine: &wasmtime::Engine, path: &Path, cache: &ArtifactCache) -> String {
+        let linker = Arc::new(crate::capabilities::linker(engine).unwrap());
+        let source = ComponentSource::File(path.to_path_buf());
+        let loaded = component::load_source(engine.clone(), linker, source, Some(cache.clone())).await;
+        loaded.map(|l| l.version).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn an_artifact_replaced_after_its_digest_was_remembered_reports_the_new_file_s_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
+        let artifact = engine.precompile_component(&std::fs::read(crate::builtin::probe_path()).unwrap()).unwrap();
+        let path = dir.path().join("probe.cwasm");
+        std::fs::write(&path, &artifact).unwrap();
+        let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native());
+        // As if hashed long after it was written; not its sha256, to tell
+        // a remembered digest from a computed one.
+        let remembered = "ab".repeat(32);
+        cache.digests().remember(&Stamp::of(&path).unwrap(), SystemTime::now() + SETTLE * 4, &remembered);
+        assert_eq!(loaded_version(&engine, &path, &cache).await, remembered);
+
+        let next = dir.path().join("probe.next");
+        std::fs::write(&next, &artifact).unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        assert_eq!(loaded_version(&engine, &path, &cache).await, sha256_hex(&artifact));
+    }
 }
