@@ -52,6 +52,10 @@ pub struct RunningHost {
     store: Arc<dyn TimeSeriesStore>,
     shutdown: CancellationToken,
     admin_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// [`after_start_up`], which holds the supervisor (and through it the
+    /// state file) until it sees the shutdown: awaited by [`Self::shutdown`],
+    /// so a host started again on the same `state_dir` finds it closed.
+    start_up_task: tokio::task::JoinHandle<()>,
 }
 
 impl RunningHost {
@@ -78,6 +82,7 @@ impl RunningHost {
         self.shutdown.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_millis(1500), self.supervisor.join()).await;
         let _ = self.admin_task.await;
+        let _ = self.start_up_task.await;
         self.store.close().await;
     }
 }
@@ -207,7 +212,8 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let unix = bind_admin_socket(&config.host.state_dir);
     let shutdown = CancellationToken::new();
     let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, shutdown.child_token()));
-    tokio::spawn(after_start_up(supervisor.clone(), shutdown.child_token(), options.release_start_up_pages));
+    let start_up_task =
+        tokio::spawn(after_start_up(supervisor.clone(), shutdown.child_token(), options.release_start_up_pages));
     if let Some(every) = config.host.identity.health_interval {
         supervisor.report_health(every, shutdown.child_token());
     }
@@ -218,7 +224,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let admin_task =
         tokio::spawn(crate::admin::serve_all(listeners, backend, token, async move { stop.cancelled().await }));
     tracing::info!(admin = %admin_addr, guests = config.guests.len(), "wattedge started");
-    Ok(RunningHost { admin_addr, supervisor, store, shutdown, admin_task })
+    Ok(RunningHost { admin_addr, supervisor, store, shutdown, admin_task, start_up_task })
 }
 
 /// What [`start_before_state`] sets up.
