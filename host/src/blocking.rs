@@ -15,9 +15,7 @@ type Job = Box<dyn FnOnce() -> Erased + Send>;
 pub async fn spawn_blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, tokio::task::JoinError> {
-    let job: Job = Box::new(move || Box::new(f()) as Erased);
-    let out = run(job).await?;
-    Ok(*out.downcast::<T>().expect("a blocking job returns the type its closure does"))
+    start(f).await
 }
 
 /// [`spawn_blocking`], started at once rather than when first polled: the
@@ -28,8 +26,4 @@ pub fn start<T: Send + 'static>(
     let job: Job = Box::new(move || Box::new(f()) as Erased);
     let handle = tokio::task::spawn_blocking(job);
     async move { Ok(*handle.await?.downcast::<T>().expect("a blocking job returns the type its closure does")) }
-}
-
-async fn run(job: Job) -> Result<Erased, tokio::task::JoinError> {
-    tokio::task::spawn_blocking(job).await
 }
