@@ -50,10 +50,25 @@ pub enum TrimError {
 /// its freed heap, for later (see [`end_start_up`]).
 static START_UP_OVER: AtomicBool = AtomicBool::new(false);
 
+/// Wakes [`start_up_ended`]'s waiters.
+static START_UP_ENDED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// Says start-up is over (process-wide, once and for all): from now on
 /// pages are released as soon as they may be.
 pub fn end_start_up() {
     START_UP_OVER.store(true, Ordering::Release);
+    START_UP_ENDED.notify_waiters();
+}
+
+/// Resolves once [`end_start_up`] was called (at once if it was).
+pub async fn start_up_ended() {
+    let notified = START_UP_ENDED.notified();
+    tokio::pin!(notified);
+    // Registered before the flag is read: an end between the two still wakes it.
+    notified.as_mut().enable();
+    if !start_up_over() {
+        notified.await;
+    }
 }
 
 /// Whether [`end_start_up`] was called. Before it, releasing waits: the

@@ -24,10 +24,8 @@ use crate::guest_text::shown;
 /// How long to wait before retrying a component that failed to load or init.
 const RETRY_LOAD: Duration = Duration::from_secs(30);
 
-/// How often a run during start-up looks whether it is over, to release
-/// its guest's code pages; and how long it waits at most (an embedder's
-/// host that never says).
-const START_UP_POLL: Duration = Duration::from_millis(50);
+/// How long a run during start-up waits at most for it to end before it
+/// releases its guest's code pages (an embedder's host that never says).
 const START_UP_WAIT: Duration = Duration::from_secs(30);
 
 /// The per-guest task.
@@ -293,10 +291,7 @@ impl GuestTask {
         // mapped until then, whatever this task installs meanwhile.
         let (name, component) = (self.handle.config.name.clone(), component.clone());
         tokio::spawn(async move {
-            let began = std::time::Instant::now();
-            while !crate::trim::start_up_over() && began.elapsed() < START_UP_WAIT {
-                tokio::time::sleep(START_UP_POLL).await;
-            }
+            let _ = tokio::time::timeout(START_UP_WAIT, crate::trim::start_up_ended()).await;
             release_image(&name, &component);
         });
     }
