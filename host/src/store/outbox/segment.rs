@@ -95,60 +95,77 @@ pub struct Record {
     pub size: u64,
 }
 
+/// A record's frame (header and payload prefix), checked for a length in
+/// bounds: what [`decode`] and [`read_at`] read before the lines.
+struct Frame {
+    bytes: [u8; FRAME],
+    /// The payload's length (prefix and lines).
+    len: u64,
+    accepted_ns: i64,
+    points: u32,
+}
+
+impl Frame {
+    /// The frame at the start of `bytes`; `None` when they are too short or
+    /// the length is not one a record can have.
+    fn parse(bytes: &[u8]) -> Option<Frame> {
+        let bytes: [u8; FRAME] = bytes.get(..FRAME)?.try_into().ok()?;
+        let len = u64::from(u32::from_le_bytes(bytes[0..4].try_into().ok()?));
+        let accepted_ns = i64::from_le_bytes(bytes[8..16].try_into().ok()?);
+        let points = u32::from_le_bytes(bytes[16..20].try_into().ok()?);
+        (PREFIX as u64..=MAX_PAYLOAD).contains(&len).then_some(Frame { bytes, len, accepted_ns, points })
+    }
+
+    /// Bytes of the record's lines.
+    fn lines_len(&self) -> usize {
+        self.len as usize - PREFIX
+    }
+
+    /// Bytes of the whole record.
+    fn size(&self) -> u64 {
+        HEADER + self.len
+    }
+
+    /// Whether the CRC covers the prefix and `lines`.
+    fn holds(&self, lines: &[u8]) -> bool {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&self.bytes[HEADER as usize..]);
+        crc.update(lines);
+        self.bytes[4..8] == crc.finalize().to_le_bytes()
+    }
+
+    fn record(&self, lines: Vec<u8>) -> Record {
+        Record { accepted_ns: self.accepted_ns, points: self.points, lines, size: self.size() }
+    }
+}
+
 /// Decodes the record at the start of `buf`; `None` when it is incomplete
 /// or corrupt (bad length, CRC mismatch).
 pub fn decode(buf: &[u8]) -> Option<Record> {
-    let len = u32::from_le_bytes(buf.get(0..4)?.try_into().ok()?) as u64;
-    let crc = u32::from_le_bytes(buf.get(4..8)?.try_into().ok()?);
-    if len < PREFIX as u64 || len > MAX_PAYLOAD {
-        return None;
-    }
-    let payload = buf.get(HEADER as usize..(HEADER + len) as usize)?;
-    if crc32fast::hash(payload) != crc {
-        return None;
-    }
-    Some(Record {
-        accepted_ns: i64::from_le_bytes(payload[0..8].try_into().ok()?),
-        points: u32::from_le_bytes(payload[8..12].try_into().ok()?),
-        lines: payload[PREFIX..].to_vec(),
-        size: HEADER + len,
-    })
+    let frame = Frame::parse(buf)?;
+    let lines = buf.get(FRAME..frame.size() as usize)?;
+    frame.holds(lines).then(|| frame.record(lines.to_vec()))
 }
 
 /// Reads the record at `offset` of an open segment file whose valid data
 /// ends at `end`; `Ok(None)` when the bytes there are not a valid record.
 pub fn read_at(file: &mut std::fs::File, offset: u64, end: u64) -> io::Result<Option<Record>> {
-    if offset + HEADER > end {
+    if offset + FRAME as u64 > end {
         return Ok(None);
     }
     file.seek(SeekFrom::Start(offset))?;
     let mut head = [0u8; FRAME];
-    let framed = offset + FRAME as u64 <= end;
-    file.read_exact(if framed { &mut head[..] } else { &mut head[..HEADER as usize] })?;
-    let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as u64;
-    if !framed || len < PREFIX as u64 || len > MAX_PAYLOAD || offset + HEADER + len > end {
-        return Ok(None);
-    }
+    file.read_exact(&mut head)?;
+    let Some(frame) = Frame::parse(&head).filter(|f| offset + f.size() <= end) else { return Ok(None) };
     // The lines are read straight into their own buffer (no zero fill, no
     // copy out of a framed one): they are the batch the forwarder sends.
-    let want = len as usize - PREFIX;
+    let want = frame.lines_len();
     let mut lines = Vec::with_capacity(want);
     file.take(want as u64).read_to_end(&mut lines)?;
     if lines.len() != want {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(&head[HEADER as usize..]);
-    crc.update(&lines);
-    if crc.finalize() != u32::from_le_bytes(head[4..8].try_into().expect("4 bytes")) {
-        return Ok(None);
-    }
-    Ok(Some(Record {
-        accepted_ns: i64::from_le_bytes(head[8..16].try_into().expect("8 bytes")),
-        points: u32::from_le_bytes(head[16..20].try_into().expect("4 bytes")),
-        lines,
-        size: HEADER + len,
-    }))
+    Ok(frame.holds(&lines).then(|| frame.record(lines)))
 }
 
 /// What the recovery scan found in one segment.
