@@ -3,6 +3,13 @@ use std::sync::Mutex;
 
 use super::*;
 
+/// The text of a gzip body the forwarder sent.
+fn gunzip(body: &[u8]) -> String {
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(body).read_to_string(&mut text).expect("gzip");
+    text
+}
+
 /// A database double: refuses any batch containing `bad` as a whole (like
 /// InfluxDB 1.6 does for a type conflict inside a batch), fails the first
 /// `failures` sends, and records what it stored.
@@ -14,8 +21,7 @@ struct Script {
 
 impl Sink for Script {
     fn send(&self, gzipped: Bytes, _points: u64) -> SinkFuture<'_, Delivery> {
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(&gzipped[..]).read_to_string(&mut text).expect("gzip");
+        let text = gunzip(&gzipped);
         Box::pin(async move {
             if self.failures.load(Ordering::Relaxed) > 0 {
                 self.failures.fetch_sub(1, Ordering::Relaxed);
@@ -77,9 +83,7 @@ async fn retries_then_splits_a_refused_batch_and_drops_only_the_bad_write() {
 #[test]
 fn gzip_round_trips() {
     let body = gzip(b"m f=1 1\n");
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(&body[..]).read_to_string(&mut text).unwrap();
-    assert_eq!(text, "m f=1 1\n");
+    assert_eq!(gunzip(&body), "m f=1 1\n");
 }
 
 /// A database double that takes `delay` to answer each batch and stores
@@ -91,8 +95,7 @@ struct Slow {
 
 impl Sink for Slow {
     fn send(&self, gzipped: Bytes, _points: u64) -> SinkFuture<'_, Delivery> {
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(&gzipped[..]).read_to_string(&mut text).expect("gzip");
+        let text = gunzip(&gzipped);
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;
             self.stored.lock().unwrap().push(text);
