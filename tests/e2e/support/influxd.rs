@@ -128,19 +128,19 @@ impl Influxd {
 
     /// `values` rows of every series of a query, with the series tags.
     /// The rows of `SELECT * FROM measurement` as JSON objects (column ->
-    /// value), waiting up to 6 s for at least `expected` of them (points
-    /// reach InfluxDB through the host's outbox).
+    /// value), waiting up to 20 s for at least `expected` of them (points
+    /// reach InfluxDB through the host's outbox, which a loaded machine may
+    /// take seconds to forward). Returns what is there by then.
     pub async fn rows_of(&self, db: &str, measurement: &str, expected: usize) -> Vec<Value> {
-        let mut rows = Vec::new();
-        for _ in 0..60 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
             let series = self.series(db, &format!("SELECT * FROM {measurement}"));
-            rows = series.first().map(columns_to_objects).unwrap_or_default();
-            if rows.len() >= expected {
-                break;
+            let rows = series.first().map(columns_to_objects).unwrap_or_default();
+            if rows.len() >= expected || std::time::Instant::now() >= deadline {
+                return rows;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        rows
     }
 
     /// Writes line-protocol `lines` (nanosecond times) into `db`, as a
