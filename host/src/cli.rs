@@ -133,6 +133,11 @@ pub enum Command {
         /// while it already runs on quick code).
         #[arg(long)]
         background: bool,
+        /// The host's pid: the worker gives up if that process is gone
+        /// before it starts (the kernel's parent-death signal only covers a
+        /// host that dies later).
+        #[arg(long)]
+        parent_pid: Option<u32>,
     },
 }
 
@@ -208,12 +213,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         #[cfg(feature = "publish")]
         Command::Keygen { path } => fleet_cli::keygen(&path),
         #[cfg(not(target_arch = "arm"))]
-        Command::CompileWorker { out, builtin, memory_reservation, memory_guard, compile, background } => {
+        Command::CompileWorker { out, builtin, memory_reservation, memory_guard, compile, background, parent_pid } => {
             let limits = EngineLimits::from_worker_args(memory_reservation, memory_guard);
             if background {
                 crate::compile::worker::lower_priority();
             }
-            compile_worker(&out, builtin.as_deref(), limits, compile)
+            compile_worker(&out, builtin.as_deref(), (limits, compile), parent_pid)
         }
     }
 }
@@ -223,10 +228,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 fn compile_worker(
     out: &Path,
     builtin: Option<&str>,
-    limits: EngineLimits,
-    mode: engine::CompileMode,
+    settings: (EngineLimits, engine::CompileMode),
+    parent_pid: Option<u32>,
 ) -> anyhow::Result<ExitCode> {
-    match crate::compile::worker::serve(out, builtin, limits, mode) {
+    match crate::compile::worker::serve(out, builtin, settings, parent_pid) {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => {
             eprintln!("error: {e}");

@@ -49,6 +49,8 @@ fn a_worker_compiles_a_builtin_guest_into_the_cache_and_the_host_maps_it() {
     let argv = std::fs::read_to_string(&marker).expect("the worker process did the compile");
     assert!(argv.contains("compile-worker") && argv.contains("--builtin correlator"), "{argv}");
     assert!(argv.contains("--compile optimized"), "a cache optimizes unless told otherwise: {argv}");
+    let parent = format!("--parent-pid {}", std::process::id());
+    assert!(argv.contains(&parent), "the worker is told whose death ends it: {argv}");
     // A second start finds it in the cache and starts no worker.
     std::fs::remove_file(&marker).unwrap();
     cache.get_or_compile(&engine, "builtin:correlator", digest, wasm).unwrap();
@@ -183,6 +185,46 @@ fn the_worker_exits_with_its_cannot_write_status() {
         .status()
         .unwrap();
     assert_eq!(status.code(), Some(i32::from(wattedge::compile::worker::EXIT_CANNOT_WRITE)));
+}
+
+/// A host killed between spawning a worker and the worker's start (before
+/// the kernel's parent-death signal is set: the harness kills hosts right
+/// after `/ready`, when background compiles start) leaves no worker
+/// compiling for no one: the worker sees its host gone and exits at once.
+#[test]
+fn a_worker_whose_host_died_before_it_started_compiles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, pid_file) = (dir.path().join("orphan.cwasm"), dir.path().join("worker.pid"));
+    // The shell stands in for the host: it starts the worker with its own
+    // pid, as the host does, and exits before the worker has started.
+    let limits = EngineLimits::native().worker_args().join(" ");
+    let host = format!(
+        "sh -c 'echo $$ > \"$0\"; sleep 0.5; shift; exec \"$@\"' '{}' '{}' compile-worker --out '{}' {limits} \
+         --compile optimized --builtin wattivahti --parent-pid $$ </dev/null 2>/dev/null &\nexit 0\n",
+        pid_file.display(),
+        env!("CARGO_BIN_EXE_wattedge"),
+        out.display()
+    );
+    let status = std::process::Command::new("sh").arg("-c").arg(host).status().unwrap();
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let pid = loop {
+        match std::fs::read_to_string(&pid_file) {
+            Ok(pid) if pid.ends_with('\n') => break pid.trim().to_string(),
+            _ if started.elapsed() > std::time::Duration::from_secs(10) => panic!("the worker never started"),
+            _ => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    };
+    // Gone, or a zombie not yet reaped by whoever adopted it.
+    let running = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    while running() && started.elapsed() < std::time::Duration::from_secs(120) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(!running(), "the orphaned worker is still running");
+    assert!(!out.exists(), "the orphaned worker compiled an artifact nobody asked for any more");
 }
 
 /// Starts a host from a config whose one guest is the probe `.wasm`, with

@@ -27,6 +27,9 @@ pub const WORKER_COMMAND: &str = "compile-worker";
 /// the guest uncached, as it does when it cannot cache its own compile.
 pub const EXIT_CANNOT_WRITE: u8 = 3;
 
+/// The worker's exit status when the host that started it was already gone.
+pub const EXIT_ORPHANED: u8 = 4;
+
 /// Where `.wasm` components are compiled.
 #[derive(Debug, Clone, Default)]
 pub enum CompileIn {
@@ -63,6 +66,10 @@ pub enum ServeError {
     /// The artifact could not be written.
     #[error("{0}")]
     Write(String),
+    /// The host that started the worker was gone before the worker could
+    /// arrange to die with it; nobody waits for the artifact.
+    #[error("the host (pid {0}) that started this worker is gone; nothing to compile for")]
+    Orphaned(u32),
 }
 
 impl ServeError {
@@ -71,6 +78,7 @@ impl ServeError {
         match self {
             ServeError::Compile(_) => 1,
             ServeError::Write(_) => EXIT_CANNOT_WRITE,
+            ServeError::Orphaned(_) => EXIT_ORPHANED,
         }
     }
 }
@@ -122,6 +130,7 @@ pub fn compile_in_child_within(
 ) -> Result<(), WorkerError> {
     let mut command = Command::new(exe);
     command.arg(WORKER_COMMAND).arg("--out").arg(out).args(limits.worker_args()).args(["--compile", mode.as_str()]);
+    command.arg("--parent-pid").arg(std::process::id().to_string());
     if priority == Priority::Background {
         command.arg("--background");
     }
@@ -211,9 +220,14 @@ fn failure_message(output: &std::process::Output, send_error: Option<std::io::Er
 /// The worker's side: compile built-in guest `builtin`, or else standard
 /// input, in `mode` into an artifact for an engine with `limits` at `out`.
 #[cfg(not(target_arch = "arm"))]
-pub fn serve(out: &Path, builtin: Option<&str>, limits: EngineLimits, mode: CompileMode) -> Result<(), ServeError> {
+pub fn serve(
+    out: &Path,
+    builtin: Option<&str>,
+    (limits, mode): (EngineLimits, CompileMode),
+    parent: Option<u32>,
+) -> Result<(), ServeError> {
     use std::io::Read;
-    exit_with_parent();
+    exit_with_parent(parent)?;
     let mut input = Vec::new();
     std::io::stdin()
         .read_to_end(&mut input)
@@ -241,13 +255,24 @@ pub fn lower_priority() {
     }
 }
 
-/// A worker whose host died has no one to compile for.
+/// A worker whose host died has no one to compile for: it is killed when
+/// the host dies, and gives up at once if the host (`parent`, the pid the
+/// host passed) died already. The kernel's parent-death signal covers only
+/// a parent that dies after it is set, and a host killed between spawning
+/// the worker and this call (a few milliseconds of exec and start-up; the
+/// harness kills hosts right after `/ready`, when background compiles
+/// start) left workers compiling for seconds with no one to read the
+/// artifact.
 #[cfg(not(target_arch = "arm"))]
-fn exit_with_parent() {
+fn exit_with_parent(parent: Option<u32>) -> Result<(), ServeError> {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl(PR_SET_PDEATHSIG) only sets a signal for this process.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    match parent {
+        Some(pid) if std::os::unix::process::parent_id() != pid => Err(ServeError::Orphaned(pid)),
+        _ => Ok(()),
     }
 }
 
