@@ -2,7 +2,7 @@
 //! supervisor and admin server, and shutting them down again.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -181,11 +181,20 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let state_path = config.host.state_dir.join("state.redb");
     let path = state_path.display().to_string();
     let state = crate::blocking::start(move || open_state(&state_path));
-    // So is the engine and its linker (CPU, where the stores wait on the disk).
+    // So is the engine and its linker (CPU, where the stores wait on the
+    // disk), and the guests' loads (see `supervisor::preload`), which hash
+    // their files meanwhile and wait for the engine. A start that fails
+    // below does not wait for the loads: they lock nothing, and write only
+    // the artifact cache, which every start shares and whose files are
+    // replaced atomically.
     let limits = engine_limits(&config);
-    let machine = crate::blocking::start(move || build_engine(limits));
+    let cache = ArtifactCache::new(config.host.state_dir.join("cache"), limits).compiling_in(options.compile_in);
+    let built: Arc<OnceLock<Result<Machine, String>>> = Arc::default();
+    let machine = move || built.get_or_init(|| build_engine(limits)).clone();
+    let machine_job = crate::blocking::start(machine.clone());
+    let preloads = crate::supervisor::preload(move || machine().ok(), Some(&cache), &config.guests);
     let before_state = start_before_state(&config).await;
-    let machine = machine.await.unwrap_or_else(|e| Err(HostError::Engine(e.to_string())));
+    let machine = machine_job.await.map_err(|e| e.to_string()).and_then(|built| built).map_err(HostError::Engine);
     let state = state.await.unwrap_or_else(|e| Err(HostError::State { path, message: e.to_string() }));
     let Started { secrets, listener, admin_addr, http, store } = before_state?;
     let (engine, linker) = machine?;
@@ -201,9 +210,9 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     let runtime = Arc::new(Runtime {
         ticker: EpochTicker::start(engine.clone()),
         engine,
-        linker: Arc::new(linker),
+        linker,
         services,
-        cache: Some(ArtifactCache::new(config.host.state_dir.join("cache"), limits).compiling_in(options.compile_in)),
+        cache: Some(cache),
         clock: Clock::Wall,
         fleet: Arc::new(crate::fleet::Fleet::new(&config, Some(admin_secrets.clone()))),
     });
@@ -211,7 +220,7 @@ pub async fn start_with(config: Config, options: HostOptions) -> Result<RunningH
     // state_dir, whose socket this one replaces.
     let unix = bind_admin_socket(&config.host.state_dir);
     let shutdown = CancellationToken::new();
-    let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, shutdown.child_token()));
+    let supervisor = Arc::new(Supervisor::start(runtime, &config.guests, preloads, shutdown.child_token()));
     let start_up_task =
         tokio::spawn(after_start_up(supervisor.clone(), shutdown.child_token(), options.release_start_up_pages));
     if let Some(every) = config.host.identity.health_interval {
@@ -243,12 +252,13 @@ fn engine_limits(config: &Config) -> engine::EngineLimits {
 }
 
 /// The engine every guest shares and the linker of the host's capabilities.
-fn build_engine(
-    limits: engine::EngineLimits,
-) -> Result<(wasmtime::Engine, wasmtime::component::Linker<capabilities::GuestCtx>), HostError> {
-    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-    let linker = capabilities::linker(&engine).map_err(|e| HostError::Engine(format!("{e:#}")))?;
-    Ok((engine, linker))
+type Machine = (wasmtime::Engine, Arc<wasmtime::component::Linker<capabilities::GuestCtx>>);
+
+/// Builds the [`Machine`]; the error says why not.
+fn build_engine(limits: engine::EngineLimits) -> Result<Machine, String> {
+    let engine = engine::build(limits, engine::Purpose::Runtime).map_err(|e| format!("{e:#}"))?;
+    let linker = capabilities::linker(&engine).map_err(|e| format!("{e:#}"))?;
+    Ok((engine, Arc::new(linker)))
 }
 
 /// Everything of a start but the state file and the engine: secrets and

@@ -7,6 +7,7 @@
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -141,17 +142,22 @@ const LOAD_ATTEMPTS: usize = 3;
 /// never read whole. The file's stamp is checked again once it is loaded,
 /// so the version is always that of the bytes loaded, even when the file
 /// was replaced meanwhile.
+///
+/// `hashed` is the file's version and stamp when they were taken already
+/// ([`start_load_when`]); the check after the load holds for them too.
 fn load_file<T: 'static>(
     engine: &Engine,
     linker: &Linker<T>,
     path: &Path,
     cache: Option<&ArtifactCache>,
+    mut hashed: Option<Hashed>,
 ) -> Result<LoadedComponent<T>, ComponentError> {
     let source_name = path.display().to_string();
     let read_error = |error| ComponentError::Read { source_name: source_name.clone(), error };
     let digests = cache.map(ArtifactCache::digests);
     for _ in 0..LOAD_ATTEMPTS {
-        let (version, stamp) = digests::of_file(path, digests.as_ref()).map_err(read_error)?;
+        let hashed = hashed.take().unwrap_or_else(|| digests::of_file(path, digests.as_ref()));
+        let (version, stamp) = hashed.map_err(read_error)?;
         let loaded = load_hashed(engine, linker, &source_name, path, &version, cache)?;
         if Stamp::of(path).is_ok_and(|now| now == stamp) {
             return Ok(loaded);
@@ -193,6 +199,9 @@ fn magic(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(magic)
 }
 
+/// A load under way on a blocking thread (see [`start_load_when`]).
+pub type PendingLoad<T> = Pin<Box<dyn Future<Output = Result<LoadedComponent<T>, ComponentError>> + Send>>;
+
 /// Reads and loads `source` on a blocking thread, through `cache` if given.
 pub async fn load_source<T: Send + 'static>(
     engine: Engine,
@@ -200,17 +209,117 @@ pub async fn load_source<T: Send + 'static>(
     source: ComponentSource,
     cache: Option<ArtifactCache>,
 ) -> Result<LoadedComponent<T>, ComponentError> {
-    crate::blocking::spawn_blocking(move || match &source {
-        ComponentSource::File(path) => load_file(&engine, &linker, path, cache.as_ref()),
+    pending(crate::blocking::start(move || load_on(&engine, &linker, &source, cache.as_ref(), None))).await
+}
+
+/// A file's sha256 (hex) and its stamp before it was hashed, or why it
+/// could not be read ([`digests::of_file`]).
+pub type Hashed = std::io::Result<(String, Stamp)>;
+
+/// Starts loading `source` at once, before the engine exists: the host
+/// starts its guests' loads while its engine is built and its stores
+/// opened (README, "Where a cold start goes"). A file is hashed first (its
+/// version needs no engine), then `machine` is waited for (it blocks until
+/// the engine is built; `None` when it could not be) and the load goes on.
+pub fn start_load_when<T: Send + 'static>(
+    machine: impl FnOnce() -> Option<(Engine, Arc<Linker<T>>)> + Send + 'static,
+    source: ComponentSource,
+    cache: Option<ArtifactCache>,
+) -> PendingLoad<T> {
+    pending(crate::blocking::start(move || {
+        let hashed = match &source {
+            ComponentSource::File(path) => {
+                Some(digests::of_file(path, cache.as_ref().map(ArtifactCache::digests).as_ref()))
+            }
+            _ => None,
+        };
+        let Some((engine, linker)) = machine() else {
+            let error = "the engine could not be built".to_string();
+            return Err(ComponentError::Compile { source_name: "component".into(), error });
+        };
+        load_on(&engine, &linker, &source, cache.as_ref(), hashed)
+    }))
+}
+
+/// Loads `source` on `engine`, through `cache` if given; a file's version
+/// is `hashed` when it was taken already.
+fn load_on<T: 'static>(
+    engine: &Engine,
+    linker: &Linker<T>,
+    source: &ComponentSource,
+    cache: Option<&ArtifactCache>,
+    hashed: Option<Hashed>,
+) -> Result<LoadedComponent<T>, ComponentError> {
+    match source {
+        ComponentSource::File(path) => load_file(engine, linker, path, cache, hashed),
         ComponentSource::Oci(reference) => Err(ComponentError::Unresolved(Box::new(reference.clone()))),
         ComponentSource::Builtin(name) => {
-            let (source_name, bytes) = read_source(&source)?;
+            let (source_name, bytes) = read_source(source)?;
             // A built-in guest's digest comes from build.rs: with a warm cache its
             // bytes are never read, so they are never paged in.
             let version = crate::builtin::digest(name).map_or_else(|| sha256_hex(&bytes), str::to_string);
-            load_cached(&engine, &linker, &source_name, &bytes, &version, cache.as_ref(), None)
+            load_cached(engine, linker, &source_name, &bytes, &version, cache, None)
         }
+    }
+}
+
+/// A blocking job's load as a [`PendingLoad`] (a job that panicked is a
+/// failed load).
+fn pending<T: 'static>(
+    job: impl Future<Output = Result<Result<LoadedComponent<T>, ComponentError>, tokio::task::JoinError>> + Send + 'static,
+) -> PendingLoad<T> {
+    Box::pin(async move {
+        job.await
+            .unwrap_or_else(|e| Err(ComponentError::Compile { source_name: "component".into(), error: e.to_string() }))
     })
-    .await
-    .unwrap_or_else(|e| Err(ComponentError::Compile { source_name: "component".into(), error: e.to_string() }))
+}
+
+#[cfg(all(test, feature = "builtin-guests"))]
+mod tests {
+    use super::*;
+    use crate::compile::engine::{self, EngineLimits};
+
+    fn machine() -> (Engine, Arc<Linker<crate::capabilities::GuestCtx>>) {
+        let engine = engine::build(EngineLimits::native(), engine::Purpose::Native).unwrap();
+        let linker = Arc::new(crate::capabilities::linker(&engine).unwrap());
+        (engine, linker)
+    }
+
+    #[tokio::test]
+    async fn a_file_replaced_while_its_load_waits_for_the_engine_reports_the_digest_of_the_bytes_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, linker) = machine();
+        let first = engine.precompile_component(&std::fs::read(crate::builtin::probe_path()).unwrap()).unwrap();
+        let second = engine.precompile_component(crate::builtin::component("correlator").unwrap()).unwrap();
+        let path = dir.path().join("guest.cwasm");
+        std::fs::write(&path, &first).unwrap();
+        let cache = ArtifactCache::new(dir.path().join("cache"), EngineLimits::native());
+        // The file is hashed before the engine is asked for; it is replaced
+        // in between, as a deploy might.
+        let (replaced, next) = (path.clone(), dir.path().join("guest.next"));
+        let when_built = move || {
+            std::fs::write(&next, &second).unwrap();
+            std::fs::rename(&next, &replaced).unwrap();
+            Some((engine, linker))
+        };
+        let loaded = start_load_when(when_built, ComponentSource::File(path.clone()), Some(cache)).await.unwrap();
+        assert_eq!(loaded.version, sha256_hex(&std::fs::read(&path).unwrap()));
+        assert_ne!(loaded.version, sha256_hex(&first));
+    }
+
+    #[tokio::test]
+    async fn a_load_whose_engine_could_not_be_built_fails_without_panicking() {
+        let no_engine = || None::<(Engine, Arc<Linker<crate::capabilities::GuestCtx>>)>;
+        let source = ComponentSource::File(crate::builtin::probe_path());
+        let error = start_load_when(no_engine, source, None).await.err().expect("no engine, no load");
+        assert!(error.to_string().contains("engine could not be built"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_load_started_before_the_engine_reports_the_file_s_sha256() {
+        let (engine, linker) = machine();
+        let wasm = crate::builtin::probe_path();
+        let loaded = start_load_when(move || Some((engine, linker)), ComponentSource::File(wasm.clone()), None).await;
+        assert_eq!(loaded.unwrap().version, sha256_hex(&std::fs::read(&wasm).unwrap()));
+    }
 }

@@ -28,7 +28,8 @@ use wasmtime::component::Linker;
 
 use crate::api::{AdminBackend, AdminError, AdminFuture, GuestSnapshot, InvokeAccepted, LatestPoint};
 use crate::capabilities::{GuestCtx, GuestShared, HostServices};
-use crate::compile::component::LoadedComponent;
+use crate::compile::artifact_cache::ArtifactCache;
+use crate::compile::component::{LoadedComponent, PendingLoad};
 use crate::compile::engine::EpochTicker;
 use crate::config::{ComponentSource, GuestConfig};
 
@@ -44,7 +45,7 @@ pub struct Runtime {
     pub services: HostServices,
     pub ticker: EpochTicker,
     /// Compiled guests from earlier starts (none for `check`).
-    pub cache: Option<crate::compile::artifact_cache::ArtifactCache>,
+    pub cache: Option<ArtifactCache>,
     /// What schedules are read on: the wall clock, or tokio's in tests.
     pub clock: clock::Clock,
     /// Where `oci://` components are resolved and kept.
@@ -53,7 +54,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// The artifact cache as `guest` compiles through it (its `compile` mode).
-    pub fn cache_for(&self, guest: &GuestConfig) -> Option<crate::compile::artifact_cache::ArtifactCache> {
+    pub fn cache_for(&self, guest: &GuestConfig) -> Option<ArtifactCache> {
         self.cache.as_ref().map(|cache| cache.for_mode(guest.compile))
     }
 
@@ -68,6 +69,40 @@ impl Runtime {
             other => Ok(other.clone()),
         }
     }
+}
+
+/// Guests' first loads, started before the supervisor (see [`preload`]).
+pub type Preloads = std::collections::HashMap<String, PendingLoad<GuestCtx>>;
+
+/// The cache a guest's first load goes through: its `compile` mode, and
+/// quick code first on a miss (see [`ArtifactCache::starting_quick`]).
+fn first_load_cache(cache: Option<&ArtifactCache>, guest: &GuestConfig) -> Option<ArtifactCache> {
+    cache.map(|cache| cache.for_mode(guest.compile).starting_quick())
+}
+
+/// Starts the first load of every enabled guest whose component is local
+/// (built in, or a file), as its task would, before the host's engine is
+/// built and its stores are open: a file is hashed meanwhile, then loaded
+/// on the engine `machine` waits for (see
+/// [`crate::compile::component::start_load_when`]). Reading, hashing and
+/// deserializing the artifacts is most of a cold start's CPU, which
+/// otherwise waited for the engine and the stores' `fsync`s. An `oci://`
+/// guest is resolved through the fleet and loaded by its task. Nothing of
+/// a guest runs before its task takes the load (instantiating it and its
+/// `init` need the stores).
+pub fn preload(
+    machine: impl Fn() -> Option<(Engine, Arc<Linker<GuestCtx>>)> + Clone + Send + 'static,
+    cache: Option<&ArtifactCache>,
+    guests: &[GuestConfig],
+) -> Preloads {
+    let local = guests.iter().filter(|g| g.enabled && !matches!(g.component, ComponentSource::Oci(_)));
+    local
+        .map(|guest| {
+            let cache = first_load_cache(cache, guest);
+            let load = crate::compile::component::start_load_when(machine.clone(), guest.component.clone(), cache);
+            (guest.name.clone(), load)
+        })
+        .collect()
 }
 
 /// The host's view of one guest.
@@ -102,8 +137,14 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Starts a task per enabled guest.
-    pub fn start(runtime: Arc<Runtime>, guests: &[GuestConfig], shutdown: CancellationToken) -> Supervisor {
+    /// Starts a task per enabled guest; a guest in `preloads` takes its
+    /// first load from there.
+    pub fn start(
+        runtime: Arc<Runtime>,
+        guests: &[GuestConfig],
+        mut preloads: Preloads,
+        shutdown: CancellationToken,
+    ) -> Supervisor {
         let mut handles = Vec::new();
         let mut tasks = Vec::new();
         for config in guests.iter().filter(|g| g.enabled) {
@@ -117,7 +158,9 @@ impl Supervisor {
                 tier_up: swap::SwapSlot::default(),
                 previous: Mutex::new(None),
             });
-            let task = runner::GuestTask::new(runtime.clone(), handle.clone(), invoke_rx, shutdown.child_token());
+            let preloaded = preloads.remove(&config.name);
+            let task =
+                runner::GuestTask::new(runtime.clone(), handle.clone(), invoke_rx, preloaded, shutdown.child_token());
             tasks.push(tokio::spawn(task.run()));
             if let ComponentSource::File(path) = &config.component {
                 let watch = swap::watch_file(runtime.clone(), handle.clone(), path.clone(), shutdown.child_token());

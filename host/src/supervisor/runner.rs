@@ -17,8 +17,8 @@ use super::{GuestHandle, Outcome, Runtime};
 use crate::api::GuestState;
 use crate::bindings::types::Trigger;
 use crate::capabilities::GuestCtx;
-use crate::compile::artifact_cache::ArtifactCache;
-use crate::compile::component::{self, LoadedComponent};
+use crate::compile::component::{self, LoadedComponent, PendingLoad};
+use crate::config::GuestConfig;
 use crate::guest_text::shown;
 
 /// How long to wait before retrying a component that failed to load or init.
@@ -28,6 +28,14 @@ const RETRY_LOAD: Duration = Duration::from_secs(30);
 /// releases its guest's code pages (an embedder's host that never says).
 const START_UP_WAIT: Duration = Duration::from_secs(30);
 
+/// Loads `guest`'s component (resolving an `oci://` reference first),
+/// through the cache as [`super::preload`] does.
+async fn load(rt: &Runtime, guest: &GuestConfig) -> Result<LoadedComponent<GuestCtx>, component::ComponentError> {
+    let source = rt.local_source(guest).await?;
+    let cache = super::first_load_cache(rt.cache.as_ref(), guest);
+    component::load_source(rt.engine.clone(), rt.linker.clone(), source, cache).await
+}
+
 /// The per-guest task.
 pub struct GuestTask {
     runtime: Arc<Runtime>,
@@ -35,6 +43,8 @@ pub struct GuestTask {
     invokes: mpsc::Receiver<Vec<(String, String)>>,
     shutdown: CancellationToken,
     component: Option<LoadedComponent<GuestCtx>>,
+    /// The first load, started before the task (see `super::preload`).
+    preloaded: Option<PendingLoad<GuestCtx>>,
     live: Option<Live>,
     /// When the next scheduled run or wake-up is due.
     timetable: Timetable,
@@ -52,10 +62,11 @@ impl GuestTask {
         runtime: Arc<Runtime>,
         handle: Arc<GuestHandle>,
         invokes: mpsc::Receiver<Vec<(String, String)>>,
+        preloaded: Option<PendingLoad<GuestCtx>>,
         shutdown: CancellationToken,
     ) -> GuestTask {
         let timetable = Timetable::starting_now(runtime.clock);
-        GuestTask { runtime, handle, invokes, shutdown, component: None, live: None, timetable }
+        GuestTask { runtime, handle, invokes, shutdown, component: None, preloaded, live: None, timetable }
     }
 
     /// Runs until shutdown.
@@ -96,13 +107,9 @@ impl GuestTask {
     /// Loads the component (once) and creates a live, initialised instance.
     async fn prepare(&mut self) -> bool {
         if self.component.is_none() {
-            let rt = &self.runtime;
-            let loaded = match rt.local_source(&self.handle.config).await {
-                Ok(source) => {
-                    let cache = rt.cache_for(&self.handle.config).map(ArtifactCache::starting_quick);
-                    component::load_source(rt.engine.clone(), rt.linker.clone(), source, cache).await
-                }
-                Err(e) => Err(e),
+            let loaded = match self.preloaded.take() {
+                Some(pending) => pending.await,
+                None => load(&self.runtime, &self.handle.config).await,
             };
             match loaded {
                 Ok(loaded) => {
@@ -341,6 +348,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::compile::artifact_cache::ArtifactCache;
     use crate::compile::component::{ComponentSource, sha256_hex};
     use crate::compile::digests::{SETTLE, Stamp};
     use crate::compile::engine::{self, EngineLimits};
