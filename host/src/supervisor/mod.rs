@@ -13,6 +13,8 @@ pub mod clock;
 mod follow;
 mod health;
 mod instance;
+#[cfg(all(test, feature = "builtin-guests"))]
+mod preload_tests;
 mod record;
 mod runner;
 pub mod swap;
